@@ -1,0 +1,39 @@
+# `make demo` and `make test` work from a clean clone: both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+AF := $(VENV)/bin/af
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test venv lint bench examples clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(AF) validate examples/classification-agent.af
+	$(AF) validate examples/xor.af
+	$(AF) compile examples/classification-agent.af -o build/classification-agent.afb
+	$(AF) inspect build/classification-agent.afb
+	head -n 20 examples/classification-inputs.jsonl | $(AF) run build/classification-agent.afb --replicas 2
+
+# Rebuilds examples/*.af reproducibly (trains on scikit-learn's bundled digits).
+examples: $(STAMP)
+	$(PY) examples/build.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/format.py
+	$(PY) benchmarks/compile.py
+	$(PY) benchmarks/runtime.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,3 @@
+from af.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""`af init`: not written yet (owned by the issue that delivers it)."""

@@ -1,0 +1,1 @@
+"""`af inspect`: not written yet (owned by the issue that delivers it)."""

@@ -1,0 +1,247 @@
+"""Parsed workflow steps and guard expressions, shared by the compiler and the runtime.
+
+The compiler (`afc.expr`) parses step strings such as
+``send_output(topic="task.completion") when output.max > 0.9`` into these trees once; the
+bundle manifest stores them as JSON (`Step.to_json`); the runtime rebuilds them with
+`Step.from_json` and evaluates guards with `evaluate`. Nothing here ever calls ``eval``.
+
+JSON forms of expressions::
+
+    {"const": 0.9}                            a literal: number, string, bool or null
+    {"field": ["output", "max"]}              a field path; ints in the path index lists
+    {"op": "not", "args": [e]}                unary: "not", "neg"
+    {"op": ">", "args": [e1, e2]}             binary: and or == != < <= > >= + - * / %
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Union
+
+from .errors import ExecutionError
+
+__all__ = [
+    "BINARY_OPERATORS",
+    "Binary",
+    "Const",
+    "Expr",
+    "Field",
+    "FIELD_ROOTS",
+    "Step",
+    "Unary",
+    "evaluate",
+    "expr_from_json",
+]
+
+#: the roots a field path may start with: the record being processed, the network's result, agent memory
+FIELD_ROOTS = ("input", "output", "memory")
+
+Literal = Union[int, float, str, bool, None]
+
+
+@dataclass(frozen=True)
+class Const:
+    """A literal value."""
+
+    value: Literal
+
+    def to_json(self) -> dict[str, Any]:
+        return {"const": self.value}
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field path such as ``output.max`` or ``memory.count``: ``root`` is one of `FIELD_ROOTS`."""
+
+    root: str
+    path: tuple[str | int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"field": [self.root, *self.path]}
+
+    def dotted(self) -> str:
+        """Return the path as written, e.g. ``output.max``."""
+        parts = [self.root]
+        for part in self.path:
+            parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+        return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Unary:
+    """``not e`` or ``-e`` (op ``neg``)."""
+
+    op: str
+    operand: Expr
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "args": [self.operand.to_json()]}
+
+
+@dataclass(frozen=True)
+class Binary:
+    """A binary operation; ``op`` is one of `BINARY_OPERATORS` or ``and``/``or``."""
+
+    op: str
+    left: Expr
+    right: Expr
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "args": [self.left.to_json(), self.right.to_json()]}
+
+
+Expr = Union[Const, Field, Unary, Binary]
+
+
+def _modulo(a: float, b: float) -> float:
+    # Python's % on floats; a zero divisor is the author's mistake, reported as an execution error.
+    return a % b
+
+
+#: binary operators other than the short-circuit ``and``/``or``
+BINARY_OPERATORS: Mapping[str, Callable[[Any, Any], Any]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "%": _modulo,
+}
+
+
+def expr_from_json(data: Any) -> Expr:
+    """Rebuild an expression from its JSON form.
+
+    Raises:
+        ValueError: when ``data`` is not a well-formed expression.
+    """
+    if not isinstance(data, dict) or len(data) not in (1, 2):
+        raise ValueError(f"not an expression: {data!r}")
+    if "const" in data:
+        value = data["const"]
+        if value is not None and not isinstance(value, (int, float, str, bool)):
+            raise ValueError(f"bad constant {value!r}")
+        return Const(value)
+    if "field" in data:
+        parts = data["field"]
+        if not isinstance(parts, list) or not parts or parts[0] not in FIELD_ROOTS:
+            raise ValueError(f"bad field path {parts!r}")
+        if not all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in parts[1:]):
+            raise ValueError(f"bad field path {parts!r}")
+        return Field(parts[0], tuple(parts[1:]))
+    op, args = data.get("op"), data.get("args")
+    if not isinstance(args, list):
+        raise ValueError(f"bad operands in {data!r}")
+    if op in ("not", "neg") and len(args) == 1:
+        return Unary(op, expr_from_json(args[0]))
+    if (op in BINARY_OPERATORS or op in ("and", "or")) and len(args) == 2:
+        return Binary(op, expr_from_json(args[0]), expr_from_json(args[1]))
+    raise ValueError(f"unknown operator {op!r}")
+
+
+#: resolves a field: (root, path) -> value; raises KeyError/IndexError/TypeError for a missing field
+Resolver = Callable[[str, tuple], Any]
+
+
+def evaluate(expr: Expr, resolve: Resolver) -> Any:
+    """Evaluate a guard expression.
+
+    Args:
+        expr: the tree.
+        resolve: looks up a `Field`; see `Resolver`.
+
+    Returns:
+        The value; guards use its truth.
+
+    Raises:
+        ExecutionError: AF5201 for a missing field, AF5202 for an operation on the wrong types
+            or a division by zero.
+    """
+    if isinstance(expr, Const):
+        return expr.value
+    if isinstance(expr, Field):
+        try:
+            return resolve(expr.root, expr.path)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ExecutionError(
+                f"field `{expr.dotted()}` does not exist here",
+                code="AF5201",
+                hint="see docs/steps.md for the fields of input, output and memory",
+            ) from None
+    if isinstance(expr, Unary):
+        value = evaluate(expr.operand, resolve)
+        if expr.op == "not":
+            return not value
+        return _apply("neg", operator.neg, value)
+    if expr.op == "and":
+        return evaluate(expr.left, resolve) and evaluate(expr.right, resolve)
+    if expr.op == "or":
+        return evaluate(expr.left, resolve) or evaluate(expr.right, resolve)
+    left = evaluate(expr.left, resolve)
+    right = evaluate(expr.right, resolve)
+    return _apply(expr.op, BINARY_OPERATORS[expr.op], left, right)
+
+
+def _apply(name: str, fn: Callable[..., Any], *values: Any) -> Any:
+    try:
+        result = fn(*values)
+    except (TypeError, ZeroDivisionError, ValueError) as exc:
+        raise ExecutionError(
+            f"cannot apply `{name}` to {', '.join(repr(v) for v in values)}: {exc}",
+            code="AF5202",
+        ) from None
+    if isinstance(result, float) and math.isnan(result) and name in ("/", "%"):
+        raise ExecutionError(f"`{name}` gave NaN for {values!r}", code="AF5202")
+    return result
+
+
+@dataclass(frozen=True)
+class Step:
+    """One parsed workflow step: ``name(key=literal, ...) when <guard>``.
+
+    ``source`` is the step's text as written and ``span`` (a JSON span dict, see
+    `afcore.spans.Span.to_json`) where it stands in the .af file, for messages and the debugger.
+    """
+
+    name: str
+    args: Mapping[str, Literal] = field(default_factory=dict)
+    guard: Expr | None = None
+    source: str = ""
+    span: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest form of the step."""
+        return {
+            "name": self.name,
+            "args": dict(self.args),
+            "when": self.guard.to_json() if self.guard is not None else None,
+            "source": self.source,
+            "span": dict(self.span) if self.span else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Step:
+        """Rebuild a step from its manifest form.
+
+        Raises:
+            ValueError: when ``data`` is malformed.
+        """
+        name = data.get("name")
+        args = data.get("args") or {}
+        if not isinstance(name, str) or not isinstance(args, dict):
+            raise ValueError(f"bad step {data!r}")
+        guard = data.get("when")
+        return cls(
+            name=name,
+            args=dict(args),
+            guard=expr_from_json(guard) if guard is not None else None,
+            source=str(data.get("source") or name),
+            span=data.get("span"),
+        )
