@@ -1,0 +1,472 @@
+"""Split an `.af` file into its YAML header text and its binary sections (docs/format.md, "Container").
+
+The reader works on bytes and keeps byte offsets. It collects every container diagnostic it can find
+(AF0001-AF0049) and raises one `ParseError` at the end if any of them is an error.
+
+Hostile input is bounded: the header is capped at `MAX_HEADER_BYTES`; a section's zstd frame is
+walked block by block to find its end (never by looking for the next marker), the decoder's window
+is capped at `MAX_WINDOW_BYTES`, and the payload is decoded in a stream whose running size is capped
+at ``max_section_bytes``, so a frame cannot make us allocate what its header merely declares.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import zstandard
+
+from afcore.diagnostics import Diagnostic
+from afcore.errors import ParseError
+from afcore.spans import SourceFile, Span
+
+__all__ = [
+    "DEFAULT_MAX_SECTION_BYTES",
+    "MARKER_PREFIX",
+    "MAX_HEADER_BYTES",
+    "MAX_WINDOW_BYTES",
+    "SECTION_NAME_RE",
+    "SEED_PLACEHOLDER",
+    "ZSTD_MAGIC",
+    "Container",
+    "RawSection",
+    "read_container",
+]
+
+#: cap on one section's decompressed size (`--max-section-bytes` changes it)
+DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
+#: cap on the YAML header (BOM excluded); an agent header is a few KiB
+MAX_HEADER_BYTES = 1024 * 1024
+#: cap on a zstd frame's window: the decoder allocates this much up front (zstd's own default limit)
+MAX_WINDOW_BYTES = 1 << 27
+#: what a marker line starts with
+MARKER_PREFIX = b"---BINARY_SECTION:"
+#: a valid section name
+SECTION_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+#: the four bytes every zstd frame starts with
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: the text the original design put where the data should be
+SEED_PLACEHOLDER = b"[compressed binary data]"
+
+_BOM = b"\xef\xbb\xbf"
+_MARKER_LINE = re.compile(rb"---BINARY_SECTION:(.*)---")
+_BASE64_WHITESPACE = b" \t\r\n\v\f"
+_BASE64_BAD_CHAR = re.compile(rb"[^A-Za-z0-9+/=\s]")
+#: base64 text is decoded in chunks of this many characters (a multiple of 4) to bound copies
+_BASE64_CHUNK = 4 * 1024 * 1024
+#: the first read of a stream allocates at most this multiple of the frame's compressed size
+_FIRST_READ_RATIO = 64
+_FIRST_READ_MIN = 64 * 1024 * 1024
+_LATER_READ = 64 * 1024 * 1024
+_BLOCK_MAX = 128 * 1024
+
+
+@dataclass(frozen=True)
+class RawSection:
+    """One binary section as found in the file.
+
+    Attributes:
+        name: the section name from the marker line.
+        encoding: ``"base64"`` (text) or ``"raw"`` (the zstd frame's bytes follow the marker line).
+        payload: the decompressed bytes; the frame's content checksum has been verified.
+        span: the marker line (line, column 1).
+        offset: byte offset of the marker line in the file.
+    """
+
+    name: str
+    encoding: Literal["base64", "raw"]
+    payload: bytes
+    span: Span
+    offset: int
+
+
+@dataclass(frozen=True)
+class Container:
+    """An `.af` file split into header text and sections.
+
+    Attributes:
+        path: the path shown in diagnostics.
+        header_text: the decoded UTF-8 header, BOM removed, line endings as in the file.
+        header_source: ``header_text`` with a line index (lines are file lines: the header comes first).
+        sections: the sections in file order.
+        newline: ``"\\n"`` or ``"\\r\\n"``, what the file uses (its first line ending).
+        bom: whether the file starts with a UTF-8 BOM.
+        sha256: hex digest of the whole file's bytes.
+    """
+
+    path: str
+    header_text: str
+    header_source: SourceFile
+    sections: tuple[RawSection, ...]
+    newline: str
+    bom: bool
+    sha256: str
+
+    def section(self, name: str) -> RawSection | None:
+        """Return the section called ``name``, or None."""
+        return next((s for s in self.sections if s.name == name), None)
+
+
+class _Problem(Exception):
+    """A container fault at a byte offset; `_Reader` turns it into a `Diagnostic`.
+
+    ``resume`` is where reading can go on (the next marker), or None when the rest of the file
+    cannot be framed any more (a raw frame that is cut short).
+    """
+
+    def __init__(self, code: str, message: str, offset: int, hint: str | None = None, resume: int | None = None):
+        super().__init__(message)
+        self.code, self.message, self.offset, self.hint, self.resume = code, message, offset, hint, resume
+
+
+def read_container(data: bytes, *, path: str, max_section_bytes: int = DEFAULT_MAX_SECTION_BYTES) -> Container:
+    """Split the bytes of an `.af` file into header text and decompressed sections.
+
+    Args:
+        data: the whole file.
+        path: the path shown in diagnostics.
+        max_section_bytes: cap on any one section's decompressed size.
+
+    Returns:
+        The container, with every section's checksum verified.
+
+    Raises:
+        ParseError: with every container diagnostic found (AF0001-AF0049), if any is an error.
+    """
+    return _Reader(data, path, max_section_bytes).read()
+
+
+class _Reader:
+    def __init__(self, data: bytes, path: str, max_section_bytes: int) -> None:
+        self.data = data
+        self.view = memoryview(data)
+        self.path = path
+        self.cap = max_section_bytes
+        self.diagnostics: list[Diagnostic] = []
+        self.bom = data.startswith(_BOM)
+        self.start = len(_BOM) if self.bom else 0
+
+    # -- positions -------------------------------------------------------------------------------
+
+    def span_at(self, offset: int, length: int = 0) -> Span:
+        """Return the span of a byte offset; columns count characters of the line."""
+        line_start = self.data.rfind(b"\n", 0, offset) + 1
+        line = self.data.count(b"\n", 0, offset) + 1
+        prefix = bytes(self.view[max(line_start, self.start) if line == 1 else line_start : offset])
+        column = len(prefix.decode("utf-8", "replace")) + 1
+        return Span(self.path, line, column, line, column + length) if length else Span(self.path, line, column)
+
+    def report(self, problem: _Problem, severity: str = "error") -> None:
+        self.diagnostics.append(
+            Diagnostic(problem.code, severity, problem.message, span=self.span_at(problem.offset), help=problem.hint)  # type: ignore[arg-type]
+        )
+
+    # -- the file --------------------------------------------------------------------------------
+
+    def read(self) -> Container:
+        import hashlib
+
+        first_marker = self.find_marker(self.start)
+        header_text = self.read_header(first_marker)
+        sections = self.read_sections(first_marker)
+        if any(d.is_error for d in self.diagnostics):
+            raise ParseError(self.diagnostics)
+        return Container(
+            path=self.path,
+            header_text=header_text,
+            header_source=SourceFile(self.path, header_text),
+            sections=tuple(sections),
+            newline=self.detect_newline(),
+            bom=self.bom,
+            sha256=hashlib.sha256(self.data).hexdigest(),
+        )
+
+    def detect_newline(self) -> str:
+        first = self.data.find(b"\n", self.start)
+        return "\r\n" if first > 0 and self.data[first - 1 : first] == b"\r" else "\n"
+
+    def find_marker(self, pos: int) -> int:
+        """Return the offset of the first marker line starting at or after ``pos`` (a line start), or len."""
+        if self.data.startswith(MARKER_PREFIX, pos):
+            return pos
+        found = self.data.find(b"\n" + MARKER_PREFIX, pos)
+        return len(self.data) if found == -1 else found + 1
+
+    def read_header(self, end: int) -> str:
+        size = end - self.start
+        if size > MAX_HEADER_BYTES:
+            self.report(
+                _Problem(
+                    "AF0002",
+                    f"the header is {size} bytes, more than the {MAX_HEADER_BYTES}-byte limit",
+                    self.start,
+                    "an agent header is a few KiB; put large data in a binary section",
+                )
+            )
+            return ""
+        try:
+            return str(self.view[self.start : end], "utf-8")
+        except UnicodeDecodeError as exc:
+            bad = self.start + exc.start
+            self.report(
+                _Problem(
+                    "AF0001",
+                    f"the header is not valid UTF-8 (byte 0x{self.data[bad]:02x})",
+                    bad,
+                    "save the file as UTF-8",
+                )
+            )
+            return ""
+
+    # -- sections --------------------------------------------------------------------------------
+
+    def read_sections(self, pos: int) -> list[RawSection]:
+        sections: list[RawSection] = []
+        first_seen: dict[str, int] = {}
+        while pos < len(self.data):
+            marker = pos
+            name, body = self.read_marker(marker)
+            try:
+                encoding, payload, pos = self.read_payload(body)
+            except _Problem as problem:
+                self.report(problem)
+                if problem.resume is None:
+                    break
+                pos = problem.resume
+                continue
+            if name is None:
+                continue
+            if name in first_seen:
+                self.report_duplicate(name, marker, first_seen[name])
+                continue
+            first_seen[name] = marker
+            sections.append(RawSection(name, encoding, payload, self.span_at(marker), marker))
+        return sections
+
+    def report_duplicate(self, name: str, marker: int, first: int) -> None:
+        first_line = self.span_at(first).line
+        self.diagnostics.append(
+            Diagnostic(
+                "AF0005",
+                "error",
+                f"section `{name}` is defined twice",
+                span=self.span_at(marker, len(MARKER_PREFIX) + len(name) + 3),
+                help=f"remove one of the two sections (the first is on line {first_line})",
+            )
+        )
+
+    def read_marker(self, marker: int) -> tuple[str | None, int]:
+        """Check the marker line at ``marker``; return the section name (None if bad) and the body offset."""
+        line_end = self.data.find(b"\n", marker)
+        body = len(self.data) if line_end == -1 else line_end + 1
+        line = bytes(self.view[marker : len(self.data) if line_end == -1 else line_end]).removesuffix(b"\r")
+        match = _MARKER_LINE.fullmatch(line)
+        if match is None:
+            self.report(
+                _Problem(
+                    "AF0003",
+                    "malformed section marker line",
+                    marker,
+                    "a marker line is exactly `---BINARY_SECTION:<name>---`, alone on its line",
+                )
+            )
+            return None, body
+        name = match.group(1).decode("utf-8", "replace")
+        if SECTION_NAME_RE.fullmatch(name) is None:
+            self.diagnostics.append(
+                Diagnostic(
+                    "AF0004",
+                    "error",
+                    f"invalid section name `{name}`",
+                    span=self.span_at(marker + len(MARKER_PREFIX), max(len(name), 1)),
+                    help="a section name matches [A-Za-z_][A-Za-z0-9_.-]{0,63}",
+                )
+            )
+            return None, body
+        return name, body
+
+    def read_payload(self, body: int) -> tuple[Literal["base64", "raw"], bytes, int]:
+        """Decode the payload starting at ``body``; return its encoding, bytes and the next marker's offset."""
+        if self.data.startswith(ZSTD_MAGIC, body):
+            return ("raw", *self.read_raw(body))
+        end = self.find_marker(body)
+        return "base64", self.read_base64(body, end), end
+
+    def read_raw(self, body: int) -> tuple[bytes, int]:
+        end, params = _walk_frame(self.view, body, self.cap)
+        payload = _decompress(self.view[body:end], params, self.cap, body)
+        pos = end
+        if self.data.startswith(b"\r\n", pos):
+            pos += 2
+        elif self.data.startswith(b"\n", pos):
+            pos += 1
+        if pos < len(self.data) and not self.data.startswith(MARKER_PREFIX, pos):
+            raise _Problem(
+                "AF0015",
+                "unexpected data after the section's zstd frame",
+                pos,
+                "a raw section is one zstd frame, then at most one newline, then the next marker or the end",
+                resume=self.find_marker(self.next_line(pos)),
+            )
+        return payload, pos
+
+    def read_base64(self, body: int, end: int) -> bytes:
+        text = self.view[body:end]
+        if len(text) < 256:
+            stripped = bytes(text).strip()
+            if stripped == SEED_PLACEHOLDER:
+                raise _Problem(
+                    "AF0007",
+                    "the section holds the placeholder `[compressed binary data]`, not data",
+                    body,
+                    "pack real tensors into it with `af pack FILE --weights W.safetensors`",
+                    resume=end,
+                )
+            if not stripped:
+                raise _Problem("AF0006", "the section is empty", max(body - 1, 0), "remove the marker line or pack data", resume=end)
+        frame = self.decode_base64(body, end)
+        try:
+            if not frame.startswith(ZSTD_MAGIC):
+                raise _Problem("AF0010", "the section's payload is not a zstd frame", 0, "payloads are zstd frames")
+            frame_end, params = _walk_frame(memoryview(frame), 0, self.cap)
+            if frame_end != len(frame):
+                raise _Problem(
+                    "AF0015",
+                    f"{len(frame) - frame_end} bytes of data after the section's zstd frame",
+                    0,
+                    "a section holds exactly one zstd frame",
+                )
+            return _decompress(memoryview(frame)[:frame_end], params, self.cap, 0)
+        except _Problem as problem:
+            # Offsets inside decoded base64 have no exact place in the text: point at the first data line.
+            problem.offset, problem.resume = body, end
+            raise
+
+    def decode_base64(self, body: int, end: int) -> bytearray:
+        """Decode base64 text (whitespace ignored) in chunks, into one preallocated buffer."""
+        text = self.view[body:end]
+        out = bytearray(len(text) * 3 // 4 + 3)
+        filled, carry, padded = 0, b"", False
+        for start in range(0, len(text), _BASE64_CHUNK):
+            piece = carry + bytes(text[start : start + _BASE64_CHUNK]).translate(None, _BASE64_WHITESPACE)
+            usable = len(piece) - len(piece) % 4
+            if padded and piece:
+                raise self.base64_problem(body, end, "base64 data continues after its `=` padding")
+            try:
+                decoded = binascii.a2b_base64(piece[:usable], strict_mode=True)
+            except binascii.Error as exc:
+                raise self.base64_problem(body, end, f"invalid base64 ({exc})") from None
+            out[filled : filled + len(decoded)] = decoded
+            filled += len(decoded)
+            carry, padded = piece[usable:], piece[:usable].endswith(b"=")
+        if carry:
+            raise self.base64_problem(body, end, "base64 text is cut short (its length is not a multiple of 4)")
+        del out[filled:]
+        return out
+
+    def base64_problem(self, body: int, end: int, message: str) -> _Problem:
+        bad = _BASE64_BAD_CHAR.search(self.data, body, end)
+        hint = "the payload is standard base64 (A-Z a-z 0-9 + / and = padding), wrapped at 76 columns"
+        if bad is not None:
+            char = bad.group().decode("latin-1")
+            return _Problem("AF0008", f"invalid character {char!r} in base64 payload", bad.start(), hint, resume=end)
+        return _Problem("AF0009", message, body, hint, resume=end)
+
+    def next_line(self, offset: int) -> int:
+        found = self.data.find(b"\n", offset)
+        return len(self.data) if found == -1 else found + 1
+
+
+def _walk_frame(buf: memoryview, start: int, cap: int) -> tuple[int, zstandard.FrameParameters]:
+    """Find where the zstd frame at ``start`` ends by walking its block headers (RFC 8878 §3.1.1).
+
+    Raises:
+        _Problem: for a truncated or malformed frame, or one we refuse (dictionary, no checksum, too big).
+    """
+    head = bytes(buf[start : start + 18])
+    try:
+        params = zstandard.get_frame_parameters(head)
+        pos = start + zstandard.frame_header_size(head)
+    except zstandard.ZstdError as exc:
+        raise _Problem("AF0011", f"truncated or invalid zstd frame header ({exc})", start, _ZSTD_HINT) from None
+    _check_params(params, cap, start)
+    produced, size = 0, len(buf)
+    while True:
+        if pos + 3 > size:
+            raise _Problem("AF0011", "the zstd frame is cut short (a block header is missing)", min(pos, size), _ZSTD_HINT)
+        header = int.from_bytes(buf[pos : pos + 3], "little")
+        last, kind, block_size = header & 1, (header >> 1) & 3, header >> 3
+        if kind == 3 or block_size > _BLOCK_MAX:
+            raise _Problem("AF0012", "corrupt zstd frame (invalid block header)", pos, _ZSTD_HINT)
+        stored = 1 if kind == 1 else block_size
+        produced += block_size if kind in (0, 1) else 0
+        if produced > cap:
+            raise _too_big(cap, start)
+        pos += 3 + stored
+        if pos > size:
+            raise _Problem("AF0011", "the zstd frame is cut short (a block ends past the data)", size, _ZSTD_HINT)
+        if last:
+            break
+    if pos + 4 > size:
+        raise _Problem("AF0011", "the zstd frame is cut short (its checksum is missing)", size, _ZSTD_HINT)
+    return pos + 4, params
+
+
+def _check_params(params: zstandard.FrameParameters, cap: int, offset: int) -> None:
+    if params.dict_id:
+        raise _Problem("AF0018", "the zstd frame needs a dictionary", offset, "compress without a dictionary")
+    if params.window_size > MAX_WINDOW_BYTES:
+        raise _Problem(
+            "AF0017",
+            f"the zstd frame's window is {params.window_size} bytes, more than the {MAX_WINDOW_BYTES}-byte limit",
+            offset,
+            "compress with a window of at most 128 MiB (zstd levels 1-19 do)",
+        )
+    if not params.has_checksum:
+        raise _Problem("AF0014", "the zstd frame has no content checksum", offset, "compress with the checksum on (zstd -C, write_checksum=True)")
+    if params.content_size != zstandard.CONTENTSIZE_UNKNOWN and params.content_size > cap:
+        raise _too_big(cap, offset)
+
+
+def _too_big(cap: int, offset: int) -> _Problem:
+    return _Problem(
+        "AF0016",
+        f"the section decompresses to more than {cap} bytes",
+        offset,
+        "raise the limit with --max-section-bytes if the file is trusted",
+    )
+
+
+def _decompress(frame: memoryview, params: zstandard.FrameParameters, cap: int, offset: int) -> bytes:
+    """Decode one walked frame in a stream whose running size is capped; verify its checksum.
+
+    The first read is sized from the declared size but never beyond `_FIRST_READ_RATIO` times the
+    compressed size, so a lying header costs nothing, and a usual frame decodes in one pass, one copy.
+    """
+    reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).stream_reader(frame, read_across_frames=False)
+    declared = None if params.content_size == zstandard.CONTENTSIZE_UNKNOWN else params.content_size
+    size = max(_FIRST_READ_MIN, _FIRST_READ_RATIO * len(frame))
+    size = min(size, declared) if declared is not None else size
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            block = reader.read(max(1, min(size, cap + 1 - total)))
+        except zstandard.ZstdError as exc:
+            code = "AF0013" if "checksum" in str(exc) else "AF0012"
+            raise _Problem(code, f"corrupt zstd frame ({exc})", offset, _ZSTD_HINT) from None
+        if not block:
+            break
+        total += len(block)
+        if total > cap:
+            raise _too_big(cap, offset)
+        chunks.append(block)
+        size = 1 if total == declared else _LATER_READ
+    if declared is not None and total != declared:
+        raise _Problem("AF0012", f"corrupt zstd frame (declares {declared} bytes, holds {total})", offset, _ZSTD_HINT)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+_ZSTD_HINT = "the file is damaged: rebuild it, or re-pack the section with `af pack`"
