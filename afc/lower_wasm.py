@@ -1,0 +1,368 @@
+"""Lower a `NetworkSpec` to a self-contained WebAssembly module (ABI v1, see docs/bundle.md).
+
+The code is generated as WebAssembly text and assembled with `wasmtime.wat2wasm`; the weights are spliced in
+afterwards as binary data segments (`afc._wasm_binary`), so the text never holds a weight. The module has no
+imports. Dense layers are f32x4 SIMD kernels over a weight layout made for them: each layer's ``[out, in]``
+matrix is stored in blocks of 4 output neurons, interleaved by input (``block[b][i] = w[4b:4b+4, i]``), so the
+inner loop is one ``v128.load`` of 4 neurons' weights per input, times the input splatted, added to an
+accumulator. A tile keeps ``S x B`` accumulators (samples x blocks; 6 fits Cranelift's 16 SIMD registers
+without spilling) and the loop over inputs is unrolled by 4, so fuel or epoch checks at the loop header cost
+almost nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from afcore.errors import LoweringError
+
+from ._wasm_binary import DataSegment, splice_data_section
+from ._wasm_math import ACTIVATION_FUNCS, MATH_WAT
+
+if TYPE_CHECKING:
+    from .spec import LayerSpec, NetworkSpec
+
+__all__ = ["ABI_VERSION", "WasmModule", "lower_network"]
+
+#: the version of the host <-> module contract documented in docs/bundle.md
+ABI_VERSION = 1
+#: bytes in a WebAssembly page
+PAGE = 65536
+#: the most pages a 32-bit linear memory may have (4 GiB)
+MAX_PAGES = 65536
+#: samples per tile in the batched kernel, and 4-neuron blocks per tile (2 x 3 = 6 accumulators)
+TILE_SAMPLES, TILE_BLOCKS = 2, 3
+#: 4-neuron blocks per tile for the last odd sample (and batch 1): 6 accumulators
+SINGLE_BLOCKS = 6
+#: inputs per unrolled inner-loop iteration
+UNROLL = 4
+#: the first address used: 0 stays unused so that a null pointer never reads a weight
+BASE = 64
+#: the largest max_batch accepted (keeps addresses in 32 bits for any reasonable layer)
+MAX_BATCH_LIMIT = 1 << 20
+_OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "linear")
+
+
+@dataclass(frozen=True)
+class WasmModule:
+    """A lowered network.
+
+    Attributes:
+        wasm: the validated module bytes (code plus weights in data segments).
+        max_batch: the largest ``batch`` that ``infer`` accepts.
+        memory_pages: the initial (and maximum) number of 64 KiB pages of the exported memory.
+        wat: the generated WebAssembly text without the weights (for ``af compile --emit=wat``).
+    """
+
+    wasm: bytes
+    max_batch: int
+    memory_pages: int
+    wat: str
+
+
+@dataclass(frozen=True)
+class _LayerPlan:
+    """Where one layer's weights, bias, input and output live in linear memory (byte addresses)."""
+
+    index: int
+    in_size: int
+    out_size: int
+    blocks: int
+    activation: str
+    weights: int
+    bias: int
+    x: int
+    x_stride: int  # floats between samples of the input
+    y: int
+    y_stride: int
+
+
+def _align(value: int, to: int = 16) -> int:
+    return (value + to - 1) // to * to
+
+
+def _layer_activation(network: NetworkSpec, position: int) -> str:
+    last = position == len(network.layers) - 1
+    name = network.output_activation if last else network.hidden_activation
+    allowed = _OUTPUT_ACTIVATIONS if last else tuple(ACTIVATION_FUNCS)
+    if name not in allowed:
+        kind = "output" if last else "hidden"
+        raise LoweringError(
+            f"the WebAssembly backend has no {kind} activation `{name}`",
+            code="AF3103",
+            hint=f"use one of: {', '.join(allowed)}",
+        )
+    return "linear" if name == "softmax" else name
+
+
+def _check_shapes(network: NetworkSpec) -> None:
+    expected = network.input_size
+    for layer in network.layers:
+        w, b = layer.weight, layer.bias
+        if w.ndim != 2 or w.shape[1] != expected or b.shape != (w.shape[0],):
+            raise LoweringError(
+                f"layer {layer.index} has weight {tuple(w.shape)} and bias {tuple(b.shape)}, expected [out, {expected}]",
+                code="AF3104",
+                hint="layer shapes must chain from input_size to output_size; `af validate` reports where",
+            )
+        expected = w.shape[0]
+    if not network.layers or expected != network.output_size:
+        raise LoweringError(
+            f"the network's layers end at {expected} outputs, not output_size {network.output_size}",
+            code="AF3104",
+            hint="layer shapes must chain from input_size to output_size; `af validate` reports where",
+        )
+
+
+@dataclass(frozen=True)
+class _Layout:
+    layers: tuple[_LayerPlan, ...]
+    input_ptr: int
+    output_ptr: int
+    scratch: int  # the last layer's padded output when it cannot write the output directly, else 0
+    pages: int
+
+
+def _plan_layout(network: NetworkSpec, max_batch: int) -> _Layout:
+    """Place weights first, then the input, two ping-pong activation buffers and the output."""
+    pos, weights = BASE, []
+    for layer in network.layers:
+        blocks = -(-layer.out_size // 4)
+        weights.append((pos, pos + blocks * layer.in_size * 16))
+        pos = _align(pos + blocks * layer.in_size * 16 + blocks * 16)
+    input_ptr = pos
+    widest = max(-(-layer.out_size // 4) * 4 for layer in network.layers)
+    ping = _align(input_ptr + max_batch * network.input_size * 4)
+    pong = ping + max_batch * widest * 4
+    output_ptr = pong + max_batch * widest * 4
+    end = output_ptr + max_batch * network.output_size * 4
+    direct = network.output_size % 4 == 0 and network.output_activation != "softmax"
+    plans, x, x_stride = [], input_ptr, network.input_size
+    for position, layer in enumerate(network.layers):
+        blocks = -(-layer.out_size // 4)
+        last = position == len(network.layers) - 1
+        y = output_ptr if last and direct else (ping if position % 2 == 0 else pong)
+        plans.append(_LayerPlan(position, layer.in_size, layer.out_size, blocks, _layer_activation(network, position),
+                                weights[position][0], weights[position][1], x, x_stride, y, blocks * 4))
+        x, x_stride = y, blocks * 4
+    pages = -(-end // PAGE)
+    if pages > MAX_PAGES:
+        raise LoweringError(
+            f"the network needs {end / 2**30:.2f} GiB of linear memory at max_batch {max_batch}; wasm32 allows 4 GiB",
+            code="AF3101",
+            hint="lower max_batch, or compile with `--target onnx` only",
+        )
+    return _Layout(tuple(plans), input_ptr, output_ptr, 0 if direct else plans[-1].y, pages)
+
+
+def _pack_layer(layer: LayerSpec) -> np.ndarray:
+    """Return ``[weights in blocks of 4 neurons interleaved by input, then the bias]`` as little-endian float32."""
+    out, inp = layer.weight.shape
+    blocks = -(-out // 4)
+    packed = np.zeros(blocks * inp * 4 + blocks * 4, dtype="<f4")
+    grid = packed[: blocks * inp * 4].reshape(blocks, inp, 4)
+    full = out // 4
+    grid[:full] = layer.weight[: full * 4].reshape(full, 4, inp).transpose(0, 2, 1)
+    if out % 4:
+        grid[full, :, : out % 4] = layer.weight[full * 4 :].T
+    packed[blocks * inp * 4 : blocks * inp * 4 + out] = layer.bias
+    return packed
+
+
+class _Kernel:
+    """Generates the WAT function ``$layer<k>`` for one dense layer."""
+
+    def __init__(self, plan: _LayerPlan) -> None:
+        self.p = plan
+        self.act = ACTIVATION_FUNCS[plan.activation]
+
+    def function(self) -> str:
+        p = self.p
+        accs = " ".join(f"(local $a{s}_{b} v128)" for s in range(TILE_SAMPLES) for b in range(SINGLE_BLOCKS))
+        ins = " ".join(f"(local $x{s} v128)" for s in range(TILE_SAMPLES))
+        ws = " ".join(f"(local $w{b} v128)" for b in range(SINGLE_BLOCKS))
+        return f"""
+  (func $layer{p.index} (param $batch i32)
+    ;; {p.in_size} -> {p.out_size} ({p.activation}); x at {p.x} stride {p.x_stride}, y at {p.y} stride {p.y_stride}
+    (local $n i32) (local $i i32) (local $g i32) (local $wg i32) (local $bg i32) (local $yg i32) (local $wp i32)
+    (local $xr i32) (local $xp0 i32) (local $xp1 i32) {accs} {ins} {ws}
+    (block $pairs_done
+      (loop $pairs
+        (br_if $pairs_done (i32.gt_u (i32.add (local.get $n) (i32.const {TILE_SAMPLES})) (local.get $batch)))
+        {self.row_tiles(TILE_SAMPLES, TILE_BLOCKS)}
+        (local.set $n (i32.add (local.get $n) (i32.const {TILE_SAMPLES})))
+        (br $pairs)))
+    (if (i32.lt_u (local.get $n) (local.get $batch))
+      (then {self.row_tiles(1, SINGLE_BLOCKS)})))"""
+
+    def row_tiles(self, samples: int, blocks: int) -> str:
+        """Code for ``samples`` rows starting at $n: a loop over full tiles of ``blocks``, then the rest."""
+        p = self.p
+        full, rest = divmod(p.blocks, blocks)
+        code = [
+            f"(local.set $xr (i32.add (i32.const {p.x}) (i32.mul (local.get $n) (i32.const {p.x_stride * 4}))))",
+            f"(local.set $yg (i32.add (i32.const {p.y}) (i32.mul (local.get $n) (i32.const {p.y_stride * 4}))))",
+            f"(local.set $wg (i32.const {p.weights})) (local.set $bg (i32.const {p.bias}))",
+        ]
+        if full:
+            code.append(f"""(local.set $g (i32.const {full}))
+        (loop $tiles{samples}
+          {self.tile(samples, blocks)}
+          (local.set $wg (i32.add (local.get $wg) (i32.const {blocks * p.in_size * 16})))
+          (local.set $bg (i32.add (local.get $bg) (i32.const {blocks * 16})))
+          (local.set $yg (i32.add (local.get $yg) (i32.const {blocks * 16})))
+          (br_if $tiles{samples} (local.tee $g (i32.sub (local.get $g) (i32.const 1)))))""")
+        if rest:
+            code.append(self.tile(samples, rest))
+        return "\n        ".join(code)
+
+    def tile(self, samples: int, blocks: int) -> str:
+        """Code for one tile: ``samples x blocks`` accumulators over all inputs, then activation and store."""
+        p = self.p
+        pairs = [(s, b) for s in range(samples) for b in range(blocks)]
+        code = [f"(local.set $a{s}_{b} (v128.load offset={16 * b} (local.get $bg)))" for s, b in pairs]
+        code.append("(local.set $wp (local.get $wg))")
+        code += [f"(local.set $xp{s} (i32.add (local.get $xr) (i32.const {s * p.x_stride * 4})))" for s in range(samples)]
+        loops, tail = divmod(p.in_size, UNROLL)
+        if loops:
+            steps = "\n            ".join(self.step(samples, blocks, u) for u in range(UNROLL))
+            bumps = " ".join(f"(local.set $xp{s} (i32.add (local.get $xp{s}) (i32.const {UNROLL * 4})))"
+                             for s in range(samples))
+            code.append(f"""(local.set $i (i32.const {loops}))
+          (loop $inputs
+            {steps}
+            (local.set $wp (i32.add (local.get $wp) (i32.const {UNROLL * 16}))) {bumps}
+            (br_if $inputs (local.tee $i (i32.sub (local.get $i) (i32.const 1)))))""")
+        code += [self.step(samples, blocks, u) for u in range(tail)]
+        code += [f"(v128.store offset={s * p.y_stride * 4 + 16 * b} (local.get $yg) (call {self.act} (local.get $a{s}_{b})))"
+                 for s, b in pairs]
+        return "\n          ".join(code)
+
+    def step(self, samples: int, blocks: int, u: int) -> str:
+        """Code for input ``u`` of the current group: splat each sample's input, one weight load per block."""
+        stride = self.p.in_size * 16
+        code = [f"(local.set $x{s} (v128.load32_splat offset={4 * u} (local.get $xp{s})))" for s in range(samples)]
+        code += [f"(local.set $w{b} (v128.load offset={b * stride + 16 * u} (local.get $wp)))" for b in range(blocks)]
+        code += [f"(local.set $a{s}_{b} (f32x4.add (local.get $a{s}_{b}) (f32x4.mul (local.get $w{b}) (local.get $x{s}))))"
+                 for s in range(samples) for b in range(blocks)]
+        return " ".join(code)
+
+
+def _finish_function(network: NetworkSpec, layout: _Layout) -> str:
+    """WAT for ``$finish``: softmax, or a copy of the padded last layer into the dense output."""
+    if not layout.scratch:
+        return "\n  (func $finish (param $batch i32))"
+    width, blocks = network.output_size, -(-network.output_size // 4)
+    row = (f"(local.set $s (i32.add (i32.const {layout.scratch}) (i32.mul (local.get $n) (i32.const {blocks * 16}))))"
+           f"(local.set $o (i32.add (i32.const {layout.output_ptr}) (i32.mul (local.get $n) (i32.const {width * 4}))))")
+    if network.output_activation == "softmax":
+        body = f"""(call $softmax_row (local.get $s) (local.get $o))"""
+    else:
+        body = f"(memory.copy (local.get $o) (local.get $s) (i32.const {width * 4}))"
+    return f"""
+  (func $finish (param $batch i32) (local $n i32) (local $s i32) (local $o i32)
+    (loop $rows
+      {row}
+      {body}
+      (br_if $rows (i32.lt_u (local.tee $n (i32.add (local.get $n) (i32.const 1))) (local.get $batch)))))
+  {_softmax_row(width, blocks)}"""
+
+
+def _softmax_row(width: int, blocks: int) -> str:
+    """WAT for ``$softmax_row(src, dst)``: max-subtracted exp (with the exact subtraction error), f64 sum."""
+    return f"""(func $softmax_row (param $s i32) (param $o i32)
+    (local $j i32) (local $m f32) (local $v v128) (local $d v128) (local $err v128) (local $e v128) (local $sum f64)
+    (local.set $m (f32.const -inf))
+    (loop $max
+      (local.set $m (f32.max (local.get $m) (f32.load (i32.add (local.get $s) (i32.shl (local.get $j) (i32.const 2))))))
+      (br_if $max (i32.lt_u (local.tee $j (i32.add (local.get $j) (i32.const 1))) (i32.const {width}))))
+    (local.set $j (i32.const 0))
+    (loop $exp
+      (local.set $v (v128.load (i32.add (local.get $s) (i32.shl (local.get $j) (i32.const 4)))))
+      ;; d = v - m rounded; err = its exact rounding error (TwoSum), NaN from infinities replaced by 0
+      (local.set $d (f32x4.sub (local.get $v) (f32x4.splat (local.get $m))))
+      (local.set $e (f32x4.sub (local.get $d) (local.get $v)))
+      (local.set $err (f32x4.add (f32x4.sub (local.get $v) (f32x4.sub (local.get $d) (local.get $e)))
+                                 (f32x4.sub (f32x4.neg (f32x4.splat (local.get $m))) (local.get $e))))
+      (local.set $err (v128.and (local.get $err) (f32x4.eq (local.get $err) (local.get $err))))
+      (local.set $e (call $exp (local.get $d)))
+      (v128.store (i32.add (local.get $s) (i32.shl (local.get $j) (i32.const 4)))
+                  (f32x4.add (local.get $e) (f32x4.mul (local.get $e) (local.get $err))))
+      (br_if $exp (i32.lt_u (local.tee $j (i32.add (local.get $j) (i32.const 1))) (i32.const {blocks}))))
+    (local.set $j (i32.const 0))
+    (loop $sum
+      (local.set $sum (f64.add (local.get $sum)
+                               (f64.promote_f32 (f32.load (i32.add (local.get $s) (i32.shl (local.get $j) (i32.const 2)))))))
+      (br_if $sum (i32.lt_u (local.tee $j (i32.add (local.get $j) (i32.const 1))) (i32.const {width}))))
+    (local.set $j (i32.const 0))
+    (loop $div
+      (f32.store (i32.add (local.get $o) (i32.shl (local.get $j) (i32.const 2)))
+                 (f32.demote_f64 (f64.div (f64.promote_f32 (f32.load (i32.add (local.get $s) (i32.shl (local.get $j) (i32.const 2)))))
+                                          (local.get $sum))))
+      (br_if $div (i32.lt_u (local.tee $j (i32.add (local.get $j) (i32.const 1))) (i32.const {width})))))"""
+
+
+def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
+    layers = "".join(_Kernel(plan).function() for plan in layout.layers)
+    calls = " ".join(f"(call $layer{plan.index} (local.get $batch))" for plan in layout.layers)
+    segments = "\n".join(f";;   layer {p.index}: weights at {p.weights}, bias at {p.bias}" for p in layout.layers)
+    return f""";; af WebAssembly ABI v{ABI_VERSION}: {network.input_size} -> {network.output_size}, max_batch {max_batch}
+;; data segments (binary, not shown):
+{segments}
+(module
+  (memory (export "memory") {layout.pages} {layout.pages})
+  (func (export "input_ptr") (result i32) (i32.const {layout.input_ptr}))
+  (func (export "output_ptr") (result i32) (i32.const {layout.output_ptr}))
+  (func (export "max_batch") (result i32) (i32.const {max_batch}))
+  (func (export "infer") (param $batch i32) (result i32)
+    ;; batch - 1 >= max_batch as unsigned rejects 0, negatives and too large at once
+    (if (i32.ge_u (i32.sub (local.get $batch) (i32.const 1)) (i32.const {max_batch}))
+      (then (return (i32.const 1))))
+    {calls}
+    (call $finish (local.get $batch))
+    (i32.const 0))
+{layers}
+{_finish_function(network, layout)}
+{MATH_WAT})
+"""
+
+
+def lower_network(network: NetworkSpec, *, max_batch: int = 64) -> WasmModule:
+    """Lower ``network`` to a self-contained, validated WebAssembly module (ABI v1).
+
+    Args:
+        network: the IR of the network (float32 weights ``[out, in]`` per layer).
+        max_batch: the largest batch ``infer`` accepts; the memory holds activations for that many samples.
+
+    Returns:
+        The module bytes with the weights in binary data segments, and its text without the weights.
+
+    Raises:
+        LoweringError: AF3101 if the memory would exceed 4 GiB, AF3102 for a bad ``max_batch``, AF3103 for an
+            activation the backend lacks, AF3104 for layer shapes that do not chain, AF3199 if wasmtime
+            rejects the generated module (a bug in af).
+    """
+    import wasmtime
+
+    if not 1 <= max_batch <= MAX_BATCH_LIMIT:
+        raise LoweringError(f"max_batch must be between 1 and {MAX_BATCH_LIMIT}, not {max_batch}", code="AF3102",
+                            hint="64 suits most agents")
+    _check_shapes(network)
+    layout = _plan_layout(network, max_batch)
+    wat = _module_wat(network, layout, max_batch)
+    try:
+        code = wasmtime.wat2wasm(wat)
+    except wasmtime.WasmtimeError as exc:
+        raise LoweringError(f"generated WebAssembly text does not assemble: {exc}", code="AF3199",
+                            hint="this is a bug in af: please report it with the .af file") from exc
+    segments = [DataSegment(plan.weights, _pack_layer(layer)) for plan, layer in zip(layout.layers, network.layers)]
+    wasm = splice_data_section(bytes(code), segments)
+    try:
+        wasmtime.Module.validate(wasmtime.Engine(), wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise LoweringError(f"wasmtime rejects the generated module: {exc}", code="AF3199",
+                            hint="this is a bug in af: please report it with the .af file") from exc
+    return WasmModule(wasm=wasm, max_batch=max_batch, memory_pages=layout.pages, wat=wat)
