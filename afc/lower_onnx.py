@@ -1,0 +1,193 @@
+"""ONNX backend: `NetworkSpec` -> one `onnx.ModelProto` per agent.
+
+The graph takes ``input`` ``[batch, input_size]`` float32 and returns ``output``
+``[batch, output_size]``. Each layer is a ``Gemm`` (``transB=1``, so the ``[out, in]`` weights are
+stored exactly as in the .af) followed by its activation node; weights and biases are initializers
+named as in the .af's safetensors (``layers.<i>.weight``, ``layers.<i>.bias``) and nodes are named
+``layers.<i>.gemm`` / ``layers.<i>.<activation>`` so that a node name maps back to its layer.
+
+The opset and IR version are pinned: onnx 1.23 writes IR 14 by default, which onnxruntime 1.31 refuses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from afcore import __version__
+from afcore.errors import BundleError, LoweringError
+
+if TYPE_CHECKING:
+    from .spec import LayerSpec, NetworkSpec
+
+__all__ = [
+    "INPUT_NAME",
+    "IR_VERSION",
+    "OPSET",
+    "OUTPUT_NAME",
+    "check_model_bytes",
+    "lower_network",
+    "model_bytes",
+]
+
+#: the ONNX operator set the models import (Gelu needs 20); onnxruntime 1.31 runs it
+OPSET = 21
+#: the ONNX IR version written into models (onnxruntime 1.31 accepts up to 11)
+IR_VERSION = 10
+#: name of the graph input and of the dynamic batch dimension
+INPUT_NAME = "input"
+BATCH_DIM = "batch"
+#: name of the graph output
+OUTPUT_NAME = "output"
+#: the largest serialized model protobuf can hold
+MAX_MODEL_BYTES = (2 << 30) - 1
+
+#: activation -> (ONNX op, attributes); definitions in docs/format.md ("linear" adds no node)
+ACTIVATION_OPS: dict[str, tuple[str, dict[str, Any]]] = {
+    "relu": ("Relu", {}),
+    "leaky_relu": ("LeakyRelu", {"alpha": 0.01}),
+    "sigmoid": ("Sigmoid", {}),
+    "tanh": ("Tanh", {}),
+    "elu": ("Elu", {"alpha": 1.0}),
+    "gelu": ("Gelu", {"approximate": "none"}),
+    "softplus": ("Softplus", {}),
+    "softmax": ("Softmax", {"axis": -1}),
+}
+
+
+def _layer_nodes(layer: LayerSpec, activation: str, x: str, out: str) -> list[onnx.NodeProto]:
+    prefix = f"layers.{layer.index}"
+    if activation != "linear" and activation not in ACTIVATION_OPS:
+        raise LoweringError(
+            f"layer {layer.index} has activation {activation!r}, which the ONNX backend does not know",
+            code="AF3001",
+            hint="use one of the activations listed in docs/format.md",
+        )
+    gemm_out = out if activation == "linear" else f"{prefix}.linear"
+    nodes = [
+        helper.make_node(
+            "Gemm", [x, f"{prefix}.weight", f"{prefix}.bias"], [gemm_out], name=f"{prefix}.gemm", transB=1
+        )
+    ]
+    if activation != "linear":
+        op, attributes = ACTIVATION_OPS[activation]
+        nodes.append(helper.make_node(op, [gemm_out], [out], name=f"{prefix}.{activation}", **attributes))
+    return nodes
+
+
+def _check_shapes(network: NetworkSpec) -> None:
+    width = network.input_size
+    for layer in network.layers:
+        if layer.weight.shape != (layer.out_size, width) or layer.bias.shape != (layer.out_size,):
+            raise LoweringError(
+                f"layer {layer.index} has weight {tuple(layer.weight.shape)} and bias {tuple(layer.bias.shape)}, "
+                f"expected ({layer.out_size}, {width}) and ({layer.out_size},)",
+                code="AF3002",
+                hint="this is a bug in the checks before lowering: please report it",
+            )
+        width = layer.out_size
+    if not network.layers or width != network.output_size:
+        raise LoweringError(
+            f"the network ends with {width} outputs, not output_size {network.output_size}", code="AF3002"
+        )
+
+
+def lower_network(network: NetworkSpec, *, graph_name: str = "agent") -> onnx.ModelProto:
+    """Build the ONNX model of a network (not yet checked: see `model_bytes`).
+
+    Args:
+        network: the network; weights float32 ``[out, in]``.
+        graph_name: the graph's name (the agent's name).
+
+    Returns:
+        The model, with a pinned opset (`OPSET`) and IR version (`IR_VERSION`).
+
+    Raises:
+        LoweringError: AF3001 for an unknown activation, AF3002 for inconsistent layer shapes.
+    """
+    _check_shapes(network)
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[TensorProto] = []
+    x = INPUT_NAME
+    last = len(network.layers) - 1
+    for layer in network.layers:
+        activation = network.output_activation if layer.index == last else layer.activation
+        out = OUTPUT_NAME if layer.index == last else f"layers.{layer.index}.out"
+        nodes += _layer_nodes(layer, activation, x, out)
+        initializers.append(numpy_helper.from_array(layer.weight, f"layers.{layer.index}.weight"))
+        initializers.append(numpy_helper.from_array(layer.bias, f"layers.{layer.index}.bias"))
+        x = out
+    graph = helper.make_graph(
+        nodes,
+        graph_name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, network.input_size])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, network.output_size])],
+        initializer=initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="af",
+        producer_version=__version__,
+    )
+    return model
+
+
+def model_bytes(model: onnx.ModelProto) -> bytes:
+    """Serialize a model and check it with ``onnx.checker.check_model(full_check=True)``.
+
+    Args:
+        model: a model from `lower_network`.
+
+    Returns:
+        The serialized model.
+
+    Raises:
+        LoweringError: AF3007 when the model exceeds protobuf's 2 GiB, AF3003 when the checker refuses it.
+    """
+    if model.ByteSize() > MAX_MODEL_BYTES:
+        raise LoweringError(
+            f"the ONNX model would take {model.ByteSize()} bytes, more than protobuf's 2 GiB",
+            code="AF3007",
+            hint="use a smaller network or `--target wasm` only",
+        )
+    data = model.SerializeToString()
+    try:
+        onnx.checker.check_model(data, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise LoweringError(f"the generated ONNX model is invalid: {exc}", code="AF3003",
+                            hint="this is a bug in af: please report it") from None
+    return data
+
+
+def check_model_bytes(data: bytes) -> onnx.ModelProto:
+    """Parse an ONNX model taken from a bundle and refuse what a bundle must never hold.
+
+    Args:
+        data: the serialized model.
+
+    Returns:
+        The parsed model.
+
+    Raises:
+        BundleError: AF4020 when it does not parse, AF4021 when a tensor uses external data,
+            AF4022 when it imports or uses an operator domain other than the default ONNX one.
+    """
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError type
+        raise BundleError(f"model.onnx is not a valid ONNX model: {exc}", code="AF4020") from None
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+            raise BundleError(f"model.onnx tensor {tensor.name!r} uses external data", code="AF4021",
+                              hint="a bundle's model must be self-contained; compile the .af again")
+    domains = {o.domain for o in model.opset_import} | {n.domain for n in model.graph.node}
+    custom = sorted(d for d in domains if d not in ("", "ai.onnx"))
+    if custom or model.functions:
+        raise BundleError(f"model.onnx uses custom operator domains {custom or ['(local functions)']}",
+                          code="AF4022", hint="af bundles use standard ONNX operators only; compile the .af again")
+    return model

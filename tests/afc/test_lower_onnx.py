@@ -1,0 +1,179 @@
+"""The ONNX backend against independent references: numpy float64 and onnx's ReferenceEvaluator."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx.reference import ReferenceEvaluator
+from scipy.special import erf
+
+from afc.lower_onnx import IR_VERSION, OPSET, check_model_bytes, lower_network, model_bytes
+from afc.spec import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, LayerSpec, NetworkSpec
+from afcore.errors import BundleError, LoweringError
+
+#: activation definitions of docs/format.md, in float64
+REFERENCE = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "leaky_relu": lambda x: np.where(x > 0, x, 0.01 * x),
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "tanh": np.tanh,
+    "linear": lambda x: x,
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    "gelu": lambda x: 0.5 * x * (1.0 + erf(x / np.sqrt(2.0))),
+    "softplus": lambda x: np.logaddexp(0.0, x),
+}
+
+
+def softmax64(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def forward64(network: NetworkSpec, x: np.ndarray) -> np.ndarray:
+    """The float64 forward pass of docs/format.md, written independently of the backend."""
+    h = x.astype(np.float64)
+    last = len(network.layers) - 1
+    for layer in network.layers:
+        z = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
+        name = network.output_activation if layer.index == last else layer.activation
+        h = softmax64(z) if name == "softmax" else REFERENCE[name](z)
+    return h
+
+
+def run_ort(data: bytes, x: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.log_severity_level = 2  # warnings and worse
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return session.run(["output"], {"input": x})[0]
+
+
+def inputs(n: int, width: int, seed: int = 1) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((n, width)) * 2.0).astype(np.float32)
+
+
+class TestModelShape:
+    def test_signature_opset_and_ir_version(self, make_network):
+        model = lower_network(make_network([6, 5, 4, 3], "relu", "softmax"), graph_name="demo")
+        assert model.ir_version == IR_VERSION == 10
+        assert [(o.domain, o.version) for o in model.opset_import] == [("", OPSET)]
+        (inp,), (out,) = model.graph.input, model.graph.output
+        assert inp.name == "input" and out.name == "output"
+        assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 6]
+        assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 3]
+
+    def test_weights_are_initializers_named_as_in_the_af(self, make_network):
+        network = make_network([4, 3, 2])
+        model = lower_network(network)
+        tensors = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        assert sorted(tensors) == ["layers.0.bias", "layers.0.weight", "layers.1.bias", "layers.1.weight"]
+        np.testing.assert_array_equal(tensors["layers.1.weight"], network.layers[1].weight)
+
+    def test_node_names_point_at_layers(self, make_network):
+        model = lower_network(make_network([4, 3, 2], "gelu", "softmax"))
+        names = [n.name for n in model.graph.node]
+        assert names == ["layers.0.gemm", "layers.0.gelu", "layers.1.gemm", "layers.1.softmax"]
+
+    def test_linear_output_adds_no_node(self, make_network):
+        model = lower_network(make_network([4, 3, 2], "linear", "linear"))
+        assert [n.op_type for n in model.graph.node] == ["Gemm", "Gemm"]
+
+    def test_full_check_passes(self, make_network):
+        data = model_bytes(lower_network(make_network([8, 6, 4], "elu", "sigmoid")))
+        onnx.checker.check_model(data, full_check=True)
+
+
+class TestActivations:
+    @pytest.mark.parametrize("hidden", HIDDEN_ACTIVATIONS)
+    @pytest.mark.parametrize("output", OUTPUT_ACTIVATIONS)
+    def test_onnxruntime_matches_float64_numpy(self, make_network, hidden, output):
+        network = make_network([7, 9, 5, 4], hidden, output, seed=len(hidden) * 7 + len(output))
+        x = inputs(16, 7)
+        got = run_ort(model_bytes(lower_network(network)), x)
+        np.testing.assert_allclose(got, forward64(network, x), rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.parametrize("hidden", HIDDEN_ACTIVATIONS)
+    def test_reference_evaluator_agrees(self, make_network, hidden):
+        network = make_network([5, 6, 3], hidden, "softmax", seed=3)
+        model = lower_network(network)
+        x = inputs(8, 5, seed=2)
+        reference = ReferenceEvaluator(model).run(None, {"input": x})[0]
+        got = run_ort(model_bytes(model), x)
+        np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(reference, forward64(network, x), rtol=1e-5, atol=1e-5)
+
+    def test_activation_edge_values(self):
+        # identity weights, so the activation sees these values exactly; the absolute tolerance admits
+        # onnxruntime's saturated sigmoid (0 instead of 9e-14 at -30)
+        x = np.array([[0.0, 1e-40, -1e-40, 88.7, -88.7, 30.0, -30.0, 3.0]], dtype=np.float32)
+        for hidden in HIDDEN_ACTIVATIONS:
+            eye = LayerSpec(0, np.eye(8, dtype=np.float32), np.zeros(8, np.float32), hidden)
+            out = LayerSpec(1, np.eye(8, dtype=np.float32), np.zeros(8, np.float32), hidden)
+            network = NetworkSpec(8, 8, (eye, out), hidden, "linear")
+            got = run_ort(model_bytes(lower_network(network)), x)
+            np.testing.assert_allclose(got, forward64(network, x), rtol=1e-5, atol=1e-7, err_msg=hidden)
+
+    def test_softmax_of_large_logits_does_not_overflow(self):
+        layer = LayerSpec(0, np.eye(3, dtype=np.float32), np.zeros(3, np.float32), "linear")
+        network = NetworkSpec(3, 3, (layer,), "relu", "softmax")
+        got = run_ort(model_bytes(lower_network(network)), np.array([[1000.0, 999.0, -1000.0]], np.float32))
+        np.testing.assert_allclose(got, softmax64(np.array([[1000.0, 999.0, -1000.0]])), rtol=1e-6)
+
+
+class TestOnnxruntime:
+    def test_loads_without_warnings(self, make_network, capfd):
+        capfd.readouterr()
+        for hidden in HIDDEN_ACTIVATIONS:
+            run_ort(model_bytes(lower_network(make_network([4, 3, 2], hidden, "softmax"))), inputs(1, 4))
+        assert capfd.readouterr().err == ""
+
+    def test_dynamic_batch(self, make_network):
+        data = model_bytes(lower_network(make_network([4, 3, 2])))
+        for batch in (1, 3, 64):
+            assert run_ort(data, inputs(batch, 4)).shape == (batch, 2)
+
+
+class TestErrors:
+    def test_inconsistent_shapes_are_a_lowering_error(self, make_network):
+        network = make_network([4, 3, 2])
+        broken = NetworkSpec(5, 2, network.layers, "relu")
+        with pytest.raises(LoweringError) as info:
+            lower_network(broken)
+        assert info.value.code == "AF3002"
+
+    def test_unknown_activation(self, make_network):
+        network = make_network([4, 3, 2], "swish")
+        with pytest.raises(LoweringError) as info:
+            lower_network(network)
+        assert info.value.code == "AF3001"
+
+
+class TestCheckModelBytes:
+    def test_accepts_our_models(self, make_network):
+        data = model_bytes(lower_network(make_network([4, 3, 2])))
+        assert check_model_bytes(data).graph.node[0].name == "layers.0.gemm"
+
+    def test_refuses_garbage(self):
+        with pytest.raises(BundleError) as info:
+            check_model_bytes(b"\xff\xff not protobuf")
+        assert info.value.code == "AF4020"
+
+    def test_refuses_external_data(self, make_network):
+        model = lower_network(make_network([4, 3, 2]))
+        tensor = model.graph.initializer[0]
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value="/etc/passwd")
+        with pytest.raises(BundleError) as info:
+            check_model_bytes(model.SerializeToString())
+        assert info.value.code == "AF4021"
+
+    def test_refuses_custom_domains(self, make_network):
+        model = lower_network(make_network([4, 3, 2]))
+        model.opset_import.append(onnx.helper.make_opsetid("com.evil", 1))
+        model.graph.node[0].domain = "com.evil"
+        with pytest.raises(BundleError) as info:
+            check_model_bytes(model.SerializeToString())
+        assert info.value.code == "AF4022"
