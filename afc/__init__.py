@@ -1,3 +1,8 @@
 """The af compiler: .af file -> validated AgentSpec -> ONNX and WebAssembly -> bundle (.afb)."""
 
-__all__: list[str] = []
+from .agentfile import AgentFile as AgentFile
+from .agentfile import load_agent_file as load_agent_file
+from .agentfile import validate as validate
+from .agentfile import write_agent_file as write_agent_file
+
+__all__ = ["AgentFile", "load_agent_file", "validate", "write_agent_file"]

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_DEPTH",
-    "MAX_HEADER_CHARS",
     "NodePosition",
     "YamlDocument",
     "dump_round_trip",
@@ -34,8 +33,6 @@ __all__ = [
 
 #: deepest nesting of mappings/sequences a header may use (the reference example needs 3)
 MAX_DEPTH = 32
-#: largest header accepted, in characters (the reference example has ~1,100)
-MAX_HEADER_CHARS = 1 << 20
 
 #: characters refused in mapping keys and in `name`: C0/C1 controls and the bidi/invisible marks of "trojan source"
 _FORBIDDEN_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
@@ -166,25 +163,14 @@ def load_yaml(source: SourceFile) -> YamlDocument:
     Raises:
         ParseError: AF0050 YAML syntax, AF0051 empty or non-mapping header, AF0052 tag, AF0053 anchor,
             AF0054 alias, AF0055 nesting too deep, AF0056 non-string key, AF0057 duplicate key,
-            AF0058 more than one document, AF0059 header too large, AF0060 control or bidi character in a name.
+            AF0058 more than one document, AF0060 control or bidi character in a name. (The header's size
+            cap and its UTF-8 decoding are the reader's: AF0002, AF0001.)
     """
-    if len(source.text) > MAX_HEADER_CHARS:
-        raise ParseError([_too_large(source)])
     walker = _Walker(source)
     walker.run()
     if any(d.is_error for d in walker.diagnostics):
         raise ParseError(walker.diagnostics)
     return YamlDocument(source, walker.data, walker.positions)
-
-
-def _too_large(source: SourceFile) -> Diagnostic:
-    return Diagnostic(
-        "AF0059",
-        "error",
-        f"the YAML header is {len(source.text):,} characters long, more than the limit of {MAX_HEADER_CHARS:,}",
-        span=source.span(0, 0),
-        help="a header holds configuration only; put data into binary sections (`af pack`)",
-    )
 
 
 class _Fatal(Exception):

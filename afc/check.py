@@ -1,0 +1,271 @@
+"""Semantic checks of a schema-valid header and its sections (AF2001-AF2099).
+
+The schema says a header is well-formed; these checks say it means something: the weights fit
+`neural_config`, the training data fits the network, requirements fit within limits, and every
+workflow step is a known step with known arguments. Each check returns diagnostics; none raises.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any, Mapping
+
+from afcore.diagnostics import Diagnostic
+from afcore.errors import ParseError
+from afcore.spans import Span
+
+from .expr import parse_step, step_locator
+from .spec import WORKFLOW_NAMES
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from afcore.steps import Step
+
+    from .reader import RawSection
+    from .yamlload import YamlDocument
+
+__all__ = [
+    "REQUIREMENT_LIMITS",
+    "STEP_SIGNATURES",
+    "check_resources",
+    "check_steps",
+    "check_training_data",
+    "check_weights",
+    "expected_weight_shapes",
+    "parse_workflows",
+]
+
+#: every step an agent may use, with the arguments it accepts and their types (docs/steps.md documents
+#: what each does). This table is the one place the compiler learns step names and argument types from.
+STEP_SIGNATURES: Mapping[str, Mapping[str, type]] = {
+    "load_neural_network": {},
+    "initialize_memory": {},
+    "connect_to_swarm": {},
+    "register_capabilities": {},
+    "receive_input": {},
+    "process_neural_network": {},
+    "update_memory": {"window": int},
+    "send_output": {"topic": str},
+    "save_state": {"every": int},
+    "disconnect_from_swarm": {},
+    "cleanup_resources": {},
+}
+
+#: requirement key -> the limit it must not exceed
+REQUIREMENT_LIMITS: Mapping[str, str] = {
+    "minimum_memory_mb": "memory_mb",
+    "minimum_cpu_cores": "cpu_cores",
+    "minimum_disk_mb": "disk_mb",
+    "minimum_network_bandwidth_mbps": "network_bandwidth_mbps",
+}
+
+_TYPE_NAMES = {int: "an integer", str: "a string", float: "a number", bool: "true or false"}
+
+
+def parse_workflows(document: YamlDocument) -> tuple[dict[str, tuple[Step, ...]], list[Diagnostic]]:
+    """Parse every step string of the header's workflows.
+
+    Works on headers that failed the schema too: whatever is a string in a workflow list is parsed,
+    so that syntax errors are reported in the same run as schema errors.
+
+    Args:
+        document: the parsed header.
+
+    Returns:
+        The parsed steps per workflow (a step that does not parse is left out) and the AF007x diagnostics.
+    """
+    workflows = document.data.get("workflows") if isinstance(document.data, dict) else None
+    parsed: dict[str, tuple[Step, ...]] = {}
+    diagnostics: list[Diagnostic] = []
+    if not isinstance(workflows, dict):
+        return parsed, diagnostics
+    for name in WORKFLOW_NAMES:
+        items = workflows.get(name)
+        if not isinstance(items, list):
+            continue
+        steps = []
+        for index, text in enumerate(items):
+            if not isinstance(text, str):
+                continue
+            path = ("workflows", name, index)
+            try:
+                steps.append(parse_step(text, locate=step_locator(document, path), span=document.span_of(path)))
+            except ParseError as error:
+                diagnostics.extend(error.diagnostics)
+        parsed[name] = tuple(steps)
+    return parsed, diagnostics
+
+
+def check_steps(document: YamlDocument, workflows: Mapping[str, tuple[Step, ...]]) -> list[Diagnostic]:
+    """Check that each step is known and has known arguments of the right types.
+
+    Args:
+        document: the parsed header (to point carets at a step's name).
+        workflows: the parsed steps from `parse_workflows`.
+
+    Returns:
+        AF2020 unknown step, AF2021 unknown argument, AF2022 argument of the wrong type.
+    """
+    diagnostics: list[Diagnostic] = []
+    for steps in workflows.values():
+        for step in steps:
+            span = Span.from_json(dict(step.span)) if step.span else None
+            signature = STEP_SIGNATURES.get(step.name)
+            if signature is None:
+                diagnostics.append(_unknown_step(step, _name_span(document, span, step.name)))
+                continue
+            diagnostics += _check_arguments(step, signature, span)
+    return diagnostics
+
+
+def _unknown_step(step: Step, span: Span | None) -> Diagnostic:
+    close = difflib.get_close_matches(step.name, list(STEP_SIGNATURES), n=1, cutoff=0.6)
+    hint = f"did you mean `{close[0]}`?" if close else "the steps are listed in docs/steps.md"
+    return Diagnostic("AF2020", "error", f"unknown step `{step.name}`", span=span,
+                      label="not a known step", help=hint)
+
+
+def _check_arguments(step: Step, signature: Mapping[str, type], span: Span | None) -> list[Diagnostic]:
+    out = []
+    for key, value in step.args.items():
+        wanted = signature.get(key)
+        if wanted is None:
+            allowed = ", ".join(f"`{k}`" for k in signature) or "none"
+            close = difflib.get_close_matches(key, list(signature), n=1, cutoff=0.6)
+            hint = f"did you mean `{close[0]}`?" if close else f"arguments of `{step.name}`: {allowed}"
+            out.append(Diagnostic("AF2021", "error", f"step `{step.name}` has no argument `{key}`", span=span,
+                                  help=hint))
+        elif type(value) is not wanted:
+            found = _TYPE_NAMES.get(type(value), "null" if value is None else type(value).__name__)
+            out.append(Diagnostic("AF2022", "error",
+                                  f"argument `{key}` of `{step.name}` must be {_TYPE_NAMES[wanted]}, not {found}",
+                                  span=span, help=_argument_example(step.name, key, wanted)))
+    return out
+
+
+def _argument_example(step: str, key: str, wanted: type) -> str:
+    example = '"results"' if wanted is str else "100"
+    return f"e.g. `{step}({key}={example})`"
+
+
+def _name_span(document: YamlDocument, span: Span | None, name: str) -> Span | None:
+    # The name is the first token of the step string, after its opening quote if it has one.
+    if span is None or span.end_line != span.line:
+        return span
+    quoted = document.source.line_text(span.line)[span.column - 1 : span.column] in ("'", '"')
+    start = span.column + (1 if quoted else 0)
+    return Span(span.path, span.line, start, span.line, start + len(name))
+
+
+def expected_weight_shapes(neural_config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Return the tensors `neural_weights` must hold for a network, with their shapes.
+
+    Args:
+        neural_config: the header's ``neural_config`` (schema-valid).
+
+    Returns:
+        ``{"layers.<i>.weight": (out_i, in_i), "layers.<i>.bias": (out_i,)}`` for i = 0..len(hidden_layers).
+    """
+    sizes = [int(neural_config["input_size"]), *map(int, neural_config["hidden_layers"]),
+             int(neural_config["output_size"])]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in range(len(sizes) - 1):
+        shapes[f"layers.{i}.weight"] = (sizes[i + 1], sizes[i])
+        shapes[f"layers.{i}.bias"] = (sizes[i + 1],)
+    return shapes
+
+
+def check_weights(document: YamlDocument, section: RawSection | None,
+                  tensors: Mapping[str, np.ndarray] | None) -> list[Diagnostic]:
+    """Check that ``neural_weights`` exists and holds exactly the tensors `neural_config` asks for.
+
+    Args:
+        document: the parsed, schema-valid header.
+        section: the ``neural_weights`` section, or None when the file has none.
+        tensors: its decoded tensors (None when absent).
+
+    Returns:
+        AF2001 section missing, AF2002 tensor missing, AF2003 unexpected tensor, AF2004 wrong shape.
+    """
+    config_span = document.span_of(("neural_config",), part="key")
+    if section is None or tensors is None:
+        return [Diagnostic("AF2001", "error", "the file has no `neural_weights` section", span=config_span,
+                           label="this network needs weights",
+                           help="pack weights with `af pack FILE --weights W.safetensors`, or start from `af init`")]
+    expected = expected_weight_shapes(document.data["neural_config"])
+    return _compare_tensors("neural_weights", section, tensors, expected, config_span,
+                            codes=("AF2002", "AF2003", "AF2004"))
+
+
+def check_training_data(document: YamlDocument, section: RawSection | None,
+                        tensors: Mapping[str, np.ndarray] | None) -> list[Diagnostic]:
+    """Check the optional ``training_data`` section: ``inputs`` [N, input_size], ``targets`` [N, output_size].
+
+    Args:
+        document: the parsed, schema-valid header.
+        section: the ``training_data`` section, or None.
+        tensors: its decoded tensors.
+
+    Returns:
+        AF2005 tensor missing, AF2006 wrong shape or row counts that differ, AF2007 unexpected tensor.
+    """
+    if section is None or tensors is None:
+        return []
+    config = document.data["neural_config"]
+    config_span = document.span_of(("neural_config",), part="key")
+    inputs, targets = tensors.get("inputs"), tensors.get("targets")
+    rows = int(inputs.shape[0]) if inputs is not None and inputs.ndim == 2 else "N"
+    expected = {"inputs": (rows, int(config["input_size"])), "targets": (rows, int(config["output_size"]))}
+    return _compare_tensors("training_data", section, tensors, expected, config_span,
+                            codes=("AF2005", "AF2007", "AF2006"))
+
+
+def _compare_tensors(section_name: str, section: RawSection, tensors: Mapping[str, np.ndarray],
+                     expected: Mapping[str, tuple], config_span: Span, *, codes: tuple[str, str, str]) -> list[Diagnostic]:
+    missing_code, extra_code, shape_code = codes
+    note = (f"`neural_config` (line {config_span.line}) defines the network",)
+    out = []
+    for name, shape in expected.items():
+        if name not in tensors:
+            out.append(Diagnostic(missing_code, "error", f"`{section_name}` has no tensor `{name}`",
+                                  span=section.span, help=f"add `{name}` with shape {_shape(shape)}", notes=note))
+            continue
+        found = tuple(int(d) for d in tensors[name].shape)
+        if len(found) != len(shape) or any(e != "N" and e != f for e, f in zip(shape, found)):
+            out.append(Diagnostic(shape_code, "error",
+                                  f"tensor `{name}` in `{section_name}` has shape {_shape(found)}, expected {_shape(shape)}",
+                                  span=section.span, help="re-export the tensor with the expected shape, or fix "
+                                  "`neural_config` to match it", notes=note))
+    for name in sorted(set(tensors) - set(expected)):
+        out.append(Diagnostic(extra_code, "error", f"unexpected tensor `{name}` in `{section_name}`",
+                              span=section.span, help=f"`{section_name}` holds only: {', '.join(expected)}",
+                              notes=note))
+    return out
+
+
+def _shape(shape: tuple) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_resources(document: YamlDocument) -> list[Diagnostic]:
+    """Check that each requirement fits within its limit.
+
+    Args:
+        document: the parsed, schema-valid header.
+
+    Returns:
+        AF2010 for each requirement above its limit.
+    """
+    resources = document.data.get("resources") or {}
+    limits, requirements = resources.get("limits") or {}, resources.get("requirements") or {}
+    out = []
+    for key, limit_key in REQUIREMENT_LIMITS.items():
+        if key in requirements and limit_key in limits and requirements[key] > limits[limit_key]:
+            limit_span = document.span_of(("resources", "limits", limit_key))
+            out.append(Diagnostic(
+                "AF2010", "error",
+                f"`{key}` ({requirements[key]}) is more than the limit `{limit_key}` ({limits[limit_key]})",
+                span=document.span_of(("resources", "requirements", key)), label="required here",
+                help=f"raise `resources.limits.{limit_key}` (line {limit_span.line}) or lower the requirement"))
+    return out
