@@ -1,3 +1,14 @@
-"""The af runtime: loads bundles into sandboxed agents that join a swarm and run their workflows."""
+"""The af runtime: loads bundles into sandboxed agents that join a swarm and run their workflows.
 
-__all__: list[str] = []
+``afrt.load(bundle) -> Agent`` is the entry point; wasmtime and onnxruntime are imported only
+when a backend that needs them is loaded.
+"""
+
+from .agent import Agent as Agent
+from .agent import load as load
+from .instrument import Instrument as Instrument
+from .instrument import Instruments as Instruments
+from .loader import LoadedBundle as LoadedBundle
+from .loader import load_bundle as load_bundle
+
+__all__ = ["Agent", "Instrument", "Instruments", "LoadedBundle", "load", "load_bundle"]

@@ -1,0 +1,271 @@
+"""The one place where the runtime catches foreign exceptions and turns them into af errors.
+
+wasmtime raises two unrelated roots (`wasmtime.Trap` for traps, `wasmtime.WasmtimeError` for
+everything else) and onnxruntime raises its own pybind11 classes (`Fail`, `InvalidArgument`, ...),
+none of which share a base with each other or with ours. As httpx's
+``map_httpcore_exceptions`` does, each context manager here picks the most specific af class and
+does ``raise mapped(msg) from exc``, so that callers see only `afcore.errors` and the original
+is kept as ``__cause__`` for debugging.
+
+The managers are small classes rather than ``@contextmanager`` generators because the wasm and
+onnx ones wrap every inference call and a generator costs about a microsecond per use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+import wasmtime
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort
+
+from afcore.errors import (
+    AfError,
+    AgentTrap,
+    BundleError,
+    InferenceError,
+    ResourceLimitError,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = [
+    "OnnxCallErrors",
+    "WasmCallErrors",
+    "call_or_none",
+    "map_onnx_load_errors",
+    "map_onnx_parse_errors",
+    "map_wasm_compile_errors",
+    "map_wasm_instantiate_errors",
+    "trap_frames",
+]
+
+#: every exception class onnxruntime's Python binding raises (they all derive from Exception only)
+ONNXRUNTIME_ERRORS: tuple[type[BaseException], ...] = tuple(
+    cls
+    for cls in vars(_ort).values()
+    if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == _ort.__name__
+)
+
+T = TypeVar("T")
+
+#: bytes in one WebAssembly page
+WASM_PAGE = 65536
+
+
+class _ErrorMap:
+    """Base context manager: translate the exceptions in ``catches`` with ``translate``."""
+
+    __slots__ = ("catches", "translate")
+
+    def __init__(self, catches: tuple[type[BaseException], ...], translate: Callable[[BaseException], AfError]):
+        self.catches = catches
+        self.translate = translate
+
+    def __enter__(self) -> _ErrorMap:
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if exc is None or not isinstance(exc, self.catches):
+            return False
+        raise self.translate(exc) from exc
+
+
+def trap_frames(trap: wasmtime.Trap) -> list[dict]:
+    """Return a trap's wasm frames as plain data (func_index, func_name, module_offset).
+
+    Args:
+        trap: the wasmtime trap.
+
+    Returns:
+        One dict per frame, innermost first; empty when wasmtime gives no backtrace.
+    """
+    frames = trap.frames or []
+    return [
+        {"func_index": f.func_index, "func_name": f.func_name, "module_offset": f.module_offset} for f in frames
+    ]
+
+
+class WasmCallErrors(_ErrorMap):
+    """Maps errors raised while calling into a sandboxed instance.
+
+    An out-of-fuel trap becomes `ResourceLimitError` AF5010; any trap after the call grew the
+    linear memory up to the store's cap becomes `ResourceLimitError` AF5011 (wasmtime makes
+    ``memory.grow`` return -1 at the cap, and the module then traps or spins until fuel runs
+    out); every other trap is an `AgentTrap` AF5001.
+
+    Args:
+        agent: the agent's name, for the message.
+        memory_limit: the store's memory cap in bytes.
+        memory_pages: returns the instance's current memory size in pages.
+    """
+
+    __slots__ = ("agent", "memory_limit", "memory_pages", "start_pages")
+
+    def __init__(self, agent: str, memory_limit: int, memory_pages: Callable[[], int]) -> None:
+        super().__init__((wasmtime.Trap, wasmtime.WasmtimeError), self._translate)
+        self.agent = agent
+        self.memory_limit = memory_limit
+        self.memory_pages = memory_pages
+        #: memory size when the instance was created; set by the sandbox
+        self.start_pages = 0
+
+    def _memory_exhausted(self) -> bool:
+        pages = self.memory_pages()
+        return pages > self.start_pages and (pages + 1) * WASM_PAGE > self.memory_limit
+
+    def _translate(self, exc: BaseException) -> AfError:
+        if self._memory_exhausted():
+            mb = self.memory_limit / 2**20
+            return ResourceLimitError(
+                f"agent `{self.agent}` reached its memory limit of {mb:g} MB",
+                code="AF5011",
+                hint="raise `resources.limits.memory_mb` if the network legitimately needs more memory",
+                agent=self.agent,
+            )
+        if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return ResourceLimitError(
+                f"agent `{self.agent}` ran out of fuel",
+                code="AF5010",
+                hint="the module ran longer than its network's size allows; "
+                "pass a larger `fuel_per_record` if it is legitimate",
+                agent=self.agent,
+            )
+        if isinstance(exc, wasmtime.Trap):
+            code_name = exc.trap_code.name.lower() if exc.trap_code is not None else None
+            return AgentTrap(
+                f"agent `{self.agent}` trapped: {_first_line(exc.message)}",
+                code="AF5001",
+                trap_code=code_name,
+                frames=trap_frames(exc),
+                agent=self.agent,
+            )
+        return InferenceError(f"agent `{self.agent}` failed in wasmtime: {_first_line(str(exc))}", code="AF5015",
+                              agent=self.agent)
+
+
+class OnnxCallErrors(_ErrorMap):
+    """Maps onnxruntime errors raised by ``InferenceSession.run`` to `InferenceError` AF5033.
+
+    Args:
+        agent: the agent's name, for the message.
+    """
+
+    __slots__ = ("agent",)
+
+    def __init__(self, agent: str) -> None:
+        super().__init__(ONNXRUNTIME_ERRORS, self._translate)
+        self.agent = agent
+
+    def _translate(self, exc: BaseException) -> AfError:
+        return InferenceError(
+            f"onnxruntime failed for agent `{self.agent}`: {_first_line(str(exc))}",
+            code="AF5033",
+            agent=self.agent,
+        )
+
+
+def map_onnx_load_errors(member: str) -> _ErrorMap:
+    """Return a context manager mapping onnxruntime session-creation errors to `BundleError` AF5043.
+
+    Args:
+        member: the bundle member being loaded, for the message.
+    """
+
+    def translate(exc: BaseException) -> AfError:
+        return BundleError(
+            f"onnxruntime refuses `{member}`: {_first_line(str(exc))}",
+            code="AF5043",
+            hint="recompile the bundle with `af compile`",
+        )
+
+    return _ErrorMap(ONNXRUNTIME_ERRORS, translate)
+
+
+def map_onnx_parse_errors(member: str) -> _ErrorMap:
+    """Return a context manager mapping protobuf decode errors of an ONNX model to `BundleError` AF5043.
+
+    Args:
+        member: the bundle member being parsed, for the message.
+    """
+    from google.protobuf.message import Error as ProtobufError  # comes with onnx
+
+    def translate(exc: BaseException) -> AfError:
+        return BundleError(
+            f"`{member}` is not an ONNX model: {_first_line(str(exc))}",
+            code="AF5043",
+            hint="recompile the bundle with `af compile`",
+        )
+
+    return _ErrorMap((ProtobufError,), translate)
+
+
+def map_wasm_compile_errors(member: str) -> _ErrorMap:
+    """Return a context manager mapping wasmtime compile errors to `BundleError` AF5045.
+
+    Args:
+        member: the bundle member being compiled, for the message.
+    """
+
+    def translate(exc: BaseException) -> AfError:
+        return BundleError(
+            f"`{member}` is not a valid WebAssembly module: {_first_line(str(exc))}",
+            code="AF5045",
+            hint="recompile the bundle with `af compile`",
+        )
+
+    return _ErrorMap((wasmtime.WasmtimeError, wasmtime.Trap), translate)
+
+
+def map_wasm_instantiate_errors(agent: str, memory_limit: int) -> _ErrorMap:
+    """Return a context manager mapping instantiation failures.
+
+    wasmtime refuses to instantiate a module whose initial memory exceeds the store's cap; that
+    becomes `ResourceLimitError` AF5012. A trap in a start function is an `AgentTrap` AF5001.
+
+    Args:
+        agent: the agent's name.
+        memory_limit: the store's memory cap in bytes.
+    """
+
+    def translate(exc: BaseException) -> AfError:
+        if isinstance(exc, wasmtime.Trap):
+            return AgentTrap(f"agent `{agent}` trapped while starting: {_first_line(exc.message)}",
+                             code="AF5001", frames=trap_frames(exc), agent=agent)
+        mb = memory_limit / 2**20
+        return ResourceLimitError(
+            f"agent `{agent}` cannot start within its memory limit of {mb:g} MB: {_first_line(str(exc))}",
+            code="AF5012",
+            hint="raise `resources.limits.memory_mb` to at least the module's initial memory",
+            agent=agent,
+        )
+
+    return _ErrorMap((wasmtime.WasmtimeError, wasmtime.Trap), translate)
+
+
+def call_or_none(fn: Callable[..., T], *args: Any) -> T | None:
+    """Return ``fn(*args)``, or None when wasmtime raises: for best-effort paths (the module cache).
+
+    Args:
+        fn: a callable into wasmtime.
+        args: its arguments.
+
+    Returns:
+        Its result, or None on `wasmtime.WasmtimeError`/`wasmtime.Trap`.
+    """
+    try:
+        return fn(*args)
+    except (wasmtime.WasmtimeError, wasmtime.Trap):
+        return None
+
+
+def _first_line(text: str) -> str:
+    # wasmtime puts the cause after a multi-line backtrace ("... Caused by:\n    wasm trap: ...");
+    # the diagnostic wants that one line.
+    text = str(text)
+    if "Caused by:" in text:
+        text = text.rsplit("Caused by:", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else "unknown error"

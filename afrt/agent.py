@@ -1,0 +1,244 @@
+"""`afrt.load(bundle) -> Agent`: a loaded agent with one sandboxed backend, and its replicas.
+
+An `Agent` is what the swarm runs: the bundle's identity, resources and workflows, plus
+``infer`` on the backend chosen at load time. ``infer`` is the hot path (benchmarks 2 and 3
+measure what it adds over the bare backend call), so it checks the input with a few attribute
+reads and hands C-contiguous float32 arrays to the backend without copying.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+
+from afcore.errors import InferenceError, UsageError
+
+from .loader import LoadedBundle, load_bundle
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from afcore.steps import Step
+
+__all__ = ["BACKENDS", "DEFAULT_MEMORY_MB", "ONNX_MAX_BATCH", "Agent", "load"]
+
+#: the backends `load` accepts
+BACKENDS = ("onnx", "wasm")
+#: records per onnxruntime call; `Agent.infer` splits larger arrays to bound peak memory
+ONNX_MAX_BATCH = 4096
+#: the wasm memory cap when the manifest declares no ``resources.limits.memory_mb``
+DEFAULT_MEMORY_MB = 512
+_F32 = np.dtype(np.float32)
+
+
+class Agent:
+    """A loaded agent: identity, resources, workflows, and inference on one backend.
+
+    Create it with `load`; make more instances sharing the compiled code with `replica`. One
+    Agent serves one caller at a time (the wasm backend has one Store); replicas are independent.
+
+    Attributes:
+        manifest: the bundle's manifest.
+        name: the agent's name.
+        version: the agent's version.
+        digest: sha256 of the bundle.
+        backend: ``"onnx"`` or ``"wasm"``.
+        input_size: floats per input record.
+        output_size: floats per output record.
+        max_batch: the largest batch one backend call takes; `infer` splits larger inputs.
+        workflows: ``initialization``/``execution``/``shutdown`` -> parsed steps.
+        resources: the manifest's ``resources`` (``limits``, ``requirements``).
+        bundle: the `LoadedBundle`.
+    """
+
+    def __init__(self, bundle: LoadedBundle, engine: Any, *, backend: str) -> None:
+        self.bundle = bundle
+        self.manifest: Mapping[str, Any] = bundle.manifest
+        self.name, self.version, self.digest = bundle.name, bundle.version, bundle.digest
+        self.backend = backend
+        self.input_size, self.output_size = bundle.input_size, bundle.output_size
+        self.workflows: Mapping[str, tuple[Step, ...]] = bundle.workflows
+        self.resources: Mapping[str, Any] = bundle.resources
+        self.max_batch: int = getattr(engine, "max_batch", ONNX_MAX_BATCH)
+        self._engine = engine
+        self._run: Callable[[np.ndarray], np.ndarray] = engine.run
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.name} {self.version} backend={self.backend}>"
+
+    def infer(self, inputs: np.ndarray) -> np.ndarray:
+        """Run the network.
+
+        Args:
+            inputs: float32 ``[n, input_size]`` (or ``[input_size]`` for one record). Arrays that
+                are not C-contiguous are copied first.
+
+        Returns:
+            A new float32 array ``[n, output_size]`` (or ``[output_size]``).
+
+        Raises:
+            InferenceError: AF5030 for a dtype other than float32, AF5031 for a wrong shape,
+                AF5032 after `close`, AF5033/AF5014/AF5015 when the backend fails.
+            ResourceLimitError: AF5010/AF5011 when a wasm call runs out of fuel or memory; only
+                this call fails, the agent stays usable.
+            AgentTrap: AF5001 when the wasm module traps; the agent stays usable. For a batch,
+                the caller may retry the records one by one to find the one at fault.
+        """
+        if type(inputs) is not np.ndarray or inputs.dtype != _F32:
+            raise self._dtype_error(inputs)
+        shape = inputs.shape
+        if len(shape) == 2 and shape[1] == self.input_size:
+            if 0 < shape[0] <= self.max_batch and inputs.flags.c_contiguous:
+                return self._run(inputs)
+            return self._infer_split(np.ascontiguousarray(inputs))
+        if len(shape) == 1 and shape[0] == self.input_size:
+            return self.infer(inputs.reshape(1, -1))[0]
+        raise InferenceError(
+            f"agent `{self.name}` takes [n, {self.input_size}] or [{self.input_size}] inputs, got {list(shape)}",
+            code="AF5031",
+            hint=f"each record has {self.input_size} floats",
+            agent=self.name,
+        )
+
+    def _infer_split(self, inputs: np.ndarray) -> np.ndarray:
+        n, step = inputs.shape[0], self.max_batch
+        if n == 0:
+            return np.empty((0, self.output_size), dtype=_F32)
+        return np.concatenate([self._run(inputs[i : i + step]) for i in range(0, n, step)])
+
+    def _dtype_error(self, inputs: Any) -> InferenceError:
+        found = inputs.dtype if isinstance(inputs, np.ndarray) else type(inputs).__name__
+        return InferenceError(
+            f"agent `{self.name}` takes float32 arrays, got {found}",
+            code="AF5030",
+            hint="convert with numpy.asarray(x, dtype=numpy.float32)",
+            agent=self.name,
+        )
+
+    @property
+    def fuel_used(self) -> int | None:
+        """Fuel consumed by the last wasm call (None on the ONNX backend), for profilers."""
+        return getattr(self._engine, "fuel_used", None)
+
+    @property
+    def fuel_per_record(self) -> int | None:
+        """The wasm fuel budget of one record (None on the ONNX backend)."""
+        return getattr(self._engine, "fuel_per_record", None)
+
+    def replica(self) -> Agent:
+        """Return an independent agent sharing this one's compiled code.
+
+        wasm: a new Store and Instance of the same `wasmtime.Module` (weights mapped
+        copy-on-write). onnx: the same `InferenceSession`, whose ``run`` is thread-safe.
+
+        Raises:
+            InferenceError: AF5032 after `close`.
+        """
+        if self._engine is None:
+            raise self._closed_error()
+        return Agent(self.bundle, self._engine.replica(), backend=self.backend)
+
+    def close(self) -> None:
+        """Release the backend; later calls to `infer` raise `InferenceError` AF5032. Idempotent."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            self._run = self._raise_closed
+            engine.close()
+
+    def _raise_closed(self, inputs: np.ndarray) -> np.ndarray:
+        raise self._closed_error()
+
+    def _closed_error(self) -> InferenceError:
+        return InferenceError(f"agent `{self.name}` is closed", code="AF5032", agent=self.name)
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _check_options(backend: str, fuel_per_record: int | None, threads: int | None) -> None:
+    problems = []
+    if backend not in BACKENDS:
+        problems.append(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if fuel_per_record is not None and (not isinstance(fuel_per_record, int) or fuel_per_record < 1):
+        problems.append(f"fuel_per_record must be a positive integer, not {fuel_per_record!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        problems.append(f"threads must be a positive integer, not {threads!r}")
+    if problems:
+        raise UsageError("; ".join(problems), code="AF5090")
+
+
+def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: Path | None) -> Any:
+    from . import sandbox
+    from .modcache import ModuleCache
+
+    module = ModuleCache(cache_dir).load(bundle.member("wasm"), member="model.wasm")
+    sandbox.ensure_policy(module)
+    memory_mb = bundle.limit("memory_mb") or DEFAULT_MEMORY_MB
+    return sandbox.WasmInstance(
+        module,
+        agent=bundle.name,
+        input_size=bundle.input_size,
+        output_size=bundle.output_size,
+        memory_limit=int(memory_mb * 2**20),
+        fuel_per_record=fuel_per_record or sandbox.fuel_per_record(list(bundle.layers)),
+    )
+
+
+def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Any:
+    from .inference import OnnxModel, ensure_safe_onnx, session_threads
+
+    model_bytes = bundle.member("onnx")
+    ensure_safe_onnx(model_bytes)
+    model = OnnxModel(
+        model_bytes,
+        agent=bundle.name,
+        input_name=bundle.input_name,
+        output_name=bundle.output_name,
+        threads=session_threads(bundle.limit("cpu_cores"), threads),
+    )
+    model.ensure_signature(bundle.input_size, bundle.output_size)
+    return model
+
+
+def load(
+    bundle: str | os.PathLike | bytes | Any,
+    *,
+    backend: str = "onnx",
+    fuel_per_record: int | None = None,
+    threads: int | None = None,
+    cache_dir: Path | str | None = None,
+) -> Agent:
+    """Load a bundle into an agent on one backend.
+
+    Args:
+        bundle: a path to an .afb, its bytes, an `afcore.bundle.Bundle`, or a `LoadedBundle`.
+        backend: ``"onnx"`` (onnxruntime) or ``"wasm"`` (wasmtime, fuel- and memory-limited).
+        fuel_per_record: wasm fuel per record; default derived from the network's size
+            (`afrt.sandbox.fuel_per_record`).
+        threads: onnxruntime intra-op threads; default ``ceil(resources.limits.cpu_cores)``.
+        cache_dir: the compiled-module cache (wasm); default ``$XDG_CACHE_HOME/af/modules``.
+
+    Returns:
+        The `Agent`.
+
+    Raises:
+        UsageError: AF5090 for a bad option.
+        BundleError: the bundle is corrupt, unsupported or lacks the backend (AF4xxx, AF5040-AF5046).
+        SandboxViolation: AF5020 (wasm imports), AF5021 (ONNX external data), AF5022 (custom ops).
+        ResourceLimitError: AF5012 when the module cannot start within ``memory_mb``.
+    """
+    _check_options(backend, fuel_per_record, threads)
+    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle)
+    if backend == "wasm":
+        engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None)
+    else:
+        engine = _onnx_engine(loaded, threads)
+    return Agent(loaded, engine, backend=backend)

@@ -1,0 +1,316 @@
+"""The WebAssembly sandbox: one shared wasmtime Engine, the allow-list policy, and instances.
+
+The policy is data, checked in one place (`ensure_policy`), as Jinja's sandbox keeps its rules in
+``is_safe_callable``: an agent module may import nothing (no host functions, no WASI) and must
+export exactly the ABI v1 entry points with their types. Everything an agent can do is compute on
+its own linear memory, bounded by fuel (per call) and a memory cap (per store).
+
+All replicas of all agents in a process share one `Engine`, and replicas of one agent share one
+`wasmtime.Module`: with ``memory_init_cow`` wasmtime maps the module's data segments (the weights)
+copy-on-write, so a replica costs a Store, an Instance and the pages it writes (about 20 KiB).
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass, field
+from importlib.metadata import version as _dist_version
+from typing import Mapping
+
+import numpy as np
+import wasmtime
+
+from afcore.errors import BundleError, InferenceError, SandboxViolation
+
+from ._errormap import WasmCallErrors, map_wasm_instantiate_errors
+
+__all__ = [
+    "ENGINE_CONFIG",
+    "POLICY",
+    "SandboxPolicy",
+    "WasmInstance",
+    "engine_fingerprint",
+    "ensure_policy",
+    "fuel_per_record",
+    "shared_engine",
+]
+
+#: wasmtime Config settings of the shared engine; part of the module-cache key
+ENGINE_CONFIG: Mapping[str, object] = {
+    "consume_fuel": True,
+    # Data segments (the weights) mapped copy-on-write: replicas share them (benchmark 4).
+    "memory_init_cow": True,
+    # A fixed base address keeps the host's numpy view over linear memory valid after memory.grow.
+    "memory_may_move": False,
+    "cranelift_opt_level": "speed",
+    "wasm_simd": True,
+    "wasm_relaxed_simd": False,
+    "wasm_threads": False,
+}
+
+#: fuel granted per record for each multiply-accumulate of the network; wasmtime charges about one
+#: unit per instruction and the generated SIMD kernels do 4 MACs in 3-4 instructions (measured
+#: 0.8-1.0 per MAC, see docs/runtime.md), so 2 leaves a 2x margin
+FUEL_PER_MAC = 2
+#: fuel per record for each neuron (bias, activation: exp/tanh polynomials take up to ~60 instructions)
+FUEL_PER_NEURON = 200
+#: fuel per call on top of the per-record budget (prologue, loops over the batch)
+FUEL_PER_CALL = 10_000
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """What a sandboxed agent module may use: the allow-list checked by `ensure_policy`.
+
+    Attributes:
+        allowed_imports: (module, name) pairs a module may import; empty: no host functions at all.
+        wasi: whether WASI is linked; never for agents.
+        exports: export name -> ("memory",) or ("func", params, results) as wasm type names.
+    """
+
+    allowed_imports: frozenset[tuple[str, str]] = frozenset()
+    wasi: bool = False
+    exports: Mapping[str, tuple] = field(
+        default_factory=lambda: {
+            "memory": ("memory",),
+            "input_ptr": ("func", (), ("i32",)),
+            "output_ptr": ("func", (), ("i32",)),
+            "max_batch": ("func", (), ("i32",)),
+            "infer": ("func", ("i32",), ("i32",)),
+        }
+    )
+
+
+#: the one policy of ABI v1
+POLICY = SandboxPolicy()
+
+
+@functools.cache
+def shared_engine() -> wasmtime.Engine:
+    """Return the process-wide engine configured with `ENGINE_CONFIG`.
+
+    Returns:
+        The same `wasmtime.Engine` on every call, so that modules and stores can be shared.
+    """
+    config = wasmtime.Config()
+    for name, value in ENGINE_CONFIG.items():
+        setattr(config, name, value)
+    return wasmtime.Engine(config)
+
+
+@functools.cache
+def engine_fingerprint() -> str:
+    """Return a string naming everything a serialized module depends on.
+
+    Returns:
+        wasmtime version, machine, and the engine settings; the module cache keys files by it.
+    """
+    settings = ",".join(f"{k}={v}" for k, v in sorted(ENGINE_CONFIG.items()))
+    return f"wasmtime={_dist_version('wasmtime')};machine={platform.machine()};{settings}"
+
+
+def fuel_per_record(layers: list[tuple[int, int]]) -> int:
+    """Return the default fuel budget of one record for a feedforward network.
+
+    ``FUEL_PER_MAC * sum(in * out) + FUEL_PER_NEURON * sum(out)``; a call on ``n`` records gets
+    ``n * fuel_per_record + FUEL_PER_CALL``.
+
+    Args:
+        layers: (in, out) of each dense layer.
+
+    Returns:
+        The fuel units of one record.
+    """
+    macs = sum(i * o for i, o in layers)
+    neurons = sum(o for _, o in layers)
+    return FUEL_PER_MAC * macs + FUEL_PER_NEURON * neurons
+
+
+def _type_name(ty: object) -> str:
+    return str(ty)
+
+
+def _describe_export(ty: object) -> tuple:
+    if isinstance(ty, wasmtime.MemoryType):
+        return ("memory",)
+    if isinstance(ty, wasmtime.FuncType):
+        return ("func", tuple(map(_type_name, ty.params)), tuple(map(_type_name, ty.results)))
+    return (type(ty).__name__,)
+
+
+def ensure_policy(module: wasmtime.Module, *, member: str = "model.wasm", policy: SandboxPolicy = POLICY) -> None:
+    """Check a compiled module against the sandbox policy.
+
+    Args:
+        module: the compiled module.
+        member: its bundle member name, for messages.
+        policy: the allow-list; `POLICY` unless testing.
+
+    Raises:
+        SandboxViolation: AF5020 when the module imports anything not allowed (ABI v1: anything).
+        BundleError: AF5042 when an ABI export is missing or has the wrong type.
+    """
+    for imp in module.imports:
+        if (imp.module, imp.name) not in policy.allowed_imports:
+            raise SandboxViolation(
+                f"`{member}` imports `{imp.module}.{imp.name}`, and agent modules may import nothing",
+                code="AF5020",
+                hint="agent modules are pure computation (ABI v1: no imports, no WASI); "
+                "this bundle was not produced by `af compile`",
+            )
+    found = {exp.name: _describe_export(exp.type) for exp in module.exports}
+    for name, want in policy.exports.items():
+        if found.get(name) != want:
+            raise BundleError(
+                f"`{member}` does not follow ABI v1: export `{name}` is {found.get(name, 'missing')}, "
+                f"expected {want}",
+                code="AF5042",
+                hint="see docs/bundle.md, WebAssembly ABI v1; recompile the bundle with `af compile`",
+            )
+
+
+class WasmInstance:
+    """One sandboxed instance of an agent module: its own Store (fuel, memory cap) and Instance.
+
+    Not thread-safe: one instance serves one caller at a time; use `replica` for another.
+
+    Args:
+        module: the compiled module (checked with `ensure_policy`).
+        agent: the agent's name, for errors.
+        input_size: floats per input record.
+        output_size: floats per output record.
+        memory_limit: cap on linear memory, in bytes.
+        fuel_per_record: fuel budget of one record (see `fuel_per_record`).
+
+    Raises:
+        ResourceLimitError: AF5012 when the module's initial memory exceeds ``memory_limit``.
+        BundleError: AF5042 when the module's buffers do not fit its memory.
+    """
+
+    def __init__(
+        self,
+        module: wasmtime.Module,
+        *,
+        agent: str,
+        input_size: int,
+        output_size: int,
+        memory_limit: int,
+        fuel_per_record: int,
+    ) -> None:
+        self.module = module
+        self.agent = agent
+        self.input_size = input_size
+        self.output_size = output_size
+        self.memory_limit = memory_limit
+        self.fuel_per_record = fuel_per_record
+        self.fuel_budget = 0
+        self._errors = WasmCallErrors(agent, memory_limit, self._memory_pages)
+        self._instantiate()
+
+    def _instantiate(self) -> None:
+        store = wasmtime.Store(shared_engine())
+        store.set_limits(memory_size=self.memory_limit, instances=1, tables=1, memories=1)
+        store.set_fuel(FUEL_PER_CALL)  # for a start function and the three pointer getters
+        with map_wasm_instantiate_errors(self.agent, self.memory_limit):
+            instance = wasmtime.Instance(store, self.module, [])
+            exports = instance.exports(store)
+            memory = exports["memory"]
+            self.max_batch = exports["max_batch"](store)
+            input_ptr, output_ptr = exports["input_ptr"](store), exports["output_ptr"](store)
+        self._store, self._memory = store, memory
+        self._infer = _make_caller(store, exports["infer"])
+        self._input, self._output = self._views(input_ptr, output_ptr)
+        self._errors.start_pages = memory.size(store)
+
+    def _views(self, input_ptr: int, output_ptr: int) -> tuple[np.ndarray, np.ndarray]:
+        # One numpy view per buffer, made once: memory never moves (ENGINE_CONFIG) nor shrinks.
+        size = self._memory.data_len(self._store)
+        n_in, n_out = self.max_batch * self.input_size, self.max_batch * self.output_size
+        if self.max_batch < 1 or not _fits(input_ptr, n_in * 4, size) or not _fits(output_ptr, n_out * 4, size):
+            raise BundleError(
+                f"the module's buffers (input at {input_ptr}, output at {output_ptr}, max_batch "
+                f"{self.max_batch}) do not fit its {size}-byte memory",
+                code="AF5042",
+                hint="see docs/bundle.md, WebAssembly ABI v1; recompile the bundle with `af compile`",
+            )
+        base = self._memory.get_buffer_ptr(self._store)
+        whole = np.frombuffer(base, dtype=np.uint8, count=size)
+        view_in = whole[input_ptr : input_ptr + n_in * 4].view("<f4").reshape(self.max_batch, self.input_size)
+        view_out = whole[output_ptr : output_ptr + n_out * 4].view("<f4").reshape(self.max_batch, self.output_size)
+        return view_in, view_out
+
+    def _memory_pages(self) -> int:
+        return self._memory.size(self._store)
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """Run ``n <= max_batch`` records.
+
+        Args:
+            inputs: float32 array ``[n, input_size]``, n between 1 and ``max_batch``.
+
+        Returns:
+            A new float32 array ``[n, output_size]``.
+
+        Raises:
+            ResourceLimitError: AF5010 (fuel) or AF5011 (memory); the instance is renewed.
+            AgentTrap: AF5001 when the module traps; the instance is renewed.
+            InferenceError: AF5014 when ``infer`` returns a non-zero status.
+        """
+        n = inputs.shape[0]
+        self._input[:n] = inputs
+        self.fuel_budget = n * self.fuel_per_record + FUEL_PER_CALL
+        self._store.set_fuel(self.fuel_budget)
+        try:
+            with self._errors:
+                status = self._infer(n)
+        except Exception:
+            self._instantiate()  # a trap may leave memory half-written: start from a clean instance
+            raise
+        if status != 0:
+            raise _status_error(self.agent, status)
+        return self._output[:n].copy()
+
+    @property
+    def fuel_used(self) -> int:
+        """Fuel consumed by the last `run` (0 before the first)."""
+        return self.fuel_budget - self._store.get_fuel() if self.fuel_budget else 0
+
+    def replica(self) -> WasmInstance:
+        """Return a new independent instance of the same module with the same limits."""
+        return WasmInstance(
+            self.module,
+            agent=self.agent,
+            input_size=self.input_size,
+            output_size=self.output_size,
+            memory_limit=self.memory_limit,
+            fuel_per_record=self.fuel_per_record,
+        )
+
+    def close(self) -> None:
+        """Drop the views first (they point into the store's memory), then the store."""
+        self._input = self._output = None  # type: ignore[assignment]
+        self._infer = None  # type: ignore[assignment]
+        self._store = None  # type: ignore[assignment]
+
+
+def _fits(ptr: int, nbytes: int, size: int) -> bool:
+    return 0 <= ptr and ptr + nbytes <= size
+
+
+def _status_error(agent: str, status: int) -> InferenceError:
+    return InferenceError(
+        f"agent `{agent}`: the module's infer() returned status {status}",
+        code="AF5014",
+        hint="ABI v1 modules return 0 on success; the bundle's module is faulty",
+        agent=agent,
+    )
+
+
+def _make_caller(store: wasmtime.Store, func: wasmtime.Func):
+    """Return ``call(n) -> int`` for ``infer``: the fast ctypes path when available."""
+    try:
+        from ._fastcall import FastFunc
+    except ImportError:  # the fast path lands separately; Func.__call__ is correct, only slower
+        return functools.partial(func, store)
+    return FastFunc(store, func)
