@@ -1,0 +1,131 @@
+"""The compiler pipeline: .af file -> `AgentSpec` -> ONNX and WebAssembly -> bundle (.afb).
+
+Each stage is one call on the previous stage's value (`afc.load_agent_file(...).spec()`,
+`lower_onnx`, `lower_wasm`, `emit`); the IR is the only thing passed between them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+from afcore.errors import LoweringError, UsageError
+
+from .emit import TARGETS, Lowered, emit_bundle
+from .reader import DEFAULT_MAX_SECTION_BYTES
+
+if TYPE_CHECKING:
+    from .spec import AgentSpec
+
+__all__ = ["DEFAULT_TARGETS", "compile_agent", "compile_file", "lower_agent", "parse_targets"]
+
+#: the targets compiled when none are given
+DEFAULT_TARGETS = ("onnx", "wasm")
+#: the batch size the WebAssembly module is built for (the runtime's micro-batches stay within it)
+WASM_MAX_BATCH = 64
+
+
+def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
+    """Return the targets in canonical order from ``"onnx,wasm"`` or an iterable of names.
+
+    Raises:
+        UsageError: AF3004 for an unknown or empty target list.
+    """
+    names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else [str(t) for t in targets]
+    unknown = sorted(set(names) - set(TARGETS))
+    if unknown or not names:
+        raise UsageError(
+            f"unknown target(s) {', '.join(repr(n) for n in unknown) or '(none given)'}",
+            code="AF3004",
+            hint="targets are `onnx` and `wasm`, comma-separated, e.g. `--target onnx,wasm`",
+        )
+    return tuple(t for t in TARGETS if t in names)
+
+
+def lower_agent(spec: AgentSpec, *, targets: Sequence[str] = DEFAULT_TARGETS) -> Lowered:
+    """Run the backends an agent is compiled for.
+
+    Args:
+        spec: the agent.
+        targets: ``onnx`` and/or ``wasm``.
+
+    Returns:
+        The serialized, checked ONNX model and/or the WebAssembly module.
+
+    Raises:
+        LoweringError: AF30xx from the ONNX backend, AF31xx from the WebAssembly backend.
+        UsageError: AF3004 for an unknown target.
+    """
+    targets = parse_targets(targets)
+    onnx_bytes = opset = ir_version = wasm = None
+    if "onnx" in targets:
+        from .lower_onnx import IR_VERSION, OPSET, lower_network, model_bytes
+
+        onnx_bytes = model_bytes(lower_network(spec.network, graph_name=spec.name))
+        opset, ir_version = OPSET, IR_VERSION
+    if "wasm" in targets:
+        from .lower_wasm import lower_network as lower_wasm
+
+        wasm = lower_wasm(spec.network, max_batch=WASM_MAX_BATCH)
+    return Lowered(onnx=onnx_bytes, opset=opset, ir_version=ir_version, wasm=wasm)
+
+
+def compile_agent(spec: AgentSpec, *, targets: Sequence[str] = DEFAULT_TARGETS) -> bytes:
+    """Compile an agent to bundle bytes.
+
+    Args:
+        spec: the agent (e.g. ``afc.load_agent_file(path).spec()``).
+        targets: ``onnx`` and/or ``wasm``.
+
+    Returns:
+        The .afb bytes, identical for identical input.
+
+    Raises:
+        LoweringError: when a backend cannot lower the network.
+        BundleError: AF4016 when a pass-through section name cannot be a bundle member.
+        UsageError: AF3004 for an unknown target.
+    """
+    return emit_bundle(spec, lower_agent(spec, targets=targets))
+
+
+def default_output(path: str | os.PathLike) -> Path:
+    """Return where `compile_file` writes by default: ``agent.afb`` beside ``agent.af``."""
+    return Path(path).with_suffix(".afb")
+
+
+def compile_file(
+    path: str | os.PathLike,
+    *,
+    output: str | os.PathLike | None = None,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    max_section_bytes: int = DEFAULT_MAX_SECTION_BYTES,
+) -> Path:
+    """Compile an .af file and write its bundle atomically.
+
+    Args:
+        path: the .af file.
+        output: the bundle path; default ``<path without .af>.afb`` beside the source.
+        targets: ``onnx`` and/or ``wasm``.
+        max_section_bytes: cap on any section's decompressed size.
+
+    Returns:
+        The path written.
+
+    Raises:
+        SourceError: the diagnostics `af validate` reports, for an invalid file.
+        LoweringError: AF30xx/AF31xx from the backends; AF3006 when the bundle cannot be written.
+        UsageError: AF0901 when the source cannot be read, AF3004 for an unknown target.
+    """
+    from . import load_agent_file
+    from .writer import write_file_atomic
+
+    spec = load_agent_file(path, max_section_bytes=max_section_bytes).spec()
+    data = compile_agent(spec, targets=targets)
+    destination = Path(output) if output is not None else default_output(path)
+    try:
+        write_file_atomic(destination, data)
+    except OSError as exc:
+        raise LoweringError(f"cannot write `{destination}`: {exc.strerror or exc}", code="AF3006",
+                            hint="check that the directory exists and is writable") from None
+    return destination

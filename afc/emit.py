@@ -1,0 +1,164 @@
+"""Put an agent's manifest and members together and write the bundle (`afcore.bundle.write_bundle`).
+
+The manifest is the contract with the runtime (schema: ``schemas/afb-manifest-1.0.schema.json``,
+prose: docs/bundle.md). It holds no timestamp but the source's own ``created``/``modified`` and no
+absolute path (step spans name the source by its basename), so that the same .af gives the same
+bundle on any machine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from afcore import __version__
+from afcore.bundle import FORMAT_VERSION, write_bundle
+
+from .spec import WORKFLOW_NAMES
+from .tensors import encode_tensors
+
+if TYPE_CHECKING:
+    from afcore.steps import Step
+
+    from .spec import AgentSpec, NetworkSpec
+
+__all__ = ["Lowered", "build_manifest", "build_members", "emit_bundle", "network_manifest"]
+
+#: the targets a bundle can carry, in manifest order
+TARGETS = ("onnx", "wasm")
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """What the backends produced for one agent.
+
+    Attributes:
+        onnx: the serialized, checked ONNX model, or None without the onnx target.
+        opset: the model's ONNX opset.
+        ir_version: the model's IR version.
+        wasm: the WebAssembly module (`afc.lower_wasm.WasmModule`), or None without the wasm target.
+    """
+
+    onnx: bytes | None = None
+    opset: int | None = None
+    ir_version: int | None = None
+    wasm: Any = None
+
+
+def network_manifest(network: NetworkSpec) -> dict[str, Any]:
+    """Return the ``network`` object of the manifest: signature, layers, activations, parameter count."""
+    last = len(network.layers) - 1
+    return {
+        "input": {"name": "input", "dtype": "float32", "shape": [None, network.input_size]},
+        "output": {"name": "output", "dtype": "float32", "shape": [None, network.output_size]},
+        "layers": [
+            {
+                "index": layer.index,
+                "in": layer.in_size,
+                "out": layer.out_size,
+                "activation": network.output_activation if layer.index == last else layer.activation,
+                "parameters": layer.parameters,
+            }
+            for layer in network.layers
+        ],
+        "hidden_activation": network.hidden_activation,
+        "output_activation": network.output_activation,
+        "parameters": network.parameters,
+        "learning_rate": network.learning_rate,
+    }
+
+
+def _text(value: object) -> str | None:
+    # YAML may hand over a timestamp object for an unquoted date; the manifest keeps text
+    return None if value is None else str(value)
+
+
+def _step_json(step: Step, source_name: str) -> dict[str, Any]:
+    data = step.to_json()
+    if data["span"]:
+        data["span"] = {**data["span"], "path": source_name}
+    return data
+
+
+def build_manifest(spec: AgentSpec, lowered: Lowered) -> dict[str, Any]:
+    """Return the manifest of an agent's bundle, without ``members`` (`write_bundle` adds them).
+
+    Args:
+        spec: the agent.
+        lowered: the backends' results; a None target is left out.
+
+    Returns:
+        JSON-compatible data as documented in docs/bundle.md.
+    """
+    source_name = os.path.basename(spec.source_path)
+    targets = [t for t in TARGETS if getattr(lowered, t) is not None]
+    manifest: dict[str, Any] = {
+        "format": "afb",
+        "format_version": FORMAT_VERSION,
+        "agent": {"name": spec.name, "version": str(spec.version), "description": _text(spec.description),
+                  "author": _text(spec.author)},
+        "compiler": {"name": "af", "version": __version__},
+        "source": {"file": source_name, "sha256": spec.source_sha256, "created": _text(spec.created),
+                   "modified": _text(spec.modified)},
+        "network": network_manifest(spec.network),
+        "targets": targets,
+        "resources": {"limits": dict(spec.resources.limits), "requirements": dict(spec.resources.requirements)},
+        "workflows": {
+            name: [_step_json(step, source_name) for step in spec.workflows[name].steps]
+            if name in spec.workflows else []
+            for name in WORKFLOW_NAMES
+        },
+    }
+    if lowered.onnx is not None:
+        manifest["onnx"] = {"member": "model.onnx", "opset": lowered.opset, "ir_version": lowered.ir_version}
+    if lowered.wasm is not None:
+        manifest["wasm"] = {"member": "model.wasm", "abi": 1, "max_batch": lowered.wasm.max_batch,
+                            "memory_pages": lowered.wasm.memory_pages}
+    return manifest
+
+
+def build_members(spec: AgentSpec, lowered: Lowered) -> dict[str, bytes]:
+    """Return the bundle's members other than the manifest.
+
+    Members: ``model.onnx`` and ``model.wasm`` (per target), ``weights.safetensors``,
+    ``training_data.safetensors`` (when the agent has training data), ``agent.yaml`` (the header as
+    written) and ``sections/<name>`` for each other section of the .af, passed through.
+    """
+    weights: dict[str, Any] = {}
+    for layer in spec.network.layers:
+        weights[f"layers.{layer.index}.weight"] = layer.weight
+        weights[f"layers.{layer.index}.bias"] = layer.bias
+    members: dict[str, bytes] = {
+        "weights.safetensors": encode_tensors(weights),
+        "agent.yaml": spec.header_text.encode("utf-8"),
+    }
+    if lowered.onnx is not None:
+        members["model.onnx"] = lowered.onnx
+    if lowered.wasm is not None:
+        members["model.wasm"] = lowered.wasm.wasm
+    if spec.training_data is not None:
+        inputs, targets = spec.training_data
+        members["training_data.safetensors"] = encode_tensors({"inputs": inputs, "targets": targets})
+    for name, payload in sorted(spec.extra_sections.items()):
+        members[f"sections/{name}"] = bytes(payload)
+    return members
+
+
+def emit_bundle(spec: AgentSpec, lowered: Lowered, *, extra: Mapping[str, Any] | None = None) -> bytes:
+    """Write the bundle of a lowered agent.
+
+    Args:
+        spec: the agent.
+        lowered: the backends' results.
+        extra: manifest keys to add (for tools; the compiler adds none).
+
+    Returns:
+        The .afb bytes (reproducible: see `afcore.bundle`).
+
+    Raises:
+        BundleError: AF4016 when a pass-through section has a name a bundle cannot hold.
+    """
+    manifest = build_manifest(spec, lowered)
+    manifest.update(extra or {})
+    return write_bundle(manifest, build_members(spec, lowered))
