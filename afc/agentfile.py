@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from afcore.diagnostics import Diagnostic
+from afcore.diagnostics import Diagnostic, sort_diagnostics
 from afcore.errors import CheckError, ParseError, SchemaError, SourceError, UsageError
 
 from . import check
@@ -29,7 +29,16 @@ if TYPE_CHECKING:
 
     from .spec import AgentSpec
 
-__all__ = ["AgentFile", "load_agent_bytes", "load_agent_file", "validate", "write_agent_file"]
+__all__ = [
+    "AgentFile",
+    "load_agent_bytes",
+    "load_agent_file",
+    "read_agent_bytes",
+    "render_agent_file",
+    "validate",
+    "validate_bytes",
+    "write_agent_file",
+]
 
 
 @dataclass(eq=False)
@@ -114,10 +123,15 @@ def load_agent_file(path: str | Path, *, max_section_bytes: int = DEFAULT_MAX_SE
         SchemaError: schema violations (AF1xxx).
         CheckError: meaning errors (AF2xxx).
     """
-    return load_agent_bytes(_read(path), path=str(path), max_section_bytes=max_section_bytes)
+    return load_agent_bytes(read_agent_bytes(path), path=str(path), max_section_bytes=max_section_bytes)
 
 
-def _read(path: str | Path) -> bytes:
+def read_agent_bytes(path: str | Path) -> bytes:
+    """Return the bytes of a file.
+
+    Raises:
+        UsageError: AF0901 when the file cannot be read.
+    """
     try:
         return Path(path).read_bytes()
     except OSError as exc:
@@ -155,7 +169,7 @@ def load_agent_bytes(data: bytes, *, path: str, max_section_bytes: int = DEFAULT
     found += check.check_steps(document, workflows)
     if _errors(found):
         raise CheckError(found)
-    return AgentFile(path, container, document, sections, workflows, found, tensors, data)
+    return AgentFile(path, container, document, sections, workflows, sort_diagnostics(found), tensors, data)
 
 
 def _errors(diagnostics: list[Diagnostic]) -> bool:
@@ -189,8 +203,22 @@ def validate(path: str | Path, *, max_section_bytes: int = DEFAULT_MAX_SECTION_B
     Raises:
         UsageError: AF0901 when the file cannot be read (that is not a fault of the file's content).
     """
+    return validate_bytes(read_agent_bytes(path), path=str(path), max_section_bytes=max_section_bytes)
+
+
+def validate_bytes(data: bytes, *, path: str, max_section_bytes: int = DEFAULT_MAX_SECTION_BYTES) -> list[Diagnostic]:
+    """Check the bytes of an .af file; see `validate`.
+
+    Args:
+        data: the whole file.
+        path: the path shown in diagnostics.
+        max_section_bytes: cap on any section's decompressed size.
+
+    Returns:
+        Every diagnostic, sorted by position.
+    """
     try:
-        return list(load_agent_file(path, max_section_bytes=max_section_bytes).diagnostics)
+        return list(load_agent_bytes(data, path=path, max_section_bytes=max_section_bytes).diagnostics)
     except SourceError as error:
         return list(error.diagnostics)
 

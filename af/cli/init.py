@@ -1,1 +1,158 @@
-"""`af init`: not written yet (owned by the issue that delivers it)."""
+"""`af init`: scaffold a valid .af file with He-initialised weights (docs/cli.md, section `af init`)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import typer
+
+from ._app import command, console
+
+#: a valid agent name (the `name` pattern of schemas/af-1.0.schema.json)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_HIDDEN = ("relu", "leaky_relu", "sigmoid", "tanh", "linear", "elu", "gelu", "softplus")
+_OUTPUT = ("softmax", "sigmoid", "linear")
+
+_TEMPLATE = """\
+# Agent File Format v1.0 (written by `af init`; see docs/format.md)
+version: "1.0"
+name: "{name}"
+description: "{description}"
+author: "{author}"
+created: "{now}"
+modified: "{now}"
+
+neural_config:
+  network_type: "feedforward"
+  input_size: {input_size}
+  output_size: {output_size}
+  hidden_layers: [{hidden}]
+  activation_function: "{activation}"
+  output_activation: "{output_activation}"
+  learning_rate: 0.001
+
+resources:
+  limits:
+    memory_mb: 512
+    cpu_cores: 1.0
+    disk_mb: 100
+    network_bandwidth_mbps: 10
+  requirements:
+    minimum_memory_mb: 128
+    minimum_cpu_cores: 0.5
+
+workflows:
+  initialization:
+    - load_neural_network
+    - initialize_memory
+    - connect_to_swarm
+    - register_capabilities
+  execution:
+    - receive_input
+    - process_neural_network
+    - update_memory
+    - send_output
+  shutdown:
+    - save_state
+    - disconnect_from_swarm
+    - cleanup_resources
+"""
+
+
+@command("init")
+def init_command(
+    name: str = typer.Argument(..., help="Agent name; writes NAME.af (a path such as dir/NAME writes dir/NAME.af)."),
+    input_size: int = typer.Option(16, "--input-size", min=1, max=1048576, help="Inputs of the network."),
+    hidden: str = typer.Option("32,16", "--hidden", help="Hidden layer sizes, comma-separated ('' for none)."),
+    output_size: int = typer.Option(4, "--output-size", min=1, max=1048576, help="Outputs of the network."),
+    activation: str = typer.Option("relu", "--activation", help=f"Hidden activation: {', '.join(_HIDDEN)}."),
+    output_activation: str = typer.Option("softmax", "--output-activation", help=f"One of {', '.join(_OUTPUT)}."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the weight initialisation."),
+    raw: bool = typer.Option(False, "--raw", help="Store the weights as raw zstd bytes instead of base64 text."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Scaffold NAME.af: the reference workflows and a network with He-initialised weights (valid as written)."""
+    from afcore.errors import UsageError
+
+    target, agent_name = _target(name)
+    sizes = _hidden_sizes(hidden)
+    _check_choice("--activation", activation, _HIDDEN)
+    _check_choice("--output-activation", output_activation, _OUTPUT)
+    if target.exists() and not force:
+        raise UsageError(f"`{target}` already exists", code="AF0902", hint="pass --force to overwrite it")
+    header = _TEMPLATE.format(
+        name=agent_name, description=f"{agent_name}: a feedforward agent", author="af init",
+        now=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), input_size=input_size,
+        output_size=output_size, hidden=", ".join(map(str, sizes)), activation=activation,
+        output_activation=output_activation,
+    )
+    data = build_scaffold(header, [input_size, *sizes, output_size], seed=seed, raw=raw, path=str(target))
+    from afc.writer import write_file_atomic
+
+    write_file_atomic(target, data)
+    layout = "-".join(map(str, [input_size, *sizes, output_size]))
+    console.print(f"created {target}: {layout} {activation}/{output_activation}, seed {seed}", markup=False,
+                  highlight=False)
+
+
+def build_scaffold(header: str, sizes: list[int], *, seed: int, raw: bool, path: str) -> bytes:
+    """Return the bytes of an .af file with ``header`` and He-initialised weights for ``sizes``.
+
+    He (Kaiming) normal initialisation: ``weight ~ N(0, 2 / fan_in)``, bias 0, drawn from
+    ``numpy.random.default_rng(seed)`` layer by layer, weight shape [out, in].
+
+    Raises:
+        InternalError: if the result does not validate (a bug in the scaffold).
+    """
+    import numpy as np
+
+    from afc.agentfile import load_agent_bytes
+    from afc.tensors import encode_tensors
+    from afc.writer import write_container
+    from afcore.errors import InternalError, SourceError
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+        tensors[f"layers.{i}.weight"] = (rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        tensors[f"layers.{i}.bias"] = np.zeros(fan_out, dtype=np.float32)
+    data = write_container(header, [("neural_weights", encode_tensors(tensors))], raw=raw)
+    try:
+        load_agent_bytes(data, path=path)
+    except SourceError as error:
+        raise InternalError(f"`af init` produced an invalid file: {error.message}") from None
+    return data
+
+
+def _target(name: str) -> tuple[Path, str]:
+    from afcore.errors import UsageError
+
+    path = Path(name)
+    stem = path.name.removesuffix(".af")
+    if not _NAME.fullmatch(stem):
+        raise UsageError(f"`{stem}` is not a valid agent name", code="AF0903",
+                         hint="use letters, digits, `.`, `_` and `-`, starting with a letter or digit (at most 64)")
+    return path.with_name(f"{stem}.af"), stem
+
+
+def _hidden_sizes(text: str) -> list[int]:
+    from afcore.errors import UsageError
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) > 64 or not all(p.isdigit() and 1 <= int(p) <= 1048576 for p in parts):
+        raise UsageError(f"--hidden `{text}` is not a list of layer sizes", code="AF0903",
+                         hint="e.g. --hidden 64,32: positive integers, at most 64 layers")
+    return [int(p) for p in parts]
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    import difflib
+
+    from afcore.errors import UsageError
+
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f"did you mean `{close[0]}`?" if close else f"use one of: {', '.join(choices)}"
+        raise UsageError(f"{option} `{value}` is not supported", code="AF0903", hint=hint)
