@@ -50,3 +50,31 @@ def example_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
     out = tmp_path_factory.mktemp("example-bundles")
     return {path.stem: compile_file(path, output=out / f"{path.stem}.afb") for path in EXAMPLES}
+
+
+
+def run_wasm(wasm: bytes, x: np.ndarray, output_size: int) -> np.ndarray:
+    """Run a module per ABI v1 (docs/bundle.md) with wasmtime directly, in chunks of its max_batch."""
+    import wasmtime
+
+    store = wasmtime.Store()
+    exports = wasmtime.Instance(store, wasmtime.Module(store.engine, wasm), []).exports(store)
+    memory = exports["memory"]
+    max_batch = exports["max_batch"](store)
+    input_ptr, output_ptr = exports["input_ptr"](store), exports["output_ptr"](store)
+    x = np.ascontiguousarray(x, dtype="<f4")
+    outputs = []
+    for start in range(0, len(x), max_batch):
+        chunk = x[start : start + max_batch]
+        memory.write(store, chunk.tobytes(), input_ptr)
+        status = exports["infer"](store, len(chunk))
+        assert status == 0, f"infer returned {status}"
+        raw = memory.read(store, output_ptr, output_ptr + 4 * len(chunk) * output_size)
+        outputs.append(np.frombuffer(raw, dtype="<f4").reshape(len(chunk), output_size))
+    return np.concatenate(outputs)
+
+
+@pytest.fixture(scope="session")
+def wasm_runner() -> Callable[..., np.ndarray]:
+    """``wasm_runner(wasm_bytes, x, output_size)`` runs a module with wasmtime per ABI v1."""
+    return run_wasm
