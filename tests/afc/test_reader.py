@@ -1,0 +1,210 @@
+"""afc.reader: the container grammar of docs/format.md and every hostile input of the corpus."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from afc.reader import MAX_HEADER_BYTES, Container, read_container
+from afcore.errors import ParseError
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "bad"
+CONTAINER_CASES = sorted(CORPUS.glob("container-*.af"))
+
+
+def frame(payload: bytes, **options) -> bytes:
+    options.setdefault("write_checksum", True)
+    return zstandard.ZstdCompressor(level=3, **options).compress(payload)
+
+
+def b64(payload: bytes) -> bytes:
+    return base64.encodebytes(frame(payload))
+
+
+def read(data: bytes, **options) -> Container:
+    return read_container(data, path="agent.af", **options)
+
+
+def codes_of(data: bytes, **options) -> list[str]:
+    with pytest.raises(ParseError) as info:
+        read(data, **options)
+    return [d.code for d in info.value.diagnostics]
+
+
+class TestHeader:
+    def test_file_without_sections_is_all_header(self):
+        container = read(b"name: x\nversion: '1.0'\n")
+        assert container.header_text == "name: x\nversion: '1.0'\n"
+        assert container.sections == ()
+
+    def test_header_ends_at_first_marker_line(self):
+        data = b"a: 1\nb: 2\n---BINARY_SECTION:w---\n" + b64(b"payload")
+        container = read(data)
+        assert container.header_text == "a: 1\nb: 2\n"
+        assert container.header_source.line_text(2) == "b: 2"
+
+    def test_marker_not_at_line_start_belongs_to_header(self):
+        data = b"a: ' ---BINARY_SECTION:w---'\n"
+        assert read(data).header_text == data.decode()
+
+    def test_bom_is_removed_and_remembered(self):
+        container = read(b"\xef\xbb\xbfa: 1\n")
+        assert container.header_text == "a: 1\n"
+        assert container.bom is True
+
+    def test_crlf_is_kept_and_detected(self):
+        data = b"a: 1\r\nb: 2\r\n---BINARY_SECTION:w---\r\n" + b64(b"x").replace(b"\n", b"\r\n")
+        container = read(data)
+        assert container.newline == "\r\n"
+        assert container.header_text == "a: 1\r\nb: 2\r\n"
+        assert container.sections[0].payload == b"x"
+
+    def test_lf_is_detected(self):
+        assert read(b"a: 1\n").newline == "\n"
+
+    def test_sha256_is_of_the_whole_file(self):
+        data = b"a: 1\n---BINARY_SECTION:w---\n" + b64(b"x")
+        assert read(data).sha256 == hashlib.sha256(data).hexdigest()
+
+    def test_non_utf8_header_points_at_the_byte(self):
+        with pytest.raises(ParseError) as info:
+            read(b"a: 1\nname: caf\xe9\n")
+        (diagnostic,) = info.value.diagnostics
+        assert (diagnostic.code, diagnostic.span.line, diagnostic.span.column) == ("AF0001", 2, 10)
+
+    def test_oversize_header(self):
+        assert codes_of(b"#" * (MAX_HEADER_BYTES + 1)) == ["AF0002"]
+
+    def test_header_at_the_cap_is_accepted(self):
+        assert len(read(b"#" * MAX_HEADER_BYTES).header_text) == MAX_HEADER_BYTES
+
+
+class TestSections:
+    def test_base64_and_raw_sections_in_file_order(self):
+        raw_frame = frame(b"raw payload")
+        data = b"h: 1\n---BINARY_SECTION:b---\n" + b64(b"text") + b"---BINARY_SECTION:r---\n" + raw_frame + b"\n"
+        container = read(data)
+        assert [(s.name, s.encoding, s.payload) for s in container.sections] == [
+            ("b", "base64", b"text"),
+            ("r", "raw", b"raw payload"),
+        ]
+
+    def test_spans_and_offsets_point_at_marker_lines(self):
+        data = b"h: 1\n---BINARY_SECTION:b---\n" + b64(b"text") + b"---BINARY_SECTION:c---\n" + b64(b"more")
+        first, second = read(data).sections
+        assert (first.span.line, first.span.column, first.offset) == (2, 1, 5)
+        assert data[second.offset :].startswith(b"---BINARY_SECTION:c---")
+        assert second.span.line == data[: second.offset].count(b"\n") + 1
+
+    def test_raw_frame_containing_marker_bytes_is_not_split(self):
+        # A stored (raw) zstd block keeps the marker text verbatim inside the frame.
+        payload = bytes(range(256)) * 4 + b"\n---BINARY_SECTION:evil---\n" + bytes(range(255, -1, -1)) * 4
+        raw_frame = frame(payload)
+        assert b"---BINARY_SECTION:evil---" in raw_frame
+        data = b"h: 1\n---BINARY_SECTION:r---\n" + raw_frame + b"\n---BINARY_SECTION:z---\n" + b64(b"z")
+        container = read(data)
+        assert [s.name for s in container.sections] == ["r", "z"]
+        assert container.sections[0].payload == payload
+
+    @pytest.mark.parametrize("after", [b"", b"\n", b"\r\n"])
+    def test_raw_frame_then_at_most_one_newline(self, after: bytes):
+        data = b"h: 1\n---BINARY_SECTION:r---\n" + frame(b"abc") + after
+        assert read(data).sections[0].payload == b"abc"
+
+    def test_two_newlines_after_raw_frame_is_trailing_data(self):
+        data = b"h: 1\n---BINARY_SECTION:r---\n" + frame(b"abc") + b"\n\n"
+        assert codes_of(data) == ["AF0015"]
+
+    def test_base64_whitespace_and_line_width_are_free(self):
+        text = base64.b64encode(frame(b"payload" * 50))
+        spaced = b"  ".join(text[i : i + 10] for i in range(0, len(text), 10)) + b"\n\n"
+        data = b"h: 1\n---BINARY_SECTION:w---\n" + spaced
+        assert read(data).sections[0].payload == b"payload" * 50
+
+    def test_empty_frame_payload(self):
+        assert read(b"h: 1\n---BINARY_SECTION:w---\n" + b64(b"")).sections[0].payload == b""
+
+    def test_marker_at_file_start_gives_empty_header(self):
+        container = read(b"---BINARY_SECTION:w---\n" + b64(b"x"))
+        assert container.header_text == ""
+        assert container.section("w").payload == b"x"
+
+    def test_section_lookup_by_name(self):
+        container = read(b"h: 1\n---BINARY_SECTION:w---\n" + b64(b"x"))
+        assert container.section("w").payload == b"x"
+        assert container.section("missing") is None
+
+    @pytest.mark.parametrize("name", [b"a", b"_x", b"neural_weights", b"a.b-c_9", b"n" * 64])
+    def test_valid_section_names(self, name: bytes):
+        assert read(b"h: 1\n---BINARY_SECTION:" + name + b"---\n" + b64(b"x")).sections[0].name == name.decode()
+
+    @pytest.mark.parametrize("name", [b"9a", b"a b", b"", b"-a", b"n" * 65, b"caf\xc3\xa9"])
+    def test_invalid_section_names(self, name: bytes):
+        assert codes_of(b"h: 1\n---BINARY_SECTION:" + name + b"---\n" + b64(b"x")) == ["AF0004"]
+
+
+class TestHostileInput:
+    @pytest.mark.parametrize("case", CONTAINER_CASES, ids=[c.stem for c in CONTAINER_CASES])
+    def test_corpus_case_reports_its_code_with_a_position(self, case: Path):
+        expected = case.with_suffix(".code").read_text().strip()
+        with pytest.raises(ParseError) as info:
+            read_container(case.read_bytes(), path=str(case))
+        found = [d for d in info.value.diagnostics if d.code == expected]
+        assert found, [d.code for d in info.value.diagnostics]
+        assert found[0].span.path == str(case) and found[0].span.line >= 1 and found[0].span.column >= 1
+
+    def test_every_fault_of_a_file_is_reported(self):
+        data = (
+            b"h: \xff\n---BINARY_SECTION:bad name---\n" + b64(b"x")
+            + b"---BINARY_SECTION:w---\n[compressed binary data]\n"
+            + b"---BINARY_SECTION:v---\n@@@@\n"
+        )
+        assert codes_of(data) == ["AF0001", "AF0004", "AF0007", "AF0008"]
+
+    def test_duplicate_names_the_first_line(self):
+        data = b"h: 1\n---BINARY_SECTION:w---\n" + b64(b"x") + b"---BINARY_SECTION:w---\n" + b64(b"y")
+        with pytest.raises(ParseError) as info:
+            read(data)
+        (diagnostic,) = info.value.diagnostics
+        assert diagnostic.code == "AF0005" and "line 2" in diagnostic.help
+
+    def test_streamed_bomb_without_declared_size_is_capped(self):
+        # 4 MiB of zeros compress to a few hundred bytes of ordinary compressed blocks.
+        bomb = frame(b"\0" * (4 << 20), write_content_size=False)
+        data = b"h: 1\n---BINARY_SECTION:w---\n" + bomb
+        assert codes_of(data, max_section_bytes=1 << 20) == ["AF0016"]
+
+    def test_declared_size_over_the_cap_is_refused_before_decoding(self):
+        data = b"h: 1\n---BINARY_SECTION:w---\n" + base64.encodebytes(frame(b"\0" * 5000))
+        assert codes_of(data, max_section_bytes=4999) == ["AF0016"]
+
+    def test_section_at_the_cap_is_accepted(self):
+        data = b"h: 1\n---BINARY_SECTION:w---\n" + frame(b"\0" * 5000, write_content_size=False)
+        assert len(read(data, max_section_bytes=5000).sections[0].payload) == 5000
+
+    def test_lying_declared_size_is_corrupt(self):
+        real = frame(b"abcdef" * 100)
+        # Rewrite the 2-byte content size field (stored minus 256) so the frame declares more than it holds.
+        params = zstandard.get_frame_parameters(real)
+        assert params.content_size == 600
+        header_size = zstandard.frame_header_size(real)
+        fcs_at = header_size - 2
+        lying = real[:fcs_at] + (700 - 256).to_bytes(2, "little") + real[header_size:]
+        assert zstandard.get_frame_parameters(lying).content_size == 700
+        assert codes_of(b"h: 1\n---BINARY_SECTION:w---\n" + lying) in (["AF0012"], ["AF0013"])
+
+    def test_garbage_after_raw_frame_then_next_section_still_read(self):
+        data = b"h: 1\n---BINARY_SECTION:r---\n" + frame(b"a") + b"junk\n---BINARY_SECTION:w---\n@\n"
+        assert codes_of(data) == ["AF0015", "AF0008"]
+
+    def test_marker_line_without_newline_at_eof_is_empty(self):
+        assert codes_of(b"h: 1\n---BINARY_SECTION:w---") == ["AF0006"]
+
+    def test_base64_data_after_padding(self):
+        text = next(t for n in range(1, 9) if (t := base64.b64encode(frame(b"a" * n))).endswith(b"="))
+        data = b"h: 1\n---BINARY_SECTION:w---\n" + text + b"\n" + base64.b64encode(b"more") + b"\n"
+        assert codes_of(data) == ["AF0009"]
