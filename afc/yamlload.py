@@ -114,7 +114,8 @@ class YamlDocument:
         Safe because `load_yaml` already refused tags, anchors and aliases.
         """
         if self._round_trip is None:
-            self._round_trip = round_trip_yaml().load(self.source.text)
+            # ruamel keeps a CR inside comments of CRLF text; dump_round_trip puts the file's newline back.
+            self._round_trip = round_trip_yaml().load(self.source.text.replace("\r\n", "\n"))
         return self._round_trip
 
 

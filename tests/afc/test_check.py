@@ -1,0 +1,149 @@
+"""afc.check: meaning of a schema-valid file (AF2001-AF2099), through the public loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from afc.agentfile import load_agent_bytes, validate_bytes
+from afc.check import STEP_SIGNATURES, expected_weight_shapes
+from afc.tensors import encode_tensors
+from afc.writer import write_container
+from afcore.errors import CheckError
+
+HEADER = """\
+version: "1.0"
+name: small
+neural_config:
+  input_size: 3
+  output_size: 2
+  hidden_layers: [4]
+  activation_function: tanh
+resources:
+  limits:
+    memory_mb: 64
+    cpu_cores: 1
+  requirements:
+    minimum_memory_mb: 32
+    minimum_cpu_cores: 0.5
+workflows:
+  execution:
+    - receive_input
+    - process_neural_network
+    - send_output
+"""
+
+
+def weights(sizes=(3, 4, 2)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    out = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+        out[f"layers.{i}.weight"] = rng.standard_normal((fan_out, fan_in)).astype(np.float32)
+        out[f"layers.{i}.bias"] = rng.standard_normal(fan_out).astype(np.float32)
+    return out
+
+
+def build(header=HEADER, tensors=None, training=None) -> bytes:
+    sections = [] if tensors is False else [("neural_weights", encode_tensors(weights() if tensors is None else tensors))]
+    if training is not None:
+        sections.append(("training_data", encode_tensors(training)))
+    return write_container(header, sections)
+
+
+def diags(data: bytes):
+    return [d for d in validate_bytes(data, path="c.af") if d.is_error]
+
+
+class TestWeights:
+    def test_expected_shapes(self):
+        config = {"input_size": 784, "output_size": 10, "hidden_layers": [128, 64, 32]}
+        shapes = expected_weight_shapes(config)
+        assert shapes["layers.0.weight"] == (128, 784) and shapes["layers.3.weight"] == (10, 32)
+        assert shapes["layers.3.bias"] == (10,) and len(shapes) == 8
+
+    def test_valid(self):
+        assert load_agent_bytes(build(), path="c.af").diagnostics == []
+
+    def test_missing_section_points_at_neural_config(self):
+        (diag,) = diags(build(tensors=False))
+        assert diag.code == "AF2001" and diag.span.line == 3
+
+    def test_missing_extra_and_wrong_shape_each_reported(self):
+        tensors = weights()
+        del tensors["layers.1.bias"]
+        tensors["layers.0.weight"] = np.zeros((3, 4), np.float32)
+        tensors["layers.2.weight"] = np.zeros((1, 1), np.float32)
+        found = {(d.code, d.message) for d in diags(build(tensors=tensors))}
+        assert found == {
+            ("AF2002", "`neural_weights` has no tensor `layers.1.bias`"),
+            ("AF2004", "tensor `layers.0.weight` in `neural_weights` has shape [3, 4], expected [4, 3]"),
+            ("AF2003", "unexpected tensor `layers.2.weight` in `neural_weights`"),
+        }
+
+    def test_shape_errors_point_at_the_section_marker(self):
+        tensors = weights()
+        tensors["layers.1.bias"] = np.zeros(3, np.float32)
+        (diag,) = diags(build(tensors=tensors))
+        assert diag.span.line == HEADER.count("\n") + 1 and diag.span.column == 1
+
+
+class TestTrainingData:
+    def test_valid(self):
+        data = {"inputs": np.zeros((5, 3), np.float32), "targets": np.zeros((5, 2), np.float32)}
+        assert diags(build(training=data)) == []
+
+    def test_wrong_width_and_rows(self):
+        data = {"inputs": np.zeros((5, 4), np.float32), "targets": np.zeros((6, 2), np.float32)}
+        found = sorted(d.message for d in diags(build(training=data)))
+        assert found == ["tensor `inputs` in `training_data` has shape [5, 4], expected [5, 3]",
+                         "tensor `targets` in `training_data` has shape [6, 2], expected [5, 2]"]
+
+    def test_missing_and_extra(self):
+        data = {"inputs": np.zeros((5, 3), np.float32), "labels": np.zeros(5, np.float32)}
+        assert sorted(d.code for d in diags(build(training=data))) == ["AF2005", "AF2007"]
+
+
+class TestResources:
+    def test_requirement_above_limit(self):
+        (diag,) = diags(build(HEADER.replace("minimum_memory_mb: 32", "minimum_memory_mb: 128")))
+        assert diag.code == "AF2010" and diag.span.line == 13 and "line 10" in diag.help
+
+    def test_requirement_without_limit_is_fine(self):
+        assert diags(build(HEADER.replace("    cpu_cores: 1\n", ""))) == []
+
+
+class TestSteps:
+    def test_the_reference_steps_are_known(self):
+        assert set(STEP_SIGNATURES) == {
+            "load_neural_network", "initialize_memory", "connect_to_swarm", "register_capabilities",
+            "receive_input", "process_neural_network", "update_memory", "send_output", "save_state",
+            "disconnect_from_swarm", "cleanup_resources"}
+
+    def test_unknown_step_did_you_mean(self):
+        (diag,) = diags(build(HEADER.replace("- send_output", "- send_outptu")))
+        assert diag.code == "AF2020" and diag.help == "did you mean `send_output`?"
+        assert (diag.span.line, diag.span.column, diag.span.end_column) == (19, 7, 18)
+
+    def test_unknown_step_in_quotes_points_at_the_name(self):
+        (diag,) = diags(build(HEADER.replace("- send_output", "- 'frobnicate when output.x > 1'")))
+        assert (diag.span.column, diag.span.end_column) == (8, 18)
+
+    def test_unknown_argument(self):
+        (diag,) = diags(build(HEADER.replace("- send_output", "- send_output(topik=\"x\")")))
+        assert diag.code == "AF2021" and diag.help == "did you mean `topic`?"
+
+    @pytest.mark.parametrize("step", ['save_state(every="10")', "send_output(topic=1)", "update_memory(window=1.5)",
+                                      "save_state(every=true)"])
+    def test_argument_type(self, step):
+        (diag,) = diags(build(HEADER.replace("- send_output", f"- {step}")))
+        assert diag.code == "AF2022"
+
+    def test_good_arguments(self):
+        text = HEADER.replace("- send_output", '- send_output(topic="r") when output.max > 0.5\n    - save_state(every=10)')
+        assert diags(build(text)) == []
+
+    def test_all_meaning_errors_in_one_run(self):
+        text = HEADER.replace("- send_output", "- send_outptu").replace("minimum_memory_mb: 32", "minimum_memory_mb: 99")
+        with pytest.raises(CheckError) as info:
+            load_agent_bytes(build(text, tensors=False), path="c.af")
+        assert [d.code for d in info.value.diagnostics] == ["AF2001", "AF2010", "AF2020"]
