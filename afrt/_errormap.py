@@ -51,6 +51,8 @@ T = TypeVar("T")
 
 #: bytes in one WebAssembly page
 WASM_PAGE = 65536
+#: a trap after memory grew to within this many bytes of the cap is reported as a memory limit
+MEMORY_HEADROOM = 1 << 20
 
 
 class _ErrorMap:
@@ -91,10 +93,10 @@ def trap_frames(trap: wasmtime.Trap) -> list[dict]:
 class WasmCallErrors(_ErrorMap):
     """Maps errors raised while calling into a sandboxed instance.
 
-    An out-of-fuel trap becomes `ResourceLimitError` AF5010; any trap after the call grew the
-    linear memory up to the store's cap becomes `ResourceLimitError` AF5011 (wasmtime makes
-    ``memory.grow`` return -1 at the cap, and the module then traps or spins until fuel runs
-    out); every other trap is an `AgentTrap` AF5001.
+    A trap after the call grew the linear memory to within `MEMORY_HEADROOM` of the store's cap
+    becomes `ResourceLimitError` AF5011 (wasmtime makes ``memory.grow`` return -1 at the cap, and
+    the module then traps or spins until its fuel runs out); another out-of-fuel trap becomes
+    `ResourceLimitError` AF5010; every other trap is an `AgentTrap` AF5001.
 
     Args:
         agent: the agent's name, for the message.
@@ -113,8 +115,10 @@ class WasmCallErrors(_ErrorMap):
         self.start_pages = 0
 
     def _memory_exhausted(self) -> bool:
+        # wasmtime does not say which grow failed nor by how much: memory that grew during the
+        # call to within MEMORY_HEADROOM of the cap is taken as the cause of the trap.
         pages = self.memory_pages()
-        return pages > self.start_pages and (pages + 1) * WASM_PAGE > self.memory_limit
+        return pages > self.start_pages and pages * WASM_PAGE + MEMORY_HEADROOM > self.memory_limit
 
     def _translate(self, exc: BaseException) -> AfError:
         if self._memory_exhausted():

@@ -24,6 +24,7 @@ import wasmtime
 from afcore.errors import BundleError, InferenceError, SandboxViolation
 
 from ._errormap import WasmCallErrors, map_wasm_instantiate_errors
+from ._fastcall import FastFunc, memory_view
 
 __all__ = [
     "ENGINE_CONFIG",
@@ -205,6 +206,7 @@ class WasmInstance:
         self.memory_limit = memory_limit
         self.fuel_per_record = fuel_per_record
         self.fuel_budget = 0
+        self._last_store: wasmtime.Store | None = None
         self._errors = WasmCallErrors(agent, memory_limit, self._memory_pages)
         self._instantiate()
 
@@ -219,7 +221,7 @@ class WasmInstance:
             self.max_batch = exports["max_batch"](store)
             input_ptr, output_ptr = exports["input_ptr"](store), exports["output_ptr"](store)
         self._store, self._memory = store, memory
-        self._infer = _make_caller(store, exports["infer"])
+        self._infer = FastFunc(store, exports["infer"])
         self._input, self._output = self._views(input_ptr, output_ptr)
         self._errors.start_pages = memory.size(store)
 
@@ -234,11 +236,9 @@ class WasmInstance:
                 code="AF5042",
                 hint="see docs/bundle.md, WebAssembly ABI v1; recompile the bundle with `af compile`",
             )
-        base = self._memory.get_buffer_ptr(self._store)
-        whole = np.frombuffer(base, dtype=np.uint8, count=size)
-        view_in = whole[input_ptr : input_ptr + n_in * 4].view("<f4").reshape(self.max_batch, self.input_size)
-        view_out = whole[output_ptr : output_ptr + n_out * 4].view("<f4").reshape(self.max_batch, self.output_size)
-        return view_in, view_out
+        view_in = memory_view(self._store, self._memory, input_ptr, n_in, np.dtype("<f4"))
+        view_out = memory_view(self._store, self._memory, output_ptr, n_out, np.dtype("<f4"))
+        return view_in.reshape(self.max_batch, self.input_size), view_out.reshape(self.max_batch, self.output_size)
 
     def _memory_pages(self) -> int:
         return self._memory.size(self._store)
@@ -261,6 +261,7 @@ class WasmInstance:
         self._input[:n] = inputs
         self.fuel_budget = n * self.fuel_per_record + FUEL_PER_CALL
         self._store.set_fuel(self.fuel_budget)
+        self._last_store = self._store
         try:
             with self._errors:
                 status = self._infer(n)
@@ -274,7 +275,8 @@ class WasmInstance:
     @property
     def fuel_used(self) -> int:
         """Fuel consumed by the last `run` (0 before the first)."""
-        return self.fuel_budget - self._store.get_fuel() if self.fuel_budget else 0
+        # The store of the last call: after a trap, self._store is already a fresh one.
+        return self.fuel_budget - self._last_store.get_fuel() if self.fuel_budget else 0
 
     def replica(self) -> WasmInstance:
         """Return a new independent instance of the same module with the same limits."""
@@ -291,7 +293,7 @@ class WasmInstance:
         """Drop the views first (they point into the store's memory), then the store."""
         self._input = self._output = None  # type: ignore[assignment]
         self._infer = None  # type: ignore[assignment]
-        self._store = None  # type: ignore[assignment]
+        self._store = self._last_store = None  # type: ignore[assignment]
 
 
 def _fits(ptr: int, nbytes: int, size: int) -> bool:
@@ -306,11 +308,3 @@ def _status_error(agent: str, status: int) -> InferenceError:
         agent=agent,
     )
 
-
-def _make_caller(store: wasmtime.Store, func: wasmtime.Func):
-    """Return ``call(n) -> int`` for ``infer``: the fast ctypes path when available."""
-    try:
-        from ._fastcall import FastFunc
-    except ImportError:  # the fast path lands separately; Func.__call__ is correct, only slower
-        return functools.partial(func, store)
-    return FastFunc(store, func)
