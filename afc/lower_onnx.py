@@ -30,6 +30,7 @@ __all__ = [
     "check_model_bytes",
     "lower_network",
     "model_bytes",
+    "model_text",
 ]
 
 #: the ONNX operator set the models import (Gelu needs 20); onnxruntime 1.31 runs it
@@ -161,6 +162,27 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
         raise LoweringError(f"the generated ONNX model is invalid: {exc}", code="AF3003",
                             hint="this is a bug in af: please report it") from None
     return data
+
+
+def model_text(model: onnx.ModelProto) -> str:
+    """Return the model in ONNX's textual syntax, initializers declared but their values left out.
+
+    Args:
+        model: a model from `lower_network`.
+
+    Returns:
+        Text for people (``af compile --emit onnx``); a weight listing would run to megabytes.
+    """
+    import onnx.printer
+
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.initializer[:]
+    declarations = [
+        f"# initializer {t.name}: {onnx.helper.tensor_dtype_to_np_dtype(t.data_type)}{list(t.dims)}"
+        for t in model.graph.initializer
+    ]
+    return "\n".join([*declarations, onnx.printer.to_text(bare)])
 
 
 def check_model_bytes(data: bytes) -> onnx.ModelProto:

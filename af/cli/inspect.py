@@ -1,1 +1,98 @@
-"""`af inspect`: not written yet (owned by the issue that delivers it)."""
+"""`af inspect`: show what a bundle holds (docs/cli.md, section `af inspect`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ._app import command, console, stdout
+
+_RUN_ORDER = ("initialization", "execution", "shutdown")
+
+
+@command("inspect")
+def inspect_command(
+    path: Path = typer.Argument(..., help="The .afb bundle to inspect.", dir_okay=False),
+    as_json: bool = typer.Option(False, "--json", help="Print {bundle, size, sha256, manifest} as JSON on stdout."),
+) -> None:
+    """Verify a bundle and show its manifest, layers, members, sizes, digests and workflows."""
+    from afcore.bundle import read_bundle
+
+    data = _read(path)
+    bundle = read_bundle(data)
+    if "model.onnx" in bundle.members:
+        from afc.lower_onnx import check_model_bytes
+
+        check_model_bytes(bundle.members["model.onnx"])
+    report = {"bundle": str(path), "size": len(data), "sha256": bundle.digest, "manifest": bundle.manifest}
+    if as_json:
+        stdout.print(json.dumps(report, indent=2, sort_keys=True), markup=False, highlight=False)
+    else:
+        _print_report(report)
+
+
+def _read(path: Path) -> bytes:
+    from afcore.errors import BundleError
+
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle `{path}`: {exc.strerror or exc}", code="AF4015",
+                          hint="check the path and its permissions") from None
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    manifest = report["manifest"]
+    agent, source, network = manifest.get("agent", {}), manifest.get("source", {}), manifest.get("network", {})
+    lines = [
+        f"bundle    {report['bundle']} ({report['size']:,} bytes, format {manifest['format_version']})",
+        f"sha256    {report['sha256']}",
+        f"agent     {agent.get('name')} {agent.get('version')}" + (f" by {agent['author']}" if agent.get("author") else ""),
+        f"source    {source.get('file')} sha256 {source.get('sha256')} modified {source.get('modified')}",
+        f"compiler  {manifest.get('compiler', {}).get('name')} {manifest.get('compiler', {}).get('version')}",
+        f"targets   {', '.join(manifest.get('targets', []))}" + _target_details(manifest),
+    ]
+    console.print("\n".join(lines), markup=False, highlight=False)
+    layers = Table(title="network", title_justify="left")
+    for column in ("layer", "shape", "activation", "parameters"):
+        layers.add_column(column, justify="right" if column in ("layer", "parameters") else "left")
+    for layer in network.get("layers", []):
+        layers.add_row(str(layer["index"]), f"{layer['in']} -> {layer['out']}", layer["activation"],
+                       f"{layer['parameters']:,}")
+    layers.add_row("", "", "total", f"{network.get('parameters', 0):,}")
+    members = Table(title="members", title_justify="left")
+    for column in ("member", "bytes", "sha256"):
+        members.add_column(column, justify="right" if column == "bytes" else "left")
+    for member in manifest["members"]:
+        members.add_row(member["name"], f"{member['size']:,}", member["sha256"])
+    console.print(layers)
+    console.print(members)
+    console.print(_workflows_text(manifest.get("workflows", {})), markup=False, highlight=False)
+
+
+def _target_details(manifest: dict[str, Any]) -> str:
+    parts = []
+    if "onnx" in manifest:
+        parts.append(f"onnx opset {manifest['onnx']['opset']} IR {manifest['onnx']['ir_version']}")
+    if "wasm" in manifest:
+        wasm = manifest["wasm"]
+        parts.append(f"wasm ABI {wasm['abi']} max_batch {wasm['max_batch']} pages {wasm['memory_pages']}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _workflows_text(workflows: dict[str, Any]) -> str:
+    lines = ["workflows"]
+    # run order, not the manifest's sorted key order
+    for name in sorted(workflows, key=lambda n: (_RUN_ORDER.index(n) if n in _RUN_ORDER else 9, n)):
+        steps = workflows[name]
+        lines.append(f"  {name}:" + ("" if steps else " (none)"))
+        for step in steps:
+            span = step.get("span") or {}
+            where = f"{span['path']}:{span['line']}" if span.get("path") else ""
+            lines.append(f"    - {step.get('source') or step.get('name'):<48} {where}")
+    return "\n".join(lines)
