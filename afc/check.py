@@ -8,6 +8,7 @@ workflow step is a known step with known arguments. Each check returns diagnosti
 from __future__ import annotations
 
 import difflib
+import re
 from typing import TYPE_CHECKING, Any, Mapping
 
 from afcore.diagnostics import Diagnostic
@@ -113,9 +114,9 @@ def check_steps(document: YamlDocument, workflows: Mapping[str, tuple[Step, ...]
             span = Span.from_json(dict(step.span)) if step.span else None
             signature = STEP_SIGNATURES.get(step.name)
             if signature is None:
-                diagnostics.append(_unknown_step(step, _name_span(document, span, step.name)))
+                diagnostics.append(_unknown_step(step, _text_span(document, span, step.source, 0, len(step.name))))
                 continue
-            diagnostics += _check_arguments(step, signature, span)
+            diagnostics += _check_arguments(document, step, signature, span)
     return diagnostics
 
 
@@ -126,21 +127,24 @@ def _unknown_step(step: Step, span: Span | None) -> Diagnostic:
                       label="not a known step", help=hint)
 
 
-def _check_arguments(step: Step, signature: Mapping[str, type], span: Span | None) -> list[Diagnostic]:
+def _check_arguments(document: YamlDocument, step: Step, signature: Mapping[str, type],
+                     span: Span | None) -> list[Diagnostic]:
     out = []
     for key, value in step.args.items():
         wanted = signature.get(key)
+        found_at = re.search(rf"\b{re.escape(key)}\s*=", step.source)
+        span = _text_span(document, span, step.source, found_at.start() if found_at else 0, len(key))
         if wanted is None:
             allowed = ", ".join(f"`{k}`" for k in signature) or "none"
             close = difflib.get_close_matches(key, list(signature), n=1, cutoff=0.6)
             hint = f"did you mean `{close[0]}`?" if close else f"arguments of `{step.name}`: {allowed}"
             out.append(Diagnostic("AF2021", "error", f"step `{step.name}` has no argument `{key}`", span=span,
-                                  help=hint))
+                                  label="unknown argument", help=hint))
         elif type(value) is not wanted:
             found = _TYPE_NAMES.get(type(value), "null" if value is None else type(value).__name__)
             out.append(Diagnostic("AF2022", "error",
                                   f"argument `{key}` of `{step.name}` must be {_TYPE_NAMES[wanted]}, not {found}",
-                                  span=span, help=_argument_example(step.name, key, wanted)))
+                                  span=span, label=f"found {found}", help=_argument_example(step.name, key, wanted)))
     return out
 
 
@@ -149,13 +153,15 @@ def _argument_example(step: str, key: str, wanted: type) -> str:
     return f"e.g. `{step}({key}={example})`"
 
 
-def _name_span(document: YamlDocument, span: Span | None, name: str) -> Span | None:
-    # The name is the first token of the step string, after its opening quote if it has one.
+def _text_span(document: YamlDocument, span: Span | None, source: str, offset: int, length: int) -> Span | None:
+    """Narrow a step string's span to ``length`` characters at ``offset`` when the text stands in the file as-is."""
     if span is None or span.end_line != span.line:
         return span
-    quoted = document.source.line_text(span.line)[span.column - 1 : span.column] in ("'", '"')
-    start = span.column + (1 if quoted else 0)
-    return Span(span.path, span.line, start, span.line, start + len(name))
+    line = document.source.line_text(span.line)
+    start = span.column + (1 if line[span.column - 1 : span.column] in ("'", '"') else 0)
+    if line[start - 1 : start - 1 + len(source)] != source:
+        return span  # escapes or folding: keep the whole string
+    return Span(span.path, span.line, start + offset, span.line, start + offset + length)
 
 
 def expected_weight_shapes(neural_config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -224,22 +230,24 @@ def check_training_data(document: YamlDocument, section: RawSection | None,
 def _compare_tensors(section_name: str, section: RawSection, tensors: Mapping[str, np.ndarray],
                      expected: Mapping[str, tuple], config_span: Span, *, codes: tuple[str, str, str]) -> list[Diagnostic]:
     missing_code, extra_code, shape_code = codes
+    marker = section.span
+    section_span = Span(marker.path, marker.line, 1, marker.line, len(f"---BINARY_SECTION:{section_name}---") + 1)
     note = (f"`neural_config` (line {config_span.line}) defines the network",)
     out = []
     for name, shape in expected.items():
         if name not in tensors:
             out.append(Diagnostic(missing_code, "error", f"`{section_name}` has no tensor `{name}`",
-                                  span=section.span, help=f"add `{name}` with shape {_shape(shape)}", notes=note))
+                                  span=section_span, help=f"add `{name}` with shape {_shape(shape)}", notes=note))
             continue
         found = tuple(int(d) for d in tensors[name].shape)
         if len(found) != len(shape) or any(e != "N" and e != f for e, f in zip(shape, found)):
             out.append(Diagnostic(shape_code, "error",
                                   f"tensor `{name}` in `{section_name}` has shape {_shape(found)}, expected {_shape(shape)}",
-                                  span=section.span, help="re-export the tensor with the expected shape, or fix "
+                                  span=section_span, help="re-export the tensor with the expected shape, or fix "
                                   "`neural_config` to match it", notes=note))
     for name in sorted(set(tensors) - set(expected)):
         out.append(Diagnostic(extra_code, "error", f"unexpected tensor `{name}` in `{section_name}`",
-                              span=section.span, help=f"`{section_name}` holds only: {', '.join(expected)}",
+                              span=section_span, help=f"`{section_name}` holds only: {', '.join(expected)}",
                               notes=note))
     return out
 

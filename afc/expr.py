@@ -191,13 +191,11 @@ def _syntax_diagnostic(exc: Any, text: str, locate: Locator) -> Diagnostic:
     else:
         pos = end = len(text.rstrip())
         message, code = "the step ends too early", "AF0071"
-    hint = wanted or "see docs/format.md, section Step language"
-    return Diagnostic(code, "error", message, span=locate(pos, max(end, pos + 1)), label=wanted, help=_hint(hint),
+    return Diagnostic(code, "error", message, span=locate(pos, max(end, pos + 1)), label=wanted, help=_FORM_HINT,
                       notes=(f"in step `{text}`",))
 
 
-def _hint(wanted: str) -> str:
-    return f"{wanted}; a step reads `name`, `name(key=value, ...)` and optionally `when <condition>`"
+_FORM_HINT = "a step reads `name`, `name(key=value, ...)`, optionally followed by `when <condition>` (docs/format.md)"
 
 
 def step_locator(document: YamlDocument, path: tuple) -> Locator:

@@ -181,7 +181,8 @@ def _describe(keyword: str, error: ValidationError, name: str) -> tuple[str, str
     if keyword in ("minLength", "maxLength", "minItems", "maxItems"):
         unit = "characters" if "Length" in keyword else "items"
         relation = "at least" if keyword.startswith("min") else "at most"
-        return f"{name} must have {relation} {expected} {unit}", None, f"found {len(value)}"
+        hint = "shorten it" if relation == "at most" else "add to it"
+        return f"{name} must have {relation} {expected} {unit}", hint, f"found {len(value)}"
     return f"{name}: {error.message}", None, None
 
 

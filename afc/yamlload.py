@@ -282,7 +282,7 @@ class _Walker:
         self._refuse_properties(event, kind)
         value = _resolve(event)
         if not isinstance(value, str):
-            self._error("AF0056", f"mapping key `{event.value}` is a {_type_name(value)}, not a string", *span,
+            self._error("AF0056", f"mapping key `{event.value}` is {_type_name(value)}, not a string", *span,
                         f"quote it if it is meant as a name: `\"{event.value}\"`")
             return None, span
         bad = _FORBIDDEN_IN_NAMES.search(value)
@@ -386,4 +386,4 @@ def _resolve(event: Any) -> Any:
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "boolean", int: "integer", float: "number"}.get(type(value), type(value).__name__)
+    return {bool: "a boolean", int: "an integer", float: "a number"}.get(type(value), type(value).__name__)

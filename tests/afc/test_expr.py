@@ -80,7 +80,7 @@ class TestErrors:
     def test_unexpected_token_column(self):
         diag = error("a b")
         assert diag.code == "AF0070" and (diag.span.column, diag.span.end_column) == (3, 4)
-        assert "`when`" in diag.help
+        assert "`when`" in diag.label
 
     def test_unexpected_character(self):
         diag = error("a when output.x $ 1")
