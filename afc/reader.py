@@ -14,7 +14,7 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Collection, Literal
 
 import zstandard
 
@@ -121,13 +121,22 @@ class _Problem(Exception):
         self.code, self.message, self.offset, self.hint, self.resume = code, message, offset, hint, resume
 
 
-def read_container(data: bytes, *, path: str, max_section_bytes: int = DEFAULT_MAX_SECTION_BYTES) -> Container:
+def read_container(
+    data: bytes,
+    *,
+    path: str,
+    max_section_bytes: int = DEFAULT_MAX_SECTION_BYTES,
+    skip_payloads: Collection[str] = (),
+) -> Container:
     """Split the bytes of an `.af` file into header text and decompressed sections.
 
     Args:
         data: the whole file.
         path: the path shown in diagnostics.
         max_section_bytes: cap on any one section's decompressed size.
+        skip_payloads: names of sections that are framed but not decoded: their payload is ``b""``
+            and faults inside their payload are not reported (`af pack` replaces such sections,
+            e.g. the `[compressed binary data]` placeholder). A raw frame is still walked to find its end.
 
     Returns:
         The container, with every section's checksum verified.
@@ -135,11 +144,12 @@ def read_container(data: bytes, *, path: str, max_section_bytes: int = DEFAULT_M
     Raises:
         ParseError: with every container diagnostic found (AF0001-AF0049), if any is an error.
     """
-    return _Reader(data, path, max_section_bytes).read()
+    return _Reader(data, path, max_section_bytes, frozenset(skip_payloads)).read()
 
 
 class _Reader:
-    def __init__(self, data: bytes, path: str, max_section_bytes: int) -> None:
+    def __init__(self, data: bytes, path: str, max_section_bytes: int, skip: frozenset[str]) -> None:
+        self.skip = skip
         self.data = data
         self.view = memoryview(data)
         self.path = path
@@ -229,7 +239,7 @@ class _Reader:
             marker = pos
             name, body = self.read_marker(marker)
             try:
-                encoding, payload, pos = self.read_payload(body)
+                encoding, payload, pos = self.read_payload(body, decode=name not in self.skip)
             except _Problem as problem:
                 self.report(problem)
                 if problem.resume is None:
@@ -287,16 +297,16 @@ class _Reader:
             return None, body
         return name, body
 
-    def read_payload(self, body: int) -> tuple[Literal["base64", "raw"], bytes, int]:
+    def read_payload(self, body: int, *, decode: bool = True) -> tuple[Literal["base64", "raw"], bytes, int]:
         """Decode the payload starting at ``body``; return its encoding, bytes and the next marker's offset."""
         if self.data.startswith(ZSTD_MAGIC, body):
-            return ("raw", *self.read_raw(body))
+            return ("raw", *self.read_raw(body, decode))
         end = self.find_marker(body)
-        return "base64", self.read_base64(body, end), end
+        return "base64", self.read_base64(body, end) if decode else b"", end
 
-    def read_raw(self, body: int) -> tuple[bytes, int]:
+    def read_raw(self, body: int, decode: bool) -> tuple[bytes, int]:
         end, params = _walk_frame(self.view, body, self.cap)
-        payload = _decompress(self.view[body:end], params, self.cap, body)
+        payload = _decompress(self.view[body:end], params, self.cap, body) if decode else b""
         pos = end
         if self.data.startswith(b"\r\n", pos):
             pos += 2
