@@ -50,13 +50,16 @@ ENGINE_CONFIG: Mapping[str, object] = {
     "wasm_threads": False,
 }
 
-#: fuel granted per record for each multiply-accumulate of the network; wasmtime charges about one
-#: unit per instruction and the generated SIMD kernels do 4 MACs in 3-4 instructions (measured
-#: 0.8-1.0 per MAC, see docs/runtime.md), so 2 leaves a 2x margin
-FUEL_PER_MAC = 2
-#: fuel per record for each neuron (bias, activation: exp/tanh polynomials take up to ~60 instructions)
-FUEL_PER_NEURON = 200
-#: fuel per call on top of the per-record budget (prologue, loops over the batch)
+#: fuel per record for each multiply-accumulate of the network. wasmtime charges about one unit
+#: per wasm instruction; the compiler's f32x4 kernels measured 2.3-2.6 per MAC on large layers
+#: (docs/runtime.md, "Backends and sandbox"), so 4 leaves a margin of about 1.6x on the MACs alone
+FUEL_PER_MAC = 4
+#: fuel per record for each neuron: bias, activation (exp/tanh/erf polynomials) and loop overhead,
+#: measured 50-150 per neuron on small layers
+FUEL_PER_NEURON = 400
+#: fuel per record on top of the network (per-record loop and pointer set-up, measured under 100)
+FUEL_PER_RECORD = 1_000
+#: fuel per call on top of the per-record budgets (prologue; also granted to instantiation)
 FUEL_PER_CALL = 10_000
 
 
@@ -114,8 +117,9 @@ def engine_fingerprint() -> str:
 def fuel_per_record(layers: list[tuple[int, int]]) -> int:
     """Return the default fuel budget of one record for a feedforward network.
 
-    ``FUEL_PER_MAC * sum(in * out) + FUEL_PER_NEURON * sum(out)``; a call on ``n`` records gets
-    ``n * fuel_per_record + FUEL_PER_CALL``.
+    ``FUEL_PER_MAC * sum(in * out) + FUEL_PER_NEURON * sum(out) + FUEL_PER_RECORD``; a call on
+    ``n`` records gets ``n * fuel_per_record + FUEL_PER_CALL``. For the 784-128-64-32-10
+    reference network that is 538,248 per record, 1.9x the 284,476 its module uses at batch 1.
 
     Args:
         layers: (in, out) of each dense layer.
@@ -125,7 +129,7 @@ def fuel_per_record(layers: list[tuple[int, int]]) -> int:
     """
     macs = sum(i * o for i, o in layers)
     neurons = sum(o for _, o in layers)
-    return FUEL_PER_MAC * macs + FUEL_PER_NEURON * neurons
+    return FUEL_PER_MAC * macs + FUEL_PER_NEURON * neurons + FUEL_PER_RECORD
 
 
 def _type_name(ty: object) -> str:

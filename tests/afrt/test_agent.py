@@ -144,3 +144,29 @@ class TestOptions:
         assert agent._engine.session.get_session_options().intra_op_num_threads == 2
         agent = afrt.load(data, backend="onnx", threads=1)
         assert agent._engine.session.get_session_options().intra_op_num_threads == 1
+
+
+@pytest.fixture(scope="module")
+def example(example_bundles):
+    """The compiled classification example and its weights read from the bundle's safetensors member."""
+    from safetensors.numpy import load as load_safetensors
+
+    from afcore.bundle import read_bundle
+
+    path = example_bundles["classification-agent"]
+    tensors = load_safetensors(read_bundle(path).members["weights.safetensors"])
+    return path, [(tensors[f"layers.{k}.weight"], tensors[f"layers.{k}.bias"]) for k in range(4)]
+
+
+class TestExampleBundle:
+    """The compiled examples/classification-agent.af on both backends against float64 numpy."""
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_agrees_with_numpy(self, example, backend, tmp_path):
+        path, weights = example
+        agent = afrt.load(path, backend=backend, cache_dir=tmp_path)
+        assert (agent.name, agent.input_size, agent.output_size) == ("classification-agent", 784, 10)
+        x = np.random.default_rng(3).random((100, 784), dtype=np.float32)
+        ref = reference_forward(weights, x)
+        # float32 sums of 784 products: the error scales with the logits' magnitude (up to ~20 here)
+        np.testing.assert_allclose(agent.infer(x), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

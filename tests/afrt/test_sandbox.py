@@ -121,7 +121,10 @@ class TestFuel:
     def test_default_budget_formula(self):
         layers = [(784, 128), (128, 64), (64, 32), (32, 10)]
         macs, neurons = 784 * 128 + 128 * 64 + 64 * 32 + 32 * 10, 128 + 64 + 32 + 10
-        assert sandbox.fuel_per_record(layers) == sandbox.FUEL_PER_MAC * macs + sandbox.FUEL_PER_NEURON * neurons
+        assert sandbox.fuel_per_record(layers) == (
+            sandbox.FUEL_PER_MAC * macs + sandbox.FUEL_PER_NEURON * neurons + sandbox.FUEL_PER_RECORD
+        )
+        assert sandbox.fuel_per_record(layers) == 538_248
 
     def test_too_small_override_stops_a_legitimate_network(self, tmp_path):
         data, _ = make_bundle((6, 5, 4, 3))
@@ -202,3 +205,34 @@ class TestInstances:
         assert sandbox.shared_engine() is sandbox.shared_engine()
         fingerprint = sandbox.engine_fingerprint()
         assert "wasmtime=50." in fingerprint and "consume_fuel=True" in fingerprint
+
+
+class TestCompiledModulesFuel:
+    """The default budget against the modules `af compile` generates (afc.lower_wasm)."""
+
+    @pytest.mark.parametrize(
+        "sizes, hidden, output",
+        [
+            ((784, 128, 64, 32, 10), "relu", "softmax"),
+            ((2, 4, 1), "tanh", "sigmoid"),
+            ((7, 5, 3), "gelu", "softmax"),
+            ((100, 37, 13), "elu", "linear"),
+            ((33, 65, 17), "softplus", "sigmoid"),
+            ((1, 1), "linear", "linear"),
+            ((16, 8), "leaky_relu", "sigmoid"),
+        ],
+    )
+    def test_default_budget_has_margin_on_any_input(self, tmp_path, make_network, sizes, hidden, output):
+        from afc.lower_wasm import lower_network
+
+        module = lower_network(make_network(list(sizes), hidden, output))
+        data, _ = make_bundle(sizes, wasm_bytes=module.wasm, targets=("wasm",), max_batch=module.max_batch)
+        agent = afrt.load(data, backend="wasm", cache_dir=tmp_path)
+        rng = np.random.default_rng(0)
+        extreme = np.array([0.0, -0.0, 1e-45, -1e-45, 88.7, -88.7, 1e30, -1e30, np.inf, -np.inf, np.nan], np.float32)
+        for n in (1, 5, module.max_batch):
+            x = (rng.standard_normal((n, sizes[0])) * 30).astype(np.float32)
+            x.flat[: min(x.size, extreme.size)] = extreme[: min(x.size, extreme.size)]
+            agent.infer(x)
+            budget = n * agent.fuel_per_record + sandbox.FUEL_PER_CALL
+            assert agent.fuel_used * 1.5 < budget, (n, agent.fuel_used, budget)
