@@ -1,0 +1,77 @@
+"""Rebuild the header-level cases of this corpus (`header-*.af` + `.code`): `python make_header_cases.py`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from afc.tensors import encode_tensors
+from afc.writer import write_container
+
+HERE = Path(__file__).parent
+
+BASE = """\
+version: "1.0"
+name: "hostile"
+neural_config:
+  input_size: 2
+  output_size: 1
+  hidden_layers: [2]
+  activation_function: "relu"
+workflows:
+  execution:
+    - receive_input
+    - process_neural_network
+    - send_output
+"""
+
+
+def weights(sizes=(2, 2, 1)) -> bytes:
+    tensors = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+        tensors[f"layers.{i}.weight"] = np.full((fan_out, fan_in), 0.5, np.float32)
+        tensors[f"layers.{i}.bias"] = np.zeros(fan_out, np.float32)
+    return encode_tensors(tensors)
+
+
+def alias_bomb() -> str:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 9):
+        prev, name = chr(96 + i), chr(97 + i)
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+CASES: dict[str, tuple[str, str, bytes | None]] = {
+    "header-python-tag": ("AF0052", BASE.replace('name: "hostile"', 'name: !!python/object/apply:os.system ["echo pwned"]'), None),
+    "header-local-tag": ("AF0052", BASE.replace("input_size: 2", "input_size: !int 2"), None),
+    "header-alias-bomb": ("AF0053", BASE + alias_bomb(), None),
+    "header-alias": ("AF0054", BASE.replace("output_size: 1", "output_size: *x").replace("input_size: 2", "input_size: &x 2"), None),
+    "header-deep-nesting": ("AF0055", BASE + "runtime:\n  deep: " + "[" * 5000 + "]" * 5000 + "\n", None),
+    "header-non-string-key": ("AF0056", BASE + "3.14: pi\n", None),
+    "header-duplicate-key": ("AF0057", BASE + 'name: "again"\n', None),
+    "header-two-documents": ("AF0058", BASE + "---\nname: second\n", None),
+    "header-bidi-in-name": ("AF0060", BASE.replace('"hostile"', '"admin\u202e\u2066txt.exe"'), None),
+    "header-control-char-in-key": ("AF0060", BASE.replace("  input_size:", '  "input\\u0000_size":'), None),
+    "header-yaml-syntax": ("AF0050", BASE.replace("[2]", "[2"), None),
+    "header-empty": ("AF0051", "# nothing here\n", None),
+    "header-step-syntax": ("AF0070", BASE.replace("- send_output", "- send_output when output.max >> 1"), None),
+    "header-step-eval-attempt": ("AF0070", BASE.replace("- send_output", "- \"send_output when __import__('os')\""), None),
+    "header-schema-unknown-key": ("AF1003", BASE.replace("activation_function", "activation_fn"), None),
+    "header-schema-huge-layer": ("AF1005", BASE.replace("[2]", "[100000000000]"), None),
+    "header-unknown-step": ("AF2020", BASE.replace("- receive_input", "- recieve_input"), None),
+    "header-weights-shape": ("AF2004", BASE.replace("[2]", "[3]"), None),
+    "header-requirements-over-limits": ("AF2010", BASE + "resources:\n  limits:\n    cpu_cores: 1\n  requirements:\n    minimum_cpu_cores: 4\n", None),
+}
+
+
+def main() -> None:
+    for name, (code, header, payload) in CASES.items():
+        data = write_container(header, [("neural_weights", payload or weights())])
+        (HERE / f"{name}.af").write_bytes(data)
+        (HERE / f"{name}.code").write_text(code + "\n")
+
+
+if __name__ == "__main__":
+    main()
