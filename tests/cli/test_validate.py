@@ -1,0 +1,110 @@
+"""`af validate`: exit codes, the three formats, --max-section-bytes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from af.cli import app
+from afc.tensors import encode_tensors
+from afc.writer import write_container
+
+HEADER = """\
+version: "1.0"
+name: "cli-agent"
+neural_config:
+  input_size: 2
+  output_size: 1
+  hidden_layers: [2]
+  activation_function: "relu"
+workflows:
+  execution:
+    - receive_input
+    - process_neural_network
+    - send_output
+"""
+
+
+def weights(nan: bool = False) -> bytes:
+    tensors = {"layers.0.weight": np.ones((2, 2), np.float32), "layers.0.bias": np.zeros(2, np.float32),
+               "layers.1.weight": np.ones((1, 2), np.float32), "layers.1.bias": np.zeros(1, np.float32)}
+    if nan:
+        tensors["layers.1.bias"][0] = np.nan
+    return encode_tensors(tensors)
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def write(tmp_path, header=HEADER, payload=None, name="agent.af"):
+    path = tmp_path / name
+    path.write_bytes(write_container(header, [("neural_weights", payload or weights())]))
+    return path
+
+
+class TestExitCodes:
+    def test_valid_file_exits_0(self, runner, tmp_path):
+        result = runner.invoke(app, ["validate", str(write(tmp_path))])
+        assert result.exit_code == 0 and "valid" in result.output
+
+    def test_warnings_still_exit_0(self, runner, tmp_path):
+        result = runner.invoke(app, ["validate", str(write(tmp_path, payload=weights(nan=True)))])
+        assert result.exit_code == 0 and "warning[AF2103]" in result.output and "1 warning" in result.output
+
+    def test_invalid_file_exits_1_with_every_error(self, runner, tmp_path):
+        header = HEADER.replace('"relu"', '"rleu"').replace("input_size: 2", "input_size: two")
+        result = runner.invoke(app, ["validate", str(write(tmp_path, header))])
+        assert result.exit_code == 1
+        assert "error[AF1002]" in result.output and "error[AF1004]" in result.output and "2 errors" in result.output
+        assert "Traceback" not in result.output
+
+    def test_missing_file_is_a_usage_error(self, runner, tmp_path):
+        result = runner.invoke(app, ["validate", str(tmp_path / "nope.af")])
+        assert result.exit_code == 2 and "AF0901" in result.output
+
+    def test_bad_format_is_a_usage_error(self, runner, tmp_path):
+        assert runner.invoke(app, ["validate", str(write(tmp_path)), "--format", "xml"]).exit_code == 2
+
+
+class TestFormats:
+    def test_full_has_source_frame_and_caret(self, runner, tmp_path):
+        path = write(tmp_path, HEADER.replace("- send_output", "- send_outptu"))
+        result = runner.invoke(app, ["validate", str(path)])
+        assert f" --> {path}:12:7" in result.output
+        assert "12 |     - send_outptu\n" in result.output
+        assert "   |       ^^^^^^^^^^^ not a known step" in result.output
+        assert "= help: did you mean `send_output`?" in result.output
+
+    def test_concise(self, runner, tmp_path):
+        path = write(tmp_path, HEADER.replace("- send_output", "- send_outptu"))
+        result = runner.invoke(app, ["validate", str(path), "--format", "concise"])
+        assert f"{path}:12:7: AF2020 unknown step `send_outptu`" in result.output
+
+    def test_json_on_stdout(self, tmp_path):
+        path = write(tmp_path, HEADER.replace('"relu"', '"rleu"'))
+        result = CliRunner().invoke(app, ["validate", str(path), "--format", "json"])
+        assert result.exit_code == 1
+        records = json.loads(result.stdout)
+        assert records == [{"code": "AF1004", "severity": "error",
+                            "message": "`neural_config.activation_function` must be one of `relu`, `leaky_relu`, "
+                                       "`sigmoid`, `tanh`, `linear`, `elu`, `gelu`, `softplus`",
+                            "path": str(path), "line": 7, "column": 24, "hint": "did you mean `relu`?"}]
+
+    def test_json_of_a_valid_file_is_an_empty_list(self, tmp_path):
+        result = CliRunner().invoke(app, ["validate", str(write(tmp_path)), "--format", "json"])
+        assert result.exit_code == 0 and json.loads(result.stdout) == []
+
+
+class TestMaxSectionBytes:
+    def test_small_cap_refuses_the_section(self, runner, tmp_path):
+        result = runner.invoke(app, ["validate", str(write(tmp_path)), "--max-section-bytes", "16",
+                                     "--format", "concise"])
+        assert result.exit_code == 1 and "AF0016" in result.output
+
+    def test_cap_must_be_positive(self, runner, tmp_path):
+        assert runner.invoke(app, ["validate", str(write(tmp_path)), "--max-section-bytes", "0"]).exit_code == 2
