@@ -61,6 +61,9 @@ REQUIREMENT_LIMITS: Mapping[str, str] = {
     "minimum_network_bandwidth_mbps": "network_bandwidth_mbps",
 }
 
+#: step strings longer than this are left to the schema (maxLength) rather than parsed
+MAX_STEP_CHARS = 1024
+
 _TYPE_NAMES = {int: "an integer", str: "a string", float: "a number", bool: "true or false"}
 
 
@@ -87,7 +90,7 @@ def parse_workflows(document: YamlDocument) -> tuple[dict[str, tuple[Step, ...]]
             continue
         steps = []
         for index, text in enumerate(items):
-            if not isinstance(text, str):
+            if not isinstance(text, str) or len(text) > MAX_STEP_CHARS:
                 continue
             path = ("workflows", name, index)
             try:

@@ -203,3 +203,39 @@ class TestBuild:
         spec = load_agent_bytes(data, path="t.af").spec()
         np.testing.assert_array_equal(spec.training_data[0], inputs)
         assert spec.extra_sections == {"notes": b"hello"}
+
+
+class TestHostileHeaders:
+    """Whatever the header holds, validation answers with diagnostics, never an exception."""
+
+    @staticmethod
+    def mutate(text: str, seed: int) -> str:
+        import random
+
+        rng = random.Random(seed)
+        alphabet = list(":-[]{}&*!#|>'\"\n \t,?%@`\\.0123456789when()=<>") + ["\u202e", "\x00", "\x85", "é"]
+        chars = list(text)
+        for _ in range(rng.randint(1, 6)):
+            pos = rng.randrange(len(chars))
+            choice = rng.random()
+            if choice < 0.4:
+                chars.insert(pos, rng.choice(alphabet))
+            elif choice < 0.7:
+                del chars[pos]
+            else:
+                chars[pos] = rng.choice(alphabet)
+        return "".join(chars)
+
+    def test_mutated_headers_never_raise(self, weights):
+        from afc.agentfile import validate_bytes
+
+        section = [("neural_weights", encode_tensors(weights))]
+        for seed in range(300):
+            found = validate_bytes(write_container(self.mutate(HEADER, seed), section), path="m.af")
+            assert all(d.code.startswith("AF") and d.span is not None for d in found)
+
+    def test_overlong_step_is_left_to_the_schema(self, weights):
+        text = HEADER.replace("- load_neural_network", "- load_neural_network when " + "(" * 600 + "1" + ")" * 600)
+        with pytest.raises(SchemaError) as info:
+            load_agent_bytes(write_container(text, [("neural_weights", encode_tensors(weights))]), path="x.af")
+        assert [d.code for d in info.value.diagnostics] == ["AF1008"]
