@@ -182,14 +182,14 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
     module = ModuleCache(cache_dir).load(bundle.member("wasm"), member="model.wasm")
     sandbox.ensure_policy(module)
     memory_mb = bundle.limit("memory_mb") or DEFAULT_MEMORY_MB
-    return sandbox.WasmInstance(
-        module,
+    limits = sandbox.InstanceLimits(
         agent=bundle.name,
         input_size=bundle.input_size,
         output_size=bundle.output_size,
         memory_limit=int(memory_mb * 2**20),
         fuel_per_record=fuel_per_record or sandbox.fuel_per_record(list(bundle.layers)),
     )
+    return sandbox.WasmBackend(sandbox.WasmPool(module, limits))
 
 
 def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Any:

@@ -30,7 +30,10 @@ __all__ = [
     "ENGINE_CONFIG",
     "POLICY",
     "SandboxPolicy",
+    "InstanceLimits",
+    "WasmBackend",
     "WasmInstance",
+    "WasmPool",
     "engine_fingerprint",
     "ensure_policy",
     "fuel_per_record",
@@ -175,77 +178,79 @@ def ensure_policy(module: wasmtime.Module, *, member: str = "model.wasm", policy
             )
 
 
-class WasmInstance:
-    """One sandboxed instance of an agent module: its own Store (fuel, memory cap) and Instance.
+@dataclass(frozen=True)
+class InstanceLimits:
+    """What every instance of an agent's module is created with.
 
-    Not thread-safe: one instance serves one caller at a time; use `replica` for another.
-
-    Args:
-        module: the compiled module (checked with `ensure_policy`).
+    Attributes:
         agent: the agent's name, for errors.
         input_size: floats per input record.
         output_size: floats per output record.
-        memory_limit: cap on linear memory, in bytes.
+        memory_limit: cap on linear memory, in bytes (``Store.set_limits``).
         fuel_per_record: fuel budget of one record (see `fuel_per_record`).
+    """
+
+    agent: str
+    input_size: int
+    output_size: int
+    memory_limit: int
+    fuel_per_record: int
+
+
+class WasmInstance:
+    """One Store (fuel, memory cap) and one Instance of an agent module, with views over its buffers.
+
+    Used by one call at a time (`WasmPool` hands it out). After a failed call it must be dropped:
+    a trap can leave its memory half-written or grown.
+
+    Args:
+        module: the compiled module (checked with `ensure_policy`).
+        limits: the agent's limits.
 
     Raises:
-        ResourceLimitError: AF5012 when the module's initial memory exceeds ``memory_limit``.
+        ResourceLimitError: AF5012 when the module's initial memory exceeds the memory cap.
+        AgentTrap: AF5001 when its start function traps.
         BundleError: AF5042 when the module's buffers do not fit its memory.
     """
 
-    def __init__(
-        self,
-        module: wasmtime.Module,
-        *,
-        agent: str,
-        input_size: int,
-        output_size: int,
-        memory_limit: int,
-        fuel_per_record: int,
-    ) -> None:
-        self.module = module
-        self.agent = agent
-        self.input_size = input_size
-        self.output_size = output_size
-        self.memory_limit = memory_limit
-        self.fuel_per_record = fuel_per_record
+    def __init__(self, module: wasmtime.Module, limits: InstanceLimits) -> None:
+        self.limits = limits
+        #: calls made so far; lets a backend tell whether the fuel counter is still its own
+        self.calls = 0
         self.fuel_budget = 0
-        self._last_store: wasmtime.Store | None = None
-        self._errors = WasmCallErrors(agent, memory_limit, self._memory_pages)
-        self._instantiate()
-
-    def _instantiate(self) -> None:
         store = wasmtime.Store(shared_engine())
-        store.set_limits(memory_size=self.memory_limit, instances=1, tables=1, memories=1)
+        store.set_limits(memory_size=limits.memory_limit, instances=1, tables=1, memories=1)
         store.set_fuel(FUEL_PER_CALL)  # for a start function and the three pointer getters
-        with map_wasm_instantiate_errors(self.agent, self.memory_limit):
-            instance = wasmtime.Instance(store, self.module, [])
+        with map_wasm_instantiate_errors(limits.agent, limits.memory_limit):
+            instance = wasmtime.Instance(store, module, [])
             exports = instance.exports(store)
-            memory = exports["memory"]
-            self.max_batch = exports["max_batch"](store)
+            self.max_batch: int = exports["max_batch"](store)
             input_ptr, output_ptr = exports["input_ptr"](store), exports["output_ptr"](store)
-        self._store, self._memory = store, memory
+        self.store, self.memory = store, exports["memory"]
         self._infer = FastFunc(store, exports["infer"])
         self._input, self._output = self._views(input_ptr, output_ptr)
-        self._errors.start_pages = memory.size(store)
+        self._errors = WasmCallErrors(limits.agent, limits.memory_limit, self.memory_pages)
+        self._errors.start_pages = self.memory_pages()
 
     def _views(self, input_ptr: int, output_ptr: int) -> tuple[np.ndarray, np.ndarray]:
         # One numpy view per buffer, made once: memory never moves (ENGINE_CONFIG) nor shrinks.
-        size = self._memory.data_len(self._store)
-        n_in, n_out = self.max_batch * self.input_size, self.max_batch * self.output_size
-        if self.max_batch < 1 or not _fits(input_ptr, n_in * 4, size) or not _fits(output_ptr, n_out * 4, size):
+        size = self.memory.data_len(self.store)
+        limits, batch = self.limits, self.max_batch
+        n_in, n_out = batch * limits.input_size, batch * limits.output_size
+        if batch < 1 or not _fits(input_ptr, n_in * 4, size) or not _fits(output_ptr, n_out * 4, size):
             raise BundleError(
                 f"the module's buffers (input at {input_ptr}, output at {output_ptr}, max_batch "
-                f"{self.max_batch}) do not fit its {size}-byte memory",
+                f"{batch}) do not fit its {size}-byte memory",
                 code="AF5042",
                 hint="see docs/bundle.md, WebAssembly ABI v1; recompile the bundle with `af compile`",
             )
-        view_in = memory_view(self._store, self._memory, input_ptr, n_in, np.dtype("<f4"))
-        view_out = memory_view(self._store, self._memory, output_ptr, n_out, np.dtype("<f4"))
-        return view_in.reshape(self.max_batch, self.input_size), view_out.reshape(self.max_batch, self.output_size)
+        view_in = memory_view(self.store, self.memory, input_ptr, n_in, np.dtype("<f4"))
+        view_out = memory_view(self.store, self.memory, output_ptr, n_out, np.dtype("<f4"))
+        return view_in.reshape(batch, limits.input_size), view_out.reshape(batch, limits.output_size)
 
-    def _memory_pages(self) -> int:
-        return self._memory.size(self._store)
+    def memory_pages(self) -> int:
+        """Return the current size of the linear memory in pages."""
+        return self.memory.size(self.store)
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         """Run ``n <= max_batch`` records.
@@ -257,47 +262,108 @@ class WasmInstance:
             A new float32 array ``[n, output_size]``.
 
         Raises:
-            ResourceLimitError: AF5010 (fuel) or AF5011 (memory); the instance is renewed.
-            AgentTrap: AF5001 when the module traps; the instance is renewed.
+            ResourceLimitError: AF5010 (fuel) or AF5011 (memory).
+            AgentTrap: AF5001 when the module traps.
             InferenceError: AF5014 when ``infer`` returns a non-zero status.
         """
         n = inputs.shape[0]
         self._input[:n] = inputs
-        self.fuel_budget = n * self.fuel_per_record + FUEL_PER_CALL
-        self._store.set_fuel(self.fuel_budget)
-        self._last_store = self._store
-        try:
-            with self._errors:
-                status = self._infer(n)
-        except Exception:
-            self._instantiate()  # a trap may leave memory half-written: start from a clean instance
-            raise
+        self.calls += 1
+        self.fuel_budget = n * self.limits.fuel_per_record + FUEL_PER_CALL
+        self.store.set_fuel(self.fuel_budget)
+        with self._errors:
+            status = self._infer(n)
         if status != 0:
-            raise _status_error(self.agent, status)
+            raise _status_error(self.limits.agent, status)
         return self._output[:n].copy()
 
-    @property
     def fuel_used(self) -> int:
-        """Fuel consumed by the last `run` (0 before the first)."""
-        # The store of the last call: after a trap, self._store is already a fresh one.
-        return self.fuel_budget - self._last_store.get_fuel() if self.fuel_budget else 0
+        """Return the fuel consumed by the last `run`."""
+        return self.fuel_budget - self.store.get_fuel()
 
-    def replica(self) -> WasmInstance:
-        """Return a new independent instance of the same module with the same limits."""
-        return WasmInstance(
-            self.module,
-            agent=self.agent,
-            input_size=self.input_size,
-            output_size=self.output_size,
-            memory_limit=self.memory_limit,
-            fuel_per_record=self.fuel_per_record,
-        )
+
+class WasmPool:
+    """The instances of one agent module, shared by all its replicas.
+
+    ABI v1 modules keep no state between calls (the host writes the input, calls ``infer``,
+    reads the output), so a replica needs an instance only while it calls. Replicas take an idle
+    instance for each call and give it back, and a new one is made only when all are busy:
+    1,000 replicas driven from one thread use one instance, not 1,000 (each instance maps the
+    weights and reserves 4 GiB of address space). An instance whose call failed is dropped, so
+    a trap, a fuel or memory exhaustion never reaches another call.
+
+    Args:
+        module: the compiled, policy-checked module.
+        limits: the agent's limits.
+        max_idle: idle instances kept for reuse; more are dropped when given back.
+
+    Raises:
+        ResourceLimitError, AgentTrap, BundleError: from creating the first instance (see `WasmInstance`).
+    """
+
+    def __init__(self, module: wasmtime.Module, limits: InstanceLimits, *, max_idle: int = 16) -> None:
+        self.module, self.limits, self.max_idle = module, limits, max_idle
+        first = WasmInstance(module, limits)  # fail at load time, not at the first record
+        self.max_batch = first.max_batch
+        self.created = 1
+        self._idle = [first]
+
+    def acquire(self) -> WasmInstance:
+        """Return an idle instance, or a new one when none is idle (thread-safe: list.pop is atomic)."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            self.created += 1
+            return WasmInstance(self.module, self.limits)
+
+    def release(self, instance: WasmInstance) -> None:
+        """Give back an instance whose last call succeeded."""
+        if len(self._idle) < self.max_idle:
+            self._idle.append(instance)
+
+    @property
+    def idle(self) -> int:
+        """The number of idle instances."""
+        return len(self._idle)
+
+
+class WasmBackend:
+    """One replica's view of a `WasmPool`: what `afrt.Agent` calls on the wasm backend.
+
+    Args:
+        pool: the agent's shared pool.
+    """
+
+    def __init__(self, pool: WasmPool) -> None:
+        self.pool = pool
+        self.max_batch = pool.max_batch
+        self.fuel_per_record = pool.limits.fuel_per_record
+        self._last: tuple[WasmInstance, int] | None = None
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """Run ``n <= max_batch`` records on an instance of the pool (see `WasmInstance.run`)."""
+        pool = self.pool
+        instance = pool.acquire()
+        self._last = (instance, instance.calls + 1)
+        out = instance.run(inputs)  # on error the instance is not given back: a clean one replaces it
+        pool.release(instance)
+        return out
+
+    @property
+    def fuel_used(self) -> int | None:
+        """Fuel consumed by this replica's last call; None before the first call, or when another
+        replica has used that instance since (read it right after the call)."""
+        if self._last is None or self._last[0].calls != self._last[1]:
+            return None
+        return self._last[0].fuel_used()
+
+    def replica(self) -> WasmBackend:
+        """Return another replica sharing the pool."""
+        return WasmBackend(self.pool)
 
     def close(self) -> None:
-        """Drop the views first (they point into the store's memory), then the store."""
-        self._input = self._output = None  # type: ignore[assignment]
-        self._infer = None  # type: ignore[assignment]
-        self._store = self._last_store = None  # type: ignore[assignment]
+        """Forget the last instance; the pool lives while any replica does."""
+        self._last = None
 
 
 def _fits(ptr: int, nbytes: int, size: int) -> bool:

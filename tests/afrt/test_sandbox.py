@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import wasmtime
@@ -152,8 +154,10 @@ class TestMemoryLimit:
         agent = load_module(abi_module(POISON.format(bad=bad), n_in=N_IN, n_out=N_OUT), tmp_path, memory_mb=2)
         with pytest.raises(ResourceLimitError):
             agent.infer(records(-1.0))
-        assert agent._engine._memory_pages() == 1  # re-instantiated: the grown memory is gone
         assert agent.infer(records(5.0))[0, 0] == 5.0
+        instance = agent._engine._last[0]
+        assert instance.memory_pages() == 1  # a new instance: the grown memory went with the failed one
+        assert agent._engine.pool.created == 2
 
     def test_initial_memory_above_the_cap_cannot_start(self, tmp_path):
         wasm = abi_module("(i32.const 0)", n_in=N_IN, n_out=N_OUT, pages=64)  # 4 MiB
@@ -188,18 +192,59 @@ class TestTraps:
 
 
 class TestInstances:
-    def test_replicas_share_the_module_but_not_the_memory(self, tmp_path):
-        weights = random_weights((6, 5, 3), seed=3)
+    @pytest.fixture
+    def weights(self):
+        return random_weights((6, 5, 3), seed=3)
+
+    @pytest.fixture
+    def agent(self, weights, tmp_path):
         data, _ = make_bundle((6, 5, 3), seed=3, wasm_bytes=wasm_module(weights, max_batch=8))
-        first = afrt.load(data, backend="wasm", cache_dir=tmp_path)
-        second = first.replica()
-        assert second._engine.module is first._engine.module
-        assert second._engine._store is not first._engine._store
+        return afrt.load(data, backend="wasm", cache_dir=tmp_path)
+
+    def test_replicas_share_the_pool_and_compute_independently(self, agent, weights):
+        second = agent.replica()
+        assert second._engine.pool is agent._engine.pool
         x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
         y = np.random.default_rng(1).standard_normal((2, 6)).astype(np.float32)
-        out_x, out_y = first.infer(x), second.infer(y)
+        out_x, out_y = agent.infer(x), second.infer(y)
         np.testing.assert_allclose(out_x, reference_forward(weights, x), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(out_y, reference_forward(weights, y), rtol=1e-5, atol=1e-5)
+        assert agent._engine.pool.created == 1  # calls one after another: one instance serves both
+
+    def test_busy_instances_are_never_shared(self, agent):
+        pool = agent._engine.pool
+        held = pool.acquire()  # as if another thread were inside a call
+        agent.infer(np.ones((1, 6), np.float32))
+        assert pool.created == 2 and agent._engine._last[0] is not held
+        pool.release(held)
+        assert pool.idle == 2
+
+    def test_threads_get_their_own_instances(self, agent, weights):
+        replicas = [agent.replica() for _ in range(4)]
+        inputs = [np.random.default_rng(k).standard_normal((30, 6)).astype(np.float32) for k in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            outputs = list(pool.map(lambda pair: pair[0].infer(pair[1]), zip(replicas, inputs)))
+        for x, out in zip(inputs, outputs):
+            np.testing.assert_allclose(out, reference_forward(weights, x), rtol=1e-5, atol=1e-5)
+        assert agent._engine.pool.created <= 4
+
+    def test_fuel_used_is_per_replica_and_never_another_ones(self, agent):
+        second = agent.replica()
+        assert agent.fuel_used is None
+        agent.infer(np.ones((1, 6), np.float32))
+        one = agent.fuel_used
+        assert 0 < one < agent.fuel_per_record
+        second.infer(np.ones((2, 6), np.float32))  # the same idle instance, now with another count
+        assert agent.fuel_used is None and second.fuel_used > one
+
+    def test_failed_instances_are_dropped_not_reused(self, tmp_path):
+        agent = load_module(abi_module(POISON.format(bad="unreachable"), n_in=N_IN, n_out=N_OUT), tmp_path)
+        pool = agent._engine.pool
+        with pytest.raises(AgentTrap):
+            agent.infer(records(-1.0))
+        assert pool.idle == 0
+        agent.infer(records(1.0))
+        assert (pool.idle, pool.created) == (1, 2)
 
     def test_engine_is_shared_and_fingerprinted(self):
         assert sandbox.shared_engine() is sandbox.shared_engine()
