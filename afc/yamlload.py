@@ -274,6 +274,9 @@ class _Walker:
     def _key(self, event: Any, path: tuple) -> tuple[Any, tuple[int, int]]:
         kind = type(event).__name__
         span = (event.start_mark.index, event.end_mark.index)
+        if kind == "AliasEvent":
+            self._refuse_properties(event, kind)
+            return None, span
         if kind != "ScalarEvent":
             self._refuse_properties(event, kind)
             self._error("AF0056", "a mapping key must be a string, not a collection", *span,

@@ -239,3 +239,27 @@ class TestHostileHeaders:
         with pytest.raises(SchemaError) as info:
             load_agent_bytes(write_container(text, [("neural_weights", encode_tensors(weights))]), path="x.af")
         assert [d.code for d in info.value.diagnostics] == ["AF1008"]
+
+
+class TestExamples:
+    """The examples in examples/ (built by the container work) validate and keep the reference header."""
+
+    ROOT = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples"
+
+    @pytest.mark.parametrize("name", ["classification-agent.af", "xor.af"])
+    def test_validates_without_diagnostics(self, name):
+        assert afc.validate(self.ROOT / name) == []
+
+    def test_reference_header_is_unchanged_and_builds(self):
+        agent = afc.load_agent_file(self.ROOT / "classification-agent.af")
+        assert agent.header_text.startswith("# Agent File Format v1.0\nversion: \"1.0\"\nname: \"classification-agent\"")
+        assert agent.header["workflows"]["shutdown"] == ["save_state", "disconnect_from_swarm", "cleanup_resources"]
+        spec = agent.spec()
+        assert [(layer.in_size, layer.out_size) for layer in spec.network.layers] == [(784, 128), (128, 64), (64, 32), (32, 10)]
+        assert spec.network.output_activation == "linear"
+
+    def test_reference_header_round_trips_through_ruamel(self):
+        from afc.yamlload import dump_round_trip
+
+        agent = afc.load_agent_file(self.ROOT / "classification-agent.af")
+        assert dump_round_trip(agent.yaml) == agent.header_text

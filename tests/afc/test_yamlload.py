@@ -155,3 +155,8 @@ class TestRoundTrip:
         tree["neural_config"]["input_size"] = 10
         out = dump_round_trip(tree)
         assert out == REFERENCE.replace("input_size: 784", "input_size: 10")
+
+
+class TestAliasKeys:
+    def test_alias_as_key_is_refused_as_alias(self):
+        assert codes("a: &k b\n*k : 1\nc: 2\n") == ["AF0053", "AF0054"]
