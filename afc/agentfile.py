@@ -241,7 +241,16 @@ def write_agent_file(path: str | Path, agent_file: AgentFile, *, raw: bool | Non
 
 
 def render_agent_file(agent_file: AgentFile, *, raw: bool | None = None) -> bytes:
-    """Return the bytes `write_agent_file` writes (see there)."""
+    """Return the bytes `write_agent_file` would write.
+
+    Args:
+        agent_file: what to render.
+        raw: None keeps each section's encoding (and its bytes, when the sections are unchanged);
+            True stores every section raw, False as base64.
+
+    Returns:
+        The file's bytes.
+    """
     from .writer import write_container
 
     container = agent_file.container
