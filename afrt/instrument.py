@@ -1,18 +1,28 @@
 """The `Instrument` hooks through which the debugger and the profiler observe a running swarm.
 
 As in trio's ``trio.abc.Instrument``, every hook is an optional no-op: a subclass overrides only
-the hooks it needs, and `Instruments` dispatches each event only to the instruments that
-override its hook, so that an unobserved swarm pays one dict lookup per event. An instrument
-that raises is removed (and the error logged), so a broken profiler cannot break a run.
+the hooks it needs. The workflow runner (`afrt.workflow`) calls the hooks of the one instrument
+it is given; `Instruments` is an instrument too, which fans each event out to the instruments
+that override its hook (an unobserved hook costs one dict lookup). An instrument that raises is
+removed (and the error logged), so that a broken profiler cannot break a run.
+
+Hook arguments, as the runner passes them:
+
+- ``ctx``: the replica's `afrt.workflow.AgentContext` (``ctx.agent`` is the `afrt.Agent`,
+  ``ctx.agent_id`` its id, ``ctx.memory`` its memory);
+- ``workflow``: ``initialization``, ``execution`` or ``shutdown``;
+- ``step``: the `afcore.steps.Step` (its ``span`` points into the .af file);
+- ``record``: the `afrt.workflow.RecordState` of the record being processed, or None outside
+  the execution workflow.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
-    from afcore.errors import ExecutionError
+    from afcore.errors import AfError
     from afcore.steps import Step
 
 __all__ = ["HOOKS", "Instrument", "Instruments"]
@@ -26,54 +36,48 @@ _log = logging.getLogger("afrt.instrument")
 class Instrument:
     """Base class of runtime observers. Override any subset of the hooks; the rest do nothing.
 
-    Hooks run synchronously in the agent's task: keep them short.
+    Hooks run synchronously in the replica's task: keep them short.
     """
 
-    __slots__ = ()
-
-    def before_step(self, agent: str, workflow: str, step: Step, context: Mapping[str, Any]) -> None:
-        """Called before a workflow step runs.
+    def before_step(self, ctx: Any, workflow: str, step: Step, record: Any) -> None:
+        """Called before a workflow step runs (also when its guard will skip it).
 
         Args:
-            agent: the agent's id.
-            workflow: ``initialization``, ``execution`` or ``shutdown``.
-            step: the parsed step (its ``span`` points into the .af file).
-            context: what the step sees: ``input``, ``output``, ``memory`` (read-only by convention).
-        """
-
-    def after_step(
-        self, agent: str, workflow: str, step: Step, context: Mapping[str, Any], error: BaseException | None
-    ) -> None:
-        """Called after a workflow step ran (or was skipped by its guard).
-
-        Args:
-            agent: the agent's id.
+            ctx: the replica's context.
             workflow: the workflow's name.
             step: the parsed step.
-            context: as for `before_step`, after the step's effects.
-            error: the error the step raised, or None.
+            record: the record's state, or None outside ``execution``.
         """
 
-    def message_sent(self, agent: str, topic: str, message: Mapping[str, Any]) -> None:
-        """Called when an agent publishes a message on the bus.
+    def after_step(self, ctx: Any, workflow: str, step: Step, record: Any) -> None:
+        """Called after a workflow step completed; a step that raised calls `trap` instead.
 
         Args:
-            agent: the sender's id.
-            topic: e.g. ``task.completion``.
-            message: the message as published.
+            ctx: the replica's context.
+            workflow: the workflow's name.
+            step: the parsed step.
+            record: the record's state (with the step's effects), or None outside ``execution``.
         """
 
-    def trap(self, agent: str, error: ExecutionError) -> None:
-        """Called when an agent's backend traps or exceeds a limit (the record then fails).
+    def message_sent(self, ctx: Any, message: Any) -> None:
+        """Called when a replica has published a message on the bus.
 
         Args:
-            agent: the agent's id.
-            error: the `AgentTrap` or `ResourceLimitError`; ``error.frames`` holds wasm frames.
+            ctx: the sender's context.
+            message: the `afrt.bus.Message` (``topic``, ``sender``, ``payload``).
+        """
+
+    def trap(self, ctx: Any, error: AfError) -> None:
+        """Called when a step fails: a wasm trap, an exhausted limit, or any other af error.
+
+        Args:
+            ctx: the replica's context.
+            error: the error; an `AgentTrap` has ``trap_code`` and wasm ``frames``.
         """
 
 
-class Instruments:
-    """The set of active instruments and the dispatch of events to them.
+class Instruments(Instrument):
+    """Several instruments seen as one: each event goes to those that override its hook.
 
     Args:
         instruments: the initial instruments.
@@ -87,7 +91,7 @@ class Instruments:
     def add(self, instrument: Instrument) -> None:
         """Start sending events to ``instrument`` (for the hooks it overrides)."""
         for hook in HOOKS:
-            if getattr(type(instrument), hook) is not getattr(Instrument, hook):
+            if getattr(type(instrument), hook, None) is not getattr(Instrument, hook):
                 self._by_hook.setdefault(hook, {})[instrument] = None
 
     def remove(self, instrument: Instrument) -> None:
@@ -123,6 +127,18 @@ class Instruments:
             except Exception:  # an observer must not break the run: drop it, as trio does
                 _log.exception("instrument %r raised in %s and was removed", instrument, hook)
                 self.remove(instrument)
+
+    def before_step(self, ctx: Any, workflow: str, step: Step, record: Any) -> None:
+        self.call("before_step", ctx, workflow, step, record)
+
+    def after_step(self, ctx: Any, workflow: str, step: Step, record: Any) -> None:
+        self.call("after_step", ctx, workflow, step, record)
+
+    def message_sent(self, ctx: Any, message: Any) -> None:
+        self.call("message_sent", ctx, message)
+
+    def trap(self, ctx: Any, error: AfError) -> None:
+        self.call("trap", ctx, error)
 
     def __bool__(self) -> bool:
         return bool(self._by_hook)

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from afcore.errors import AgentTrap
 from afcore.steps import Step
 from afrt.instrument import HOOKS, Instrument, Instruments
 
@@ -14,15 +15,15 @@ class Recorder(Instrument):
     def __init__(self):
         self.events = []
 
-    def before_step(self, agent, workflow, step, context):
-        self.events.append(("before", agent, workflow, step.name))
+    def before_step(self, ctx, workflow, step, record):
+        self.events.append(("before", ctx, workflow, step.name, record))
 
-    def trap(self, agent, error):
-        self.events.append(("trap", agent, error))
+    def trap(self, ctx, error):
+        self.events.append(("trap", ctx, error.code))
 
 
 class Broken(Instrument):
-    def message_sent(self, agent, topic, message):
+    def message_sent(self, ctx, message):
         raise RuntimeError("boom")
 
 
@@ -30,10 +31,10 @@ class TestInstrument:
     def test_every_hook_is_a_no_op(self):
         base = Instrument()
         step = Step("receive_input")
-        assert base.before_step("a", "execution", step, {}) is None
-        assert base.after_step("a", "execution", step, {}, None) is None
-        assert base.message_sent("a", "task.completion", {}) is None
-        assert base.trap("a", None) is None
+        assert base.before_step("ctx", "execution", step, None) is None
+        assert base.after_step("ctx", "execution", step, None) is None
+        assert base.message_sent("ctx", object()) is None
+        assert base.trap("ctx", AgentTrap("x")) is None
         assert HOOKS == ("before_step", "after_step", "message_sent", "trap")
 
 
@@ -43,9 +44,17 @@ class TestInstruments:
         instruments = Instruments([recorder])
         assert instruments.wants("before_step") and instruments.wants("trap")
         assert not instruments.wants("after_step") and not instruments.wants("message_sent")
-        instruments.call("before_step", "a", "execution", Step("send_output"), {})
-        instruments.call("after_step", "a", "execution", Step("send_output"), {}, None)
-        assert recorder.events == [("before", "a", "execution", "send_output")]
+        instruments.before_step("ctx", "execution", Step("send_output"), None)
+        instruments.after_step("ctx", "execution", Step("send_output"), None)
+        instruments.trap("ctx", AgentTrap("t", code="AF5001"))
+        assert recorder.events == [("before", "ctx", "execution", "send_output", None), ("trap", "ctx", "AF5001")]
+
+    def test_is_itself_an_instrument_with_every_hook(self):
+        instruments = Instruments()
+        assert isinstance(instruments, Instrument)
+        for hook in HOOKS:
+            assert callable(getattr(instruments, hook))
+        instruments.message_sent("ctx", object())  # no listener: nothing happens
 
     def test_empty_is_falsy(self):
         assert not Instruments()
@@ -63,8 +72,8 @@ class TestInstruments:
         broken, recorder = Broken(), Recorder()
         instruments = Instruments([broken, recorder])
         with caplog.at_level(logging.ERROR, logger="afrt.instrument"):
-            instruments.call("message_sent", "a", "t", {})
+            instruments.message_sent("ctx", object())
         assert not instruments.wants("message_sent")
         assert "removed" in caplog.text
-        instruments.call("trap", "a", "err")
-        assert recorder.events == [("trap", "a", "err")]
+        instruments.trap("ctx", AgentTrap("t", code="AF5002"))
+        assert recorder.events == [("trap", "ctx", "AF5002")]
