@@ -201,8 +201,9 @@ _FORM_HINT = "a step reads `name`, `name(key=value, ...)`, optionally followed b
 def step_locator(document: YamlDocument, path: tuple) -> Locator:
     """Return a `Locator` for the step string at ``path`` of a parsed header.
 
-    Positions are exact when the string's text stands in the file as it reads (a plain scalar, or a
-    quoted one without escapes on one line); otherwise every position falls back to the whole node.
+    Positions are exact when the string is written on one line: plain, single-quoted (``''`` is one
+    character) or double-quoted (each escape such as ``\\"`` or ``\\u00e9`` is one character).
+    Otherwise (block or multi-line scalars) every position falls back to the whole node.
 
     Args:
         document: the parsed header.
@@ -215,13 +216,36 @@ def step_locator(document: YamlDocument, path: tuple) -> Locator:
     value = document.data
     for part in path:
         value = value[part]
-    raw = document.text_of(path)
-    if pos.style == "" and raw == value:
-        shift = pos.start
-    elif pos.style in ('"', "'") and raw[1:-1] == value:
-        shift = pos.start + 1
-    else:
-        whole = document.source.span(pos.start, pos.end)
-        return lambda start, end: whole
+    offsets = _char_offsets(document.text_of(path), pos.style)
     source = document.source
-    return lambda start, end: source.span(shift + start, shift + max(end, start))
+    if offsets is None or len(offsets) != len(value) + 1:
+        whole = source.span(pos.start, pos.end)
+        return lambda start, end: whole
+    last = len(offsets) - 1
+
+    def locate(start: int, end: int) -> Span:
+        first = pos.start + offsets[min(start, last)]
+        return source.span(first, max(pos.start + offsets[min(end, last)], first))
+
+    return locate
+
+
+#: length of a YAML double-quoted escape by its letter (the others are two characters, e.g. ``\\n``)
+_ESCAPE_LENGTHS = {"x": 4, "u": 6, "U": 10}
+
+
+def _char_offsets(raw: str, style: str | None) -> list[int] | None:
+    """Return, for each character of a one-line scalar's value (and its end), its offset in ``raw``."""
+    if "\n" in raw or "\r" in raw or style not in ("", "'", '"'):
+        return None
+    if style == "":
+        return list(range(len(raw) + 1))
+    offsets, i, stop = [], 1, len(raw) - 1
+    while i < stop:
+        offsets.append(i)
+        if style == '"' and raw[i] == "\\":
+            i += _ESCAPE_LENGTHS.get(raw[i + 1 : i + 2], 2)
+        else:
+            i += 2 if style == "'" and raw.startswith("''", i) else 1
+    offsets.append(stop)
+    return offsets

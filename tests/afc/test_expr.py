@@ -126,11 +126,18 @@ class TestColumnsInFile:
         document = load_yaml(SourceFile("h.af", HEADER))
         _, diags = parse_workflows(document)
         found = [(d.code, d.span.line, d.span.column) for d in diags]
-        # plain: exact; double-quoted with escapes: the whole string; single-quoted: exact after the quote
-        assert found[0] == ("AF0072", 3, 26)
-        assert found[1][:2] == ("AF0071", 4) and found[1][2] == 7
-        assert found[2] == ("AF0070", 5, 42)
-        assert found[3][:2] == ("AF0070", 6) and found[3][2] == 7
+        # exact in plain, single- and double-quoted strings (an escape such as \" or \t is one character)
+        assert found == [("AF0072", 3, 26), ("AF0071", 4, 48), ("AF0070", 5, 42), ("AF0070", 6, 38)]
+
+    def test_block_scalar_falls_back_to_the_whole_string(self):
+        text = "workflows:\n  execution:\n    - >-\n      a when\n      output.x $\n"
+        _, diags = parse_workflows(load_yaml(SourceFile("h.af", text)))
+        assert [(d.code, d.span.line, d.span.column) for d in diags] == [("AF0070", 3, 7)]
+
+    def test_single_quote_escape_counts_as_one_character(self):
+        text = "workflows:\n  execution:\n    - 'a(x=''y'', z=''w'') when output.x $'\n"
+        _, diags = parse_workflows(load_yaml(SourceFile("h.af", text)))
+        assert [(d.code, d.span.column) for d in diags] == [("AF0070", text.splitlines()[2].index("$") + 1)]
 
     def test_step_span_is_the_yaml_string(self):
         document = load_yaml(SourceFile("h.af", "workflows:\n  execution:\n    - 'receive_input'\n"))
