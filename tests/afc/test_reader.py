@@ -208,3 +208,36 @@ class TestHostileInput:
         text = next(t for n in range(1, 9) if (t := base64.b64encode(frame(b"a" * n))).endswith(b"="))
         data = b"h: 1\n---BINARY_SECTION:w---\n" + text + b"\n" + base64.b64encode(b"more") + b"\n"
         assert codes_of(data) == ["AF0009"]
+
+
+class TestBase64Decoding:
+    """The one-pass path for writer-wrapped text and the strict path must agree on every input."""
+
+    PAYLOAD = bytes(range(256)) * 40
+
+    def text(self, newline: bytes = b"\n") -> bytes:
+        return base64.encodebytes(frame(self.PAYLOAD)).replace(b"\n", newline)
+
+    @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+    def test_wrapped_text(self, newline: bytes):
+        data = b"h: 1" + newline + b"---BINARY_SECTION:w---" + newline + self.text(newline)
+        assert read(data).sections[0].payload == self.PAYLOAD
+
+    def test_line_end_replaced_by_junk_is_reported(self):
+        text = bytearray(self.text())
+        text[76] = ord("@")
+        assert codes_of(b"h: 1\n---BINARY_SECTION:w---\n" + bytes(text)) == ["AF0008"]
+
+    def test_letter_replaced_by_newline_is_still_valid_whitespace_but_short(self):
+        text = bytearray(self.text())
+        text[10] = ord("\n")
+        assert codes_of(b"h: 1\n---BINARY_SECTION:w---\n" + bytes(text)) == ["AF0009"]
+
+    def test_padding_inside_the_text_is_reported(self):
+        text = bytearray(self.text())
+        text[20:24] = b"QQ=="
+        assert codes_of(b"h: 1\n---BINARY_SECTION:w---\n" + bytes(text)) == ["AF0009"]
+
+    def test_unwrapped_single_line(self):
+        data = b"h: 1\n---BINARY_SECTION:w---\n" + base64.b64encode(frame(self.PAYLOAD)) + b"\n"
+        assert read(data).sections[0].payload == self.PAYLOAD
