@@ -125,3 +125,12 @@ class TestSessionThreads:
                                                            (None, None, 1), (4, 2, 2)])
     def test_ceil_of_cpu_cores_at_least_one(self, cores, threads, expected):
         assert session_threads(cores, threads) == expected
+
+
+class TestQuiet:
+    def test_loading_and_running_print_nothing(self, capfd):
+        data, _ = make_bundle((8, 6, 4))
+        agent = afrt.load(data, backend="onnx")
+        agent.infer(np.zeros((3, 8), np.float32))
+        captured = capfd.readouterr()
+        assert captured.err == "" and captured.out == ""
