@@ -53,72 +53,74 @@ def _unescape(token: str) -> str:
                   else _ESCAPES[m.group(1)], body)
 
 
-def _build_callbacks() -> dict[str, Callable[..., Any]]:
-    from lark import Token
+def _start(name: Any, args: dict | None, guard: Any) -> tuple:
+    return str(name), args or {}, guard
 
-    def start(name: Token, args: dict | None, guard: Any) -> tuple:
-        return str(name), args or {}, guard
 
-    def args(*items: Any) -> dict:
-        out: dict[str, Any] = {}
-        for item in items:
-            if item is None:
-                continue
-            key, value = item
-            if key in out:
-                raise _StepProblem("AF0073", f"argument `{key}` is given twice", key.start_pos, key.end_pos,
-                                   "give each argument once")
-            out[str(key)] = value.value  # arguments are plain literals (afcore.steps.Step.args)
-        return out
+def _args(*items: Any) -> dict:
+    out: dict[str, Any] = {}
+    for item in items:
+        if item is None:  # `f()`: the optional argument list is empty
+            continue
+        key, value = item
+        if key in out:
+            raise _StepProblem("AF0073", f"argument `{key}` is given twice", key.start_pos, key.end_pos,
+                               "give each argument once")
+        out[str(key)] = value.value  # arguments are plain literals (afcore.steps.Step.args)
+    return out
 
-    def field(root: Token, *parts: Token) -> Field:
-        if root not in FIELD_ROOTS:
-            raise _StepProblem("AF0072", f"unknown field `{root}`: a guard reads `input`, `output` or `memory`",
-                               root.start_pos, root.end_pos, "e.g. `output.max > 0.9` or `memory.count % 100 == 0`")
-        return Field(str(root), tuple(int(p) if p.type == "INT" else str(p) for p in parts))
 
-    def binary(left: Any, op: Token, right: Any) -> Binary:
-        return Binary(str(op), left, right)
+def _field(root: Any, *parts: Any) -> Field:
+    if root not in FIELD_ROOTS:
+        raise _StepProblem("AF0072", f"unknown field `{root}`: a guard reads `input`, `output` or `memory`",
+                           root.start_pos, root.end_pos, "e.g. `output.max > 0.9` or `memory.count % 100 == 0`")
+    return Field(str(root), tuple(int(p) if p.type == "INT" else str(p) for p in parts))
 
-    def chain(keyword: str) -> Callable[..., Any]:
-        def fold(*operands: Any) -> Any:
-            result = operands[0]
-            for operand in operands[1:]:
-                result = Binary(keyword, result, operand)
-            return result
 
-        return fold
-
-    def arith(*items: Any) -> Any:
-        result = items[0]
-        for i in range(1, len(items), 2):
-            result = Binary(str(items[i]), result, items[i + 1])
+def _logical(keyword: str) -> Callable[..., Any]:
+    def fold(*operands: Any) -> Any:
+        result = operands[0]
+        for operand in operands[1:]:
+            result = Binary(keyword, result, operand)
         return result
 
-    def number(tok: Token) -> Const:
-        text = str(tok)
-        return Const(float(text) if any(c in text for c in ".eE") else int(text))
+    return fold
 
-    return {
-        "start": start,
-        "args": args,
-        "arg": lambda key, value: (key, value),
-        "guard": lambda expr: expr,
-        "or_expr": chain("or"),
-        "and_expr": chain("and"),
-        "not_": lambda operand: Unary("not", operand),
-        "comparison": binary,
-        "sum": arith,
-        "product": arith,
-        "neg": lambda operand: Unary("neg", operand),
-        "field": field,
-        "number": number,
-        "negative_number": lambda tok: Const(-number(tok).value),  # type: ignore[operator]
-        "string": lambda tok: Const(_unescape(str(tok))),
-        "true": lambda _: Const(True),
-        "false": lambda _: Const(False),
-        "null": lambda _: Const(None),
-    }
+
+def _arithmetic(*items: Any) -> Any:
+    # items alternate operand, operator token, operand, ...: fold left, so 1 - 2 - 3 is (1 - 2) - 3
+    result = items[0]
+    for i in range(1, len(items), 2):
+        result = Binary(str(items[i]), result, items[i + 1])
+    return result
+
+
+def _number(token: Any) -> Const:
+    text = str(token)
+    return Const(float(text) if any(c in text for c in ".eE") else int(text))
+
+
+#: grammar rule (or alias) -> builder of its `afcore.steps` node from the rule's children
+_CALLBACKS: dict[str, Callable[..., Any]] = {
+    "start": _start,
+    "args": _args,
+    "arg": lambda key, value: (key, value),
+    "guard": lambda expr: expr,
+    "or_expr": _logical("or"),
+    "and_expr": _logical("and"),
+    "not_": lambda operand: Unary("not", operand),
+    "comparison": lambda left, op, right: Binary(str(op), left, right),
+    "sum": _arithmetic,
+    "product": _arithmetic,
+    "neg": lambda operand: Unary("neg", operand),
+    "field": _field,
+    "number": _number,
+    "negative_number": lambda token: Const(-_number(token).value),  # type: ignore[operator]
+    "string": lambda token: Const(_unescape(str(token))),
+    "true": lambda _: Const(True),
+    "false": lambda _: Const(False),
+    "null": lambda _: Const(None),
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,9 +128,8 @@ def _parser() -> Any:
     from lark import Lark
 
     grammar = resources.files("afc.grammar").joinpath("steps.lark").read_text(encoding="utf-8")
-    callbacks = _build_callbacks()
     return Lark(grammar, parser="lalr", lexer="contextual", maybe_placeholders=True,
-                transformer=_InlineTransformer(callbacks))
+                transformer=_InlineTransformer(_CALLBACKS))
 
 
 class _InlineTransformer:
