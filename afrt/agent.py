@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from afcore.steps import Step
 
-__all__ = ["BACKENDS", "DEFAULT_MEMORY_MB", "ONNX_MAX_BATCH", "Agent", "load"]
+__all__ = ["BACKENDS", "DEFAULT_MEMORY_MB", "ONNX_MAX_BATCH", "Agent", "Backend", "load"]
 
 #: the backends `load` accepts
 BACKENDS = ("onnx", "wasm")
@@ -32,6 +32,19 @@ ONNX_MAX_BATCH = 4096
 #: the wasm memory cap when the manifest declares no ``resources.limits.memory_mb``
 DEFAULT_MEMORY_MB = 512
 _F32 = np.dtype(np.float32)
+
+
+class Backend(Protocol):
+    """What `Agent` needs of a backend (`afrt.inference.OnnxModel`, `afrt.sandbox.WasmBackend`)."""
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """Run ``1 <= n <= max_batch`` C-contiguous float32 records."""
+
+    def replica(self) -> Backend:
+        """Return a backend for another replica, sharing compiled code."""
+
+    def close(self) -> None:
+        """Release what this replica holds."""
 
 
 class Agent:
@@ -54,7 +67,7 @@ class Agent:
         bundle: the `LoadedBundle`.
     """
 
-    def __init__(self, bundle: LoadedBundle, engine: Any, *, backend: str) -> None:
+    def __init__(self, bundle: LoadedBundle, engine: Backend, *, backend: str) -> None:
         self.bundle = bundle
         self.manifest: Mapping[str, Any] = bundle.manifest
         self.name, self.version, self.digest = bundle.name, bundle.version, bundle.digest
@@ -63,7 +76,7 @@ class Agent:
         self.workflows: Mapping[str, tuple[Step, ...]] = bundle.workflows
         self.resources: Mapping[str, Any] = bundle.resources
         self.max_batch: int = getattr(engine, "max_batch", ONNX_MAX_BATCH)
-        self._engine = engine
+        self._engine: Backend | None = engine
         self._run: Callable[[np.ndarray], np.ndarray] = engine.run
 
     def __repr__(self) -> str:
@@ -175,7 +188,7 @@ def _check_options(backend: str, fuel_per_record: int | None, threads: int | Non
         raise UsageError("; ".join(problems), code="AF5090")
 
 
-def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: Path | None) -> Any:
+def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: Path | None) -> Backend:
     from . import sandbox
     from .modcache import ModuleCache
 
@@ -192,7 +205,7 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
     return sandbox.WasmBackend(sandbox.WasmPool(module, limits))
 
 
-def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Any:
+def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Backend:
     from .inference import OnnxModel, ensure_safe_onnx, session_threads
 
     model_bytes = bundle.member("onnx")

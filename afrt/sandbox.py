@@ -5,9 +5,10 @@ The policy is data, checked in one place (`ensure_policy`), as Jinja's sandbox k
 export exactly the ABI v1 entry points with their types. Everything an agent can do is compute on
 its own linear memory, bounded by fuel (per call) and a memory cap (per store).
 
-All replicas of all agents in a process share one `Engine`, and replicas of one agent share one
-`wasmtime.Module`: with ``memory_init_cow`` wasmtime maps the module's data segments (the weights)
-copy-on-write, so a replica costs a Store, an Instance and the pages it writes (about 20 KiB).
+All agents in a process share one `Engine`; the replicas of one agent share one `wasmtime.Module`
+and a `WasmPool` of instances, each with its own Store (fuel, memory cap). With
+``memory_init_cow`` wasmtime maps the module's data segments (the weights) copy-on-write from
+one image, so an instance costs only the pages it writes.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from ._fastcall import FastFunc, memory_view
 __all__ = [
     "ENGINE_CONFIG",
     "POLICY",
-    "SandboxPolicy",
     "InstanceLimits",
+    "SandboxPolicy",
     "WasmBackend",
     "WasmInstance",
     "WasmPool",
