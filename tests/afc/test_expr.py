@@ -144,3 +144,83 @@ class TestColumnsInFile:
         workflows, diags = parse_workflows(document)
         assert diags == []
         assert Span.from_json(workflows["execution"][0].span) == Span("h.af", 3, 7, 3, 22)
+
+
+# Property: any guard tree, printed with minimal parentheses, parses back to the same tree, and
+# evaluates to what Python itself computes for the same text (the step language is a subset of
+# Python's expression syntax, so Python is an independent oracle here; the product never evals).
+from types import SimpleNamespace  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from afcore.errors import ExecutionError  # noqa: E402
+
+_PRECEDENCE = {"or": 1, "and": 2, "not": 3, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4,
+               "+": 5, "-": 5, "*": 6, "/": 6, "%": 6, "neg": 7}
+_VALUES = {"input": SimpleNamespace(x=3), "output": SimpleNamespace(max=0.75), "memory": SimpleNamespace(count=-4)}
+
+leaves = st.one_of(
+    st.integers(0, 50).map(Const),
+    st.sampled_from([0.5, 2.25, 10.0]).map(Const),
+    st.sampled_from([Field("input", ("x",)), Field("output", ("max",)), Field("memory", ("count",))]),
+)
+
+
+def _extend(children):
+    binary = st.tuples(st.sampled_from(sorted(set(_PRECEDENCE) - {"not", "neg"})), children, children)
+    unary = st.tuples(st.sampled_from(["not", "neg"]), children)
+    return st.one_of(binary.map(lambda t: Binary(*t)), unary.map(lambda t: Unary(*t)))
+
+
+trees = st.recursive(leaves, _extend, max_leaves=12)
+
+
+def _level(expr) -> int:
+    return _PRECEDENCE[expr.op] if isinstance(expr, (Binary, Unary)) else 8
+
+
+def show(expr) -> str:
+    if isinstance(expr, Const):
+        return repr(expr.value)
+    if isinstance(expr, Field):
+        return expr.dotted()
+    if isinstance(expr, Unary):
+        return ("not " + wrap(expr.operand, 3)) if expr.op == "not" else "-" + wrap(expr.operand, 7)
+    level = _PRECEDENCE[expr.op]
+    if level == 4:  # comparisons do not chain: both sides are sums
+        return f"{wrap(expr.left, 5)} {expr.op} {wrap(expr.right, 5)}"
+    return f"{wrap(expr.left, level)} {expr.op} {wrap(expr.right, level + 1)}"
+
+
+def wrap(expr, minimum: int) -> str:
+    text = show(expr)
+    return f"({text})" if _level(expr) < minimum else text
+
+
+def resolve(root, path):
+    return getattr(_VALUES[root], path[0])
+
+
+class TestGuardProperties:
+    @settings(max_examples=150, deadline=None)
+    @given(trees)
+    def test_printed_tree_parses_back(self, tree):
+        assert parse(f"a when {show(tree)}").guard == tree
+
+    @settings(max_examples=150, deadline=None)
+    @given(trees)
+    def test_evaluates_as_python(self, tree):
+        text = show(tree)
+        try:
+            expected = eval(text, {"__builtins__": {}}, dict(_VALUES))  # the oracle, in the test only
+        except (ZeroDivisionError, TypeError, OverflowError):
+            expected = "raises"
+        try:
+            actual = evaluate(parse(f"a when {text}").guard, resolve)
+        except ExecutionError:
+            actual = "raises"
+        if isinstance(expected, float) and expected != expected:
+            assert isinstance(actual, float) and actual != actual or actual == "raises"
+        else:
+            assert actual == expected
