@@ -227,7 +227,8 @@ def map_wasm_instantiate_errors(agent: str, memory_limit: int) -> _ErrorMap:
     """Return a context manager mapping instantiation failures.
 
     wasmtime refuses to instantiate a module whose initial memory exceeds the store's cap; that
-    becomes `ResourceLimitError` AF5012. A trap in a start function is an `AgentTrap` AF5001.
+    becomes `ResourceLimitError` AF5012. A start function (or pointer getter) that runs out of
+    fuel is `ResourceLimitError` AF5010; another trap there is an `AgentTrap` AF5001.
 
     Args:
         agent: the agent's name.
@@ -235,6 +236,10 @@ def map_wasm_instantiate_errors(agent: str, memory_limit: int) -> _ErrorMap:
     """
 
     def translate(exc: BaseException) -> AfError:
+        if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return ResourceLimitError(f"agent `{agent}` ran out of fuel while starting", code="AF5010",
+                                      hint="the module's start-up code does not end; the bundle is faulty",
+                                      agent=agent)
         if isinstance(exc, wasmtime.Trap):
             return AgentTrap(f"agent `{agent}` trapped while starting: {_first_line(exc.message)}",
                              code="AF5001", frames=trap_frames(exc), agent=agent)

@@ -114,6 +114,19 @@ class TestFuel:
             agent.infer(records(-1.0))
         assert agent.infer(records(3.0))[0, 0] == 3.0
 
+    @pytest.mark.parametrize("where", ["start", "max_batch"])
+    def test_endless_start_up_is_stopped_at_load(self, tmp_path, where):
+        start = '(func $s (loop $l (br $l))) (start $s)' if where == "start" else ""
+        getter = "(loop $l (br $l)) (i32.const 4)" if where == "max_batch" else "(i32.const 4)"
+        wat = f"""(module (memory (export "memory") 1) {start}
+          (func (export "input_ptr") (result i32) (i32.const 0))
+          (func (export "output_ptr") (result i32) (i32.const 64))
+          (func (export "max_batch") (result i32) {getter})
+          (func (export "infer") (param i32) (result i32) (i32.const 0)))"""
+        with pytest.raises(ResourceLimitError) as info:
+            load_module(wasmtime.wat2wasm(wat), tmp_path)
+        assert info.value.code == "AF5010" and "while starting" in info.value.message
+
     def test_budget_scales_with_the_batch(self, tmp_path):
         agent = load_module(abi_module(LOOP_FOREVER, n_in=N_IN, n_out=N_OUT), tmp_path, fuel_per_record=1000)
         with pytest.raises(ResourceLimitError):
