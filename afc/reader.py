@@ -65,6 +65,8 @@ _FIRST_READ_RATIO = 64
 _FIRST_READ_MIN = 64 * 1024 * 1024
 _LATER_READ = 64 * 1024 * 1024
 _BLOCK_MAX = 128 * 1024
+#: longest line prefix decoded to count a column in characters
+_MAX_DECODED_COLUMN = 64 * 1024
 #: files at least this big are hashed in a thread while their sections are decoded
 _THREADED_HASH_BYTES = 8 * 1024 * 1024
 
@@ -154,6 +156,8 @@ def read_container(
 
 
 class _Reader:
+    """One pass over one file's bytes: the header, then each section in turn, collecting diagnostics."""
+
     def __init__(self, data: bytes, path: str, max_section_bytes: int, skip: frozenset[str]) -> None:
         self.skip = skip
         self.data = data
@@ -161,18 +165,30 @@ class _Reader:
         self.path = path
         self.cap = max_section_bytes
         self.diagnostics: list[Diagnostic] = []
+        self.last_line = (0, 1)
         self.bom = data.startswith(_BOM)
         self.start = len(_BOM) if self.bom else 0
 
     # -- positions -------------------------------------------------------------------------------
 
     def span_at(self, offset: int, length: int = 0) -> Span:
-        """Return the span of a byte offset; columns count characters of the line."""
-        line_start = self.data.rfind(b"\n", 0, offset) + 1
-        line = self.data.count(b"\n", 0, offset) + 1
-        prefix = bytes(self.view[max(line_start, self.start) if line == 1 else line_start : offset])
-        column = len(prefix.decode("utf-8", "replace")) + 1
+        """Return the span of a byte offset; columns count characters of the line (bytes on a binary one)."""
+        line = self.line_at(offset)
+        line_start = max(self.data.rfind(b"\n", 0, offset) + 1, self.start)
+        if offset - line_start <= _MAX_DECODED_COLUMN:
+            column = len(str(self.view[line_start:offset], "utf-8", "replace")) + 1
+        else:  # a raw frame is one long "line": decoding it to count characters would cost its size
+            column = offset - line_start + 1
         return Span(self.path, line, column, line, column + length) if length else Span(self.path, line, column)
+
+    def line_at(self, offset: int) -> int:
+        """Return the 1-based line of ``offset``, counting on from the last answer (offsets mostly grow)."""
+        known_offset, known_line = self.last_line
+        if offset < known_offset:
+            known_offset, known_line = 0, 1
+        line = known_line + self.data.count(b"\n", known_offset, offset)
+        self.last_line = (offset, line)
+        return line
 
     def report(self, problem: _Problem, severity: str = "error") -> None:
         self.diagnostics.append(
