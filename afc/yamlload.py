@@ -164,7 +164,8 @@ def load_yaml(source: SourceFile) -> YamlDocument:
     Raises:
         ParseError: AF0050 YAML syntax, AF0051 empty or non-mapping header, AF0052 tag, AF0053 anchor,
             AF0054 alias, AF0055 nesting too deep, AF0056 non-string key, AF0057 duplicate key,
-            AF0058 more than one document, AF0060 control or bidi character in a name. (The header's size
+            AF0058 more than one document, AF0059 a `%YAML`/`%TAG` directive, AF0060 control or bidi
+            character in a name. (The header's size
             cap and its UTF-8 decoding are the reader's: AF0002, AF0001.)
     """
     walker = _Walker(source)
@@ -213,6 +214,11 @@ class _Walker:
             self._error("AF0051", "the YAML header is empty", event.start_mark.index, event.end_mark.index,
                         "start the file with `version: \"1.0\"` and `name: ...`; `af init` writes a valid one")
             raise _Fatal
+        if event.version is not None or event.tags:
+            # %YAML would change how scalars resolve (1.1: `yes` is true); %TAG only serves tags.
+            self._error("AF0059", "YAML directives (`%YAML`, `%TAG`) are not allowed in an .af header",
+                        event.start_mark.index, event.start_mark.index + 1,
+                        "remove the `%...` lines: an .af header is plain YAML 1.2")
         root = self._next()
         if type(root).__name__ != "MappingStartEvent":
             start = root.start_mark.index

@@ -157,3 +157,9 @@ class TestRoundTrip:
 class TestAliasKeys:
     def test_alias_as_key_is_refused_as_alias(self):
         assert codes("a: &k b\n*k : 1\nc: 2\n") == ["AF0053", "AF0054"]
+
+
+class TestDirectives:
+    @pytest.mark.parametrize("directive", ["%YAML 1.1", "%TAG !p! tag:yaml.org,2002:python/"])
+    def test_directives_are_refused(self, directive):
+        assert codes(f"{directive}\n---\na: yes\n") == ["AF0059"]

@@ -51,6 +51,7 @@ CASES: dict[str, tuple[str, str, bytes | None]] = {
     "header-deep-nesting": ("AF0055", BASE + "runtime:\n  deep: " + "[" * 5000 + "]" * 5000 + "\n", None),
     "header-non-string-key": ("AF0056", BASE + "3.14: pi\n", None),
     "header-duplicate-key": ("AF0057", BASE + 'name: "again"\n', None),
+    "header-yaml-directive": ("AF0059", "%TAG !p! tag:yaml.org,2002:python/\n---\n" + BASE, None),
     "header-two-documents": ("AF0058", BASE + "---\nname: second\n", None),
     "header-bidi-in-name": ("AF0060", BASE.replace('"hostile"', '"admin\u202e\u2066txt.exe"'), None),
     "header-control-char-in-key": ("AF0060", BASE.replace("  input_size:", '  "input\\u0000_size":'), None),
