@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from afrt_testkit import bundle_object, make_bundle, reference_forward
 
 import afrt
@@ -69,6 +71,25 @@ class TestInfer:
             agent.infer(np.zeros(shape, np.float32))
         assert info.value.code == "AF5031"
         assert "[n, 6]" in info.value.message
+
+
+@pytest.fixture(scope="module")
+def agents(bundle, tmp_path_factory):
+    """One agent per backend, shared by the property test: loading is not what it checks."""
+    cache = tmp_path_factory.mktemp("modules")
+    return {backend: afrt.load(bundle[0], backend=backend, cache_dir=cache) for backend in BACKENDS}
+
+
+class TestInferProperty:
+    @settings(max_examples=40, deadline=None)
+    @given(n=st.integers(0, 40), seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([1e-3, 1.0, 1e3]))
+    def test_any_batch_matches_the_reference_on_both_backends(self, bundle, agents, n, seed, scale):
+        x = (np.random.default_rng(seed).standard_normal((n, SIZES[0])) * scale).astype(np.float32)
+        ref = reference_forward(bundle[1], x)
+        for agent in agents.values():
+            out = agent.infer(x)
+            assert out.shape == (n, SIZES[-1])
+            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, scale))
 
 
 class TestLifecycle:
