@@ -377,7 +377,8 @@ def _resolve(event: Any) -> Any:
     if _FALSE.fullmatch(value):
         return False
     if _INT10.fullmatch(value):
-        return int(value)
+        # Python refuses int() of over 4300 digits; as a float such a number fails the schema's maximum.
+        return int(value) if len(value) <= 4000 else float(value)
     if _INT16.fullmatch(value):
         return int(value[2:], 16)
     if _INT8.fullmatch(value):

@@ -163,3 +163,8 @@ class TestDirectives:
     @pytest.mark.parametrize("directive", ["%YAML 1.1", "%TAG !p! tag:yaml.org,2002:python/"])
     def test_directives_are_refused(self, directive):
         assert codes(f"{directive}\n---\na: yes\n") == ["AF0059"]
+
+
+class TestHugeNumbers:
+    def test_integer_with_thousands_of_digits_is_a_number_not_a_crash(self):
+        assert load("a: " + "9" * 5000 + "\n").data == {"a": float("inf")}
