@@ -101,7 +101,7 @@ class Agent:
                 the caller may retry the records one by one to find the one at fault.
         """
         if type(inputs) is not np.ndarray or inputs.dtype != _F32:
-            raise self._dtype_error(inputs)
+            inputs = self._as_plain_array(inputs)
         shape = inputs.shape
         if len(shape) == 2 and shape[1] == self.input_size:
             if 0 < shape[0] <= self.max_batch and inputs.flags.c_contiguous:
@@ -122,9 +122,13 @@ class Agent:
             return np.empty((0, self.output_size), dtype=_F32)
         return np.concatenate([self._run(inputs[i : i + step]) for i in range(0, n, step)])
 
-    def _dtype_error(self, inputs: Any) -> InferenceError:
+    def _as_plain_array(self, inputs: Any) -> np.ndarray:
+        # A float32 ndarray subclass (memmap, ...) is viewed as a plain array; anything else is refused
+        # rather than converted, so that a float64 pipeline does not silently pay a copy per call.
+        if isinstance(inputs, np.ndarray) and inputs.dtype == _F32:
+            return inputs.view(np.ndarray)
         found = inputs.dtype if isinstance(inputs, np.ndarray) else type(inputs).__name__
-        return InferenceError(
+        raise InferenceError(
             f"agent `{self.name}` takes float32 arrays, got {found}",
             code="AF5030",
             hint="convert with numpy.asarray(x, dtype=numpy.float32)",

@@ -65,6 +65,12 @@ class TestInfer:
             agent.infer(value)
         assert info.value.code == "AF5030"
 
+    def test_float32_array_subclass_is_accepted(self, agent, bundle, tmp_path):
+        x = batch(3, seed=9)
+        mapped = np.memmap(tmp_path / "x.f32", dtype=np.float32, mode="w+", shape=x.shape)
+        mapped[:] = x
+        np.testing.assert_allclose(agent.infer(mapped), reference_forward(bundle[1], x), rtol=1e-5, atol=1e-5)
+
     @pytest.mark.parametrize("shape", [(2, 5), (7,), (2, 6, 1), ()])
     def test_wrong_shape(self, agent, shape):
         with pytest.raises(InferenceError) as info:
