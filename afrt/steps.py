@@ -1,0 +1,298 @@
+"""The eleven workflow steps. Each is ``step(ctx, step, state)``; docs/steps.md documents them.
+
+Lifecycle steps (``state`` is None): load_neural_network, initialize_memory, connect_to_swarm,
+register_capabilities, save_state, disconnect_from_swarm, cleanup_resources.
+Record steps (execution workflow only): receive_input, process_neural_network, update_memory,
+send_output; ``save_state`` may also run per record (``every=N``).
+
+Steps never block: messages go to the context's outbox, which the runner sends after the pass.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+import orjson
+
+from afcore.errors import ExecutionError
+from afcore.steps import Step
+
+from .bus import TOPIC_COMPLETION, TOPIC_LIFECYCLE, ensure_topic
+from .records import encode_output
+from .state import load_checkpoint, write_checkpoint
+
+if TYPE_CHECKING:
+    from .workflow import AgentContext, RecordState
+
+__all__ = ["MEMORY_FIELDS", "RECORD_STEPS", "STEPS", "ensure_known", "fresh_memory", "resolve_field"]
+
+#: the fields of ``memory`` (usable in guards as ``memory.<field>``)
+MEMORY_FIELDS = (
+    "count", "errors", "last_id", "last_output", "last_argmax", "last_max", "mean_max", "class_counts",
+    "checkpoints", "started",
+)
+
+
+def fresh_memory() -> dict[str, Any]:
+    """Return the memory of an agent that has processed nothing."""
+    return {
+        "count": 0, "errors": 0, "last_id": None, "last_output": None, "last_argmax": None,
+        "last_max": None, "mean_max": 0.0, "class_counts": {}, "checkpoints": 0, "started": 1,
+    }
+
+
+def _arg(step: Step, name: str, default: Any, kind: type | tuple[type, ...]) -> Any:
+    value = step.args.get(name, default)
+    if value is not default and (isinstance(value, bool) and kind is not bool or not isinstance(value, kind)):
+        raise ExecutionError(
+            f"argument `{name}` of `{step.name}` must be {getattr(kind, '__name__', kind)}, found {value!r}",
+            code="AF5204",
+            hint="see docs/steps.md for the arguments of each step",
+        )
+    return value
+
+
+def load_neural_network(ctx: AgentContext, step: Step, state: None) -> None:
+    """Make the network ready: one warm-up inference on zeros checks the backend answers."""
+    agent = ctx.agent
+    out = agent.infer(np.zeros((1, agent.input_size), dtype=np.float32))
+    if getattr(out, "shape", None) != (1, agent.output_size):
+        raise ExecutionError(f"the network returned shape {getattr(out, 'shape', None)}", code="AF5209")
+    ctx.network_ready = True
+
+
+def initialize_memory(ctx: AgentContext, step: Step, state: None) -> None:
+    """Create the memory; with a state directory, restore the last checkpoint (arg ``restore``)."""
+    memory = fresh_memory()
+    if ctx.state_dir is not None and _arg(step, "restore", True, bool):
+        payload = load_checkpoint(ctx.state_dir, ctx.identity)
+        if payload is not None:
+            _check_same_bundle(ctx, payload)
+            memory.update(payload.get("memory") or {})
+            memory["started"] = int(memory.get("started", 0)) + 1
+            ctx.restored = {"count": memory["count"], "saved_at": payload.get("saved_at")}
+    ctx.memory = memory
+
+
+def _check_same_bundle(ctx: AgentContext, payload: Mapping[str, Any]) -> None:
+    digest = getattr(ctx.agent, "digest", None)
+    if digest and payload.get("bundle_digest") not in (None, digest):
+        from afcore.errors import StateError
+
+        raise StateError(
+            f"the checkpoint of {ctx.agent_id} was written by another bundle ({payload.get('bundle_digest')})",
+            code="AF5251",
+            hint="use a fresh --state-dir for a different bundle",
+        )
+
+
+def connect_to_swarm(ctx: AgentContext, step: Step, state: None) -> None:
+    """Join the swarm: publish ``joined`` on agent.lifecycle. Without it nothing is published."""
+    if ctx.bus is None:
+        ctx.notice("connect_to_swarm: no bus, the agent runs alone")
+        return
+    ctx.connected = True
+    ctx.publish(TOPIC_LIFECYCLE, _lifecycle(ctx, "joined"))
+
+
+def _lifecycle(ctx: AgentContext, event: str, **extra: Any) -> bytes:
+    return orjson.dumps({"event": event, "agent": ctx.agent_id, "swarm": ctx.swarm, "time": time.time(), **extra})
+
+
+def capabilities(ctx: AgentContext) -> dict[str, Any]:
+    """Return what ``register_capabilities`` announces: name, version and signature."""
+    agent = ctx.agent
+    return {
+        "name": agent.name,
+        "version": agent.version,
+        "input": {"name": "input", "dtype": "float32", "shape": [None, agent.input_size]},
+        "output": {"name": "output", "dtype": "float32", "shape": [None, agent.output_size]},
+        "backend": getattr(agent, "backend", None),
+        "max_batch": getattr(agent, "max_batch", None),
+    }
+
+
+def register_capabilities(ctx: AgentContext, step: Step, state: None) -> None:
+    """Publish ``capabilities`` (name, version, input/output signature) on agent.lifecycle."""
+    if not ctx.connected:
+        ctx.notice("register_capabilities: not connected to a swarm (add connect_to_swarm before it)")
+        return
+    ctx.publish(TOPIC_LIFECYCLE, _lifecycle(ctx, "capabilities", capabilities=capabilities(ctx)))
+
+
+def receive_input(ctx: AgentContext, step: Step, state: RecordState) -> None:
+    """Take the record's input vector; later steps see it as ``input``."""
+    state.received = True
+
+
+def process_neural_network(ctx: AgentContext, step: Step, state: RecordState) -> None:
+    """Run the network on the received input; its result becomes ``output``."""
+    if not ctx.network_ready:
+        raise ExecutionError(
+            "the network is not loaded", code="AF5205",
+            hint="add load_neural_network to the initialization workflow",
+        )
+    if not state.received:
+        raise ExecutionError(
+            "no input received for this record", code="AF5206",
+            hint="put receive_input before process_neural_network in the execution workflow",
+        )
+    if state.compute_error is not None:
+        raise state.compute_error
+    state.output = state.computed
+
+
+def update_memory(ctx: AgentContext, step: Step, state: RecordState) -> None:
+    """Update counts and running statistics from the record's output (see `MEMORY_FIELDS`)."""
+    if ctx.memory is None:
+        ctx.memory = fresh_memory()
+    memory = ctx.memory
+    memory["count"] += 1
+    memory["last_id"] = state.record.id
+    out = state.output
+    if out is None:
+        return
+    argmax = int(out.argmax())
+    peak = float(out[argmax])
+    memory["last_output"] = out
+    memory["last_argmax"] = argmax
+    memory["last_max"] = peak
+    n = memory["count"]
+    memory["mean_max"] += (peak - memory["mean_max"]) / n
+    counts = memory["class_counts"]
+    key = str(argmax)
+    counts[key] = counts.get(key, 0) + 1
+
+
+def send_output(ctx: AgentContext, step: Step, state: RecordState) -> None:
+    """Publish the result on ``topic`` (default task.completion); it becomes the output record."""
+    topic = ensure_topic(_arg(step, "topic", TOPIC_COMPLETION, str))
+    if state.output is None:
+        raise ExecutionError(
+            "no output to send for this record", code="AF5207",
+            hint="put process_neural_network before send_output in the execution workflow",
+        )
+    if not ctx.connected:
+        ctx.notice("send_output: not connected to a swarm (no connect_to_swarm): nothing is published")
+        return
+    line = encode_output(state.record.id, state.output, ctx.agent_id)
+    ctx.publish(topic, line)
+    ctx.stats["published"] += 1
+    state.published = line
+
+
+def save_state(ctx: AgentContext, step: Step, state: RecordState | None) -> None:
+    """Write a checkpoint (memory and identity) to the state directory; ``every=N`` per N records."""
+    every = _arg(step, "every", 1, int)
+    if every < 1:
+        raise ExecutionError(f"`every` must be at least 1, found {every}", code="AF5204")
+    if state is not None and ctx.stats["records"] % every:
+        return
+    if ctx.state_dir is None:
+        ctx.notice("save_state: no --state-dir, nothing is written (the identity is ephemeral)")
+        return
+    memory = ctx.memory if ctx.memory is not None else fresh_memory()
+    memory["checkpoints"] = memory.get("checkpoints", 0) + 1
+    payload = {
+        "agent": getattr(ctx.agent, "name", None),
+        "agent_id": ctx.agent_id,
+        "public_key": ctx.identity.public_bytes.hex(),
+        "bundle_digest": getattr(ctx.agent, "digest", None),
+        "saved_at": time.time(),
+        "memory": memory,
+        # The runtime has no step that changes weights, so none are ever written here.
+        "weights": None,
+    }
+    write_checkpoint(ctx.state_dir, ctx.identity, payload, max_bytes=ctx.disk_bytes)
+    ctx.stats["checkpoints"] += 1
+
+
+def disconnect_from_swarm(ctx: AgentContext, step: Step, state: None) -> None:
+    """Leave the swarm: publish ``left`` on agent.lifecycle; later publishing stops."""
+    if ctx.connected:
+        ctx.publish(TOPIC_LIFECYCLE, _lifecycle(ctx, "left", records=ctx.stats["records"]))
+
+
+def cleanup_resources(ctx: AgentContext, step: Step, state: None) -> None:
+    """Release the backend (sessions, wasm stores) of this replica."""
+    close = getattr(ctx.agent, "close", None)
+    if close is not None:
+        close()
+    ctx.network_ready = False
+    ctx.closed = True
+
+
+#: step name -> implementation
+STEPS: Mapping[str, Callable[..., None]] = {
+    fn.__name__: fn
+    for fn in (
+        load_neural_network, initialize_memory, connect_to_swarm, register_capabilities, receive_input,
+        process_neural_network, update_memory, send_output, save_state, disconnect_from_swarm, cleanup_resources,
+    )
+}
+#: steps that need an input record
+RECORD_STEPS = frozenset({"receive_input", "process_neural_network", "update_memory", "send_output"})
+
+
+def ensure_known(step: Step) -> None:
+    """Raise for a step name the runtime does not implement.
+
+    Raises:
+        ExecutionError: AF5203.
+    """
+    if step.name not in STEPS:
+        raise ExecutionError(
+            f"unknown step `{step.name}`", code="AF5203",
+            hint=f"the steps are: {', '.join(STEPS)}",
+        )
+
+
+def _output_field(out: np.ndarray, name: Any) -> Any:
+    if isinstance(name, int):
+        return float(out[name]) if -len(out) <= name < len(out) else out[name]
+    if name == "max":
+        return float(out.max())
+    if name == "min":
+        return float(out.min())
+    if name == "argmax":
+        return int(out.argmax())
+    if name == "sum":
+        return float(out.sum())
+    if name == "mean":
+        return float(out.mean())
+    if name == "size":
+        return int(out.size)
+    raise KeyError(name)
+
+
+def resolve_field(ctx: AgentContext, state: RecordState | None, root: str, path: tuple) -> Any:
+    """Return the value of a guard field ``input.*``, ``output.*`` or ``memory.*``.
+
+    Raises:
+        KeyError/IndexError/TypeError: when the field does not exist (reported as AF5201).
+    """
+    if root == "memory":
+        value: Any = ctx.memory if ctx.memory is not None else fresh_memory()
+        for part in path:
+            value = value[part]
+        return value.tolist() if isinstance(value, np.ndarray) else value
+    if state is None:
+        raise KeyError(root)
+    if root == "output":
+        if state.output is None or len(path) != 1:
+            raise KeyError(root)
+        return _output_field(state.output, path[0])
+    if len(path) != 1:
+        raise KeyError(root)
+    part = path[0]
+    if part == "id":
+        return state.record.id
+    if part in ("size", "line"):
+        return len(state.record.values) if part == "size" else state.record.line
+    if isinstance(part, int) and state.vector is not None:
+        value = float(state.vector[part])
+        return value if math.isfinite(value) else value
+    raise KeyError(part)

@@ -1,0 +1,308 @@
+"""The swarm: named groups of agent replicas on a message bus, with dynamic micro-batching.
+
+```python
+async with afrt.Swarm("demo") as swarm:
+    await swarm.start(agent, replicas=4)
+    output = await swarm.submit([0.0] * 784)
+```
+
+Replicas of one agent compete for the records of one work queue, so each record is handled by
+exactly one replica. A replica takes up to ``max_batch`` waiting records, waiting at most
+``batch_wait_ms`` for more once it has one (Triton's dynamic batcher), and runs them with one
+backend call in a worker thread, so the event loop keeps flowing while the network computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from afcore.errors import ChannelClosedError, ExecutionError, UsageError
+
+from .bus import TOPIC_LIFECYCLE, Bus, MemoryBus, TokenBucket
+from .records import InputRecord
+from .state import Identity, load_or_create_identity, replica_dir
+from .workflow import AgentContext, Result, WorkflowRunner
+
+__all__ = ["AgentGroup", "Swarm"]
+
+#: default number of records a replica runs in one backend call
+DEFAULT_MAX_BATCH = 64
+#: default time a replica waits for more records once it has one
+DEFAULT_BATCH_WAIT_MS = 2.0
+#: seconds between heartbeats on agent.lifecycle
+HEARTBEAT_SECONDS = 5.0
+
+
+@dataclass
+class AgentGroup:
+    """The replicas of one agent in a swarm, sharing one work queue."""
+
+    name: str
+    contexts: list[AgentContext]
+    runners: list[WorkflowRunner]
+    send: Any
+    receive: Any
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    waiters: dict[int, asyncio.Future] = field(default_factory=dict)
+    sink: Callable[[Result], None] | None = None
+    seq: Any = field(default_factory=itertools.count)
+    stopped: bool = False
+
+    @property
+    def agent_ids(self) -> list[str]:
+        """Return the agent ids of the replicas."""
+        return [c.agent_id for c in self.contexts]
+
+    def deliver(self, results: Sequence[Result]) -> None:
+        """Hand results to the sink and to the tasks waiting in `Swarm.submit`."""
+        sink, waiters = self.sink, self.waiters
+        for result in results:
+            if sink is not None:
+                sink(result)
+            fut = waiters.pop(result.seq, None)
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+
+    def notices(self) -> list[str]:
+        """Return every replica's notices, each once."""
+        seen: dict[str, None] = {}
+        for ctx in self.contexts:
+            seen.update(dict.fromkeys(ctx.notices))
+        return list(seen)
+
+    def stats(self) -> dict[str, int]:
+        """Return the replicas' counters summed."""
+        total: dict[str, int] = {}
+        for ctx in self.contexts:
+            for key, value in ctx.stats.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+
+class Swarm:
+    """A named group of agents on a message bus.
+
+    Args:
+        name: the swarm's name (``--swarm``).
+        bus: the bus to use; by default a fresh in-process `MemoryBus`.
+        max_batch: the most records a replica runs in one backend call.
+        batch_wait_ms: how long a replica waits for more records once it has one.
+        queue_size: the bound of each work queue (backpressure on `submit` and feeding).
+        instrument: hooks passed to every workflow runner (see `afrt.instrument`).
+        heartbeat_seconds: the heartbeat period on agent.lifecycle (None: no heartbeats).
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        *,
+        bus: Bus | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+        queue_size: int | None = None,
+        instrument: Any = None,
+        heartbeat_seconds: float | None = HEARTBEAT_SECONDS,
+    ) -> None:
+        if max_batch < 1:
+            raise UsageError(f"max_batch must be at least 1, found {max_batch}", code="AF0910")
+        if batch_wait_ms < 0:
+            raise UsageError(f"batch_wait_ms must not be negative, found {batch_wait_ms}", code="AF0910")
+        self.name = name
+        self.bus = bus if bus is not None else MemoryBus(name)
+        self._own_bus = bus is None
+        self.max_batch = max_batch
+        self.batch_wait = batch_wait_ms / 1000.0
+        self.queue_size = queue_size or max(4 * max_batch, 256)
+        self.instrument = instrument
+        self.heartbeat_seconds = heartbeat_seconds
+        self.groups: dict[str, AgentGroup] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def __aenter__(self) -> Swarm:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self, agent: Any, *, replicas: int = 1, state_dir: Any = None) -> AgentGroup:
+        """Start ``replicas`` replicas of ``agent`` and run their initialization workflows.
+
+        Args:
+            agent: a loaded agent (`afrt.load`); replicas come from ``agent.replica()``.
+            replicas: how many replicas share the work.
+            state_dir: where identities and checkpoints live; None for ephemeral identities.
+
+        Returns:
+            The group; `submit` and `feed` send it records.
+
+        Raises:
+            UsageError: for replicas < 1 or an agent started twice.
+            StateError: when an identity or checkpoint cannot be used.
+            ExecutionError: when an initialization step fails.
+        """
+        if replicas < 1:
+            raise UsageError(f"replicas must be at least 1, found {replicas}", code="AF0910")
+        if agent.name in self.groups:
+            raise UsageError(f"agent `{agent.name}` is already started in swarm `{self.name}`", code="AF0911")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=max(2, replicas), thread_name_prefix="af-infer")
+        send, receive = self.bus.open_queue(f"work.{agent.name}", max_buffer_size=self.queue_size)
+        group = AgentGroup(agent.name, [], [], send, receive)
+        self.groups[agent.name] = group
+        for i in range(replicas):
+            ctx = self._context(agent if i == 0 else agent.replica(), i, state_dir)
+            runner = WorkflowRunner(ctx, getattr(agent, "workflows", {}) or {}, executor=self._executor)
+            group.contexts.append(ctx)
+            group.runners.append(runner)
+            await runner.run_lifecycle("initialization")
+        for runner in group.runners:
+            group.tasks.append(asyncio.create_task(self._serve(group, runner)))
+            if self.heartbeat_seconds:
+                group.tasks.append(asyncio.create_task(self._heartbeat(runner)))
+        return group
+
+    def _context(self, agent: Any, replica: int, state_dir: Any) -> AgentContext:
+        limits = _limits(getattr(agent, "resources", None) or {})
+        if state_dir is not None:
+            directory = replica_dir(state_dir, agent.name, replica)
+            identity, _ = load_or_create_identity(directory, agent.name)
+        else:
+            directory, identity = None, Identity.generate(agent.name)
+        disk = limits.get("disk_mb")
+        bandwidth = limits.get("network_bandwidth_mbps")
+        return AgentContext(
+            agent=agent,
+            identity=identity,
+            state_dir=directory,
+            bus=self.bus,
+            swarm=self.name,
+            replica=replica,
+            disk_bytes=int(disk * 1024 * 1024) if disk else None,
+            bucket=TokenBucket(bandwidth * 125_000) if bandwidth else None,
+            instrument=self.instrument,
+        )
+
+    async def _serve(self, group: AgentGroup, runner: WorkflowRunner) -> None:
+        receive, max_batch, wait = group.receive, self.max_batch, self.batch_wait
+        while True:
+            try:
+                batch = await receive.receive_batch(max_batch, wait=wait)
+            except ChannelClosedError:
+                return
+            try:
+                results = await runner.run_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - a bug must not lose records: each gets an error
+                results = [_internal_error(record, exc) for record in batch]
+            group.deliver(results)
+
+    async def _heartbeat(self, runner: WorkflowRunner) -> None:
+        from .steps import capabilities
+        import orjson
+
+        ctx = runner.ctx
+        while not ctx.closed:
+            await asyncio.sleep(self.heartbeat_seconds)
+            if ctx.connected:
+                body = {"event": "heartbeat", "agent": ctx.agent_id, "records": ctx.stats["records"],
+                        "capabilities": capabilities(ctx)}
+                ctx.publish(TOPIC_LIFECYCLE, orjson.dumps(body))
+                await runner.flush()
+
+    def group(self, name: str | None = None) -> AgentGroup:
+        """Return the group of agent ``name`` (or the only one).
+
+        Raises:
+            UsageError: when no such agent runs, or ``name`` is None and several do.
+        """
+        if name is None and len(self.groups) == 1:
+            return next(iter(self.groups.values()))
+        if name in self.groups:
+            return self.groups[name]
+        raise UsageError(
+            f"no agent {name!r} in swarm `{self.name}`" if name else "several agents run: name one",
+            code="AF0912",
+        )
+
+    async def feed(self, records: Sequence[InputRecord], *, agent: str | None = None) -> None:
+        """Queue records for the replicas, waiting while the queue is full (backpressure)."""
+        await self.group(agent).send.send_many(records)
+
+    async def submit(self, values: Any, *, id: Any = None, agent: str | None = None) -> np.ndarray:
+        """Run one input through the swarm and return its output.
+
+        Args:
+            values: the input vector (a sequence of numbers or a 1-D array).
+            id: the record id (default: its sequence number).
+            agent: which agent, when several run.
+
+        Returns:
+            The output vector (float32).
+
+        Raises:
+            ExecutionError: with the record's error code when it failed (e.g. AF5232 wrong length).
+        """
+        group = self.group(agent)
+        seq = next(group.seq)
+        values = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        size = group.contexts[0].agent.input_size
+        if len(values) != size:
+            raise ExecutionError(f"input has {len(values)} values, the agent takes {size}", code="AF5232")
+        fut = asyncio.get_running_loop().create_future()
+        group.waiters[seq] = fut
+        await group.send.send(InputRecord(seq, seq if id is None else id, values, 0))
+        result: Result = await fut
+        if result.error is not None:
+            raise ExecutionError(result.error[1], code=result.error[0], agent=agent)
+        return result.output
+
+    def next_seq(self, agent: str | None = None) -> int:
+        """Reserve a record sequence number (for callers that build `InputRecord`s themselves)."""
+        return next(self.group(agent).seq)
+
+    async def stop(self) -> list[Exception]:
+        """Finish the queued records, run every shutdown workflow, leave the bus.
+
+        Returns:
+            The errors of shutdown workflows (each replica's shutdown runs even if another fails).
+        """
+        errors: list[Exception] = []
+        for group in self.groups.values():
+            if group.stopped:
+                continue
+            group.stopped = True
+            group.send.close()
+            serving = group.tasks[0::2] if self.heartbeat_seconds else group.tasks
+            await asyncio.gather(*serving, return_exceptions=True)
+            for task in group.tasks:
+                task.cancel()
+            for runner in group.runners:
+                try:
+                    await runner.run_lifecycle("shutdown")
+                except ExecutionError as exc:
+                    errors.append(exc)
+                runner.ctx.closed = True
+        if self._own_bus:
+            await self.bus.aclose()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+        return errors
+
+
+def _internal_error(record: InputRecord, exc: Exception) -> Result:
+    from .records import ErrorRecord
+
+    message = f"internal error (a bug in af, please report it): {type(exc).__name__}: {exc}"
+    err = ErrorRecord(record.seq, record.id, "AF9999", message)
+    return Result(record.seq, record.id, err.encode(), error=("AF9999", message))
+
+
+def _limits(resources: Any) -> dict[str, float]:
+    limits = resources.get("limits", resources) if isinstance(resources, dict) else {}
+    return {k: float(v) for k, v in limits.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
