@@ -27,6 +27,7 @@ from afcore.spans import SourceFile, Span
 __all__ = [
     "DEFAULT_MAX_SECTION_BYTES",
     "MARKER_PREFIX",
+    "MAX_DIAGNOSTICS",
     "MAX_HEADER_BYTES",
     "MAX_WINDOW_BYTES",
     "SECTION_NAME_RE",
@@ -43,6 +44,8 @@ DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
 MAX_HEADER_BYTES = 1024 * 1024
 #: cap on a zstd frame's window: the decoder allocates this much up front (zstd's own default limit)
 MAX_WINDOW_BYTES = 1 << 27
+#: the reader stops looking for more faults after this many (a hostile file could hold millions)
+MAX_DIAGNOSTICS = 100
 #: what a marker line starts with
 MARKER_PREFIX = b"---BINARY_SECTION:"
 #: a valid section name
@@ -259,6 +262,9 @@ class _Reader:
         sections: list[RawSection] = []
         first_seen: dict[str, int] = {}
         while pos < len(self.data):
+            if len(self.diagnostics) >= MAX_DIAGNOSTICS:
+                self.report(_Problem("AF0019", f"stopped after {MAX_DIAGNOSTICS} errors", pos), severity="note")
+                break
             marker = pos
             name, body = self.read_marker(marker)
             try:

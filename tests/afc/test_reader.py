@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from afc.reader import MAX_HEADER_BYTES, Container, read_container
+from afc.reader import MAX_DIAGNOSTICS, MAX_HEADER_BYTES, Container, read_container
 from afcore.errors import ParseError
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "bad"
@@ -209,6 +209,14 @@ class TestHostileInput:
         data = b"h: 1\n---BINARY_SECTION:w---\n" + text + b"\n" + base64.b64encode(b"more") + b"\n"
         assert codes_of(data) == ["AF0009"]
 
+
+    def test_a_flood_of_faults_stops_at_the_cap(self):
+        data = b"h: 1\n" + b"---BINARY_SECTION:w---\n" * 100_000
+        with pytest.raises(ParseError) as info:
+            read(data)
+        diagnostics = info.value.diagnostics
+        assert len(diagnostics) == MAX_DIAGNOSTICS + 1
+        assert diagnostics[-1].code == "AF0019" and diagnostics[-1].severity == "note"
 
 class TestBase64Decoding:
     """The one-pass path for writer-wrapped text and the strict path must agree on every input."""
