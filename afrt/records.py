@@ -115,7 +115,7 @@ def parse_line(line: bytes, *, seq: int, line_no: int, input_size: int) -> Input
     """
     data, problem = _decode(line)
     if problem:
-        return ErrorRecord(seq, line_no, *problem)
+        return ErrorRecord(seq, line_no, problem[0], f"line {line_no}: {problem[1]}")
     if isinstance(data, list):
         return _check_values(seq, line_no, data, line_no, input_size)
     if not isinstance(data, dict):

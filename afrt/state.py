@@ -24,7 +24,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -255,7 +255,7 @@ def _split(path: Path, data: bytes) -> tuple[dict[str, Any], bytes]:
     return header, data[end + 1 :]
 
 
-def _corrupt(path: Path, why: str) -> None:
+def _corrupt(path: Path, why: str) -> NoReturn:
     raise StateError(
         f"checkpoint {path} is corrupt: {why}",
         code="AF5250",

@@ -10,7 +10,6 @@ Steps never block: messages go to the context's outbox, which the runner sends a
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -65,9 +64,9 @@ def load_neural_network(ctx: AgentContext, step: Step, state: None) -> None:
 
 
 def initialize_memory(ctx: AgentContext, step: Step, state: None) -> None:
-    """Create the memory; with a state directory, restore the last checkpoint (arg ``restore``)."""
+    """Create the memory; with a state directory, restore the last checkpoint."""
     memory = fresh_memory()
-    if ctx.state_dir is not None and _arg(step, "restore", True, bool):
+    if ctx.state_dir is not None:
         payload = load_checkpoint(ctx.state_dir, ctx.identity)
         if payload is not None:
             _check_same_bundle(ctx, payload)
@@ -146,7 +145,10 @@ def process_neural_network(ctx: AgentContext, step: Step, state: RecordState) ->
 
 
 def update_memory(ctx: AgentContext, step: Step, state: RecordState) -> None:
-    """Update counts and running statistics from the record's output (see `MEMORY_FIELDS`)."""
+    """Update counts and running statistics from the record's output (see `MEMORY_FIELDS`).
+
+    With ``window=N``, ``mean_max`` is the mean of the last N records' ``output.max``.
+    """
     if ctx.memory is None:
         ctx.memory = fresh_memory()
     memory = ctx.memory
@@ -160,8 +162,16 @@ def update_memory(ctx: AgentContext, step: Step, state: RecordState) -> None:
     memory["last_output"] = out
     memory["last_argmax"] = argmax
     memory["last_max"] = peak
-    n = memory["count"]
-    memory["mean_max"] += (peak - memory["mean_max"]) / n
+    window = _arg(step, "window", None, int)
+    if window is None:
+        memory["mean_max"] += (peak - memory["mean_max"]) / memory["count"]
+    else:
+        if window < 1:
+            raise ExecutionError(f"`window` must be at least 1, found {window}", code="AF5204")
+        recent = memory.setdefault("recent_max", [])
+        recent.append(peak)
+        del recent[:-window]
+        memory["mean_max"] = sum(recent) / len(recent)
     counts = memory["class_counts"]
     key = str(argmax)
     counts[key] = counts.get(key, 0) + 1
@@ -293,6 +303,5 @@ def resolve_field(ctx: AgentContext, state: RecordState | None, root: str, path:
     if part in ("size", "line"):
         return len(state.record.values) if part == "size" else state.record.line
     if isinstance(part, int) and state.vector is not None:
-        value = float(state.vector[part])
-        return value if math.isfinite(value) else value
+        return float(state.vector[part])
     raise KeyError(part)

@@ -51,6 +51,8 @@ class AgentGroup:
     tasks: list[asyncio.Task] = field(default_factory=list)
     waiters: dict[int, asyncio.Future] = field(default_factory=dict)
     sink: Callable[[Result], None] | None = None
+    #: called after each delivered batch (e.g. to write the results that are now in order)
+    after_deliver: Callable[[], None] | None = None
     seq: Any = field(default_factory=itertools.count)
     stopped: bool = False
 
@@ -68,6 +70,8 @@ class AgentGroup:
             fut = waiters.pop(result.seq, None)
             if fut is not None and not fut.done():
                 fut.set_result(result)
+        if self.after_deliver is not None:
+            self.after_deliver()
 
     def notices(self) -> list[str]:
         """Return every replica's notices, each once."""

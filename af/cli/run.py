@@ -1,1 +1,143 @@
-"""`af run`: not written yet (owned by the issue that delivers it)."""
+"""`af run`: run a bundle (or an .af, compiled in memory) on JSON Lines records (docs/cli.md, `af run`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Optional
+
+import typer
+
+from ._app import command, console
+
+if TYPE_CHECKING:
+    from afrt.stream import RunSummary
+
+#: exit codes after a signal stopped the run (128 + signal number, as shells report it)
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+@command("run")
+def run_command(
+    bundle: Path = typer.Argument(..., help="The bundle (.afb) to run, or an .af file to compile in memory first."),
+    input_path: str = typer.Option("-", "--input", "-i", help="JSON Lines input ('-' for stdin)."),
+    output_path: str = typer.Option("-", "--output", "-o", help="JSON Lines output ('-' for stdout)."),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="Replicas sharing the work."),
+    backend: str = typer.Option("onnx", "--backend", help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)."),
+    swarm: str = typer.Option("default", "--swarm", help="The swarm's name."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Keep identities and checkpoints here."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most records per backend call."),
+    batch_wait_ms: float = typer.Option(2.0, "--batch-wait-ms", min=0.0, help="Longest wait for more records."),
+    fuel: Optional[int] = typer.Option(None, "--fuel", min=1, help="WASM fuel per record (default: from the network's size)."),
+    fail_on_error: bool = typer.Option(False, "--fail-on-error", help="Exit 1 when any record failed."),
+    json_summary: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stderr."),
+) -> None:
+    """Run an agent on JSON Lines records: one output or error record per input record, in input order.
+
+    Exit codes: 0 the input was consumed (even with record errors, unless --fail-on-error), 1 the
+    bundle cannot be loaded or initialization failed, 2 usage error, 130/143 stopped by SIGINT/SIGTERM.
+    """
+    from afcore.errors import UsageError
+
+    if backend not in ("onnx", "wasm"):
+        raise UsageError(f"unknown backend `{backend}`", code="AF0920", hint="use --backend onnx or --backend wasm")
+    source = _open(input_path, "rb", sys.stdin)
+    sink = _open(output_path, "wb", sys.stdout)
+    try:
+        agent = _load(bundle, backend, fuel)
+        summary = _run(agent, source, sink, replicas=replicas, swarm=swarm, state_dir=state_dir,
+                       max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+    finally:
+        for stream in (source, sink):
+            if stream not in (sys.stdin.buffer, sys.stdout.buffer):
+                stream.close()
+    _report(summary, json_summary)
+    if summary.interrupted:
+        raise typer.Exit(SIGNAL_EXIT.get(summary.interrupted, 130))
+    if fail_on_error and summary.errors:
+        raise typer.Exit(1)
+
+
+def _open(path: str, mode: str, std: Any) -> IO[bytes]:
+    from afcore.errors import UsageError
+
+    if path == "-":
+        return std.buffer
+    try:
+        return open(path, mode)  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        kind = "input" if "r" in mode else "output"
+        raise UsageError(f"cannot open the {kind} `{path}`: {exc.strerror}", code="AF0921") from None
+
+
+def _load(bundle: Path, backend: str, fuel: Optional[int]) -> Any:
+    import afrt
+
+    if bundle.suffix == ".af":
+        # Like `go run`: compile in memory, write nothing.
+        from afc import load_agent_file
+        from afc.compile import compile_agent
+
+        targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
+        data = compile_agent(load_agent_file(bundle).spec(), targets=targets)
+        return afrt.load(data, backend=backend, fuel_per_record=fuel)
+    if not bundle.is_file():
+        from afcore.errors import BundleError
+
+        raise BundleError(f"cannot read the bundle `{bundle}`: no such file", code="AF4001",
+                          hint="compile one with `af compile agent.af`")
+    return afrt.load(bundle, backend=backend, fuel_per_record=fuel)
+
+
+def _run(agent: Any, source: IO[bytes], sink: IO[bytes], **options: Any) -> RunSummary:
+    import asyncio
+    import signal
+
+    from afrt.stream import RunOptions, run_jsonl
+
+    async def main() -> RunSummary:
+        stop = asyncio.Event()
+        caught: list[str] = []
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, lambda s=sig: (caught.append(s.name), stop.set()))
+            except (RuntimeError, ValueError):  # not the main thread: no handlers, Ctrl-C still ends it
+                pass
+        try:
+            summary = await run_jsonl(agent, source, sink, RunOptions(**options), stop=stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        if caught:
+            summary.interrupted = caught[0]
+        return summary
+
+    return asyncio.run(main())
+
+
+def _report(summary: RunSummary, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        console.print(json.dumps(summary.to_json(), sort_keys=True), markup=False, highlight=False)
+        return
+    data = summary.to_json()
+    rate = f", {data['records_per_second']:.0f} records/s" if data["records_per_second"] else ""
+    codes = ", ".join(f"{code} x{n}" for code, n in sorted(summary.error_codes.items()))
+    console.print(
+        f"{summary.records} records: {summary.results} results, {summary.errors} errors"
+        + (f" ({codes})" if codes else "") + f" in {summary.seconds:.2f}s{rate}",
+        markup=False, highlight=False,
+    )
+    if summary.interrupted:
+        console.print(f"stopped by {summary.interrupted}: the rest of the input was not read", markup=False)
+    agents = ", ".join(summary.agents)
+    console.print(f"agents: {agents}" + (" (ephemeral identities: no --state-dir)" if summary.ephemeral else ""),
+                  markup=False, highlight=False)
+    for agent_id, restored in summary.restored.items():
+        console.print(f"restored {agent_id} from its checkpoint (memory.count={restored['count']})", markup=False)
+    for notice in summary.notices:
+        console.print(f"note: {notice}", markup=False, highlight=False)
+    for error in summary.shutdown_errors:
+        console.print(f"shutdown error: {error}", markup=False, highlight=False)

@@ -1,0 +1,223 @@
+"""Runs a JSON Lines stream through a swarm: what `af run` does once the agent is loaded.
+
+A reader thread reads the input in chunks and parses them (orjson), the event loop feeds the
+records to the replicas (bounded queue: backpressure up to the reader), and a reorder buffer
+writes one output record per input record, in input order. A stop request (SIGINT/SIGTERM in
+`af run`) stops reading; what was already read is finished and written, then the shutdown
+workflows run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .records import ErrorRecord, InputRecord, parse_line
+from .swarm import Swarm
+from .workflow import Result
+
+__all__ = ["RunOptions", "RunSummary", "run_jsonl"]
+
+#: bytes the reader thread asks for at a time
+READ_CHUNK = 1 << 20
+#: chunks read ahead of the replicas (bounds memory when the input is faster than the agents)
+READ_AHEAD = 4
+
+
+@dataclass
+class RunOptions:
+    """Options of one run; the defaults are those of `af run`."""
+
+    replicas: int = 1
+    swarm: str = "default"
+    state_dir: Any = None
+    max_batch: int = 64
+    batch_wait_ms: float = 2.0
+    instrument: Any = None
+
+
+@dataclass
+class RunSummary:
+    """Counts of one run, printed on stderr by `af run` (``--json`` prints `to_json`)."""
+
+    records: int = 0
+    results: int = 0
+    errors: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    interrupted: str | None = None
+    agents: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    restored: dict[str, Any] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    shutdown_errors: list[str] = field(default_factory=list)
+    ephemeral: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the summary as plain JSON data."""
+        rate = self.records / self.seconds if self.seconds > 0 else None
+        return {
+            "records": self.records, "results": self.results, "errors": self.errors,
+            "error_codes": self.error_codes, "seconds": round(self.seconds, 4),
+            "records_per_second": round(rate, 1) if rate else None, "interrupted": self.interrupted,
+            "agents": self.agents, "published": self.stats.get("published", 0),
+            "checkpoints": self.stats.get("checkpoints", 0), "restored": self.restored,
+            "notices": self.notices, "shutdown_errors": self.shutdown_errors, "ephemeral_identity": self.ephemeral,
+        }
+
+
+class _Reorder:
+    """Writes results in input order: holds those that arrive early until their turn."""
+
+    def __init__(self, out: IO[bytes], summary: RunSummary) -> None:
+        self.out = out
+        self.summary = summary
+        self.next = 0
+        self.held: dict[int, bytes] = {}
+
+    def add(self, seq: int, line: bytes, error_code: str | None) -> None:
+        s = self.summary
+        if error_code is None:
+            s.results += 1
+        else:
+            s.errors += 1
+            s.error_codes[error_code] = s.error_codes.get(error_code, 0) + 1
+        self.held[seq] = line
+
+    def add_result(self, result: Result) -> None:
+        self.add(result.seq, result.line, result.error[0] if result.error else None)
+
+    def flush(self) -> None:
+        held, seq, lines = self.held, self.next, []
+        while seq in held:
+            lines.append(held.pop(seq))
+            seq += 1
+        self.next = seq
+        if lines:
+            self.out.write(b"".join(lines))
+            self.out.flush()
+
+
+class _Reader(threading.Thread):
+    """Reads and parses the input in a daemon thread (a blocked read never holds up exit)."""
+
+    def __init__(self, stream: IO[bytes], loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, input_size: int) -> None:
+        super().__init__(name="af-reader", daemon=True)
+        self.stream, self.loop, self.queue, self.input_size = stream, loop, queue, input_size
+        self.slots = threading.Semaphore(READ_AHEAD)
+        self.stopped = False
+
+    def _read(self) -> bytes:
+        read1 = getattr(self.stream, "read1", None)
+        if read1 is not None:
+            return read1(READ_CHUNK)
+        return os.read(self.stream.fileno(), READ_CHUNK)
+
+    def run(self) -> None:
+        seq, line_no, tail = 0, 1, b""
+        try:
+            while not self.stopped:
+                chunk = self._read()
+                lines = (tail + chunk).split(b"\n")
+                tail = lines.pop() if chunk else b""
+                records = []
+                for line in lines:
+                    if line.strip():
+                        records.append(parse_line(line, seq=seq, line_no=line_no, input_size=self.input_size))
+                        seq += 1
+                    line_no += 1
+                self.slots.acquire()
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, records)
+                if not chunk:
+                    break
+        except (OSError, ValueError) as exc:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, exc)
+            return
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
+
+
+async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: RunOptions, *, stop: asyncio.Event | None = None) -> RunSummary:
+    """Run every record of ``source`` through a swarm of ``agent`` replicas; write to ``sink``.
+
+    Args:
+        agent: a loaded agent (`afrt.load`).
+        source: binary JSON Lines input.
+        sink: binary output; one record per input record, in input order.
+        options: replicas, batching, swarm name, state directory.
+        stop: when set, reading stops; what was read is finished, then shutdown runs.
+
+    Returns:
+        The counts of the run.
+
+    Raises:
+        StateError, ExecutionError: when initialization fails (nothing is read then).
+    """
+    summary = RunSummary(ephemeral=options.state_dir is None)
+    started = time.perf_counter()
+    swarm = Swarm(options.swarm, max_batch=options.max_batch, batch_wait_ms=options.batch_wait_ms,
+                  instrument=options.instrument)
+    try:
+        group = await swarm.start(agent, replicas=options.replicas, state_dir=options.state_dir)
+    except BaseException:
+        await swarm.stop()
+        raise
+    reorder = _Reorder(sink, summary)
+    group.sink = reorder.add_result
+    group.after_deliver = reorder.flush
+    try:
+        await _pump(swarm, group, source, reorder, summary, agent.input_size, stop or asyncio.Event())
+    finally:
+        errors = await swarm.stop()
+        reorder.flush()
+        summary.shutdown_errors = [f"{e.code}: {e.message}" for e in errors]
+        summary.seconds = time.perf_counter() - started
+        summary.agents = group.agent_ids
+        summary.stats = group.stats()
+        summary.notices = group.notices()
+        summary.restored = {c.agent_id: c.restored for c in group.contexts if c.restored}
+    return summary
+
+
+async def _pump(swarm: Swarm, group: Any, source: IO[bytes], reorder: _Reorder, summary: RunSummary,
+                input_size: int, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    reader = _Reader(source, loop, queue, input_size)
+    reader.start()
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            getting = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if getting not in done:
+                getting.cancel()
+                reader.stopped = True
+                summary.interrupted = "stopped"
+                return
+            item = getting.result()
+            reader.slots.release()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            await _dispatch(group, item, reorder, summary)
+            reorder.flush()
+    finally:
+        stopping.cancel()
+        reader.stopped = True
+
+
+async def _dispatch(group: Any, records: list, reorder: _Reorder, summary: RunSummary) -> None:
+    good: list[InputRecord] = []
+    for record in records:
+        if type(record) is ErrorRecord:
+            reorder.add(record.seq, record.encode(), record.code)
+        else:
+            good.append(record)
+    summary.records += len(records)
+    if good:
+        await group.send.send_many(good)
