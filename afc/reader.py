@@ -68,6 +68,11 @@ _FIRST_READ_RATIO = 64
 _FIRST_READ_MIN = 64 * 1024 * 1024
 _LATER_READ = 64 * 1024 * 1024
 _BLOCK_MAX = 128 * 1024
+#: frames with more blocks than this are decoded by zstd's streaming decoder instead of walked
+#: (a 2 GiB frame from a usual compressor has ~16,400 blocks of 128 KiB)
+_WALK_MAX_BLOCKS = 65536
+#: input bytes per call when zstd finds the frame's end (bounds one call's output to ~128 MiB)
+_UNWALKED_FEED = 4096
 #: longest line prefix decoded to count a column in characters
 _MAX_DECODED_COLUMN = 64 * 1024
 #: files at least this big are hashed in a thread while their sections are decoded
@@ -334,8 +339,7 @@ class _Reader:
         return "base64", self.read_base64(body, end) if decode else b"", end
 
     def read_raw(self, body: int, decode: bool) -> tuple[bytes, int]:
-        end, params = _walk_frame(self.view, body, self.cap)
-        payload = _decompress(self.view[body:end], params, self.cap, body) if decode else b""
+        payload, end = _read_frame(self.view, body, self.cap, decode=decode)
         pos = end
         if self.data.startswith(b"\r\n", pos):
             pos += 2
@@ -369,7 +373,7 @@ class _Reader:
         try:
             if not frame.startswith(ZSTD_MAGIC):
                 raise _Problem("AF0010", "the section's payload is not a zstd frame", 0, "payloads are zstd frames")
-            frame_end, params = _walk_frame(memoryview(frame), 0, self.cap)
+            payload, frame_end = _read_frame(memoryview(frame), 0, self.cap)
             if frame_end != len(frame):
                 raise _Problem(
                     "AF0015",
@@ -377,7 +381,7 @@ class _Reader:
                     0,
                     "a section holds exactly one zstd frame",
                 )
-            return _decompress(memoryview(frame)[:frame_end], params, self.cap, 0)
+            return payload
         except _Problem as problem:
             # Offsets inside decoded base64 have no exact place in the text: point at the first data line.
             problem.offset, problem.resume = body, end
@@ -461,39 +465,82 @@ def _start_sha256(data: bytes) -> tuple[Any, threading.Thread | None]:
     return digest, thread
 
 
-def _walk_frame(buf: memoryview, start: int, cap: int) -> tuple[int, zstandard.FrameParameters]:
-    """Find where the zstd frame at ``start`` ends by walking its block headers (RFC 8878 §3.1.1).
+def _read_frame(buf: memoryview, start: int, cap: int, *, decode: bool = True) -> tuple[bytes, int]:
+    """Find the end of the zstd frame at ``start`` and decode it (unless ``decode`` is False).
+
+    Returns:
+        The payload (``b""`` when not decoding) and the offset just past the frame.
 
     Raises:
-        _Problem: for a truncated or malformed frame, or one we refuse (dictionary, no checksum, too big).
+        _Problem: for a truncated, malformed, refused or oversized frame.
     """
+    params, blocks_at = _frame_params(buf, start, cap)
+    end = _walk_blocks(buf, blocks_at, start, cap)
+    if end is None:
+        # Thousands of tiny blocks: walking them in Python would take a minute per GB, zstd takes a second.
+        return _decompress_unwalked(buf, start, cap)
+    return (_decompress(buf[start:end], params, cap, start) if decode else b""), end
+
+
+def _frame_params(buf: memoryview, start: int, cap: int) -> tuple[zstandard.FrameParameters, int]:
+    """Parse and check the frame header at ``start``; return it and the offset of the first block."""
     head = bytes(buf[start : start + 18])
     try:
         params = zstandard.get_frame_parameters(head)
-        pos = start + zstandard.frame_header_size(head)
+        blocks_at = start + zstandard.frame_header_size(head)
     except zstandard.ZstdError as exc:
         raise _Problem("AF0011", f"truncated or invalid zstd frame header ({exc})", start, _ZSTD_HINT) from None
     _check_params(params, cap, start)
+    return params, blocks_at
+
+
+def _walk_blocks(buf: memoryview, pos: int, start: int, cap: int) -> int | None:
+    """Walk the block headers from ``pos`` (RFC 8878 §3.1.1); return the frame's end, or None past `_WALK_MAX_BLOCKS`."""
     produced, size = 0, len(buf)
-    while True:
+    for _ in range(_WALK_MAX_BLOCKS):
         if pos + 3 > size:
             raise _Problem("AF0011", "the zstd frame is cut short (a block header is missing)", min(pos, size), _ZSTD_HINT)
         header = int.from_bytes(buf[pos : pos + 3], "little")
         last, kind, block_size = header & 1, (header >> 1) & 3, header >> 3
         if kind == 3 or block_size > _BLOCK_MAX:
             raise _Problem("AF0012", "corrupt zstd frame (invalid block header)", pos, _ZSTD_HINT)
-        stored = 1 if kind == 1 else block_size
-        produced += block_size if kind in (0, 1) else 0
+        produced += block_size if kind in (0, 1) else 0  # raw and RLE blocks say what they produce
         if produced > cap:
             raise _too_big(cap, start)
-        pos += 3 + stored
+        pos += 3 + (1 if kind == 1 else block_size)
         if pos > size:
             raise _Problem("AF0011", "the zstd frame is cut short (a block ends past the data)", size, _ZSTD_HINT)
         if last:
-            break
-    if pos + 4 > size:
-        raise _Problem("AF0011", "the zstd frame is cut short (its checksum is missing)", size, _ZSTD_HINT)
-    return pos + 4, params
+            if pos + 4 > size:
+                raise _Problem("AF0011", "the zstd frame is cut short (its checksum is missing)", size, _ZSTD_HINT)
+            return pos + 4
+    return None
+
+
+def _decompress_unwalked(buf: memoryview, start: int, cap: int) -> tuple[bytes, int]:
+    """Decode a frame of very many blocks with zstd's own streaming decoder, which also finds its end.
+
+    Input goes in `_UNWALKED_FEED`-byte pieces so one call cannot produce more than ~128 MiB
+    (an RLE block turns 4 bytes into 128 KiB); the running total is checked against ``cap``.
+    """
+    decoder = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).decompressobj()
+    chunks: list[bytes] = []
+    total, pos = 0, start
+    while not decoder.eof:
+        if pos >= len(buf):
+            raise _Problem("AF0011", "the zstd frame is cut short", len(buf), _ZSTD_HINT)
+        piece = buf[pos : pos + _UNWALKED_FEED]
+        pos += len(piece)
+        try:
+            out = decoder.decompress(piece)
+        except zstandard.ZstdError as exc:
+            code = "AF0013" if "checksum" in str(exc) else "AF0012"
+            raise _Problem(code, f"corrupt zstd frame ({exc})", start, _ZSTD_HINT) from None
+        total += len(out)
+        if total > cap:
+            raise _too_big(cap, start)
+        chunks.append(out)
+    return b"".join(chunks), pos - len(decoder.unused_data)
 
 
 def _check_params(params: zstandard.FrameParameters, cap: int, offset: int) -> None:

@@ -249,3 +249,35 @@ class TestBase64Decoding:
     def test_unwrapped_single_line(self):
         data = b"h: 1\n---BINARY_SECTION:w---\n" + base64.b64encode(frame(self.PAYLOAD)) + b"\n"
         assert read(data).sections[0].payload == self.PAYLOAD
+
+
+class TestManyBlockFrames:
+    """Frames of more blocks than the reader walks in Python are decoded by zstd, with the same checks."""
+
+    @staticmethod
+    def many_block_frame(count: int) -> tuple[bytes, bytes]:
+        compressor = zstandard.ZstdCompressor(write_checksum=True).compressobj()
+        payload, parts = b"", []
+        for i in range(count):
+            chunk = i.to_bytes(4, "little")
+            payload += chunk
+            parts += [compressor.compress(chunk), compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)]
+        parts.append(compressor.flush())
+        return b"".join(parts), payload
+
+    def test_frame_of_70000_blocks_then_next_section(self):
+        many, payload = self.many_block_frame(70_000)
+        data = b"h: 1\n---BINARY_SECTION:r---\n" + many + b"\n---BINARY_SECTION:w---\n" + b64(b"next")
+        container = read(data)
+        assert container.section("r").payload == payload
+        assert container.section("w").payload == b"next"
+
+    def test_cut_short(self):
+        many, _ = self.many_block_frame(70_000)
+        assert codes_of(b"h: 1\n---BINARY_SECTION:r---\n" + many[:-10]) == ["AF0011"]
+
+    def test_bomb_behind_many_empty_blocks_is_capped(self):
+        empty = (0).to_bytes(3, "little")
+        rle = (1024 << 3 | 1 << 1).to_bytes(3, "little") + b"\0"  # 4 bytes in, 1 KiB out
+        bomb = b"\x28\xb5\x2f\xfd\x04\x38" + empty * 70_000 + rle * 3000 + (1).to_bytes(3, "little") + b"\0" * 4
+        assert codes_of(b"h: 1\n---BINARY_SECTION:r---\n" + bomb, max_section_bytes=1 << 20) == ["AF0016"]
