@@ -57,6 +57,8 @@ SEED_PLACEHOLDER = b"[compressed binary data]"
 
 _BOM = b"\xef\xbb\xbf"
 _MARKER_LINE = re.compile(rb"---BINARY_SECTION:(.*)---")
+#: longer marker lines are malformed without a look (a valid one is at most 85 bytes)
+_MAX_MARKER_LINE = 256
 _BASE64_WHITESPACE = b" \t\r\n\v\f"
 _BASE64_BAD_CHAR = re.compile(rb"[^A-Za-z0-9+/=\s]")
 #: base64 text is decoded in chunks of this many characters (a multiple of 4) to bound copies
@@ -305,8 +307,8 @@ class _Reader:
         """Check the marker line at ``marker``; return the section name (None if bad) and the body offset."""
         line_end = self.data.find(b"\n", marker)
         body = len(self.data) if line_end == -1 else line_end + 1
-        line = bytes(self.view[marker : len(self.data) if line_end == -1 else line_end]).removesuffix(b"\r")
-        match = _MARKER_LINE.fullmatch(line)
+        line = bytes(self.view[marker : min(body, marker + _MAX_MARKER_LINE + 1)]).rstrip(b"\n").removesuffix(b"\r")
+        match = _MARKER_LINE.fullmatch(line) if len(line) <= _MAX_MARKER_LINE else None
         if match is None:
             self.report(
                 _Problem(

@@ -210,6 +210,10 @@ class TestHostileInput:
         assert codes_of(data) == ["AF0009"]
 
 
+    def test_endless_marker_line_is_malformed(self):
+        data = b"h: 1\n---BINARY_SECTION:" + b"x" * 1_000_000 + b"---\n" + b64(b"x")
+        assert codes_of(data) == ["AF0003"]
+
     def test_a_flood_of_faults_stops_at_the_cap(self):
         data = b"h: 1\n" + b"---BINARY_SECTION:w---\n" * 100_000
         with pytest.raises(ParseError) as info:
