@@ -18,7 +18,7 @@ from .reader import DEFAULT_MAX_SECTION_BYTES
 if TYPE_CHECKING:
     from .spec import AgentSpec
 
-__all__ = ["DEFAULT_TARGETS", "compile_agent", "compile_file", "lower_agent", "parse_targets"]
+__all__ = ["DEFAULT_TARGETS", "compile_agent", "compile_file", "lower_agent", "parse_targets", "write_bundle_file"]
 
 #: the targets compiled when none are given
 DEFAULT_TARGETS = ("onnx", "wasm")
@@ -118,14 +118,59 @@ def compile_file(
         UsageError: AF0901 when the source cannot be read, AF3004 for an unknown target.
     """
     from . import load_agent_file
-    from .writer import write_file_atomic
 
     spec = load_agent_file(path, max_section_bytes=max_section_bytes).spec()
-    data = compile_agent(spec, targets=targets)
     destination = Path(output) if output is not None else default_output(path)
+    write_bundle_file(destination, spec, lower_agent(spec, targets=targets))
+    return destination
+
+
+def write_bundle_file(
+    destination: str | os.PathLike, spec: AgentSpec, lowered: Lowered
+) -> tuple[int, str, dict[str, int]]:
+    """Stream an agent's bundle into ``destination`` atomically (temporary file, fsync, rename).
+
+    Args:
+        destination: the .afb path; its directory must exist.
+        spec: the agent.
+        lowered: the backends' results (`lower_agent`).
+
+    Returns:
+        The bundle's size in bytes, its sha256 (hex), and each member's size.
+
+    Raises:
+        LoweringError: AF3006 when the file cannot be written; nothing is replaced then.
+    """
+    import hashlib
+    import tempfile
+
+    from afcore.bundle import iter_bundle
+
+    from .emit import build_manifest, build_members
+
+    members = build_members(spec, lowered)
+    chunks = iter_bundle(build_manifest(spec, lowered), members)
+    destination = Path(destination)
+    digest, size, temp = hashlib.sha256(), 0, None
     try:
-        write_file_atomic(destination, data)
+        fd, temp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                digest.update(chunk)
+                size += out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, 0o666 & ~_umask())
+        os.replace(temp, destination)
     except OSError as exc:
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
         raise LoweringError(f"cannot write `{destination}`: {exc.strerror or exc}", code="AF3006",
                             hint="check that the directory exists and is writable") from None
-    return destination
+    return size, digest.hexdigest(), {name: len(data) for name, data in members.items()}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

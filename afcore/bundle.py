@@ -34,6 +34,7 @@ __all__ = [
     "SUPPORTED_FORMAT_VERSIONS",
     "ZSTD_LEVEL",
     "Bundle",
+    "iter_bundle",
     "read_bundle",
     "write_bundle",
 ]
@@ -132,6 +133,15 @@ def write_bundle(manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> b
     Raises:
         BundleError: AF4016 for a member name that is unsafe or too long.
     """
+    return b"".join(iter_bundle(manifest, members))
+
+
+def iter_bundle(manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> Iterator[bytes]:
+    """Yield the bytes of `write_bundle` piece by piece, to stream a big bundle into a file.
+
+    Raises:
+        BundleError: AF4016 for a member name that is unsafe or too long (before anything is yielded).
+    """
     for name in members:
         _check_member_name(name)
     full = dict(manifest)
@@ -143,12 +153,16 @@ def write_bundle(manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> b
     for name in sorted(members, key=_member_key):
         parts += _tar_member(name, members[name])
     parts.append(bytes(2 * tarfile.BLOCKSIZE))  # end-of-archive marker
+    return _compress_parts(parts)
+
+
+def _compress_parts(parts: list[bytes]) -> Iterator[bytes]:
     # Fed to zstd part by part (no joined copy of the tar: tarfile.addfile would also copy it through
     # 16 KiB buffers); the frame still declares its content size, and the bytes do not depend on it.
     stream = _compressor(threads=-1).compressobj(size=sum(len(part) for part in parts))
-    out = [stream.compress(part) for part in parts]
-    out.append(stream.flush())
-    return b"".join(out)
+    for part in parts:
+        yield stream.compress(part)
+    yield stream.flush()
 
 
 def _compressor(*, threads: int) -> zstandard.ZstdCompressor:

@@ -173,10 +173,94 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a 5M-parameter lowering instead of 50M")
     args = parser.parse_args()
     rows = measure_wasm_lowering(quick=args.quick) + measure_inference()
+    rows += [row for measure in MEASUREMENTS[2:] for row in measure(quick=args.quick)]
     width = max(len(r[0]) for r in rows)
     for name, value, unit, note in rows:
         print(f"{name:<{width}}  {value:>12,.3f} {unit:<8} {note}")
 
+
+
+# ---- whole `af compile` (compiler engineer): appended to MEASUREMENTS ----
+
+_BENCH_HEADER = """\
+version: "1.0"
+name: "bench"
+neural_config:
+  network_type: "feedforward"
+  input_size: {n_in}
+  output_size: {n_out}
+  hidden_layers: {hidden}
+  activation_function: "relu"
+workflows:
+  initialization: [load_neural_network]
+  execution: [receive_input, process_neural_network, send_output]
+  shutdown: [cleanup_resources]
+"""
+
+
+def _best_of(fn: Callable[[], object], runs: int) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_example_compile(*, quick: bool = False) -> list[Row]:
+    """`compile_file` on examples/classification-agent.af, beside loading (validating) the same file."""
+    import tempfile
+
+    import afc
+    from afc.compile import compile_file
+
+    source = Path(__file__).resolve().parents[1] / "examples" / "classification-agent.af"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "agent.afb"
+        t_compile = _best_of(lambda: compile_file(source, output=out), 3 if quick else 7)
+        t_load = _best_of(lambda: afc.load_agent_file(source), 3 if quick else 7)
+    return [
+        ("example: load + validate classification-agent.af", t_load * 1e3, "ms", "baseline"),
+        ("example: af compile classification-agent.af", t_compile * 1e3, "ms", "onnx + wasm + bundle"),
+        ("example: compile / load", t_compile / t_load, "x", ""),
+    ]
+
+
+def measure_full_compile(*, quick: bool = False) -> list[Row]:
+    """Whole `compile_file` throughput (MB of weights/s) on a 50M-parameter .af, beside bare zstd level 3."""
+    import tempfile
+
+    import zstandard
+
+    from afc.compile import compile_file
+    from afc.tensors import encode_tensors
+    from afc.writer import write_container
+
+    sizes = (1600, 1600, 1600, 10) if quick else (5000, 5000, 5000, 10)
+    network = make_network(sizes, output="linear")
+    tensors = {}
+    for layer in network.layers:
+        tensors[f"layers.{layer.index}.weight"], tensors[f"layers.{layer.index}.bias"] = layer.weight, layer.bias
+    payload = encode_tensors(tensors)
+    header = _BENCH_HEADER.format(n_in=sizes[0], n_out=sizes[-1], hidden=list(sizes[1:-1]))
+    mb = network.weight_bytes / 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "bench.af"
+        source.write_bytes(write_container(header, [("neural_weights", payload)], raw=True))
+        out = Path(tmp) / "bench.afb"
+        t_compile = _best_of(lambda: compile_file(source, output=out), 2)
+        size = out.stat().st_size
+    t_zstd = _best_of(lambda: zstandard.ZstdCompressor(level=3).compress(payload), 2)
+    return [
+        (f"full compile, {network.parameters / 1e6:.1f}M params ({mb:.0f} MB), raw .af", t_compile * 1e3, "ms",
+         f"bundle {size / 1e6:.0f} MB"),
+        ("full compile throughput", mb / t_compile, "MB/s", "target >= 100 MB/s"),
+        ("bare zstd level 3 of the weights (baseline)", mb / t_zstd, "MB/s", ""),
+        ("full compile / bare zstd level 3", t_zstd / t_compile, "x", ""),
+    ]
+
+
+MEASUREMENTS += [measure_example_compile, measure_full_compile]
 
 if __name__ == "__main__":
     main()

@@ -58,32 +58,22 @@ def compile_command(
 
 
 def _write(spec: AgentSpec, lowered: Lowered, destination: Path) -> dict[str, Any]:
-    import hashlib
+    from afc.compile import write_bundle_file
 
-    from afc.emit import build_manifest, build_members
-    from afc.writer import write_file_atomic
-    from afcore.bundle import write_bundle
-    from afcore.errors import LoweringError
-
-    members = build_members(spec, lowered)
-    data = write_bundle(build_manifest(spec, lowered), members)
-    try:
-        write_file_atomic(destination, data)
-    except OSError as exc:
-        raise LoweringError(f"cannot write `{destination}`: {exc.strerror or exc}", code="AF3006",
-                            hint="check that the directory exists and is writable") from None
+    size, sha256, members = write_bundle_file(destination, spec, lowered)
     network = spec.network
+    last = len(network.layers) - 1
     return {
         "bundle": str(destination),
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": size,
+        "sha256": sha256,
         "agent": {"name": spec.name, "version": str(spec.version)},
         "targets": [t for t in ("onnx", "wasm") if getattr(lowered, t) is not None],
         "parameters": network.parameters,
         "layers": [{"index": layer.index, "in": layer.in_size, "out": layer.out_size,
-                    "activation": network.output_activation if layer.index == len(network.layers) - 1
-                    else layer.activation, "parameters": layer.parameters} for layer in network.layers],
-        "members": [{"name": name, "size": len(members[name])} for name in sorted(members)],
+                    "activation": network.output_activation if layer.index == last else layer.activation,
+                    "parameters": layer.parameters} for layer in network.layers],
+        "members": [{"name": name, "size": members[name]} for name in sorted(members)],
     }
 
 
