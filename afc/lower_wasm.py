@@ -3,11 +3,9 @@
 The code is generated as WebAssembly text and assembled with `wasmtime.wat2wasm`; the weights are spliced in
 afterwards as binary data segments (`afc._wasm_binary`), so the text never holds a weight. The module has no
 imports. Dense layers are f32x4 SIMD kernels over a weight layout made for them: each layer's ``[out, in]``
-matrix is stored in blocks of 4 output neurons, interleaved by input (``block[b][i] = w[4b:4b+4, i]``), so the
-inner loop is one ``v128.load`` of 4 neurons' weights per input, times the input splatted, added to an
-accumulator. A tile keeps ``S x B`` accumulators (samples x blocks; 6 fits Cranelift's 16 SIMD registers
-without spilling) and the loop over inputs is unrolled by 4, so fuel or epoch checks at the loop header cost
-almost nothing.
+matrix is stored in blocks of 4 output neurons, interleaved by input (``block[b][i] = w[4b:4b+4, i]``), so
+one ``v128.load`` gives 4 neurons' weights for one input, multiplied by that input splatted to 4 lanes. How
+the inner loop is shaped, and why, is told in `_Kernel`.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import numpy as np
 from afcore.errors import LoweringError
 
 from ._wasm_binary import DataSegment, splice_data_section
-from ._wasm_math import ACTIVATION_FUNCS, MATH_WAT
+from ._wasm_math import ACTIVATION_FUNCS, MATH_WAT, f32x4
 
 if TYPE_CHECKING:
     from .spec import LayerSpec, NetworkSpec
@@ -33,12 +31,16 @@ ABI_VERSION = 1
 PAGE = 65536
 #: the most pages a 32-bit linear memory may have (4 GiB)
 MAX_PAGES = 65536
-#: samples per tile in the batched kernel, and 4-neuron blocks per tile (2 x 3 = 6 accumulators)
-TILE_SAMPLES, TILE_BLOCKS = 2, 3
-#: 4-neuron blocks per tile for the last odd sample (and batch 1): 6 accumulators
-SINGLE_BLOCKS = 6
-#: inputs per unrolled inner-loop iteration
-UNROLL = 4
+#: samples per tile in the batched kernel, and 4-neuron blocks per tile: 12 accumulators
+TILE_SAMPLES, TILE_BLOCKS = 3, 4
+#: 4-neuron blocks per tile for the samples left over (and batch 1)
+SINGLE_BLOCKS = 4
+#: inputs per accumulator update: UNROLL * (TILE_SAMPLES + TILE_BLOCKS) = 14 vectors loaded at once
+UNROLL = 2
+#: sets of accumulators used in turn by consecutive input chunks (hides the store -> load latency)
+ACC_SETS = 2
+#: bytes of the accumulator area, just below the splat area
+ACC_BYTES = 16 * ACC_SETS * max(TILE_SAMPLES * TILE_BLOCKS, SINGLE_BLOCKS)
 #: the first address used: 0 stays unused so that a null pointer never reads a weight
 BASE = 64
 #: the largest max_batch accepted (keeps addresses in 32 bits for any reasonable layer)
@@ -123,6 +125,7 @@ class _Layout:
     input_ptr: int
     output_ptr: int
     scratch: int  # the last layer's padded output when it cannot write the output directly, else 0
+    splat: int  # TILE_SAMPLES * widest input * 16 bytes: the current rows' inputs, each splatted to 4 lanes
     pages: int
 
 
@@ -138,7 +141,8 @@ def _plan_layout(network: NetworkSpec, max_batch: int) -> _Layout:
     ping = _align(input_ptr + max_batch * network.input_size * 4)
     pong = ping + max_batch * widest * 4
     output_ptr = pong + max_batch * widest * 4
-    end = output_ptr + max_batch * network.output_size * 4
+    splat = _align(output_ptr + max_batch * network.output_size * 4) + ACC_BYTES
+    end = splat + TILE_SAMPLES * max(layer.in_size for layer in network.layers) * 16
     direct = network.output_size % 4 == 0 and network.output_activation != "softmax"
     plans, x, x_stride = [], input_ptr, network.input_size
     for position, layer in enumerate(network.layers):
@@ -155,7 +159,7 @@ def _plan_layout(network: NetworkSpec, max_batch: int) -> _Layout:
             code="AF3101",
             hint="lower max_batch, or compile with `--target onnx` only",
         )
-    return _Layout(tuple(plans), input_ptr, output_ptr, 0 if direct else plans[-1].y, pages)
+    return _Layout(tuple(plans), input_ptr, output_ptr, 0 if direct else plans[-1].y, splat, pages)
 
 
 def _pack_layer(layer: LayerSpec) -> np.ndarray:
@@ -172,83 +176,147 @@ def _pack_layer(layer: LayerSpec) -> np.ndarray:
     return packed
 
 
-class _Kernel:
-    """Generates the WAT function ``$layer<k>`` for one dense layer."""
+#: activations cheap enough to inline at the store instead of calling their function
+_INLINE_ACTIVATIONS = {
+    "linear": "{}",
+    "relu": "(f32x4.max {} " + f32x4(0.0) + ")",
+}
 
-    def __init__(self, plan: _LayerPlan) -> None:
+
+def _tree_sum(terms: list[str]) -> str:
+    """WAT adding the v128 expressions ``terms`` pairwise (a shallow dependency tree)."""
+    while len(terms) > 1:
+        terms = [f"(f32x4.add {a} {b})" for a, b in zip(terms[::2], terms[1::2])] + terms[len(terms) // 2 * 2 :]
+    return terms[0]
+
+
+class _Kernel:
+    """Generates the WAT function ``$layer<k>`` for one dense layer.
+
+    Measured on Cranelift (wasmtime 50), which shaped this design:
+
+    - Fuel (and epoch) checks at a loop header may call out to the host, which clobbers every vector register,
+      so accumulators kept in locals are spilled to the stack in metered code (3.3x slower than unmetered).
+      The accumulators therefore live in linear memory on purpose (an area of ``ACC_BYTES``), and metered and
+      unmetered code run the same instructions (measured 1.0-1.05x).
+    - Loads may trap, so Cranelift keeps them in order and emits the pure arithmetic only where a side effect
+      needs it: everything one iteration loads is live at once. The explicit store of each accumulator forces
+      its arithmetic right there, and an iteration loads ``UNROLL * (S + B)`` = 14 vectors, which fit the 16
+      registers. Its products are summed as a tree and added to the accumulator once.
+    - Two accumulator sets (``ACC_SETS``) take turns, so each store -> load round trip is overlapped by the
+      other set's work.
+    - The inputs are splatted once per row group into a scratch area (``x4[i][s]`` = 4 copies of
+      ``x[n+s, i]``), so the inner loop is plain 16-byte loads, mul and add (no shuffles).
+    """
+
+    def __init__(self, plan: _LayerPlan, splat: int) -> None:
         self.p = plan
-        self.act = ACTIVATION_FUNCS[plan.activation]
+        self.splat = splat
 
     def function(self) -> str:
         p = self.p
-        accs = " ".join(f"(local $a{s}_{b} v128)" for s in range(TILE_SAMPLES) for b in range(SINGLE_BLOCKS))
-        ins = " ".join(f"(local $x{s} v128)" for s in range(TILE_SAMPLES))
-        ws = " ".join(f"(local $w{b} v128)" for b in range(SINGLE_BLOCKS))
+        blocks, samples = max(TILE_BLOCKS, SINGLE_BLOCKS), TILE_SAMPLES
+        ins = " ".join(f"(local $x{u}_{s} v128)" for u in range(UNROLL) for s in range(samples))
+        ws = " ".join(f"(local $w{u}_{b} v128)" for u in range(UNROLL) for b in range(blocks))
         return f"""
   (func $layer{p.index} (param $batch i32)
     ;; {p.in_size} -> {p.out_size} ({p.activation}); x at {p.x} stride {p.x_stride}, y at {p.y} stride {p.y_stride}
     (local $n i32) (local $i i32) (local $g i32) (local $wg i32) (local $bg i32) (local $yg i32) (local $wp i32)
-    (local $xr i32) (local $xp0 i32) (local $xp1 i32) {accs} {ins} {ws}
-    (block $pairs_done
-      (loop $pairs
-        (br_if $pairs_done (i32.gt_u (i32.add (local.get $n) (i32.const {TILE_SAMPLES})) (local.get $batch)))
-        {self.row_tiles(TILE_SAMPLES, TILE_BLOCKS)}
-        (local.set $n (i32.add (local.get $n) (i32.const {TILE_SAMPLES})))
-        (br $pairs)))
-    (if (i32.lt_u (local.get $n) (local.get $batch))
-      (then {self.row_tiles(1, SINGLE_BLOCKS)})))"""
+    (local $xp i32) {ins} {ws}
+    (block $groups_done
+      (loop $groups
+        (br_if $groups_done (i32.gt_u (i32.add (local.get $n) (i32.const {samples})) (local.get $batch)))
+        {self.rows(samples, TILE_BLOCKS)}
+        (local.set $n (i32.add (local.get $n) (i32.const {samples})))
+        (br $groups)))
+    (block $singles_done
+      (loop $singles
+        (br_if $singles_done (i32.ge_u (local.get $n) (local.get $batch)))
+        {self.rows(1, SINGLE_BLOCKS)}
+        (local.set $n (i32.add (local.get $n) (i32.const 1)))
+        (br $singles))))"""
 
-    def row_tiles(self, samples: int, blocks: int) -> str:
-        """Code for ``samples`` rows starting at $n: a loop over full tiles of ``blocks``, then the rest."""
+    def rows(self, samples: int, blocks: int) -> str:
+        """Code for ``samples`` rows from $n: splat their inputs, then full tiles of ``blocks`` and the rest."""
         p = self.p
         full, rest = divmod(p.blocks, blocks)
+        splats = " ".join(
+            f"(v128.store offset={16 * s} (local.get $xp) (v128.load32_splat offset={4 * s * p.x_stride} (local.get $wp)))"
+            for s in range(samples))
         code = [
-            f"(local.set $xr (i32.add (i32.const {p.x}) (i32.mul (local.get $n) (i32.const {p.x_stride * 4}))))",
+            f"(local.set $wp (i32.add (i32.const {p.x}) (i32.mul (local.get $n) (i32.const {p.x_stride * 4}))))",
+            f"(local.set $xp (i32.const {self.splat})) (local.set $i (i32.const {p.in_size}))",
+            f"""(loop $splat
+          {splats}
+          (local.set $xp (i32.add (local.get $xp) (i32.const {16 * samples})))
+          (local.set $wp (i32.add (local.get $wp) (i32.const 4)))
+          (br_if $splat (local.tee $i (i32.sub (local.get $i) (i32.const 1)))))""",
             f"(local.set $yg (i32.add (i32.const {p.y}) (i32.mul (local.get $n) (i32.const {p.y_stride * 4}))))",
             f"(local.set $wg (i32.const {p.weights})) (local.set $bg (i32.const {p.bias}))",
         ]
         if full:
             code.append(f"""(local.set $g (i32.const {full}))
-        (loop $tiles{samples}
+        (loop $tiles
           {self.tile(samples, blocks)}
           (local.set $wg (i32.add (local.get $wg) (i32.const {blocks * p.in_size * 16})))
           (local.set $bg (i32.add (local.get $bg) (i32.const {blocks * 16})))
           (local.set $yg (i32.add (local.get $yg) (i32.const {blocks * 16})))
-          (br_if $tiles{samples} (local.tee $g (i32.sub (local.get $g) (i32.const 1)))))""")
+          (br_if $tiles (local.tee $g (i32.sub (local.get $g) (i32.const 1)))))""")
         if rest:
             code.append(self.tile(samples, rest))
         return "\n        ".join(code)
 
     def tile(self, samples: int, blocks: int) -> str:
-        """Code for one tile: ``samples x blocks`` accumulators over all inputs, then activation and store."""
+        """One tile whose accumulators live in the accumulator area, in ``ACC_SETS`` sets used in turn."""
         p = self.p
         pairs = [(s, b) for s in range(samples) for b in range(blocks)]
-        code = [f"(local.set $a{s}_{b} (v128.load offset={16 * b} (local.get $bg)))" for s, b in pairs]
-        code.append("(local.set $wp (local.get $wg))")
-        code += [f"(local.set $xp{s} (i32.add (local.get $xr) (i32.const {s * p.x_stride * 4})))" for s in range(samples)]
-        loops, tail = divmod(p.in_size, UNROLL)
+        base = self.splat - ACC_BYTES
+        accs = [{pair: base + 16 * (k + len(pairs) * j) for k, pair in enumerate(pairs)} for j in range(ACC_SETS)]
+        code = [f"(v128.store offset={accs[0][s, b]} (i32.const 0) (v128.load offset={16 * b} (local.get $bg)))"
+                for s, b in pairs]
+        code += [f"(v128.store offset={acc[pair]} (i32.const 0) {f32x4(0.0)})" for acc in accs[1:] for pair in pairs]
+        code.append(f"(local.set $wp (local.get $wg)) (local.set $xp (i32.const {self.splat}))")
+        per_loop = UNROLL * ACC_SETS
+        loops, tail = divmod(p.in_size, per_loop)
         if loops:
-            steps = "\n            ".join(self.step(samples, blocks, u) for u in range(UNROLL))
-            bumps = " ".join(f"(local.set $xp{s} (i32.add (local.get $xp{s}) (i32.const {UNROLL * 4})))"
-                             for s in range(samples))
+            body = "\n            ".join(self.steps(samples, blocks, UNROLL, acc, j * UNROLL)
+                                          for j, acc in enumerate(accs))
             code.append(f"""(local.set $i (i32.const {loops}))
           (loop $inputs
-            {steps}
-            (local.set $wp (i32.add (local.get $wp) (i32.const {UNROLL * 16}))) {bumps}
+            {body}
+            {self.advance(samples, per_loop)}
             (br_if $inputs (local.tee $i (i32.sub (local.get $i) (i32.const 1)))))""")
-        code += [self.step(samples, blocks, u) for u in range(tail)]
-        code += [f"(v128.store offset={s * p.y_stride * 4 + 16 * b} (local.get $yg) (call {self.act} (local.get $a{s}_{b})))"
+        for start in range(0, tail, UNROLL):
+            code.append(self.steps(samples, blocks, min(UNROLL, tail - start), accs[0], start))
+        total = {pair: _tree_sum([f"(v128.load offset={acc[pair]} (i32.const 0))" for acc in accs]) for pair in pairs}
+        code += [f"(v128.store offset={s * p.y_stride * 4 + 16 * b} (local.get $yg) {self.activate(total[s, b])})"
                  for s, b in pairs]
         return "\n          ".join(code)
 
-    def step(self, samples: int, blocks: int, u: int) -> str:
-        """Code for input ``u`` of the current group: splat each sample's input, one weight load per block."""
+    def advance(self, samples: int, inputs: int) -> str:
+        """WAT moving the weight and splatted-input pointers on by ``inputs`` inputs."""
+        return (f"(local.set $wp (i32.add (local.get $wp) (i32.const {inputs * 16}))) "
+                f"(local.set $xp (i32.add (local.get $xp) (i32.const {inputs * samples * 16})))")
+
+    def steps(self, samples: int, blocks: int, count: int, acc: dict, first: int) -> str:
+        """Load inputs ``first .. first+count`` (relative to the pointers), add each tile's products to ``acc``."""
         stride = self.p.in_size * 16
-        code = [f"(local.set $x{s} (v128.load32_splat offset={4 * u} (local.get $xp{s})))" for s in range(samples)]
-        code += [f"(local.set $w{b} (v128.load offset={b * stride + 16 * u} (local.get $wp)))" for b in range(blocks)]
-        code += [f"(local.set $a{s}_{b} (f32x4.add (local.get $a{s}_{b}) (f32x4.mul (local.get $w{b}) (local.get $x{s}))))"
-                 for s in range(samples) for b in range(blocks)]
-        return " ".join(code)
+        code = []
+        for u in range(count):
+            code += [f"(local.set $x{u}_{s} (v128.load offset={16 * ((first + u) * samples + s)} (local.get $xp)))"
+                     for s in range(samples)]
+            code += [f"(local.set $w{u}_{b} (v128.load offset={b * stride + 16 * (first + u)} (local.get $wp)))"
+                     for b in range(blocks)]
+        for s, b in acc:
+            products = _tree_sum([f"(f32x4.mul (local.get $w{u}_{b}) (local.get $x{u}_{s}))" for u in range(count)])
+            code.append(f"(v128.store offset={acc[s, b]} (i32.const 0) "
+                        f"(f32x4.add (v128.load offset={acc[s, b]} (i32.const 0)) {products}))")
+        return "\n            ".join(code)
+
+    def activate(self, value: str) -> str:
+        """WAT applying this layer's activation to the v128 expression ``value``."""
+        inline = _INLINE_ACTIVATIONS.get(self.p.activation)
+        return inline.format(value) if inline else f"(call {ACTIVATION_FUNCS[self.p.activation]} {value})"
 
 
 def _finish_function(network: NetworkSpec, layout: _Layout) -> str:
@@ -306,7 +374,7 @@ def _softmax_row(width: int, blocks: int) -> str:
 
 
 def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
-    layers = "".join(_Kernel(plan).function() for plan in layout.layers)
+    layers = "".join(_Kernel(plan, layout.splat).function() for plan in layout.layers)
     calls = " ".join(f"(call $layer{plan.index} (local.get $batch))" for plan in layout.layers)
     segments = "\n".join(f";;   layer {p.index}: weights at {p.weights}, bias at {p.bias}" for p in layout.layers)
     return f""";; af WebAssembly ABI v{ABI_VERSION}: {network.input_size} -> {network.output_size}, max_batch {max_batch}
