@@ -1,0 +1,147 @@
+"""`af run` throughput as a ratio of a bare script doing the same work (issue 4, benchmark 1).
+
+Both sides read the same JSONL file, parse it with orjson, run onnxruntime (the bundle's own
+model.onnx, same thread count) in batches of the same size and write JSONL. Measured side by
+side in one run, twice: in-process (the function `af run` calls, `afrt.stream.run_jsonl`, against
+the bare loop in this process) and as subprocesses (`af run` against `python bare.py`, both paying
+interpreter start-up and imports). Target: ratio >= 0.8.
+
+Usage: python benchmarks/run_throughput.py [--records 20000] [--replicas 1] [--max-batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "classification-agent.af"
+INPUTS = ROOT / "examples" / "classification-inputs.jsonl"
+
+BARE = '''
+import sys, numpy as np, onnxruntime as ort, orjson
+def bare(model, src, dst, batch, threads):
+    opts = ort.SessionOptions(); opts.intra_op_num_threads = threads; opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    ids, rows = [], []
+    def run():
+        out = sess.run(None, {name: np.array(rows, dtype=np.float32)})[0]
+        dst.write(b"".join(orjson.dumps({"id": i, "output": o}, option=orjson.OPT_SERIALIZE_NUMPY
+                                        | orjson.OPT_APPEND_NEWLINE) for i, o in zip(ids, out)))
+        ids.clear(); rows.clear()
+    for line in src:
+        rec = orjson.loads(line); ids.append(rec["id"]); rows.append(rec["input"])
+        if len(rows) == batch: run()
+    if rows: run()
+if __name__ == "__main__":
+    with open(sys.argv[2], "rb") as src, open(sys.argv[3], "wb") as dst:
+        bare(open(sys.argv[1], "rb").read(), src, dst, int(sys.argv[4]), int(sys.argv[5]))
+'''
+
+
+def make_inputs(path: Path, records: int) -> None:
+    """Write ``records`` input lines by cycling the example's held-out records."""
+    lines = [line for line in INPUTS.read_bytes().splitlines() if line.strip()]
+    import orjson
+
+    with open(path, "wb") as fh:
+        for i in range(records):
+            rec = orjson.loads(lines[i % len(lines)])
+            rec["id"] = i
+            fh.write(orjson.dumps(rec) + b"\n")
+
+
+def build(workdir: Path) -> tuple[Path, Path]:
+    """Compile the example bundle and extract its ONNX model."""
+    from afc import load_agent_file
+    from afc.compile import compile_agent
+
+    bundle = workdir / "classification-agent.afb"
+    bundle.write_bytes(compile_agent(load_agent_file(EXAMPLE).spec()))
+    from afrt import load_bundle
+
+    model = workdir / "model.onnx"
+    model.write_bytes(load_bundle(bundle).member("onnx"))
+    return bundle, model
+
+
+def measure(*, records: int = 20000, replicas: int = 1, max_batch: int = 64, repeat: int = 3) -> dict[str, float]:
+    """Measure both sides, in-process and as subprocesses; return records/s and ratios.
+
+    Returns:
+        ``bare_inproc``, ``af_inproc``, ``ratio_inproc``, ``bare_subprocess``, ``af_subprocess``,
+        ``ratio_subprocess`` (best of ``repeat`` runs each, alternating sides).
+    """
+    import afrt
+    from afrt.stream import RunOptions, run_jsonl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        bundle, model = build(work)
+        data = work / "in.jsonl"
+        make_inputs(data, records)
+        bare_py = work / "bare.py"
+        bare_py.write_text(BARE)
+        namespace: dict = {}
+        exec(compile(BARE, "bare", "exec"), namespace)
+        bare = namespace["bare"]
+        model_bytes = model.read_bytes()
+        raw = data.read_bytes()
+        best: dict[str, float] = {}
+
+        def keep(name: str, seconds: float) -> None:
+            best[name] = min(best.get(name, float("inf")), seconds)
+
+        for _ in range(repeat):
+            started = time.perf_counter()
+            bare(model_bytes, io.BytesIO(raw), io.BytesIO(), max_batch, 1)
+            keep("bare_inproc", time.perf_counter() - started)
+
+            started = time.perf_counter()
+            agent = afrt.load(bundle)
+            options = RunOptions(replicas=replicas, max_batch=max_batch)
+            summary = asyncio.run(run_jsonl(agent, io.BytesIO(raw), io.BytesIO(), options))
+            keep("af_inproc", time.perf_counter() - started)
+            assert summary.results == records, summary.to_json()
+
+            started = time.perf_counter()
+            subprocess.run([sys.executable, str(bare_py), str(model), str(data), str(work / "b.jsonl"),
+                            str(max_batch), "1"], check=True)
+            keep("bare_subprocess", time.perf_counter() - started)
+
+            started = time.perf_counter()
+            subprocess.run([str(Path(sys.executable).parent / "af"), "run", str(bundle), "--input", str(data),
+                            "--output", str(work / "a.jsonl"), "--replicas", str(replicas),
+                            "--max-batch", str(max_batch)], check=True, stderr=subprocess.DEVNULL)
+            keep("af_subprocess", time.perf_counter() - started)
+    rates = {name: records / seconds for name, seconds in best.items()}
+    rates["ratio_inproc"] = rates["af_inproc"] / rates["bare_inproc"]
+    rates["ratio_subprocess"] = rates["af_subprocess"] / rates["bare_subprocess"]
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    r = measure(records=args.records, replicas=args.replicas, max_batch=args.max_batch, repeat=args.repeat)
+    print(f"af run throughput, {args.records} records of examples/classification-agent, batch {args.max_batch}, "
+          f"{args.replicas} replica(s), best of {args.repeat}")
+    print(f"  in-process : bare {r['bare_inproc']:>9.0f} rec/s   af run {r['af_inproc']:>9.0f} rec/s   "
+          f"ratio {r['ratio_inproc']:.2f}x (target >= 0.8x)")
+    print(f"  subprocess : bare {r['bare_subprocess']:>9.0f} rec/s   af run {r['af_subprocess']:>9.0f} rec/s   "
+          f"ratio {r['ratio_subprocess']:.2f}x (target >= 0.8x)")
+
+
+if __name__ == "__main__":
+    main()

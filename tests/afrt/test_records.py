@@ -1,0 +1,89 @@
+"""Input parsing and output records of `af run` (afrt.records)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import orjson
+import pytest
+
+from afrt.records import ErrorRecord, InputRecord, encode_error, encode_output, parse_line, parse_lines, stack_inputs
+
+
+def parse(line: bytes | str, size: int = 3, line_no: int = 7):
+    raw = line.encode() if isinstance(line, str) else line
+    return parse_line(raw, seq=0, line_no=line_no, input_size=size)
+
+
+class TestParseLine:
+    def test_object_with_string_and_int_ids(self):
+        rec = parse('{"id": "a", "input": [1, 2.5, -3]}')
+        assert isinstance(rec, InputRecord) and rec.id == "a" and rec.values == [1, 2.5, -3]
+        assert parse('{"id": 42, "input": [0,0,0]}').id == 42
+
+    def test_bare_array_takes_its_line_number(self):
+        rec = parse("[1, 2, 3]", line_no=12)
+        assert isinstance(rec, InputRecord) and rec.id == 12
+
+    @pytest.mark.parametrize(
+        "line, code",
+        [
+            ('{"id": "x", "input": [1, 2', "AF5230"),
+            ("not json at all", "AF5230"),
+            ('{"id": 1, "input": [NaN, 1, 2]}', "AF5231"),
+            ('{"id": 1, "input": [Infinity, 1, 2]}', "AF5231"),
+            ('{"id": 1, "input": [1e999, 1, 2]}', "AF5231"),
+            ('{"id": 1, "input": [1, 2]}', "AF5232"),
+            ('"text"', "AF5234"),
+            ('{"id": 1}', "AF5234"),
+            ('{"id": 1, "input": "1,2,3"}', "AF5234"),
+            ('{"id": true, "input": [1,2,3]}', "AF5235"),
+            ('{"id": [1], "input": [1,2,3]}', "AF5235"),
+        ],
+    )
+    def test_bad_lines_become_error_records(self, line, code):
+        rec = parse(line)
+        assert isinstance(rec, ErrorRecord)
+        assert rec.code == code
+        assert rec.message.startswith("line 7") or "line 7" in rec.message
+
+    def test_malformed_line_is_quoted_and_identified_by_line_number(self):
+        rec = parse('{"id": "x", "input": [1, 2', line_no=4)
+        assert rec.id == 4
+        assert '{"id": "x", "input": [1, 2' in rec.message
+
+    def test_wrong_length_keeps_the_record_id(self):
+        rec = parse('{"id": "short", "input": [1]}')
+        assert rec.id == "short" and "1 values" in rec.message and "takes 3" in rec.message
+
+    def test_parse_lines_skips_blank_lines_and_numbers_records(self):
+        recs = list(parse_lines([b"[1,2,3]\n", b"\n", b"  \n", b"[4,5,6]\n"], input_size=3))
+        assert [(r.seq, r.id) for r in recs] == [(0, 1), (1, 4)]
+
+
+class TestStackInputs:
+    def test_stack_is_float32(self):
+        recs = [parse(f"[{i}, 1, 2]") for i in range(3)]
+        array, good, bad = stack_inputs(recs)
+        assert array.dtype == np.float32 and array.shape == (3, 3) and not bad and good == recs
+
+    def test_non_numbers_and_overflow_are_set_aside(self):
+        recs = [parse("[1, 2, 3]"), parse('[1, "x", 3]'), parse("[1, true, 3]"), parse("[1e39, 0, 0]"), parse("[4, 5, 6]")]
+        array, good, bad = stack_inputs(recs)
+        np.testing.assert_array_equal(array, np.array([[1, 2, 3], [4, 5, 6]], np.float32))
+        assert [b.code for b in bad] == ["AF5233", "AF5233", "AF5231"]
+
+
+class TestEncode:
+    def test_output_record(self):
+        line = encode_output("a", np.array([0.1, 1 / 3], np.float32), "agent-1")
+        assert line.endswith(b"\n")
+        data = json.loads(line)
+        assert data["id"] == "a" and data["agent"] == "agent-1"
+        # float32 values are written in their shortest exact form: they read back bit-identical.
+        assert np.array(data["output"], np.float32).tobytes() == np.array([0.1, 1 / 3], np.float32).tobytes()
+
+    def test_error_record(self):
+        data = orjson.loads(encode_error(3, "AF5232", "bad"))
+        assert data == {"id": 3, "error": {"code": "AF5232", "message": "bad"}}

@@ -1,0 +1,160 @@
+"""The workflow runner: declared order, guards per record, micro-batching that keeps per-record semantics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import orjson
+import pytest
+from swarm_testkit import FakeAgent, steps
+
+from afcore.steps import Binary, Const, Field, Step
+from afrt.bus import MemoryBus
+from afrt.records import InputRecord
+from afrt.state import Identity
+from afrt.workflow import AgentContext, WorkflowRunner
+
+INIT = ["load_neural_network", "initialize_memory", "connect_to_swarm", "register_capabilities"]
+
+
+def records(n: int, size: int = 4, start: int = 0) -> list[InputRecord]:
+    return [InputRecord(i, f"r{i}", [float(i)] * size, i + 1) for i in range(start, start + n)]
+
+
+def make(execution, *, init=INIT, shutdown=(), instrument=None, bus=True):
+    agent = FakeAgent(workflows={"initialization": init, "execution": execution, "shutdown": list(shutdown)})
+    ctx = AgentContext(agent=agent, identity=Identity.generate("fake"), bus=MemoryBus() if bus else None,
+                       instrument=instrument)
+    return agent, ctx, WorkflowRunner(ctx, agent.workflows)
+
+
+def run(runner, batches):
+    async def main():
+        await runner.run_lifecycle("initialization")
+        out = []
+        for batch in batches:
+            out += await runner.run_batch(batch)
+        return out
+
+    return asyncio.run(main())
+
+
+EXEC = ["receive_input", "process_neural_network", "update_memory", "send_output"]
+
+
+class TestOrderAndHooks:
+    def test_steps_run_in_declared_order(self):
+        events = []
+
+        class Recorder:
+            def before_step(self, ctx, workflow, step, record):
+                events.append(("before", workflow, step.name))
+
+            def after_step(self, ctx, workflow, step, record):
+                events.append(("after", workflow, step.name))
+
+        _, _, runner = make(EXEC, instrument=Recorder())
+        run(runner, [records(1)])
+        names = [e[2] for e in events if e[0] == "after"]
+        assert names == INIT + EXEC
+
+    def test_outputs_equal_float64_reference(self):
+        agent, ctx, runner = make(EXEC)
+        recs = records(10)
+        results = run(runner, [recs])
+        x = np.array([r.values for r in recs], dtype=np.float64)
+        expected = x @ agent.weight.astype(np.float64)
+        got = np.array([r.output for r in results])
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        assert agent.calls[-1] == 10  # one backend call for the batch
+        assert all(orjson.loads(r.line)["agent"] == ctx.agent_id for r in results)
+
+
+def guard(op, field, value):
+    return Binary(op, Field(*field), Const(value))
+
+
+class TestGuards:
+    def test_memory_guard_sees_the_records_before_it_in_the_same_batch(self):
+        # send_output only for even counts: per-record semantics means records 2, 4, ... publish.
+        send = Step("send_output", guard=Binary("==", Binary("%", Field("memory", ("count",)), Const(2)), Const(0)))
+        execution = ["receive_input", "process_neural_network", "update_memory", send]
+        _, _, batched = make(steps({"e": execution})["e"])
+        _, _, single = make(steps({"e": execution})["e"])
+        in_one = run(batched, [records(6)])
+        one_by_one = run(single, [[r] for r in records(6)])
+        assert [r.error is None for r in in_one] == [False, True, False, True, False, True]
+        assert [r.error is None for r in in_one] == [r.error is None for r in one_by_one]
+        assert in_one[0].error[0] == "AF5210"
+
+    def test_output_and_input_guards(self):
+        send = Step("send_output", guard=guard(">", ("input", (0,)), 2.5))
+        _, _, runner = make(["receive_input", "process_neural_network", send])
+        results = run(runner, [records(5)])
+        assert [r.error is None for r in results] == [False, False, False, True, True]
+
+    def test_guard_on_missing_field_fails_that_record(self):
+        send = Step("send_output", guard=guard(">", ("output", ("nope",)), 1), source="send_output when output.nope > 1")
+        _, _, runner = make(["receive_input", "process_neural_network", send])
+        result = run(runner, [records(1)])[0]
+        assert result.error[0] == "AF5201" and "output.nope" in result.error[1]
+
+    def test_guarded_out_process_step_does_not_fail_on_a_trap(self):
+        process = Step("process_neural_network", guard=guard("!=", ("input", (0,)), 666.0))
+        _, _, runner = make(["receive_input", process, "send_output"])
+        bad = InputRecord(0, "bad", [666.0] * 4, 1)
+        result = run(runner, [[bad]])[0]
+        # not processed -> nothing to send: AF5207, not the trap
+        assert result.error[0] == "AF5207"
+
+
+class TestFailuresStayPerRecord:
+    def test_trap_fails_only_its_record(self):
+        agent, _, runner = make(EXEC)
+        recs = records(5)
+        recs[2] = InputRecord(2, "trap", [666.0] * 4, 3)
+        results = run(runner, [recs])
+        assert [r.error[0] if r.error else None for r in results] == [None, None, "AF5001", None, None]
+        assert agent.calls[-5:] == [1, 1, 1, 1, 1]  # the batch failed, then one by one
+
+    def test_bad_vectors_fail_alone(self):
+        _, _, runner = make(EXEC)
+        recs = records(3)
+        recs[1] = InputRecord(1, "str", ["x", 1, 2, 3], 2)
+        results = run(runner, [recs])
+        assert [r.error[0] if r.error else None for r in results] == [None, "AF5233", None]
+
+
+class TestMissingSteps:
+    def test_no_send_output_publishes_nothing_and_says_so_once(self):
+        _, ctx, runner = make(["receive_input", "process_neural_network", "update_memory"])
+        results = run(runner, [records(3), records(3, start=3)])
+        assert all(r.error[0] == "AF5210" for r in results)
+        assert sum("no send_output" in n for n in ctx.notices) == 1
+        assert ctx.memory["count"] == 6
+
+    def test_no_load_neural_network(self):
+        _, _, runner = make(EXEC, init=["initialize_memory", "connect_to_swarm"])
+        assert run(runner, [records(1)])[0].error[0] == "AF5205"
+
+    def test_no_receive_input(self):
+        _, _, runner = make(["process_neural_network", "send_output"])
+        assert run(runner, [records(1)])[0].error[0] == "AF5206"
+
+    def test_no_connect_to_swarm_publishes_nothing(self):
+        _, ctx, runner = make(EXEC, init=["load_neural_network", "initialize_memory"])
+        results = run(runner, [records(2)])
+        assert all(r.error[0] == "AF5210" for r in results)
+        assert any("connect_to_swarm" in n for n in ctx.notices)
+
+    def test_record_step_in_lifecycle_workflow_is_refused(self):
+        _, _, runner = make(EXEC, init=["send_output"])
+        with pytest.raises(Exception) as info:
+            run(runner, [])
+        assert info.value.code == "AF5208"
+
+    def test_unknown_step_is_refused(self):
+        with pytest.raises(Exception) as info:
+            make(["receive_input", "fly_to_the_moon"])
+        assert info.value.code == "AF5203"
