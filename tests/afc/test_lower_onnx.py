@@ -143,6 +143,15 @@ class TestErrors:
             lower_network(broken)
         assert info.value.code == "AF3002"
 
+    def test_model_over_the_protobuf_limit(self, make_network, monkeypatch):
+        import afc.lower_onnx
+
+        monkeypatch.setattr(afc.lower_onnx, "MAX_MODEL_BYTES", 100_000)
+        model = lower_network(make_network([200, 150, 10]))  # about 120 kB of weights
+        with pytest.raises(LoweringError) as info:
+            model_bytes(model)
+        assert info.value.code == "AF3007"
+
     def test_unknown_activation(self, make_network):
         network = make_network([4, 3, 2], "swish")
         with pytest.raises(LoweringError) as info:
