@@ -65,6 +65,10 @@ _BASE64_BAD_CHAR = re.compile(rb"[^A-Za-z0-9+/=\s]")
 _BASE64_CHUNK = 4 * 1024 * 1024
 #: characters per base64 line in files we write (the fast decoding path expects it)
 _B64_WIDTH = 76
+#: base64 groups (4 characters, 3 bytes) per line
+_B64_GROUPS = _B64_WIDTH // 4
+#: compressed bytes zstd asks its source for at a time
+_STREAM_READ_SIZE = 1 << 20
 #: the first read of a stream allocates at most this multiple of the frame's compressed size
 _FIRST_READ_RATIO = 64
 _FIRST_READ_MIN = 64 * 1024 * 1024
@@ -371,11 +375,17 @@ class _Reader:
                 )
             if not stripped:
                 raise _Problem("AF0006", "the section is empty", max(body - 1, 0), "remove the marker line or pack data", resume=end)
-        frame = self.decode_base64(body, end)
         try:
-            if not frame.startswith(ZSTD_MAGIC):
+            return self.read_base64_frame(_Base64Frame.of(self.view[body:end]), body, end)
+        except _NotCanonical:
+            return self.read_base64_frame(self.decode_base64_strict(body, end), body, end)
+
+    def read_base64_frame(self, frame: Any, body: int, end: int) -> bytes:
+        """Read the zstd frame held by decoded base64 (bytes, or a `_Base64Frame`)."""
+        try:
+            if frame[:4] != ZSTD_MAGIC:
                 raise _Problem("AF0010", "the section's payload is not a zstd frame", 0, "payloads are zstd frames")
-            payload, frame_end = _read_frame(memoryview(frame), 0, self.cap)
+            payload, frame_end = _read_frame(memoryview(frame) if isinstance(frame, bytearray) else frame, 0, self.cap)
             if frame_end != len(frame):
                 raise _Problem(
                     "AF0015",
@@ -388,37 +398,6 @@ class _Reader:
             # Offsets inside decoded base64 have no exact place in the text: point at the first data line.
             problem.offset, problem.resume = body, end
             raise
-
-    def decode_base64(self, body: int, end: int) -> bytes | bytearray:
-        """Decode base64 text, whitespace ignored: the fast path for LF/CRLF-wrapped text, else the strict one."""
-        fast = self.decode_base64_fast(body, end)
-        return fast if fast is not None else self.decode_base64_strict(body, end)
-
-    def decode_base64_fast(self, body: int, end: int) -> bytes | None:
-        """Decode text wrapped as our writer wraps it in one pass, without copying it; else None.
-
-        The line ends are checked at their places (a strided slice), then `binascii.a2b_base64` runs
-        in its lenient mode, which skips unknown characters and stops at padding: each of those makes
-        the output shorter than the character count predicts, so a matching length proves clean text.
-        """
-        nl = b"\r\n" if self.data.startswith(b"\r\n", body + _B64_WIDTH) else b"\n"
-        text = self.view[body:end]
-        full, rest = divmod(len(text), _B64_WIDTH + len(nl))
-        if rest and (rest <= len(nl) or text[len(text) - len(nl) :] != nl):
-            return None
-        for k in range(len(nl)):
-            if text[_B64_WIDTH + k :: _B64_WIDTH + len(nl)] != nl[k : k + 1] * full:
-                return None
-        chars = len(text) - (full + (1 if rest else 0)) * len(nl)
-        tail = bytes(text[max(0, len(text) - 8) :]).rstrip(b"\r\n")
-        pads = len(tail) - len(tail.rstrip(b"="))
-        if chars % 4 or pads > 2:
-            return None
-        try:
-            decoded = binascii.a2b_base64(text)
-        except binascii.Error:
-            return None
-        return decoded if len(decoded) == chars // 4 * 3 - pads else None
 
     def decode_base64_strict(self, body: int, end: int) -> bytearray:
         """Decode base64 text (any whitespace ignored) in chunks, into one preallocated buffer."""
@@ -455,6 +434,83 @@ class _Reader:
         return len(self.data) if found == -1 else found + 1
 
 
+class _NotCanonical(Exception):
+    """The base64 text is not wrapped as the writer wraps it: decode it the strict way instead."""
+
+
+class _Base64Frame:
+    """Random access to the bytes of base64 text wrapped as our writer wraps it, decoding only what is asked.
+
+    Block headers are read a few bytes at a time and the frame is streamed to zstd, so the decoded
+    frame never exists whole. `binascii.a2b_base64`'s lenient mode skips unknown characters and
+    stops at padding; each of those makes a decoded range shorter than its character count
+    predicts, so checking every length proves the text clean (else `_NotCanonical`).
+    """
+
+    def __init__(self, text: memoryview, newline: int, groups: int, pads: int) -> None:
+        self.text, self.stride, self.groups, self.pads = text, _B64_WIDTH + newline, groups, pads
+        self.size = groups * 3 - pads
+
+    @classmethod
+    def of(cls, text: memoryview) -> _Base64Frame:
+        """Check the line ends of ``text`` (one strided slice per newline byte) and return its view.
+
+        Raises:
+            _NotCanonical: when the lines are not all `_B64_WIDTH` characters but the last.
+        """
+        first_line = bytes(text[: _B64_WIDTH + 2])
+        newline = b"\r\n" if b"\r\n" in first_line else b"\n"
+        full, rest = divmod(len(text), _B64_WIDTH + len(newline))
+        if rest and (rest <= len(newline) or text[len(text) - len(newline) :] != newline):
+            raise _NotCanonical
+        for k in range(len(newline)):
+            if text[_B64_WIDTH + k :: _B64_WIDTH + len(newline)] != newline[k : k + 1] * full:
+                raise _NotCanonical
+        chars = len(text) - (full + (1 if rest else 0)) * len(newline)
+        tail = bytes(text[max(0, len(text) - 8) :]).rstrip(b"\r\n")
+        pads = len(tail) - len(tail.rstrip(b"="))
+        if chars % 4 or pads > 2:
+            raise _NotCanonical
+        return cls(text, len(newline), chars // 4, pads)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: slice) -> bytes:
+        start, stop, _ = key.indices(self.size)
+        if start >= stop:
+            return b""
+        first, last = start // 3, (stop - 1) // 3
+        decoded = self.decode_groups(first, last + 1)
+        return decoded[start - first * 3 : stop - first * 3]
+
+    def decode_groups(self, first: int, end: int) -> bytes:
+        """Decode groups ``first`` to ``end`` (exclusive), checking that nothing was skipped."""
+        begin = (first // _B64_GROUPS) * self.stride + (first % _B64_GROUPS) * 4
+        last = end - 1
+        finish = (last // _B64_GROUPS) * self.stride + (last % _B64_GROUPS) * 4 + 4
+        try:
+            decoded = binascii.a2b_base64(self.text[begin:finish])
+        except binascii.Error:
+            raise _NotCanonical from None
+        if len(decoded) != (end - first) * 3 - (self.pads if end == self.groups else 0):
+            raise _NotCanonical
+        return decoded
+
+
+class _FrameStream:
+    """A file-like window ``[start, end)`` on a `_Base64Frame`, for zstd's stream reader."""
+
+    def __init__(self, frame: _Base64Frame, start: int, end: int) -> None:
+        self.frame, self.pos, self.end = frame, start, end
+
+    def read(self, size: int = -1) -> bytes:
+        stop = self.end if size < 0 else min(self.end, self.pos + size)
+        data = self.frame[self.pos : stop]
+        self.pos = stop
+        return data
+
+
 def _start_sha256(data: bytes) -> tuple[Any, threading.Thread | None]:
     """Hash the file, in a thread for a big file: hashlib and zstd release the GIL, so the digest
     costs no wall time next to decoding the sections (it would otherwise add ~40% to a raw read)."""
@@ -467,7 +523,7 @@ def _start_sha256(data: bytes) -> tuple[Any, threading.Thread | None]:
     return digest, thread
 
 
-def _read_frame(buf: memoryview, start: int, cap: int, *, decode: bool = True) -> tuple[bytes, int]:
+def _read_frame(buf: Any, start: int, cap: int, *, decode: bool = True) -> tuple[bytes, int]:
     """Find the end of the zstd frame at ``start`` and decode it (unless ``decode`` is False).
 
     Returns:
@@ -481,7 +537,11 @@ def _read_frame(buf: memoryview, start: int, cap: int, *, decode: bool = True) -
     if end is None:
         # Thousands of tiny blocks: walking them in Python would take a minute per GB, zstd takes a second.
         return _decompress_unwalked(buf, start, cap)
-    return (_decompress(buf[start:end], params, cap, start) if decode else b""), end
+    if not decode:
+        return b"", end
+    # A _Base64Frame is streamed, so that the decoded frame never exists whole next to the payload.
+    source = buf[start:end] if isinstance(buf, memoryview) else _FrameStream(buf, start, end)
+    return _decompress(source, end - start, params, cap, start), end
 
 
 def _frame_params(buf: memoryview, start: int, cap: int) -> tuple[zstandard.FrameParameters, int]:
@@ -570,15 +630,17 @@ def _too_big(cap: int, offset: int) -> _Problem:
     )
 
 
-def _decompress(frame: memoryview, params: zstandard.FrameParameters, cap: int, offset: int) -> bytes:
-    """Decode one walked frame in a stream whose running size is capped; verify its checksum.
+def _decompress(frame: Any, frame_size: int, params: zstandard.FrameParameters, cap: int, offset: int) -> bytes:
+    """Decode one walked frame (a buffer, or an object with ``read``) in a capped stream; verify its checksum.
 
     The first read is sized from the declared size but never beyond `_FIRST_READ_RATIO` times the
     compressed size, so a lying header costs nothing, and a usual frame decodes in one pass, one copy.
     """
-    reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).stream_reader(frame, read_across_frames=False)
+    reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).stream_reader(
+        frame, read_size=_STREAM_READ_SIZE, read_across_frames=False
+    )
     declared = None if params.content_size == zstandard.CONTENTSIZE_UNKNOWN else params.content_size
-    size = max(_FIRST_READ_MIN, _FIRST_READ_RATIO * len(frame))
+    size = max(_FIRST_READ_MIN, _FIRST_READ_RATIO * frame_size)
     size = min(size, declared) if declared is not None else size
     chunks: list[bytes] = []
     total = 0

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from afc.reader import MAX_DIAGNOSTICS, MAX_HEADER_BYTES, Container, read_container
+from afc.reader import MAX_DIAGNOSTICS, MAX_HEADER_BYTES, Container, _Base64Frame, read_container
+from afc.writer import encode_base64_lines
 from afcore.errors import ParseError
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "bad"
@@ -253,6 +258,32 @@ class TestBase64Decoding:
     def test_unwrapped_single_line(self):
         data = b"h: 1\n---BINARY_SECTION:w---\n" + base64.b64encode(frame(self.PAYLOAD)) + b"\n"
         assert read(data).sections[0].payload == self.PAYLOAD
+
+
+class TestBase64Frame:
+    """Random access into wrapped base64 text agrees with decoding it all with the base64 module."""
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.binary(max_size=400), st.sampled_from(["\n", "\r\n"]), st.integers(0, 420), st.integers(0, 420))
+    def test_slices_match_b64decode(self, data: bytes, newline: str, start: int, stop: int):
+        text = encode_base64_lines(data, newline)
+        view = _Base64Frame.of(memoryview(text))
+        assert len(view) == len(data)
+        assert view[start:stop] == data[start:stop]
+
+    def test_streamed_section_never_holds_the_whole_frame(self):
+        rng = np.random.default_rng(3)
+        payload = rng.standard_normal(2_500_000).astype(np.float32).tobytes()  # 10 MB, barely compressible
+        data = b"h: 1\n---BINARY_SECTION:w---\n" + encode_base64_lines(frame(payload))
+        tracemalloc.start()
+        try:
+            container = read(data)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert container.sections[0].payload == payload
+        # The payload plus a few MiB of pieces; decoding the frame first would add ~9 MB more.
+        assert peak < len(payload) + 4_000_000
 
 
 class TestManyBlockFrames:
