@@ -7,6 +7,11 @@ Hostile input is bounded: the header is capped at `MAX_HEADER_BYTES`; a section'
 walked block by block to find its end (never by looking for the next marker), the decoder's window
 is capped at `MAX_WINDOW_BYTES`, and the payload is decoded in a stream whose running size is capped
 at ``max_section_bytes``, so a frame cannot make us allocate what its header merely declares.
+
+Copies are kept few because sections may be gigabytes: a raw frame is decoded straight from the
+file's bytes into the payload; base64 text wrapped as the writer wraps it is decoded piece by piece
+into zstd's input, so the decoded frame never exists whole (other base64 is decoded first); a big
+file's SHA-256 is computed in a thread while its sections are decoded.
 """
 
 from __future__ import annotations
