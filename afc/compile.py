@@ -131,7 +131,7 @@ def write_bundle_file(
     """Stream an agent's bundle into ``destination`` atomically (temporary file, fsync, rename).
 
     Args:
-        destination: the .afb path; its directory must exist.
+        destination: the .afb path; missing parent directories are created.
         spec: the agent.
         lowered: the backends' results (`lower_agent`).
 
@@ -153,6 +153,7 @@ def write_bundle_file(
     destination = Path(destination)
     digest, size, temp = hashlib.sha256(), 0, None
     try:
+        destination.parent.mkdir(parents=True, exist_ok=True)  # `-o build/agent.afb` from a clean clone
         fd, temp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
         with os.fdopen(fd, "wb") as out:
             for chunk in chunks:
@@ -166,7 +167,7 @@ def write_bundle_file(
         if temp is not None:
             Path(temp).unlink(missing_ok=True)
         raise LoweringError(f"cannot write `{destination}`: {exc.strerror or exc}", code="AF3006",
-                            hint="check that the directory exists and is writable") from None
+                            hint="check that the path is a writable directory") from None
     return size, digest.hexdigest(), {name: len(data) for name, data in members.items()}
 
 

@@ -56,8 +56,14 @@ class TestCompile:
         result = runner.invoke(app, ["compile", str(xor), "--target", "tflite"])
         assert result.exit_code == 2 and "AF3004" in result.stderr
 
+    def test_missing_output_directories_are_created(self, xor, tmp_path):
+        out = tmp_path / "build" / "deeper" / "a.afb"
+        assert runner.invoke(app, ["compile", str(xor), "-o", str(out)]).exit_code == 0
+        assert read_bundle(out).manifest["agent"]["name"] == "xor-agent"
+
     def test_unwritable_output(self, xor, tmp_path):
-        result = runner.invoke(app, ["compile", str(xor), "-o", str(tmp_path / "missing" / "a.afb")])
+        (tmp_path / "a-file").write_text("")
+        result = runner.invoke(app, ["compile", str(xor), "-o", str(tmp_path / "a-file" / "a.afb")])
         assert result.exit_code == 1 and "AF3006" in result.stderr
 
 
