@@ -44,7 +44,7 @@ def pack_command(
     """
     from afc.agentfile import load_agent_bytes, read_agent_bytes
     from afc.reader import read_container
-    from afc.writer import write_container, write_file_atomic
+    from afc.writer import write_container
     from afcore.errors import UsageError
 
     if fmt not in ("full", "concise", "json"):
@@ -57,8 +57,20 @@ def pack_command(
     result = write_container(container.header_text, sections, raw=raw_names, newline=container.newline, bom=container.bom)
     target = output or path
     load_agent_bytes(result, path=str(target), max_section_bytes=max_section_bytes)  # refuse to write an invalid file
-    write_file_atomic(target, result)
+    _write(target, result)
     _report(target, new, raw, len(result), fmt)
+
+
+def _write(target: Path, data: bytes) -> None:
+    """Write atomically, turning an OS refusal (no such directory, read-only, disk full) into AF0914."""
+    from afc.writer import write_file_atomic
+    from afcore.errors import UsageError
+
+    try:
+        write_file_atomic(target, data)
+    except OSError as exc:
+        raise UsageError(f"cannot write `{target}`: {exc.strerror or exc}", code="AF0914",
+                         hint="check that the directory exists and is writable") from None
 
 
 def _new_payloads(weights: Path | None, training_data: Path | None) -> dict[str, bytes]:

@@ -46,7 +46,10 @@ def unpack_command(
         suffix = ".safetensors" if section.name in TENSOR_SECTIONS else ".bin"
         files.append((outdir / f"{section.name}{suffix}", section.name, section.payload))
     for file, _, content in files:
-        write_file_atomic(file, content)
+        try:
+            write_file_atomic(file, content)
+        except OSError as exc:
+            raise UsageError(f"cannot write `{file}`: {exc.strerror or exc}", code="AF0914") from None
     _report(path, files, fmt)
 
 

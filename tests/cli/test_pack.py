@@ -109,3 +109,8 @@ class TestPack:
         broken.write_bytes(b"name: x\n---BINARY_SECTION:notes---\n@@@\n")
         result = invoke(str(broken), "--weights", str(w), "--format", "concise")
         assert result.exit_code == 1 and "AF0008" in result.output
+
+    def test_output_in_a_missing_directory_is_a_usage_error(self, seed_file: Path, weight_files, tmp_path: Path):
+        w, _ = weight_files
+        result = invoke(str(seed_file), "--weights", str(w), "-o", str(tmp_path / "no" / "such" / "out.af"))
+        assert result.exit_code == 2 and "AF0914" in result.output and "Traceback" not in result.output
