@@ -189,6 +189,15 @@ def model_text(model: onnx.ModelProto) -> str:
     return "\n".join([*declarations, onnx.printer.to_text(bare)])
 
 
+def _iter_graphs(graph: onnx.GraphProto) -> Any:
+    """Yield ``graph`` and every subgraph in its nodes' attributes (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _iter_graphs(sub)
+
+
 def check_model_bytes(data: bytes) -> onnx.ModelProto:
     """Parse an ONNX model taken from a bundle and refuse what a bundle must never hold.
 
@@ -207,11 +216,14 @@ def check_model_bytes(data: bytes) -> onnx.ModelProto:
         model.ParseFromString(data)
     except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError type
         raise BundleError(f"model.onnx is not a valid ONNX model: {exc}", code="AF4020") from None
-    for tensor in model.graph.initializer:
+    graphs = list(_iter_graphs(model.graph))
+    tensors = [t for g in graphs for t in (*g.initializer, *(s.values for s in g.sparse_initializer))]
+    tensors += [a.t for g in graphs for n in g.node for a in n.attribute if a.HasField("t")]
+    for tensor in tensors:
         if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
             raise BundleError(f"model.onnx tensor {tensor.name!r} uses external data", code="AF4021",
                               hint="a bundle's model must be self-contained; compile the .af again")
-    domains = {o.domain for o in model.opset_import} | {n.domain for n in model.graph.node}
+    domains = {o.domain for o in model.opset_import} | {n.domain for g in graphs for n in g.node}
     custom = sorted(d for d in domains if d not in ("", "ai.onnx"))
     if custom or model.functions:
         raise BundleError(f"model.onnx uses custom operator domains {custom or ['(local functions)']}",

@@ -179,6 +179,16 @@ class TestCheckModelBytes:
             check_model_bytes(model.SerializeToString())
         assert info.value.code == "AF4021"
 
+    def test_refuses_custom_domains_in_subgraphs(self, make_network):
+        model = lower_network(make_network([4, 3, 2]))
+        evil = onnx.helper.make_node("Evil", ["input"], ["y"], domain="com.evil")
+        body = onnx.helper.make_graph([evil], "body", [], [onnx.helper.make_tensor_value_info("y", 1, None)])
+        cond = onnx.helper.make_node("If", ["c"], ["z"], then_branch=body, else_branch=body)
+        model.graph.node.append(cond)
+        with pytest.raises(BundleError) as info:
+            check_model_bytes(model.SerializeToString())
+        assert info.value.code == "AF4022"
+
     def test_refuses_custom_domains(self, make_network):
         model = lower_network(make_network([4, 3, 2]))
         model.opset_import.append(onnx.helper.make_opsetid("com.evil", 1))
