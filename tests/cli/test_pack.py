@@ -114,3 +114,12 @@ class TestPack:
         w, _ = weight_files
         result = invoke(str(seed_file), "--weights", str(w), "-o", str(tmp_path / "no" / "such" / "out.af"))
         assert result.exit_code == 2 and "AF0914" in result.output and "Traceback" not in result.output
+
+    def test_crlf_and_bom_are_kept(self, seed_file: Path, weight_files):
+        w, t = weight_files
+        seed_file.write_bytes(b"\xef\xbb\xbf" + seed_file.read_bytes().replace(b"\n", b"\r\n"))
+        result = invoke(str(seed_file), "--weights", str(w), "--training-data", str(t))
+        assert result.exit_code == 0, result.output
+        data = seed_file.read_bytes()
+        assert data.startswith(b"\xef\xbb\xbf# Agent File Format v1.0\r\n")
+        assert data.count(b"\n") == data.count(b"\r\n")
