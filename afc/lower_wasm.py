@@ -34,11 +34,11 @@ MAX_PAGES = 65536
 #: samples per tile in the batched kernel, and 4-neuron blocks per tile: 12 accumulators
 TILE_SAMPLES, TILE_BLOCKS = 3, 4
 #: 4-neuron blocks per tile for the samples left over (and batch 1)
-SINGLE_BLOCKS = 4
+SINGLE_BLOCKS = 6
 #: inputs per accumulator update: UNROLL * (TILE_SAMPLES + TILE_BLOCKS) = 14 vectors loaded at once
 UNROLL = 2
 #: sets of accumulators used in turn by consecutive input chunks (hides the store -> load latency)
-ACC_SETS = 2
+ACC_SETS = 4
 #: bytes of the accumulator area, just below the splat area
 ACC_BYTES = 16 * ACC_SETS * max(TILE_SAMPLES * TILE_BLOCKS, SINGLE_BLOCKS)
 #: the first address used: 0 stays unused so that a null pointer never reads a weight
@@ -201,10 +201,10 @@ class _Kernel:
       unmetered code run the same instructions (measured 1.0-1.05x).
     - Loads may trap, so Cranelift keeps them in order and emits the pure arithmetic only where a side effect
       needs it: everything one iteration loads is live at once. The explicit store of each accumulator forces
-      its arithmetic right there, and an iteration loads ``UNROLL * (S + B)`` = 14 vectors, which fit the 16
+      its arithmetic right there, and one update loads ``UNROLL * (S + B)`` <= 14 vectors, which fit the 16
       registers. Its products are summed as a tree and added to the accumulator once.
-    - Two accumulator sets (``ACC_SETS``) take turns, so each store -> load round trip is overlapped by the
-      other set's work.
+    - ``ACC_SETS`` accumulator sets take turns on consecutive input chunks, so each store -> load round trip
+      (about 10 cycles) is overlapped by the other sets' work; they are summed at the end.
     - The inputs are splatted once per row group into a scratch area (``x4[i][s]`` = 4 copies of
       ``x[n+s, i]``), so the inner loop is plain 16-byte loads, mul and add (no shuffles).
     """
