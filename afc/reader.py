@@ -146,6 +146,7 @@ class _Problem(Exception):
     def __init__(self, code: str, message: str, offset: int, hint: str | None = None, resume: int | None = None):
         super().__init__(message)
         self.code, self.message, self.offset, self.hint, self.resume = code, message, offset, hint, resume
+        self.notes: tuple[str, ...] = ()
 
 
 def read_container(
@@ -211,7 +212,14 @@ class _Reader:
 
     def report(self, problem: _Problem, severity: str = "error") -> None:
         self.diagnostics.append(
-            Diagnostic(problem.code, severity, problem.message, span=self.span_at(problem.offset), help=problem.hint)  # type: ignore[arg-type]
+            Diagnostic(
+                problem.code,
+                severity,  # type: ignore[arg-type]
+                problem.message,
+                span=self.span_at(problem.offset),
+                help=problem.hint,
+                notes=problem.notes,
+            )
         )
 
     # -- the file --------------------------------------------------------------------------------
@@ -286,6 +294,9 @@ class _Reader:
             try:
                 encoding, payload, pos = self.read_payload(body, decode=name not in self.skip)
             except _Problem as problem:
+                if self.data.startswith(ZSTD_MAGIC, body):
+                    # Binary bytes make no source line: point at the marker, give the byte offset.
+                    problem.offset, problem.notes = marker, (f"at byte offset {problem.offset} of the file",)
                 self.report(problem)
                 if problem.resume is None:
                     break

@@ -215,6 +215,15 @@ class TestHostileInput:
         assert codes_of(data) == ["AF0009"]
 
 
+    def test_raw_frame_faults_point_at_the_marker_with_the_byte_offset(self):
+        raw_frame = frame(b"abc")
+        data = b"h: 1\n---BINARY_SECTION:r---\n" + raw_frame[:-1] + bytes([raw_frame[-1] ^ 1])
+        with pytest.raises(ParseError) as info:
+            read(data)
+        (diagnostic,) = info.value.diagnostics
+        assert (diagnostic.code, diagnostic.span.line, diagnostic.span.column) == ("AF0013", 2, 1)
+        assert diagnostic.notes == ("at byte offset 28 of the file",)
+
     def test_endless_marker_line_is_malformed(self):
         data = b"h: 1\n---BINARY_SECTION:" + b"x" * 1_000_000 + b"---\n" + b64(b"x")
         assert codes_of(data) == ["AF0003"]
