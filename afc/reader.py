@@ -399,6 +399,8 @@ class _Reader:
     def read_base64_frame(self, frame: Any, body: int, end: int) -> bytes:
         """Read the zstd frame held by decoded base64 (bytes, or a `_Base64Frame`)."""
         try:
+            if len(frame) == 0:
+                raise _Problem("AF0006", "the section is empty", 0, "remove the marker line or pack data")
             if frame[:4] != ZSTD_MAGIC:
                 raise _Problem("AF0010", "the section's payload is not a zstd frame", 0, "payloads are zstd frames")
             payload, frame_end = _read_frame(memoryview(frame) if isinstance(frame, bytearray) else frame, 0, self.cap)

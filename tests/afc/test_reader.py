@@ -206,6 +206,9 @@ class TestHostileInput:
         data = b"h: 1\n---BINARY_SECTION:r---\n" + frame(b"a") + b"junk\n---BINARY_SECTION:w---\n@\n"
         assert codes_of(data) == ["AF0015", "AF0008"]
 
+    def test_long_blank_section_is_empty(self):
+        assert codes_of(b"h: 1\n---BINARY_SECTION:w---\n" + b"   \n" * 200) == ["AF0006"]
+
     def test_marker_line_without_newline_at_eof_is_empty(self):
         assert codes_of(b"h: 1\n---BINARY_SECTION:w---") == ["AF0006"]
 
