@@ -188,11 +188,15 @@ def measure_run_throughput(bundle: Path) -> None:
     except ImportError:
         print("(1) af run throughput: benchmarks/run_throughput.py is not there yet")
         return
-    result = measure()
-    if isinstance(result, dict):
-        print("(1) af run throughput: " + "   ".join(f"{k} {v}" for k, v in result.items()))
-    elif result is not None:
-        print(f"(1) af run throughput: {result}")
+    r = measure()
+    if {"bare_subprocess", "af_subprocess", "ratio_subprocess"} <= set(r):
+        for where in ("inproc", "subprocess"):
+            ratio = r[f"ratio_{where}"]
+            print(f"(1) af run throughput, {where:10s} af run {r[f'af_{where}']:9.0f} rec/s   "
+                  f"bare script {r[f'bare_{where}']:9.0f} rec/s   ratio {ratio:.2f}x   target >= 0.8x   "
+                  f"{'OK' if ratio >= 0.8 else 'MISSED'}")
+    else:
+        print(f"(1) af run throughput: {r}")
 
 
 def main() -> None:
