@@ -84,8 +84,10 @@ def _code_section_end(module: bytes) -> int:
 
 
 def _segment_header(offset: int, nbytes: int) -> bytes:
-    # flags 0 = active segment for memory 0, then the offset expression `i32.const offset; end`
-    return b"\0" + bytes([_I32_CONST]) + sleb128(offset) + bytes([_END]) + uleb128(nbytes)
+    # flags 0 = active segment for memory 0, then the offset expression `i32.const offset; end`; i32.const
+    # takes a signed 32-bit immediate, so addresses from 2 GiB up are written as their negative twin
+    signed = offset - (1 << 32) if offset >= 1 << 31 else offset
+    return b"\0" + bytes([_I32_CONST]) + sleb128(signed) + bytes([_END]) + uleb128(nbytes)
 
 
 def splice_data_section(module: bytes, segments: list[DataSegment]) -> bytes:

@@ -253,6 +253,12 @@ class TestBinarySplice:
         assert bytes(memory.read(store, 1000, 1040)) == data.tobytes()
         assert bytes(memory.read(store, 64, 76)) == data[:3].tobytes()
 
+    def test_offsets_above_2_gib_are_valid_i32_immediates(self):
+        code = wasmtime.wat2wasm("(module (memory 65536 65536))")
+        module = splice_data_section(bytes(code), [DataSegment(3 * 2**30, np.ones(4, dtype="<f4"))])
+        wasmtime.Module.validate(wasmtime.Engine(), module)
+        assert sleb128(3 * 2**30 - 2**32) in module
+
     def test_refuses_a_module_with_data(self):
         code = wasmtime.wat2wasm('(module (memory 1) (data (i32.const 0) "x"))')
         with pytest.raises(LoweringError) as info:
