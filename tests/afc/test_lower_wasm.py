@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import wasmtime
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from afc._wasm_binary import DataSegment, sleb128, splice_data_section, uleb128
 from afc.lower_wasm import WasmModule, lower_network
@@ -126,6 +128,24 @@ class TestForwardPass:
         runner = Runner(lower_network(network, max_batch=32))
         x = np.random.default_rng(3).standard_normal((32, 1000)).astype(np.float32)
         np.testing.assert_allclose(runner.run(x, 10), numpy_forward(network, x), rtol=1e-5, atol=1e-5)
+
+
+class TestRandomNetworks:
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        sizes=st.lists(st.integers(1, 40), min_size=2, max_size=5),
+        hidden=st.sampled_from(HIDDEN_ACTIVATIONS),
+        output=st.sampled_from(["softmax", "sigmoid", "linear"]),
+        max_batch=st.integers(1, 9),
+        seed=st.integers(0, 2**16),
+    )
+    def test_any_shape_matches_numpy(self, sizes, hidden, output, max_batch, seed):
+        network = make_network(sizes, hidden, output, seed=seed)
+        runner = Runner(lower_network(network, max_batch=max_batch))
+        x = np.random.default_rng(seed).standard_normal((max_batch, sizes[0])).astype(np.float32)
+        for batch in {1, max_batch // 2 or 1, max_batch}:
+            np.testing.assert_allclose(runner.run(x[:batch], sizes[-1]), numpy_forward(network, x[:batch]),
+                                       rtol=1e-5, atol=1e-5)
 
 
 class TestSklearnReference:
