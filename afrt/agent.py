@@ -196,7 +196,9 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
     from . import sandbox
     from .modcache import ModuleCache
 
-    module = ModuleCache(cache_dir).load(bundle.member("wasm"), member="model.wasm")
+    wasm = bundle.member("wasm")
+    sandbox.ensure_abi(bundle.wasm_abi())
+    module = ModuleCache(cache_dir).load(wasm, member="model.wasm")
     sandbox.ensure_policy(module)
     memory_mb = bundle.limit("memory_mb") or DEFAULT_MEMORY_MB
     limits = sandbox.InstanceLimits(

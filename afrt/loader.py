@@ -63,6 +63,11 @@ class LoadedBundle:
         value = (self.resources.get("limits") or {}).get(name)
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
+    def wasm_abi(self) -> Any:
+        """Return ``wasm.abi`` of the manifest (None when absent)."""
+        entry = self.manifest.get("wasm")
+        return entry.get("abi") if isinstance(entry, dict) else None
+
     def member(self, target: str) -> bytes:
         """Return the bytes of a backend's member (``manifest[target].member``).
 
@@ -98,6 +103,8 @@ def _get(data: Any, path: str, kind: type | tuple[type, ...], want: str) -> Any:
 
 
 def _width(manifest: Mapping[str, Any], side: str) -> int:
+    if _get(manifest, f"network.{side}.dtype", str, '"float32"') != "float32":
+        raise _bad(f"network.{side}.dtype", '"float32"')
     shape = _get(manifest, f"network.{side}.shape", list, "a list [null, width]")
     if len(shape) != 2 or not isinstance(shape[1], int) or isinstance(shape[1], bool) or shape[1] < 1:
         raise _bad(f"network.{side}.shape", "a list [null, width]")

@@ -28,6 +28,7 @@ from ._errormap import WasmCallErrors, map_wasm_instantiate_errors
 from ._fastcall import FastFunc, memory_view
 
 __all__ = [
+    "ABI_VERSION",
     "ENGINE_CONFIG",
     "POLICY",
     "InstanceLimits",
@@ -36,11 +37,14 @@ __all__ = [
     "WasmInstance",
     "WasmPool",
     "engine_fingerprint",
+    "ensure_abi",
     "ensure_policy",
     "fuel_per_record",
     "shared_engine",
 ]
 
+#: the WebAssembly ABI version this sandbox implements (docs/bundle.md)
+ABI_VERSION = 1
 #: wasmtime Config settings of the shared engine; part of the module-cache key
 ENGINE_CONFIG: Mapping[str, object] = {
     "consume_fuel": True,
@@ -146,6 +150,20 @@ def _describe_export(ty: object) -> tuple:
     if isinstance(ty, wasmtime.FuncType):
         return ("func", tuple(map(_type_name, ty.params)), tuple(map(_type_name, ty.results)))
     return (type(ty).__name__,)
+
+
+def ensure_abi(abi: object) -> None:
+    """Check the manifest's ``wasm.abi`` against the ABI this sandbox implements.
+
+    Raises:
+        BundleError: AF5042 for another ABI version.
+    """
+    if abi != ABI_VERSION:
+        raise BundleError(
+            f"the bundle's wasm module uses ABI {abi!r}, and this runtime runs ABI {ABI_VERSION}",
+            code="AF5042",
+            hint="recompile the bundle with this af, or run it with `--backend onnx`",
+        )
 
 
 def ensure_policy(module: wasmtime.Module, *, member: str = "model.wasm", policy: SandboxPolicy = POLICY) -> None:

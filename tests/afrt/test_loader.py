@@ -64,6 +64,7 @@ class TestLoadBundle:
         [
             (lambda m: m["agent"].pop("name"), "agent.name"),
             (lambda m: m["network"]["input"].update(shape=[None]), "network.input.shape"),
+            (lambda m: m["network"]["input"].update(dtype="float16"), "network.input.dtype"),
             (lambda m: m["network"]["output"].update(shape=[None, 0]), "network.output.shape"),
             (lambda m: m["network"]["layers"][1].update(out="3"), "network.layers[1]"),
             (lambda m: m.update(targets="onnx"), "targets"),

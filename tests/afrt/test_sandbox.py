@@ -20,6 +20,7 @@ from afrt_testkit import (
 )
 
 import afrt
+from afcore.bundle import Bundle
 from afcore.errors import AgentTrap, BundleError, InferenceError, ResourceLimitError, SandboxViolation
 from afrt import sandbox
 
@@ -82,6 +83,15 @@ class TestPolicy:
           (func (export "infer") (param i64) (result i32) (i32.const 0)))"""
         with pytest.raises(BundleError, match="export `infer`") as info:
             load_module(wasmtime.wat2wasm(wat), tmp_path)
+        assert info.value.code == "AF5042"
+
+    def test_another_abi_version_is_refused(self, tmp_path):
+        data, _ = make_bundle((6, 5, 3))
+        bundle = afrt.load_bundle(data)
+        manifest = {**bundle.manifest, "wasm": {**bundle.manifest["wasm"], "abi": 2}}
+        with pytest.raises(BundleError, match="ABI 2") as info:
+            afrt.load(Bundle(manifest=manifest, members=bundle.members, digest=bundle.digest), backend="wasm",
+                      cache_dir=tmp_path)
         assert info.value.code == "AF5042"
 
     def test_buffers_outside_memory_are_refused(self, tmp_path):
