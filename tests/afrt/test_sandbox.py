@@ -182,6 +182,13 @@ class TestMemoryLimit:
         assert instance.memory_pages() == 1  # a new instance: the grown memory went with the failed one
         assert agent._engine.pool.created == 2
 
+    def test_views_stay_valid_when_memory_grows_within_the_cap(self, tmp_path):
+        body = POISON.format(bad="").replace("(local $r i32)", "(local $r i32) (drop (memory.grow (i32.const 64)))")
+        agent = load_module(abi_module(body, n_in=N_IN, n_out=N_OUT), tmp_path, memory_mb=64)
+        for value in (1.0, 2.0, 3.0, 4.0, 5.0):  # +4 MiB per call: the base address must not move
+            assert agent.infer(records(value))[0, 0] == value
+        assert agent._engine._last[0].memory_pages() == 1 + 5 * 64
+
     def test_initial_memory_above_the_cap_cannot_start(self, tmp_path):
         wasm = abi_module("(i32.const 0)", n_in=N_IN, n_out=N_OUT, pages=64)  # 4 MiB
         with pytest.raises(ResourceLimitError) as info:
