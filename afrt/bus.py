@@ -22,7 +22,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterable, TypeVar
+from typing import Any, Generic, Iterable, Sequence, TypeVar
 
 from afcore.errors import BusError, ChannelClosedError, MailboxFullError
 
@@ -60,7 +60,7 @@ class Message:
     Args:
         topic: e.g. ``task.completion``.
         sender: the agent id of the publisher.
-        payload: the encoded body (JSON bytes); its length is what bandwidth limits count.
+        payload: the encoded body; its length is what bandwidth limits count.
     """
 
     topic: str
@@ -69,8 +69,8 @@ class Message:
 
     @property
     def size(self) -> int:
-        """Return the number of bytes the message costs on the wire."""
-        return len(self.payload) + len(self.topic) + len(self.sender)
+        """Return the number of payload bytes, what bandwidth limits count."""
+        return len(self.payload)
 
 
 @dataclass(frozen=True)
@@ -387,6 +387,11 @@ class Bus:
         """Deliver ``message`` to every current subscriber of its topic, waiting while one is full."""
         raise NotImplementedError
 
+    async def publish_many(self, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` in order (a batched `publish`; transports may pipeline it)."""
+        for message in messages:
+            await self.publish(message)
+
     def subscribe(self, topic: str, *, max_buffer_size: int = 1024) -> MemoryReceiveChannel:
         """Return a receive channel that gets every message published on ``topic`` from now on."""
         raise NotImplementedError
@@ -443,6 +448,18 @@ class MemoryBus(Bus):
             except ChannelClosedError:
                 if pair in subs:
                     subs.remove(pair)
+
+    async def publish_many(self, messages: Sequence[Message]) -> None:
+        self._check_open()
+        subscribers, published, sizes = self._subscribers, self._published, self._bytes
+        for message in messages:
+            topic = message.topic
+            if subscribers.get(topic):
+                await self.publish(message)
+                continue
+            # Nobody listens: count it and move on (the common case of results nobody subscribed to).
+            published[topic] = published.get(topic, 0) + 1
+            sizes[topic] = sizes.get(topic, 0) + message.size
 
     def subscribe(self, topic: str, *, max_buffer_size: int = 1024) -> MemoryReceiveChannel:
         self._check_open()

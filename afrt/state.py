@@ -19,6 +19,7 @@ a checkpoint is used whole or not at all.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -67,12 +68,12 @@ class Identity:
     private_key: Ed25519PrivateKey
     ephemeral: bool = False
 
-    @property
+    @functools.cached_property
     def public_bytes(self) -> bytes:
         """Return the raw 32-byte public key."""
         return self.private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
-    @property
+    @functools.cached_property
     def agent_id(self) -> str:
         """Return the agent id derived from the public key."""
         return f"{self.name}-{hashlib.sha256(self.public_bytes).hexdigest()[:12]}"

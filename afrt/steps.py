@@ -20,7 +20,7 @@ from afcore.errors import ExecutionError
 from afcore.steps import Step
 
 from .bus import TOPIC_COMPLETION, TOPIC_LIFECYCLE, ensure_topic
-from .records import encode_output
+from .records import encode_output, encode_result
 from .state import load_checkpoint, write_checkpoint
 
 if TYPE_CHECKING:
@@ -178,7 +178,10 @@ def update_memory(ctx: AgentContext, step: Step, state: RecordState) -> None:
 
 
 def send_output(ctx: AgentContext, step: Step, state: RecordState) -> None:
-    """Publish the result on ``topic`` (default task.completion); it becomes the output record."""
+    """Publish the result on ``topic`` (default task.completion); it becomes the output record.
+
+    The message is the compact `afrt.records.encode_result` form (id, float32 bytes).
+    """
     topic = ensure_topic(_arg(step, "topic", TOPIC_COMPLETION, str))
     if state.output is None:
         raise ExecutionError(
@@ -188,10 +191,9 @@ def send_output(ctx: AgentContext, step: Step, state: RecordState) -> None:
     if not ctx.connected:
         ctx.notice("send_output: not connected to a swarm (no connect_to_swarm): nothing is published")
         return
-    line = encode_output(state.record.id, state.output, ctx.agent_id)
-    ctx.publish(topic, line)
+    ctx.publish(topic, encode_result(state.record.id, state.output))
     ctx.stats["published"] += 1
-    state.published = line
+    state.published = encode_output(state.record.id, state.output, ctx.agent_id)
 
 
 def save_state(ctx: AgentContext, step: Step, state: RecordState | None) -> None:

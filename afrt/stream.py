@@ -16,16 +16,18 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .records import ErrorRecord, InputRecord, parse_line
+from afcore.errors import ExecutionError
+
+from .records import ErrorRecord, InputRecord, check_chunk, parse_line
 from .swarm import Swarm
 from .workflow import Result
 
 __all__ = ["RunOptions", "RunSummary", "run_jsonl"]
 
 #: bytes the reader thread asks for at a time
-READ_CHUNK = 1 << 20
+READ_CHUNK = 1 << 17
 #: chunks read ahead of the replicas (bounds memory when the input is faster than the agents)
-READ_AHEAD = 4
+READ_AHEAD = 8
 
 
 @dataclass
@@ -103,11 +105,16 @@ class _Reorder:
 
 
 class _Reader(threading.Thread):
-    """Reads and parses the input in a daemon thread (a blocked read never holds up exit)."""
+    """Reads raw chunks in a daemon thread (a blocked read never holds up exit).
 
-    def __init__(self, stream: IO[bytes], loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, input_size: int) -> None:
+    Only the read happens here, which releases the GIL; parsing happens in the event loop, so
+    that two threads never fight over the GIL for Python work (each handoff can cost up to the
+    interpreter's 5 ms switch interval).
+    """
+
+    def __init__(self, stream: IO[bytes], loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
         super().__init__(name="af-reader", daemon=True)
-        self.stream, self.loop, self.queue, self.input_size = stream, loop, queue, input_size
+        self.stream, self.loop, self.queue = stream, loop, queue
         self.slots = threading.Semaphore(READ_AHEAD)
         self.stopped = False
 
@@ -118,26 +125,37 @@ class _Reader(threading.Thread):
         return os.read(self.stream.fileno(), READ_CHUNK)
 
     def run(self) -> None:
-        seq, line_no, tail = 0, 1, b""
         try:
             while not self.stopped:
                 chunk = self._read()
-                lines = (tail + chunk).split(b"\n")
-                tail = lines.pop() if chunk else b""
-                records = []
-                for line in lines:
-                    if line.strip():
-                        records.append(parse_line(line, seq=seq, line_no=line_no, input_size=self.input_size))
-                        seq += 1
-                    line_no += 1
                 self.slots.acquire()
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, records)
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
                 if not chunk:
-                    break
+                    return
         except (OSError, ValueError) as exc:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, exc)
-            return
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
+
+
+class _Parser:
+    """Splits raw chunks into lines and parses them, numbering records and lines."""
+
+    def __init__(self, input_size: int) -> None:
+        self.input_size = input_size
+        self.seq = 0
+        self.line_no = 1
+        self.tail = b""
+
+    def feed(self, chunk: bytes) -> list:
+        lines = (self.tail + chunk).split(b"\n")
+        self.tail = lines.pop() if chunk else b""
+        records, seq, line_no, size = [], self.seq, self.line_no, self.input_size
+        for line in lines:
+            if line.strip():
+                records.append(parse_line(line, seq=seq, line_no=line_no, input_size=size))
+                seq += 1
+            line_no += 1
+        self.seq, self.line_no = seq, line_no
+        return check_chunk(records)
 
 
 async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: RunOptions, *, stop: asyncio.Event | None = None) -> RunSummary:
@@ -186,7 +204,8 @@ async def _pump(swarm: Swarm, group: Any, source: IO[bytes], reorder: _Reorder, 
                 input_size: int, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    reader = _Reader(source, loop, queue, input_size)
+    reader = _Reader(source, loop, queue)
+    parser = _Parser(input_size)
     reader.start()
     stopping = asyncio.ensure_future(stop.wait())
     try:
@@ -200,11 +219,11 @@ async def _pump(swarm: Swarm, group: Any, source: IO[bytes], reorder: _Reorder, 
                 return
             item = getting.result()
             reader.slots.release()
-            if item is None:
-                return
             if isinstance(item, Exception):
-                raise item
-            await _dispatch(group, item, reorder, summary)
+                raise ExecutionError(f"cannot read the input: {item}", code="AF5236") from item
+            await _dispatch(group, parser.feed(item), reorder, summary)
+            if not item:
+                return
             reorder.flush()
     finally:
         stopping.cancel()

@@ -14,6 +14,7 @@ its record's precomputed output (and its error, if that record alone failed in t
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from .state import Identity
 
 __all__ = ["AgentContext", "RecordState", "Result", "WorkflowRunner"]
+
+#: a backend call expected to finish sooner than this (seconds) runs inline: handing it to a thread
+#: and back costs more (the result waits for the GIL, up to the 5 ms switch interval)
+INLINE_CALL_SECONDS = 0.0005
 
 #: the workflows an agent file may declare, in the order they run
 WORKFLOWS = ("initialization", "execution", "shutdown")
@@ -137,6 +142,8 @@ class WorkflowRunner:
         self._steps = STEPS
         self._record_steps = RECORD_STEPS
         self._executor = executor
+        # seconds per record of recent backend calls (a moving average); the first call uses a thread
+        self._per_record: float | None = None
         execution = self.workflows.get("execution", ())
         self.computes = any(s.name == "process_neural_network" for s in execution)
         self.publishes = any(s.name == "send_output" for s in execution)
@@ -185,12 +192,27 @@ class WorkflowRunner:
                 states[rec.seq].compute_error = errors[i]
         return [states[r.seq] for r in records]
 
+    async def _call_backend(self, array: np.ndarray) -> np.ndarray:
+        """Run one backend call, inline when it is quick, else in a worker thread."""
+        estimate = self._per_record
+        if estimate is not None and estimate * len(array) < INLINE_CALL_SECONDS:
+            out, seconds = self._timed(array)
+        else:
+            loop = asyncio.get_running_loop()
+            out, seconds = await loop.run_in_executor(self._executor, self._timed, array)
+        per_record = seconds / len(array)
+        self._per_record = per_record if estimate is None else 0.8 * estimate + 0.2 * per_record
+        return out
+
+    def _timed(self, array: np.ndarray) -> tuple[np.ndarray, float]:
+        # Timed where it runs, so that the thread handoff does not count as backend time.
+        started = time.perf_counter()
+        out = self.ctx.agent.infer(array)
+        return out, time.perf_counter() - started
+
     async def _infer(self, array: np.ndarray) -> tuple[np.ndarray | None, list[AfError | None]]:
-        loop = asyncio.get_running_loop()
-        infer = self.ctx.agent.infer
         try:
-            out = await loop.run_in_executor(self._executor, infer, array)
-            return out, [None] * len(array)
+            return await self._call_backend(array), [None] * len(array)
         except AfError:
             pass
         # One record spoiled the batch: run them one by one so that only the bad ones fail.
@@ -198,7 +220,7 @@ class WorkflowRunner:
         errors: list[AfError | None] = []
         for i in range(len(array)):
             try:
-                outs[i] = (await loop.run_in_executor(self._executor, infer, array[i : i + 1]))[0]
+                outs[i] = (await self._call_backend(array[i : i + 1]))[0]
                 errors.append(None)
             except AfError as exc:
                 errors.append(exc)
@@ -282,11 +304,11 @@ class WorkflowRunner:
         outbox, ctx.outbox = ctx.outbox, []
         if ctx.bus is None or not ctx.connected:
             return
-        for message in outbox:
-            if ctx.bucket is not None:
-                await ctx.bucket.consume(message.size)
-            await ctx.bus.publish(message)
-            if ctx.instrument is not None:
+        if ctx.bucket is not None:
+            await ctx.bucket.consume(sum(m.size for m in outbox))
+        await ctx.bus.publish_many(outbox)
+        if ctx.instrument is not None:
+            for message in outbox:
                 _hook(ctx.instrument, "message_sent", ctx, message)
 
 

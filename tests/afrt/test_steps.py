@@ -11,7 +11,7 @@ from swarm_testkit import FakeAgent
 
 from afcore.steps import Step
 from afrt.bus import MemoryBus
-from afrt.records import InputRecord
+from afrt.records import InputRecord, decode_result
 from afrt.state import CHECKPOINT_NAME, load_checkpoint, load_or_create_identity
 from afrt.steps import STEPS
 from afrt.workflow import AgentContext, WorkflowRunner
@@ -52,10 +52,10 @@ class Harness:
 
         return asyncio.run(main())
 
-    def drain(self, channel):
+    def drain(self, channel, decode=orjson.loads):
         out = []
         while channel.statistics().current_buffer_used:
-            out.append(orjson.loads(channel.receive_nowait().payload))
+            out.append(decode(channel.receive_nowait().payload))
         return out
 
 
@@ -86,22 +86,25 @@ class TestSendOutput:
     def test_publishes_results_on_task_completion(self):
         h = Harness()
         results = h.run(recs(3))
-        published = h.drain(h.completion)
-        assert [p["id"] for p in published] == [0, 1, 2]
-        assert [orjson.loads(r.line) for r in results] == published
+        published = h.drain(h.completion, decode_result)
+        assert [rid for rid, _ in published] == [0, 1, 2]
+        for result, (rid, output) in zip(results, published):
+            line = orjson.loads(result.line)
+            assert line["id"] == rid and line["agent"] == h.ctx.agent_id
+            assert np.array(line["output"], np.float32).tobytes() == output.tobytes()
 
     def test_topic_argument(self):
         h = Harness(execution=["receive_input", "process_neural_network", Step("send_output", {"topic": "custom.out"})])
         custom = h.bus.subscribe("custom.out")
         h.run(recs(2))
-        assert h.drain(h.completion) == [] and len(h.drain(custom)) == 2
+        assert h.drain(h.completion) == [] and len(h.drain(custom, decode_result)) == 2
 
     def test_bandwidth_limit_delays_publishing(self):
         # 2000 bytes/s with a 100-byte burst: two results of ~150 bytes wait about 0.1 s.
         from afrt.bus import TokenBucket
 
         h = Harness()
-        h.ctx.bucket = TokenBucket(2000, capacity=100)
+        h.ctx.bucket = TokenBucket(2000, capacity=100, clock=lambda: 0.0)  # frozen: no refill
         h.run(recs(2), shutdown=False)
         sent = sum(m for m in h.bus.statistics()["bytes"].values())
         assert h.ctx.bucket.waited == pytest.approx((sent - 100) / 2000, rel=0.05)
