@@ -62,6 +62,8 @@ MEMBER_ORDER = (
 ZSTD_LEVEL = 1
 #: log2 of the writer's zstd window (512 MiB, for long-distance matching; small bundles use less)
 WINDOW_LOG = 29
+#: bytes per zstd worker job (the bytes do not depend on the worker count, only on this)
+JOB_SIZE = 16 << 20
 #: largest zstd window the reader accepts: the writer's
 MAX_WINDOW_SIZE = 1 << WINDOW_LOG
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -177,6 +179,8 @@ def _compressor(*, threads: int) -> zstandard.ZstdCompressor:
         threads=threads,
         enable_ldm=True,
         window_log=WINDOW_LOG,
+        # the default job size is 4x the window (2 GiB): one job, so one thread, for any real bundle
+        job_size=JOB_SIZE,
         write_checksum=True,
         write_content_size=True,
     )
