@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from ._app import command, console, stdout
+from ._app import command, console, report_error, stdout
 
 if TYPE_CHECKING:
     from afc.emit import Lowered
@@ -37,13 +37,17 @@ def compile_command(
     """
     from afc import load_agent_file
     from afc.compile import default_output, lower_agent, parse_targets
-    from afcore.errors import UsageError
+    from afcore.errors import SourceError, UsageError
 
     if emit not in EMIT_FORMS:
         raise UsageError(f"unknown --emit form `{emit}`", code="AF3005", hint=f"use one of {', '.join(EMIT_FORMS)}")
     targets = parse_targets(target)
     started = time.perf_counter()
-    spec = load_agent_file(path, max_section_bytes=max_section_bytes).spec()
+    try:
+        spec = load_agent_file(path, max_section_bytes=max_section_bytes).spec()
+    except SourceError as error:
+        # `--json` callers read stdout: give them the diagnostics there too
+        raise typer.Exit(report_error(error, "json" if json_summary else fmt)) from None
     if emit != "bundle":
         _emit_intermediate(spec, emit)
         return

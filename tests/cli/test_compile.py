@@ -97,6 +97,13 @@ class TestInvalidSource:
         assert json.loads(compiled.stdout) == json.loads(validated.stdout)
         assert not (tmp_path / "bad.afb").exists()
 
+    def test_json_summary_flag_gives_json_diagnostics(self, tmp_path):
+        bad = tmp_path / "bad.af"
+        bad.write_text('version: "1.0"\nname: x\n')
+        result = runner.invoke(app, ["compile", str(bad), "--json"])
+        assert result.exit_code == 1
+        assert {d["code"] for d in json.loads(result.stdout)} == {"AF1001"}
+
     def test_full_diagnostics_have_a_source_frame(self, tmp_path):
         bad = tmp_path / "bad.af"
         bad.write_text('version: "1.0"\nname: x\n')
