@@ -134,7 +134,7 @@ def _time_per_call(fn: Callable[[], object], seconds: float) -> float:
     return statistics.median(rounds)
 
 
-def measure_inference(*, seconds: float = 1.0) -> list[Row]:
+def measure_inference(*, seconds: float = 1.5) -> list[Row]:
     """WASM vs onnxruntime (1 thread) on the reference net, batch 1 and 64, fuel metering off and on."""
     network = make_network(REFERENCE_SIZES)
     wasm = lower_network(network, max_batch=64).wasm
@@ -145,10 +145,10 @@ def measure_inference(*, seconds: float = 1.0) -> list[Row]:
         x = np.random.default_rng(batch).standard_normal((batch, network.input_size)).astype(np.float32)
         np.testing.assert_allclose(plain(x), session.run(None, {"input": x})[0], rtol=1e-4, atol=1e-5)
         t_ort, t_wasm, t_fuel = [], [], []
-        for _ in range(3):  # interleaved so that drift hits all three alike
-            t_ort.append(_time_per_call(lambda: session.run(None, {"input": x}), seconds / 9))
-            t_wasm.append(_time_per_call(lambda: plain(x), seconds / 9))
-            t_fuel.append(_time_per_call(lambda: metered(x), seconds / 9))
+        for _ in range(5):  # interleaved so that drift (other jobs on the machine) hits all three alike
+            t_ort.append(_time_per_call(lambda: session.run(None, {"input": x}), seconds / 15))
+            t_wasm.append(_time_per_call(lambda: plain(x), seconds / 15))
+            t_fuel.append(_time_per_call(lambda: metered(x), seconds / 15))
         ort_s, wasm_s, fuel_s = min(t_ort), min(t_wasm), min(t_fuel)
         rows += [
             (f"batch {batch}: onnxruntime 1 thread", ort_s * 1e6, "us/call", f"{batch / ort_s:,.0f} samples/s"),
@@ -160,7 +160,24 @@ def measure_inference(*, seconds: float = 1.0) -> list[Row]:
         else:
             rows.append(("batch 64: wasm throughput / onnxruntime", ort_s / wasm_s, "x", "target >= 0.2"))
         rows.append((f"batch {batch}: metered / unmetered time", fuel_s / wasm_s, "x", "target <= 1.15"))
-    return rows
+    return rows + _call_overhead_rows(wasm)
+
+
+def _call_overhead_rows(wasm: bytes) -> list[Row]:
+    """The host -> wasm call alone: `infer(0)` returns at once, through FastFunc and through Func.__call__."""
+    import wasmtime
+
+    from afrt._fastcall import FastFunc
+
+    store = wasmtime.Store()
+    infer = wasmtime.Instance(store, wasmtime.Module(store.engine, wasm), []).exports(store)["infer"]
+    fast = FastFunc(store, infer)
+    t_fast = min(_time_per_call(lambda: fast(0), 0.1) for _ in range(3))
+    t_func = min(_time_per_call(lambda: infer(store, 0), 0.1) for _ in range(3))
+    return [
+        ("call overhead: FastFunc", t_fast * 1e6, "us/call", "baseline: Func.__call__ below"),
+        ("call overhead: wasmtime Func.__call__", t_func * 1e6, "us/call", f"{t_func / t_fast:.1f}x FastFunc"),
+    ]
 
 
 #: every measurement, in the order printed; the compiler's full-compile measurements are appended here

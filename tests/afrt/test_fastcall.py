@@ -114,3 +114,14 @@ class TestMemoryView:
         store, exports = _instance()
         with pytest.raises(InternalError, match="exceeds"):
             memory_view(store, exports["memory"], 65536 - 8, 4)
+
+
+class TestBindingsGuard:
+    def test_changed_bindings_raise_a_clear_error(self, monkeypatch):
+        from wasmtime import _bindings
+
+        monkeypatch.delattr(_bindings, "_wasmtime_func_call_unchecked")
+        store, exports = _instance()
+        with pytest.raises(InternalError, match="private bindings") as info:
+            FastFunc(store, exports["add"])
+        assert "wasmtime==50" in info.value.hint
