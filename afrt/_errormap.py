@@ -13,10 +13,8 @@ onnx ones wrap every inference call and a generator costs about a microsecond pe
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
-
-import wasmtime
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort
 
 from afcore.errors import (
     AfError,
@@ -29,10 +27,14 @@ from afcore.errors import (
 if TYPE_CHECKING:
     from types import TracebackType
 
+    import wasmtime
+
 __all__ = [
     "OnnxCallErrors",
     "WasmCallErrors",
     "call_or_none",
+    "onnxruntime_errors",
+    "wasmtime_errors",
     "map_onnx_load_errors",
     "map_onnx_parse_errors",
     "map_wasm_compile_errors",
@@ -40,12 +42,28 @@ __all__ = [
     "trap_frames",
 ]
 
-#: every exception class onnxruntime's Python binding raises (they all derive from Exception only)
-ONNXRUNTIME_ERRORS: tuple[type[BaseException], ...] = tuple(
-    cls
-    for cls in vars(_ort).values()
-    if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == _ort.__name__
-)
+
+@functools.cache
+def onnxruntime_errors() -> tuple[type[BaseException], ...]:
+    """Return every exception class onnxruntime's binding raises (they all derive from Exception only).
+
+    Imported on first use, as wasmtime below: a wasm-only run never loads onnxruntime (~40 ms).
+    """
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(
+        cls
+        for cls in vars(state).values()
+        if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == state.__name__
+    )
+
+
+@functools.cache
+def wasmtime_errors() -> tuple[type[BaseException], ...]:
+    """Return wasmtime's two unrelated exception roots, `Trap` and `WasmtimeError`."""
+    import wasmtime
+
+    return (wasmtime.Trap, wasmtime.WasmtimeError)
 
 T = TypeVar("T")
 
@@ -107,7 +125,7 @@ class WasmCallErrors(_ErrorMap):
     __slots__ = ("agent", "memory_limit", "memory_pages", "start_pages")
 
     def __init__(self, agent: str, memory_limit: int, memory_pages: Callable[[], int]) -> None:
-        super().__init__((wasmtime.Trap, wasmtime.WasmtimeError), self._translate)
+        super().__init__(wasmtime_errors(), self._translate)
         self.agent = agent
         self.memory_limit = memory_limit
         self.memory_pages = memory_pages
@@ -121,6 +139,8 @@ class WasmCallErrors(_ErrorMap):
         return pages > self.start_pages and pages * WASM_PAGE + MEMORY_HEADROOM > self.memory_limit
 
     def _translate(self, exc: BaseException) -> AfError:
+        import wasmtime
+
         if self._memory_exhausted():
             mb = self.memory_limit / 2**20
             return ResourceLimitError(
@@ -160,7 +180,7 @@ class OnnxCallErrors(_ErrorMap):
     __slots__ = ("agent",)
 
     def __init__(self, agent: str) -> None:
-        super().__init__(ONNXRUNTIME_ERRORS, self._translate)
+        super().__init__(onnxruntime_errors(), self._translate)
         self.agent = agent
 
     def _translate(self, exc: BaseException) -> AfError:
@@ -185,7 +205,7 @@ def map_onnx_load_errors(member: str) -> _ErrorMap:
             hint="recompile the bundle with `af compile`",
         )
 
-    return _ErrorMap(ONNXRUNTIME_ERRORS, translate)
+    return _ErrorMap(onnxruntime_errors(), translate)
 
 
 def map_onnx_parse_errors(member: str) -> _ErrorMap:
@@ -220,7 +240,7 @@ def map_wasm_compile_errors(member: str) -> _ErrorMap:
             hint="recompile the bundle with `af compile`",
         )
 
-    return _ErrorMap((wasmtime.WasmtimeError, wasmtime.Trap), translate)
+    return _ErrorMap(wasmtime_errors(), translate)
 
 
 def map_wasm_instantiate_errors(agent: str, memory_limit: int) -> _ErrorMap:
@@ -236,6 +256,8 @@ def map_wasm_instantiate_errors(agent: str, memory_limit: int) -> _ErrorMap:
     """
 
     def translate(exc: BaseException) -> AfError:
+        import wasmtime
+
         if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
             return ResourceLimitError(f"agent `{agent}` ran out of fuel while starting", code="AF5010",
                                       hint="the module's start-up code does not end; the bundle is faulty",
@@ -251,7 +273,7 @@ def map_wasm_instantiate_errors(agent: str, memory_limit: int) -> _ErrorMap:
             agent=agent,
         )
 
-    return _ErrorMap((wasmtime.WasmtimeError, wasmtime.Trap), translate)
+    return _ErrorMap(wasmtime_errors(), translate)
 
 
 def call_or_none(fn: Callable[..., T], *args: Any) -> T | None:
@@ -266,7 +288,7 @@ def call_or_none(fn: Callable[..., T], *args: Any) -> T | None:
     """
     try:
         return fn(*args)
-    except (wasmtime.WasmtimeError, wasmtime.Trap):
+    except wasmtime_errors():
         return None
 
 

@@ -197,3 +197,21 @@ class TestExampleBundle:
         ref = reference_forward(weights, x)
         # float32 sums of 784 products: the error scales with the logits' magnitude (up to ~20 here)
         np.testing.assert_allclose(agent.infer(x), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+class TestImports:
+    @pytest.mark.parametrize("backend, absent", [("wasm", ("onnx", "onnxruntime")), ("onnx", ("wasmtime",))])
+    def test_each_backend_imports_only_its_engine(self, bundle, tmp_path, backend, absent):
+        import subprocess
+        import sys
+
+        path = tmp_path / "a.afb"
+        path.write_bytes(bundle[0])
+        code = (
+            "import sys, afrt, numpy as np\n"
+            f"agent = afrt.load({str(path)!r}, backend={backend!r}, cache_dir={str(tmp_path)!r})\n"
+            "agent.infer(np.zeros((1, agent.input_size), np.float32))\n"
+            f"print(sorted(m for m in {absent!r} if m in sys.modules))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "[]"

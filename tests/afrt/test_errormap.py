@@ -101,7 +101,7 @@ class TestOnnxErrors:
         from onnxruntime.capi import onnxruntime_pybind11_state as state
 
         for name in ("Fail", "InvalidArgument", "InvalidGraph", "RuntimeException", "EngineError"):
-            assert getattr(state, name) in _errormap.ONNXRUNTIME_ERRORS
+            assert getattr(state, name) in _errormap.onnxruntime_errors()
 
 
 class TestHelpers:
