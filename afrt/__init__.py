@@ -10,5 +10,6 @@ from .instrument import Instrument as Instrument
 from .instrument import Instruments as Instruments
 from .loader import LoadedBundle as LoadedBundle
 from .loader import load_bundle as load_bundle
+from .swarm import Swarm as Swarm
 
-__all__ = ["Agent", "Instrument", "Instruments", "LoadedBundle", "load", "load_bundle"]
+__all__ = ["Agent", "Instrument", "Instruments", "LoadedBundle", "Swarm", "load", "load_bundle"]
