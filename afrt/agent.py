@@ -50,8 +50,9 @@ class Backend(Protocol):
 class Agent:
     """A loaded agent: identity, resources, workflows, and inference on one backend.
 
-    Create it with `load`; make more instances sharing the compiled code with `replica`. One
-    Agent serves one caller at a time (the wasm backend has one Store); replicas are independent.
+    Create it with `load`; make more instances sharing the compiled code with `replica`. Calls
+    from several threads are safe (the ONNX session is thread-safe; each wasm call takes an
+    instance of its own), but give each worker its own replica so that `fuel_used` is its own.
 
     Attributes:
         manifest: the bundle's manifest.
@@ -184,9 +185,9 @@ def _check_options(backend: str, fuel_per_record: int | None, threads: int | Non
     problems = []
     if backend not in BACKENDS:
         problems.append(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if fuel_per_record is not None and (not isinstance(fuel_per_record, int) or fuel_per_record < 1):
+    if fuel_per_record is not None and (type(fuel_per_record) is not int or fuel_per_record < 1):
         problems.append(f"fuel_per_record must be a positive integer, not {fuel_per_record!r}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
+    if threads is not None and (type(threads) is not int or threads < 1):
         problems.append(f"threads must be a positive integer, not {threads!r}")
     if problems:
         raise UsageError("; ".join(problems), code="AF5090")

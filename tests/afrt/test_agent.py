@@ -152,7 +152,8 @@ class TestLifecycle:
 class TestOptions:
     @pytest.mark.parametrize(
         "options",
-        [{"backend": "tpu"}, {"fuel_per_record": 0}, {"fuel_per_record": 1.5}, {"threads": 0}],
+        [{"backend": "tpu"}, {"fuel_per_record": 0}, {"fuel_per_record": 1.5}, {"fuel_per_record": True},
+         {"threads": 0}],
     )
     def test_bad_options_are_usage_errors(self, bundle, options):
         with pytest.raises(UsageError) as info:
