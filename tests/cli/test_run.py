@@ -1,0 +1,229 @@
+"""`af run` end to end, as a user runs it: CliRunner for the data paths, subprocesses for signals and kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from af.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "classification-agent.af"
+AF = str(Path(sys.executable).parent / "af")
+
+
+@pytest.fixture(scope="module")
+def network():
+    from afc import load_agent_file
+
+    return load_agent_file(EXAMPLE).spec().network
+
+
+def reference(network, x: np.ndarray) -> np.ndarray:
+    """float64 forward pass: relu hidden layers, linear output (the example's activations)."""
+    h = x.astype(np.float64)
+    for i, layer in enumerate(network.layers):
+        h = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
+        if i < len(network.layers) - 1:
+            h = np.maximum(h, 0.0)
+    return h
+
+
+@pytest.fixture(scope="module")
+def inputs_10k(tmp_path_factory):
+    """10,000 records: the example's held-out digits cycled, with integer and string ids."""
+    rows = [orjson.loads(line)["input"] for line in (ROOT / "examples" / "classification-inputs.jsonl").read_bytes().splitlines() if line.strip()]
+    x = np.array([rows[i % len(rows)] for i in range(10_000)], dtype=np.float32)
+    path = tmp_path_factory.mktemp("run") / "in.jsonl"
+    with open(path, "wb") as fh:
+        for i, row in enumerate(x):
+            rid = i if i % 2 else f"s{i}"
+            fh.write(orjson.dumps({"id": rid, "input": row}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    return path, x
+
+
+def run_cli(*args, input=None):
+    return CliRunner().invoke(app, ["run", *map(str, args)], input=input)
+
+
+def read_output(data: bytes) -> list[dict]:
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+class TestEndToEnd:
+    def test_10k_records_with_4_replicas(self, example_bundles, inputs_10k, network, tmp_path):
+        path, x = inputs_10k
+        out = tmp_path / "out.jsonl"
+        result = run_cli(example_bundles["classification-agent"], "--input", path, "--output", out, "--replicas", 4)
+        assert result.exit_code == 0, result.stderr
+        records = read_output(out.read_bytes())
+        ids = [r["id"] for r in records]
+        assert ids == [i if i % 2 else f"s{i}" for i in range(10_000)]  # every id once, in input order
+        got = np.array([r["output"] for r in records], dtype=np.float64)
+        np.testing.assert_allclose(got, reference(network, x), rtol=1e-5, atol=1e-5)
+        assert len({r["agent"] for r in records}) == 4  # the replicas shared the work
+        assert "10000 records: 10000 results, 0 errors" in result.stderr
+
+    def test_bad_records_fail_alone(self, example_bundles, inputs_10k, network, tmp_path):
+        path, x = inputs_10k
+        lines = path.read_bytes().splitlines()
+        lines[10] = b'{"id": "broken", "input": [0.1, 0.2'  # malformed: line 11
+        lines[20] = orjson.dumps({"id": "short", "input": [0.5] * 783})
+        lines[30] = b'{"id": "nan", "input": [NaN' + b", 0.0" * 783 + b"]}"
+        src = tmp_path / "in.jsonl"
+        src.write_bytes(b"\n".join(lines) + b"\n")
+        result = run_cli(example_bundles["classification-agent"], "--input", src, "--replicas", 4, "--json")
+        assert result.exit_code == 0
+        records = read_output(result.stdout_bytes)
+        assert len(records) == 10_000
+        errors = {i: r["error"] for i, r in enumerate(records) if "error" in r}
+        assert sorted(errors) == [10, 20, 30]
+        assert records[10]["id"] == 11 and errors[10]["code"] == "AF5230" and "line 11" in errors[10]["message"]
+        assert '{"id": "broken"' in errors[10]["message"]
+        assert records[20]["id"] == "short" and errors[20]["code"] == "AF5232"
+        assert records[30]["id"] == 31 and errors[30]["code"] == "AF5231"
+        good = [i for i in range(10_000) if i not in errors]
+        got = np.array([records[i]["output"] for i in good], dtype=np.float64)
+        np.testing.assert_allclose(got, reference(network, x[good]), rtol=1e-5, atol=1e-5)
+        summary = json.loads(result.stderr.strip().splitlines()[-1])
+        assert summary["records"] == 10_000 and summary["errors"] == 3 and summary["results"] == 9_997
+
+    def test_fail_on_error_exits_1(self, example_bundles):
+        result = run_cli(example_bundles["classification-agent"], "--fail-on-error", input="[1, 2]\n")
+        assert result.exit_code == 1
+        assert read_output(result.stdout_bytes)[0]["error"]["code"] == "AF5232"
+
+    def test_bare_arrays_and_blank_lines(self, example_bundles):
+        row = "[" + ",".join(["0.5"] * 784) + "]"
+        result = run_cli(example_bundles["classification-agent"], input=f"{row}\n\n{row}\n")
+        assert result.exit_code == 0
+        assert [r["id"] for r in read_output(result.stdout_bytes)] == [1, 3]
+
+    def test_af_source_is_compiled_in_memory(self, tmp_path):
+        row = "[" + ",".join(["0.25"] * 784) + "]"
+        result = run_cli(EXAMPLE, "--backend", "wasm", input=row + "\n")
+        assert result.exit_code == 0, result.stderr
+        assert len(read_output(result.stdout_bytes)[0]["output"]) == 10
+        assert not list(EXAMPLE.parent.glob("*.afb"))  # nothing written beside the source
+
+    def test_wasm_backend_agrees(self, example_bundles, inputs_10k, network):
+        path, x = inputs_10k
+        head = b"".join(path.read_bytes().splitlines(keepends=True)[:50])
+        result = run_cli(example_bundles["classification-agent"], "--backend", "wasm", input=head)
+        assert result.exit_code == 0, result.stderr
+        got = np.array([r["output"] for r in read_output(result.stdout_bytes)], dtype=np.float64)
+        np.testing.assert_allclose(got, reference(network, x[:50]), rtol=1e-5, atol=1e-5)
+
+    def test_no_send_output_is_said_once(self, tmp_path):
+        source = EXAMPLE.read_text().replace("    - send_output\n", "")
+        agent = tmp_path / "quiet.af"
+        agent.write_text(source)
+        row = "[" + ",".join(["0.5"] * 784) + "]"
+        result = run_cli(agent, input=f"{row}\n{row}\n")
+        assert result.exit_code == 0
+        assert [r["error"]["code"] for r in read_output(result.stdout_bytes)] == ["AF5210", "AF5210"]
+        assert result.stderr.count("no send_output") == 1
+
+
+class TestExitCodes:
+    def test_missing_bundle_exits_1(self, tmp_path):
+        result = run_cli(tmp_path / "nope.afb", input="")
+        assert result.exit_code == 1 and "AF4001" in result.stderr
+
+    def test_corrupt_bundle_exits_1(self, tmp_path):
+        bad = tmp_path / "bad.afb"
+        bad.write_bytes(b"not a bundle")
+        result = run_cli(bad, input="")
+        assert result.exit_code == 1 and "Traceback" not in result.stderr
+
+    def test_usage_errors_exit_2(self, example_bundles, tmp_path):
+        bundle = example_bundles["classification-agent"]
+        assert run_cli(bundle, "--replicas", 0).exit_code == 2
+        assert run_cli(bundle, "--backend", "gpu").exit_code == 2
+        assert run_cli(bundle, "--input", tmp_path / "missing.jsonl").exit_code == 2
+
+
+def _agent_with_periodic_save(tmp_path: Path) -> Path:
+    source = EXAMPLE.read_text().replace("    - send_output\n", "    - send_output\n    - save_state(every=10)\n")
+    path = tmp_path / "saver.af"
+    path.write_text(source)
+    bundle = tmp_path / "saver.afb"
+    subprocess.run([AF, "compile", str(path), "-o", str(bundle)], check=True, capture_output=True)
+    return bundle
+
+
+def _start(bundle: Path, state: Path) -> subprocess.Popen:
+    return subprocess.Popen([AF, "run", str(bundle), "--state-dir", str(state), "--batch-wait-ms", "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _feed(proc: subprocess.Popen, count: int, start: int = 0) -> list[dict]:
+    row = ",".join(["0.5"] * 784)
+    for i in range(start, start + count):
+        proc.stdin.write(f'{{"id": {i}, "input": [{row}]}}\n'.encode())
+    proc.stdin.flush()
+    return [orjson.loads(proc.stdout.readline()) for _ in range(count)]
+
+
+class TestStateAcrossRestarts:
+    def test_kill_9_then_restart_restores_the_checkpoint(self, tmp_path):
+        bundle = _agent_with_periodic_save(tmp_path)
+        state = tmp_path / "state"
+        proc = _start(bundle, state)
+        first = _feed(proc, 35)
+        proc.kill()  # SIGKILL: no shutdown workflow, only the periodic checkpoints survive
+        proc.wait()
+        agent_id = first[0]["agent"]
+        proc = _start(bundle, state)
+        again = _feed(proc, 5, start=35)
+        _, err = proc.communicate(timeout=60)  # closes stdin: end of input
+        assert proc.returncode == 0, err.decode()
+        assert again[0]["agent"] == agent_id  # same identity
+        assert "memory.count=30" in err.decode()  # the last periodic checkpoint before the kill
+        from afrt.state import load_checkpoint, load_or_create_identity
+
+        directory = state / "classification-agent" / "r0"
+        identity, created = load_or_create_identity(directory, "classification-agent")
+        assert not created and load_checkpoint(directory, identity)["memory"]["count"] == 35
+
+    def test_truncated_checkpoint_is_a_clear_error(self, tmp_path, example_bundles):
+        state = tmp_path / "state"
+        bundle = example_bundles["classification-agent"]
+        row = "[" + ",".join(["0.5"] * 784) + "]\n"
+        assert run_cli(bundle, "--state-dir", state, input=row).exit_code == 0
+        checkpoint = state / "classification-agent" / "r0" / "checkpoint.afs"
+        checkpoint.write_bytes(checkpoint.read_bytes()[:-10])
+        proc = subprocess.run([AF, "run", str(bundle), "--state-dir", str(state)], input=row.encode(),
+                              capture_output=True, timeout=60)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1
+        assert "AF5250" in err and "truncated" in err and "Traceback" not in err
+
+
+class TestSignals:
+    @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+    def test_signal_runs_shutdown_and_flushes(self, tmp_path, example_bundles, sig, code):
+        state = tmp_path / "state"
+        proc = _start(example_bundles["classification-agent"], state)
+        got = _feed(proc, 7)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err.decode()
+        assert [r["id"] for r in got] == list(range(7)) and out == b""
+        assert f"stopped by {sig.name}" in err.decode()
+        # the shutdown workflow's save_state ran: the checkpoint holds all 7 records
+        from afrt.state import load_checkpoint, load_or_create_identity
+
+        directory = state / "classification-agent" / "r0"
+        identity, _ = load_or_create_identity(directory, "classification-agent")
+        assert load_checkpoint(directory, identity)["memory"]["count"] == 7
