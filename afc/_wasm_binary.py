@@ -9,12 +9,13 @@ code section (id 10), before any trailing custom sections (the ``name`` section)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, Union
 
 import numpy as np
 
 from afcore.errors import LoweringError
 
-__all__ = ["DataSegment", "splice_data_section"]
+__all__ = ["DataSegment", "SegmentWriter", "splice_data_section"]
 
 _MAGIC = b"\0asm\1\0\0\0"
 _CODE_SECTION = 10
@@ -23,12 +24,21 @@ _I32_CONST = 0x41
 _END = 0x0B
 
 
+class SegmentWriter(Protocol):
+    """Segment contents that write themselves into the module buffer (saves a copy of big weights)."""
+
+    nbytes: int
+
+    def write_into(self, out: memoryview) -> None:
+        """Fill ``out`` (``nbytes`` zeroed bytes) with the segment's contents."""
+
+
 @dataclass(frozen=True)
 class DataSegment:
-    """One active data segment: ``data`` (any C-contiguous buffer) copied to memory 0 at ``offset``."""
+    """One active data segment: ``data`` (an array, or a `SegmentWriter`) placed in memory 0 at ``offset``."""
 
     offset: int
-    data: np.ndarray
+    data: Union[np.ndarray, SegmentWriter]
 
 
 def uleb128(value: int) -> bytes:
@@ -93,7 +103,7 @@ def _segment_header(offset: int, nbytes: int) -> bytes:
 def splice_data_section(module: bytes, segments: list[DataSegment]) -> bytes:
     """Return ``module`` with a data section holding ``segments`` inserted after its code section.
 
-    The output is written once into a preallocated buffer, so a 200 MB model costs one copy of its weights.
+    The output is written once into a preallocated, zeroed buffer; a `SegmentWriter` fills its part in place.
 
     Args:
         module: a WebAssembly binary without a data section.
@@ -117,7 +127,11 @@ def splice_data_section(module: bytes, segments: list[DataSegment]) -> bytes:
     for header, segment in zip(headers, segments):
         view[pos : pos + len(header)] = header
         pos += len(header)
-        view[pos : pos + segment.data.nbytes] = memoryview(np.ascontiguousarray(segment.data)).cast("B")
-        pos += segment.data.nbytes
+        end = pos + segment.data.nbytes
+        if isinstance(segment.data, np.ndarray):
+            view[pos:end] = memoryview(np.ascontiguousarray(segment.data)).cast("B")
+        else:
+            segment.data.write_into(view[pos:end])
+        pos = end
     view[pos:] = module[cut:]
     return bytes(out)

@@ -162,18 +162,28 @@ def _plan_layout(network: NetworkSpec, max_batch: int) -> _Layout:
     return _Layout(tuple(plans), input_ptr, output_ptr, 0 if direct else plans[-1].y, splat, pages)
 
 
-def _pack_layer(layer: LayerSpec) -> np.ndarray:
-    """Return ``[weights in blocks of 4 neurons interleaved by input, then the bias]`` as little-endian float32."""
-    out, inp = layer.weight.shape
-    blocks = -(-out // 4)
-    packed = np.zeros(blocks * inp * 4 + blocks * 4, dtype="<f4")
-    grid = packed[: blocks * inp * 4].reshape(blocks, inp, 4)
-    full = out // 4
-    grid[:full] = layer.weight[: full * 4].reshape(full, 4, inp).transpose(0, 2, 1)
-    if out % 4:
-        grid[full, :, : out % 4] = layer.weight[full * 4 :].T
-    packed[blocks * inp * 4 : blocks * inp * 4 + out] = layer.bias
-    return packed
+class _PackedLayer:
+    """A layer's data segment: weights in blocks of 4 neurons interleaved by input, then the bias (float32 LE).
+
+    It writes straight into the module buffer (a `SegmentWriter`), whose zeroed bytes are the padding of a
+    last block with fewer than 4 neurons.
+    """
+
+    def __init__(self, layer: LayerSpec) -> None:
+        self.layer = layer
+        self.blocks = -(-layer.out_size // 4)
+        self.nbytes = 4 * (self.blocks * layer.in_size * 4 + self.blocks * 4)
+
+    def write_into(self, out: memoryview) -> None:
+        """Write the packed weights and bias into ``out`` (``nbytes`` zeroed bytes)."""
+        weight, (n_out, n_in) = self.layer.weight, self.layer.weight.shape
+        packed = np.frombuffer(out, dtype="<f4")
+        grid = packed[: self.blocks * n_in * 4].reshape(self.blocks, n_in, 4)
+        full = n_out // 4
+        grid[:full] = weight[: full * 4].reshape(full, 4, n_in).transpose(0, 2, 1)
+        if n_out % 4:
+            grid[full, :, : n_out % 4] = weight[full * 4 :].T
+        packed[self.blocks * n_in * 4 : self.blocks * n_in * 4 + n_out] = self.layer.bias
 
 
 #: activations cheap enough to inline at the store instead of calling their function
@@ -426,7 +436,7 @@ def lower_network(network: NetworkSpec, *, max_batch: int = 64) -> WasmModule:
     except wasmtime.WasmtimeError as exc:
         raise LoweringError(f"generated WebAssembly text does not assemble: {exc}", code="AF3199",
                             hint="this is a bug in af: please report it with the .af file") from exc
-    segments = [DataSegment(plan.weights, _pack_layer(layer)) for plan, layer in zip(layout.layers, network.layers)]
+    segments = [DataSegment(plan.weights, _PackedLayer(layer)) for plan, layer in zip(layout.layers, network.layers)]
     wasm = splice_data_section(bytes(code), segments)
     try:
         wasmtime.Module.validate(wasmtime.Engine(), wasm)
