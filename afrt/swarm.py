@@ -114,9 +114,9 @@ class Swarm:
         heartbeat_seconds: float | None = HEARTBEAT_SECONDS,
     ) -> None:
         if max_batch < 1:
-            raise UsageError(f"max_batch must be at least 1, found {max_batch}", code="AF0910")
+            raise UsageError(f"max_batch must be at least 1, found {max_batch}", code="AF0930")
         if batch_wait_ms < 0:
-            raise UsageError(f"batch_wait_ms must not be negative, found {batch_wait_ms}", code="AF0910")
+            raise UsageError(f"batch_wait_ms must not be negative, found {batch_wait_ms}", code="AF0930")
         self.name = name
         self.bus = bus if bus is not None else MemoryBus(name)
         self._own_bus = bus is None
@@ -151,9 +151,9 @@ class Swarm:
             ExecutionError: when an initialization step fails.
         """
         if replicas < 1:
-            raise UsageError(f"replicas must be at least 1, found {replicas}", code="AF0910")
+            raise UsageError(f"replicas must be at least 1, found {replicas}", code="AF0930")
         if agent.name in self.groups:
-            raise UsageError(f"agent `{agent.name}` is already started in swarm `{self.name}`", code="AF0911")
+            raise UsageError(f"agent `{agent.name}` is already started in swarm `{self.name}`", code="AF0931")
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=max(2, replicas), thread_name_prefix="af-infer")
         send, receive = self.bus.open_queue(f"work.{agent.name}", max_buffer_size=self.queue_size)
@@ -230,7 +230,7 @@ class Swarm:
             return self.groups[name]
         raise UsageError(
             f"no agent {name!r} in swarm `{self.name}`" if name else "several agents run: name one",
-            code="AF0912",
+            code="AF0932",
         )
 
     async def feed(self, records: Sequence[InputRecord], *, agent: str | None = None) -> None:

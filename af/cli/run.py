@@ -40,7 +40,7 @@ def run_command(
     from afcore.errors import UsageError
 
     if backend not in ("onnx", "wasm"):
-        raise UsageError(f"unknown backend `{backend}`", code="AF0920", hint="use --backend onnx or --backend wasm")
+        raise UsageError(f"unknown backend `{backend}`", code="AF0933", hint="use --backend onnx or --backend wasm")
     source = _open(input_path, "rb", sys.stdin)
     sink = _open(output_path, "wb", sys.stdout)
     try:
@@ -67,7 +67,7 @@ def _open(path: str, mode: str, std: Any) -> IO[bytes]:
         return open(path, mode)  # noqa: SIM115 - closed by the caller
     except OSError as exc:
         kind = "input" if "r" in mode else "output"
-        raise UsageError(f"cannot open the {kind} `{path}`: {exc.strerror}", code="AF0921") from None
+        raise UsageError(f"cannot open the {kind} `{path}`: {exc.strerror}", code="AF0934") from None
 
 
 def _load(bundle: Path, backend: str, fuel: Optional[int]) -> Any:
@@ -81,11 +81,6 @@ def _load(bundle: Path, backend: str, fuel: Optional[int]) -> Any:
         targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
         data = compile_agent(load_agent_file(bundle).spec(), targets=targets)
         return afrt.load(data, backend=backend, fuel_per_record=fuel)
-    if not bundle.is_file():
-        from afcore.errors import BundleError
-
-        raise BundleError(f"cannot read the bundle `{bundle}`: no such file", code="AF4001",
-                          hint="compile one with `af compile agent.af`")
     return afrt.load(bundle, backend=backend, fuel_per_record=fuel)
 
 

@@ -138,7 +138,7 @@ class TestEndToEnd:
 class TestExitCodes:
     def test_missing_bundle_exits_1(self, tmp_path):
         result = run_cli(tmp_path / "nope.afb", input="")
-        assert result.exit_code == 1 and "AF4001" in result.stderr
+        assert result.exit_code == 1 and "AF4015" in result.stderr
 
     def test_corrupt_bundle_exits_1(self, tmp_path):
         bad = tmp_path / "bad.afb"
