@@ -23,10 +23,20 @@ if TYPE_CHECKING:
 
     from .spec import AgentSpec, NetworkSpec
 
-__all__ = ["Lowered", "build_manifest", "build_members", "emit_bundle", "network_manifest"]
+__all__ = [
+    "MANIFEST_SCHEMA_FILE",
+    "Lowered",
+    "build_manifest",
+    "build_members",
+    "check_manifest",
+    "emit_bundle",
+    "network_manifest",
+]
 
 #: the targets a bundle can carry, in manifest order
 TARGETS = ("onnx", "wasm")
+#: the manifest's JSON schema, package data of ``afcore.schemas``
+MANIFEST_SCHEMA_FILE = "afb-manifest-1.0.schema.json"
 
 
 @dataclass(frozen=True)
@@ -162,3 +172,27 @@ def emit_bundle(spec: AgentSpec, lowered: Lowered, *, extra: Mapping[str, Any] |
     manifest = build_manifest(spec, lowered)
     manifest.update(extra or {})
     return write_bundle(manifest, build_members(spec, lowered))
+
+
+def check_manifest(manifest: Mapping[str, Any]) -> None:
+    """Check a manifest read from a bundle against ``schemas/afb-manifest-1.0.schema.json``.
+
+    `afcore.bundle.read_bundle` checks only what it needs (format, version, members); tools that
+    show or use the rest call this first.
+
+    Raises:
+        BundleError: AF4018 naming the first field that breaks the schema.
+    """
+    import json
+    from importlib import resources
+
+    import jsonschema
+
+    from afcore.errors import BundleError
+
+    schema = json.loads(resources.files("afcore.schemas").joinpath(MANIFEST_SCHEMA_FILE).read_text("utf-8"))
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise BundleError(f"manifest.json: `{where}`: {error.message}", code="AF4018",
+                          hint="the bundle was not written by this af, or was edited; compile the .af again")

@@ -23,6 +23,9 @@ def inspect_command(
 
     data = _read(path)
     bundle = read_bundle(data)
+    from afc.emit import check_manifest
+
+    check_manifest(bundle.manifest)
     if "model.onnx" in bundle.members:
         from afc.lower_onnx import check_model_bytes
 

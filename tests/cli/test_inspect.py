@@ -68,6 +68,15 @@ class TestBrokenBundles:
         result = runner.invoke(app, ["inspect", str(path)])
         assert result.exit_code == 1 and "AF4022" in result.stderr
 
+    def test_manifest_breaking_the_schema(self, example_bundles, tmp_path):
+        bundle = read_bundle(example_bundles["xor"])
+        manifest = {k: v for k, v in bundle.manifest.items() if k != "members"}
+        manifest["network"] = {**manifest["network"], "layers": [{"index": 0}]}
+        path = tmp_path / "odd.afb"
+        path.write_bytes(write_bundle(manifest, dict(bundle.members)))
+        result = runner.invoke(app, ["inspect", str(path)])
+        assert result.exit_code == 1 and "AF4018" in result.stderr and "network/layers/0" in result.stderr
+
     def test_missing_file(self, tmp_path):
         result = runner.invoke(app, ["inspect", str(tmp_path / "none.afb")])
         assert result.exit_code == 1 and "AF4015" in result.stderr
