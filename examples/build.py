@@ -248,16 +248,10 @@ def build_xor() -> None:
 
 
 def write_checked(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` after reading it back with the reader (and the full loader if present)."""
-    from afc.reader import read_container
+    """Write ``data`` to ``path`` after loading it back with every check `af validate` makes."""
+    from afc.agentfile import load_agent_bytes
 
-    read_container(data, path=str(path))
-    try:
-        from afc.agentfile import load_agent_bytes
-    except ImportError:  # the header layer is not there yet: the container check above has to do
-        load_agent_bytes = None
-    if load_agent_bytes is not None:
-        load_agent_bytes(data, path=str(path))
+    load_agent_bytes(data, path=str(path))
     write_file_atomic(path, data)
     print(f"wrote {path.relative_to(HERE.parent)} ({len(data)} bytes)")
 
