@@ -200,7 +200,7 @@ class TestHostileInput:
         fcs_at = header_size - 2
         lying = real[:fcs_at] + (700 - 256).to_bytes(2, "little") + real[header_size:]
         assert zstandard.get_frame_parameters(lying).content_size == 700
-        assert codes_of(b"h: 1\n---BINARY_SECTION:w---\n" + lying) in (["AF0012"], ["AF0013"])
+        assert codes_of(b"h: 1\n---BINARY_SECTION:w---\n" + lying) == ["AF0012"]
 
     def test_garbage_after_raw_frame_then_next_section_still_read(self):
         data = b"h: 1\n---BINARY_SECTION:r---\n" + frame(b"a") + b"junk\n---BINARY_SECTION:w---\n@\n"
