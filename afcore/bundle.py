@@ -1,10 +1,11 @@
 """The bundle container (.afb): a zstd-compressed POSIX tar with ``manifest.json`` first.
 
 The compiler writes bundles with `write_bundle`; the runtime and `af inspect` read them with
-`read_bundle`, which never extracts to disk, never unpickles and never deserializes code. It reads
-the archive as a stream, caps the decompressed size, accepts only regular members with plain
-relative names, each listed exactly once in the manifest with its size and sha256, and checks
-that the zstd frame is complete (a truncated frame decodes silently otherwise).
+`read_bundle`, which never extracts to disk, never unpickles and never deserializes code. It checks
+that the file is exactly one complete zstd frame (a truncated frame decodes silently otherwise),
+decodes it in bounded reads under a size cap, parses the tar headers in memory, and accepts only
+regular members with plain relative names, each listed exactly once in the manifest with its size
+and sha256.
 
 Writing is reproducible: same manifest and members, same bytes (fixed member order, mtime 0,
 uid/gid 0, empty owner names, mode 0o644, sorted JSON keys, one zstd frame at a fixed level).
