@@ -53,6 +53,8 @@ def _changed(detail: str) -> InternalError:
 class FastFunc:
     """An exported wasm function with i32 parameters and at most one i32 result, callable in ~1 us.
 
+    Like its Store, a FastFunc is not thread-safe. It keeps the Store alive.
+
     Args:
         store: the store the function's instance lives in.
         func: the export, e.g. ``instance.exports(store)["infer"]``.
@@ -62,10 +64,12 @@ class FastFunc:
             checked the module's ABI), or if wasmtime-py's private bindings are not the ones of version 50.
     """
 
-    __slots__ = ("_keep", "_call", "_args", "_nparams", "_has_result", "_ints", "_trap")
+    __slots__ = ("_keep", "_store", "_call", "_args", "_nparams", "_has_result", "_ints", "_trap")
 
     def __init__(self, store: Store, func: Func) -> None:
         ffi = _bindings()
+        if not hasattr(store, "_Store__context"):
+            raise _changed("Store has no context field")
         ty = func.type(store)
         i32 = wasmtime.ValType.i32()
         if any(p != i32 for p in ty.params) or len(ty.results) > 1 or any(r != i32 for r in ty.results):
@@ -92,7 +96,8 @@ class FastFunc:
             len(slots),
             ctypes.addressof(self._trap),
         )
-        self._keep = (store, context, func, func_struct, slots, ffi)
+        self._store = store
+        self._keep = (context, func, func_struct, slots, ffi)
 
     def __call__(self, *args: int) -> int | None:
         """Call the function.
@@ -106,8 +111,10 @@ class FastFunc:
         Raises:
             wasmtime.Trap: the function trapped (out of fuel, out-of-bounds access, unreachable, ...).
             wasmtime.WasmtimeError: the engine failed to run the call.
-            InternalError: wrong number of arguments.
+            InternalError: wrong number of arguments, or the store was closed (a call would touch freed memory).
         """
+        if self._store._Store__context is None:
+            raise InternalError("FastFunc called after its wasmtime Store was closed", code="AF9999")
         if len(args) != self._nparams:
             raise InternalError(f"expected {self._nparams} arguments, got {len(args)}", code="AF9999")
         if args:

@@ -125,3 +125,10 @@ class TestBindingsGuard:
         with pytest.raises(InternalError, match="private bindings") as info:
             FastFunc(store, exports["add"])
         assert "wasmtime==50" in info.value.hint
+
+    def test_call_after_the_store_is_closed_is_refused(self):
+        store, exports = _instance()
+        add = FastFunc(store, exports["add"])
+        store.close()
+        with pytest.raises(InternalError, match="closed"):
+            add(1, 2)
