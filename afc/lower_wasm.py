@@ -224,6 +224,7 @@ class _Kernel:
         self.splat = splat
 
     def function(self) -> str:
+        """Return the layer's WAT function: row groups of ``TILE_SAMPLES``, then single rows."""
         p = self.p
         blocks, samples = max(TILE_BLOCKS, SINGLE_BLOCKS), TILE_SAMPLES
         ins = " ".join(f"(local $x{u}_{s} v128)" for u in range(UNROLL) for s in range(samples))
