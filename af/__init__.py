@@ -11,7 +11,7 @@ Names are resolved on first use so that `import af` stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import typing
 
 from afcore import __version__ as __version__
 
@@ -29,7 +29,7 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     try:
         module, attribute = _EXPORTS[name]
     except KeyError:
