@@ -30,6 +30,7 @@ __all__ = [
     "encode_error",
     "encode_output",
     "parse_line",
+    "parse_batch",
     "parse_lines",
     "check_chunk",
     "decode_result",
@@ -208,6 +209,37 @@ def check_chunk(records: list[InputRecord | ErrorRecord]) -> list[InputRecord | 
         return records
     errors = {e.seq: e for e in bad}
     return [errors.get(r.seq, r) for r in records]
+
+
+def parse_batch(lines: list[bytes], *, seq: int, line_no: int, input_size: int) -> tuple[list[InputRecord | ErrorRecord], int]:
+    """Parse consecutive lines (blank ones skipped), the hot path of `af run`.
+
+    Well-formed records take a short path; anything else goes through `parse_line` for its
+    precise error. The result is the same as calling `parse_line` on each non-blank line.
+
+    Returns:
+        (the records, the ``seq`` of the next record).
+    """
+    loads, record, out = orjson.loads, InputRecord, []
+    for line in lines:
+        if not line or line.isspace():
+            line_no += 1
+            continue
+        try:
+            data = loads(line)
+        except orjson.JSONDecodeError:
+            data = None
+        if type(data) is dict:
+            values, rid = data.get("input"), data.get("id", line_no)
+            if type(values) is list and len(values) == input_size and (type(rid) is str or type(rid) is int):
+                out.append(record(seq, rid, values, line_no))
+                seq += 1
+                line_no += 1
+                continue
+        out.append(parse_line(line, seq=seq, line_no=line_no, input_size=input_size))
+        seq += 1
+        line_no += 1
+    return out, seq
 
 
 def parse_lines(lines: Iterable[bytes], *, input_size: int, start_seq: int = 0, start_line: int = 1) -> Iterator[InputRecord | ErrorRecord]:

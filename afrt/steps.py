@@ -157,12 +157,15 @@ def update_memory(ctx: AgentContext, step: Step, state: RecordState) -> None:
     out = state.output
     if out is None:
         return
-    argmax = int(out.argmax())
-    peak = float(out[argmax])
+    if out is state.computed and state.argmax is not None:
+        argmax, peak = state.argmax, state.peak
+    else:
+        argmax = int(out.argmax())
+        peak = float(out[argmax])
     memory["last_output"] = out
     memory["last_argmax"] = argmax
     memory["last_max"] = peak
-    window = _arg(step, "window", None, int)
+    window = _arg(step, "window", None, int) if step.args else None
     if window is None:
         memory["mean_max"] += (peak - memory["mean_max"]) / memory["count"]
     else:
@@ -182,7 +185,7 @@ def send_output(ctx: AgentContext, step: Step, state: RecordState) -> None:
 
     The message is the compact `afrt.records.encode_result` form (id, float32 bytes).
     """
-    topic = ensure_topic(_arg(step, "topic", TOPIC_COMPLETION, str))
+    topic = ensure_topic(_arg(step, "topic", TOPIC_COMPLETION, str)) if step.args else TOPIC_COMPLETION
     if state.output is None:
         raise ExecutionError(
             "no output to send for this record", code="AF5207",

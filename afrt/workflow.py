@@ -23,7 +23,7 @@ import numpy as np
 from afcore.errors import AfError, ExecutionError
 from afcore.steps import Step, evaluate
 
-from .bus import Message
+from .bus import TOPIC_COMPLETION, Message
 from .records import ErrorRecord, InputRecord, stack_inputs
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ __all__ = ["AgentContext", "RecordState", "Result", "WorkflowRunner"]
 #: a backend call expected to finish sooner than this (seconds) runs inline: handing it to a thread
 #: and back costs more (the result waits for the GIL, up to the 5 ms switch interval)
 INLINE_CALL_SECONDS = 0.0005
+
+#: the execution workflow of the reference example, which the runner runs in one fused loop
+FUSED_WORKFLOW = ("receive_input", "process_neural_network", "update_memory", "send_output")
 
 #: the workflows an agent file may declare, in the order they run
 WORKFLOWS = ("initialization", "execution", "shutdown")
@@ -63,6 +66,8 @@ class RecordState:
     vector: np.ndarray | None  # the input row; None when the batch set it aside
     computed: np.ndarray | None = None  # precomputed network output for this record
     compute_error: AfError | None = None
+    argmax: int | None = None  # of ``computed``
+    peak: float | None = None  # ``computed[argmax]``
     received: bool = False
     output: np.ndarray | None = None
     published: bytes | None = None
@@ -145,6 +150,14 @@ class WorkflowRunner:
         # seconds per record of recent backend calls (a moving average); the first call uses a thread
         self._per_record: float | None = None
         execution = self.workflows.get("execution", ())
+        # (function, step) pairs of an execution workflow without guards, for the fast path
+        self._plain = None if any(s.guard is not None for s in execution) else [
+            (STEPS[s.name], s) for s in execution
+        ]
+        self._fusable = [(s.name, bool(s.args), s.guard) for s in execution] == [
+            (name, False, None) for name in FUSED_WORKFLOW
+        ]
+        self._process_step = execution[1] if self._fusable else None
         self.computes = any(s.name == "process_neural_network" for s in execution)
         self.publishes = any(s.name == "send_output" for s in execution)
         if execution and not self.publishes:
@@ -174,23 +187,77 @@ class WorkflowRunner:
             One `Result` per record, in the order of ``records``.
         """
         rows = await self._compute(records)
-        results = [self._run_record(state) for state in rows]
+        ctx = self.ctx
+        if self._fusable and ctx.instrument is None and ctx.network_ready and ctx.connected:
+            results = self._run_fused(rows)
+        else:
+            results = [self._run_record(state) for state in rows]
         await self.flush()
+        return results
+
+    def _run_fused(self, states: list[RecordState]) -> list[Result]:
+        """The reference execution workflow (receive_input, process_neural_network, update_memory,
+        send_output; no guards, no arguments) in one loop: the same effects record by record, in
+        the same order, without the per-step dispatch. `tests/afrt/test_workflow.py` checks that
+        it matches the general path result for result and memory field for memory field.
+        """
+        from .records import encode_output, encode_result
+        from .steps import fresh_memory
+
+        ctx = self.ctx
+        if ctx.memory is None:
+            ctx.memory = fresh_memory()
+        memory, agent_id, outbox = ctx.memory, ctx.agent_id, ctx.outbox
+        count, mean, counts = memory["count"], memory["mean_max"], memory["class_counts"]
+        results, last = [], None
+        for state in states:
+            if state.error is None and state.compute_error is not None:
+                state.error = state.compute_error
+                self._locate(state.error, self._process_step)
+            rec = state.record
+            if state.error is not None:
+                ctx.stats["records"] += 1
+                results.append(self._result(state))
+                continue
+            out = state.computed
+            count += 1
+            mean += (state.peak - mean) / count
+            key = str(state.argmax)
+            counts[key] = counts.get(key, 0) + 1
+            last = state
+            outbox.append(Message(TOPIC_COMPLETION, agent_id, encode_result(rec.id, out)))
+            results.append(Result(rec.seq, rec.id, encode_output(rec.id, out, agent_id), output=out, agent=agent_id))
+        if last is not None:
+            memory.update(count=count, mean_max=mean, last_id=last.record.id, last_output=last.computed,
+                          last_argmax=last.argmax, last_max=last.peak)
+        done = sum(1 for r in results if r.error is None)
+        ctx.stats["records"] += done
+        ctx.stats["published"] += done
         return results
 
     async def _compute(self, records: Sequence[InputRecord]) -> list[RecordState]:
         array, good, bad = stack_inputs(list(records))
-        states = {r.seq: RecordState(r, None) for r in records}
-        for err in bad:
-            states[err.seq].error = ExecutionError(err.message, code=err.code)
-        for i, rec in enumerate(good):
-            states[rec.seq].vector = array[i]
-        if self.computes and self.ctx.network_ready and good:
+        if bad:
+            states = {r.seq: RecordState(r, None) for r in records}
+            for err in bad:
+                states[err.seq].error = ExecutionError(err.message, code=err.code)
+            for rec, row in zip(good, array):
+                states[rec.seq].vector = row
+            ordered = [states[r.seq] for r in records]
+            good_states = [states[r.seq] for r in good]
+        else:
+            ordered = good_states = [RecordState(r, row) for r, row in zip(records, array)]
+        if self.computes and self.ctx.network_ready and good_states:
             outputs, errors = await self._infer(array)
-            for i, rec in enumerate(good):
-                states[rec.seq].computed = outputs[i] if outputs is not None and errors[i] is None else None
-                states[rec.seq].compute_error = errors[i]
-        return [states[r.seq] for r in records]
+            # One vectorized pass for the statistics update_memory keeps (numpy per row costs ~1 µs).
+            argmaxes = outputs.argmax(axis=1)
+            peaks = outputs[np.arange(len(outputs)), argmaxes].tolist()
+            for state, row, argmax, peak, error in zip(good_states, outputs, argmaxes.tolist(), peaks, errors):
+                if error is None:
+                    state.computed, state.argmax, state.peak = row, argmax, peak
+                else:
+                    state.compute_error = error
+        return ordered
 
     async def _call_backend(self, array: np.ndarray) -> np.ndarray:
         """Run one backend call, inline when it is quick, else in a worker thread."""
@@ -230,7 +297,16 @@ class WorkflowRunner:
     def _run_record(self, state: RecordState) -> Result:
         ctx = self.ctx
         ctx.stats["records"] += 1
-        if state.error is None:
+        if state.error is None and ctx.instrument is None and self._plain is not None:
+            # Fast path (no guards, no instrument): the same steps in the same order, minus the hooks.
+            step = None
+            try:
+                for fn, step in self._plain:
+                    fn(ctx, step, state)
+            except AfError as exc:
+                self._locate(exc, step)
+                state.error = exc
+        elif state.error is None:
             for step in self.workflows.get("execution", ()):
                 try:
                     self._before("execution", step, state) and self._call("execution", step, state)
@@ -283,14 +359,17 @@ class WorkflowRunner:
         try:
             self._steps[step.name](self.ctx, step, state)
         except AfError as exc:
-            if isinstance(exc, ExecutionError) and exc.span is None:
-                exc.span = _span(step)
-                exc.agent = exc.agent or self.ctx.agent_id
+            self._locate(exc, step)
             self._trap(exc)
             raise
         if instrument is not None:
             _hook(instrument, "after_step", self.ctx, workflow, step, state)
         return True
+
+    def _locate(self, exc: AfError, step: Step | None) -> None:
+        if isinstance(exc, ExecutionError) and exc.span is None and step is not None:
+            exc.span = _span(step)
+            exc.agent = exc.agent or self.ctx.agent_id
 
     def _trap(self, exc: AfError) -> None:
         if self.ctx.instrument is not None:

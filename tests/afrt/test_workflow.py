@@ -158,3 +158,35 @@ class TestMissingSteps:
         with pytest.raises(Exception) as info:
             make(["receive_input", "fly_to_the_moon"])
         assert info.value.code == "AF5203"
+
+
+class TestFusedPath:
+    """The reference execution workflow runs in one fused loop; it must equal the general path."""
+
+    def _pair(self):
+        fused_agent, fused_ctx, fused = make(EXEC)
+        # An instrument with no hooks forces the general, step-by-step path.
+        general_agent, general_ctx, general = make(EXEC, instrument=object())
+        general_ctx.identity = fused_ctx.identity
+        general_agent.weight = fused_agent.weight
+        return (fused_ctx, fused), (general_ctx, general)
+
+    def test_same_results_and_memory(self):
+        (fctx, fused), (gctx, general) = self._pair()
+        assert fused._fusable
+        batch = records(9)
+        batch[4] = InputRecord(4, "trap", [666.0] * 4, 5)
+        batch[6] = InputRecord(6, "str", ["x", 1, 2, 3], 7)
+        got = run(fused, [batch[:5], batch[5:]])
+        want = run(general, [batch[:5], batch[5:]])
+        assert [r.line for r in got] == [r.line for r in want]
+        assert [r.error for r in got] == [r.error for r in want]
+        assert fctx.stats == gctx.stats
+        fmem, gmem = dict(fctx.memory), dict(gctx.memory)
+        np.testing.assert_array_equal(fmem.pop("last_output"), gmem.pop("last_output"))
+        assert fmem == gmem
+
+    def test_guards_or_arguments_disable_fusion(self):
+        assert not make(["receive_input", "process_neural_network", "update_memory",
+                         Step("send_output", {"topic": "x"})])[2]._fusable
+        assert not make(EXEC[:3])[2]._fusable
