@@ -1,10 +1,12 @@
 """`AgentFile`: a loaded and checked .af file, and the functions that load, validate and write one.
 
 Loading runs the layers in order, each on the previous one's result: container framing
-(`afc.reader`), YAML (`afc.yamlload`), schema (`afc.validate`), step syntax (`afc.expr`), then
-meaning (`afc.check`). Every diagnostic of a layer is collected; a layer with errors stops the
-pipeline (meaning cannot be checked on a header that breaks the schema), except that step syntax is
-checked alongside the schema so both are reported in one run.
+(`afc.reader`), YAML (`afc.yamlload`), then schema (`afc.validate`), step syntax (`afc.expr`) and
+meaning (`afc.check`). Framing and YAML errors stop the pipeline (there is no tree to check). The
+last three are reported together, so one run shows every error of the file: each meaning check
+reads only the header nodes that pass the schema (`SchemaReport.is_valid`), so an invalid
+`neural_config` silences the weight-shape checks instead of feeding them nonsense. The exception is
+the class of the earliest layer with an error: `ParseError`, then `SchemaError`, then `CheckError`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from afcore.errors import CheckError, ParseError, SchemaError, SourceError, Usag
 
 from . import check
 from .reader import DEFAULT_MAX_SECTION_BYTES, Container, RawSection, read_container
-from .validate import validate_header
+from .validate import report_header
 from .yamlload import YamlDocument, dump_round_trip, load_yaml
 
 if TYPE_CHECKING:
@@ -120,8 +122,9 @@ def load_agent_file(path: str | Path, *, max_section_bytes: int = DEFAULT_MAX_SE
     Raises:
         UsageError: AF0901 when the file cannot be read.
         ParseError: container, YAML or step syntax errors (AF0xxx).
-        SchemaError: schema violations (AF1xxx).
-        CheckError: meaning errors (AF2xxx).
+        SchemaError: schema violations (AF1xxx), and no syntax error.
+        CheckError: meaning errors (AF2xxx) only.
+        Past the YAML layer, the error holds every diagnostic of the file (schema, syntax and meaning).
     """
     return load_agent_bytes(read_agent_bytes(path), path=str(path), max_section_bytes=max_section_bytes)
 
@@ -151,25 +154,30 @@ def load_agent_bytes(data: bytes, *, path: str, max_section_bytes: int = DEFAULT
         The loaded file.
 
     Raises:
-        ParseError, SchemaError, CheckError: as `load_agent_file`, with every diagnostic of the failing layer.
+        ParseError, SchemaError, CheckError: as `load_agent_file`.
     """
     container = read_container(data, path=path, max_section_bytes=max_section_bytes)
     document = load_yaml(container.header_source)
-    schema = validate_header(document)
+    schema = report_header(document)
     workflows, syntax = check.parse_workflows(document)
-    if _errors(syntax):
-        raise ParseError(schema + syntax)
-    if _errors(schema):
-        raise SchemaError(schema)
     sections = {s.name: s for s in container.sections}
     tensors, found = _decode_tensor_sections(sections)
-    found += check.check_weights(document, sections.get("neural_weights"), tensors.get("neural_weights"))
-    found += check.check_training_data(document, sections.get("training_data"), tensors.get("training_data"))
-    found += check.check_resources(document)
+    valid = schema.is_valid
+    found += check.check_weights(document, sections.get("neural_weights"), tensors.get("neural_weights"), valid=valid)
+    found += check.check_training_data(document, sections.get("training_data"), tensors.get("training_data"),
+                                       valid=valid)
+    found += check.check_resources(document, valid=valid)
     found += check.check_steps(document, workflows)
-    if _errors(found):
-        raise CheckError(found)
+    _raise_errors(syntax, schema.diagnostics, found)
     return AgentFile(path, container, document, sections, workflows, sort_diagnostics(found), tensors, data)
+
+
+def _raise_errors(syntax: list[Diagnostic], schema: list[Diagnostic], meaning: list[Diagnostic]) -> None:
+    """Raise every diagnostic at once, as the class of the earliest layer that has an error."""
+    everything = syntax + schema + meaning
+    for kind, layer in ((ParseError, syntax), (SchemaError, schema), (CheckError, meaning)):
+        if _errors(layer):
+            raise kind(everything)
 
 
 def _errors(diagnostics: list[Diagnostic]) -> bool:

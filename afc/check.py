@@ -1,15 +1,19 @@
-"""Semantic checks of a schema-valid header and its sections (AF2001-AF2099).
+"""Semantic checks of a header and its sections (AF2001-AF2099).
 
 The schema says a header is well-formed; these checks say it means something: the weights fit
 `neural_config`, the training data fits the network, requirements fit within limits, and every
 workflow step is a known step with known arguments. Each check returns diagnostics; none raises.
+
+The checks also run on a header that breaks the schema elsewhere, so that one run reports every
+error: each reads only nodes that ``valid`` (`afc.validate.SchemaReport.is_valid`) accepts and
+stays silent about what depends on an invalid node, rather than guessing from it.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from afcore.diagnostics import Diagnostic
 from afcore.errors import ParseError
@@ -66,6 +70,18 @@ MAX_STEP_CHARS = 1024
 
 _TYPE_NAMES = {int: "an integer", str: "a string", float: "a number", bool: "true or false"}
 
+#: the `neural_config` keys that fix the tensors of `neural_weights`
+_NETWORK_KEYS = ("input_size", "hidden_layers", "output_size")
+#: the `neural_config` keys that fix the shapes of `training_data`
+_DATA_KEYS = ("input_size", "output_size")
+
+#: a predicate on instance paths: does the node satisfy the schema?
+Validity = Callable[[tuple], bool]
+
+
+def _all_valid(path: tuple) -> bool:
+    return True
+
 
 def parse_workflows(document: YamlDocument) -> tuple[dict[str, tuple[Step, ...]], list[Diagnostic]]:
     """Parse every step string of the header's workflows.
@@ -111,6 +127,8 @@ def check_steps(document: YamlDocument, workflows: Mapping[str, tuple[Step, ...]
     Returns:
         AF2020 unknown step, AF2021 unknown argument, AF2022 argument of the wrong type.
     """
+    # No schema predicate needed: `parse_workflows` keeps only steps that are strings of 1 to
+    # MAX_STEP_CHARS characters inside a list of a known workflow, which is all the schema asks.
     diagnostics: list[Diagnostic] = []
     for steps in workflows.values():
         for step in steps:
@@ -186,42 +204,62 @@ def expected_weight_shapes(neural_config: Mapping[str, Any]) -> dict[str, tuple[
 
 
 def check_weights(document: YamlDocument, section: RawSection | None,
-                  tensors: Mapping[str, np.ndarray] | None) -> list[Diagnostic]:
+                  tensors: Mapping[str, np.ndarray] | None, *, valid: Validity = _all_valid) -> list[Diagnostic]:
     """Check that ``neural_weights`` exists and holds exactly the tensors `neural_config` asks for.
 
     Args:
-        document: the parsed, schema-valid header.
+        document: the parsed header.
         section: the ``neural_weights`` section, or None when the file has none.
-        tensors: its decoded tensors (None when absent).
+        tensors: its decoded tensors (None when absent or when it did not decode: AF21xx says why).
+        valid: tells whether a header node satisfies the schema (`SchemaReport.is_valid`); the
+            default takes every node as valid, for a header known to pass the schema.
 
     Returns:
-        AF2001 section missing, AF2002 tensor missing, AF2003 unexpected tensor, AF2004 wrong shape.
+        AF2001 section missing (when the header has a `neural_config`), and when ``input_size``,
+        ``hidden_layers`` and ``output_size`` are valid: AF2002 tensor missing, AF2003 unexpected
+        tensor, AF2004 wrong shape.
     """
+    if not isinstance(document.data, dict) or "neural_config" not in document.data:
+        return []  # the schema reports the missing `neural_config` (AF1001); weights mean nothing without it
     config_span = document.span_of(("neural_config",), part="key")
-    if section is None or tensors is None:
+    if section is None:
         return [Diagnostic("AF2001", "error", "the file has no `neural_weights` section", span=config_span,
                            label="this network needs weights",
                            help="pack weights with `af pack FILE --weights W.safetensors`, or start from `af init`")]
-    expected = expected_weight_shapes(document.data["neural_config"])
-    return _compare_tensors("neural_weights", section, tensors, expected, config_span,
+    config = _sound_config(document, _NETWORK_KEYS, valid)
+    if tensors is None or config is None:
+        return []
+    return _compare_tensors("neural_weights", section, tensors, expected_weight_shapes(config), config_span,
                             codes=("AF2002", "AF2003", "AF2004"))
 
 
+def _sound_config(document: YamlDocument, keys: tuple[str, ...], valid: Validity) -> Mapping[str, Any] | None:
+    """Return `neural_config` when each of ``keys`` is present and schema-valid, else None."""
+    config = document.data.get("neural_config") if isinstance(document.data, dict) else None
+    if not isinstance(config, dict):
+        return None
+    if any(key not in config or not valid(("neural_config", key)) for key in keys):
+        return None
+    return config
+
+
 def check_training_data(document: YamlDocument, section: RawSection | None,
-                        tensors: Mapping[str, np.ndarray] | None) -> list[Diagnostic]:
+                        tensors: Mapping[str, np.ndarray] | None, *, valid: Validity = _all_valid) -> list[Diagnostic]:
     """Check the optional ``training_data`` section: ``inputs`` [N, input_size], ``targets`` [N, output_size].
 
     Args:
-        document: the parsed, schema-valid header.
+        document: the parsed header.
         section: the ``training_data`` section, or None.
-        tensors: its decoded tensors.
+        tensors: its decoded tensors (None when absent or when it did not decode).
+        valid: tells whether a header node satisfies the schema (see `check_weights`).
 
     Returns:
-        AF2005 tensor missing, AF2006 wrong shape or row counts that differ, AF2007 unexpected tensor.
+        When ``input_size`` and ``output_size`` are valid: AF2005 tensor missing, AF2006 wrong shape
+        or row counts that differ, AF2007 unexpected tensor.
     """
-    if section is None or tensors is None:
+    config = _sound_config(document, _DATA_KEYS, valid)
+    if section is None or tensors is None or config is None:
         return []
-    config = document.data["neural_config"]
     config_span = document.span_of(("neural_config",), part="key")
     inputs, targets = tensors.get("inputs"), tensors.get("targets")
     rows = int(inputs.shape[0]) if inputs is not None and inputs.ndim == 2 else "N"
@@ -259,24 +297,38 @@ def _shape(shape: tuple) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def check_resources(document: YamlDocument) -> list[Diagnostic]:
+def check_resources(document: YamlDocument, *, valid: Validity = _all_valid) -> list[Diagnostic]:
     """Check that each requirement fits within its limit.
 
     Args:
-        document: the parsed, schema-valid header.
+        document: the parsed header.
+        valid: tells whether a header node satisfies the schema (see `check_weights`); a pair is
+            compared only when both its requirement and its limit are valid.
 
     Returns:
         AF2010 for each requirement above its limit.
     """
-    resources = document.data.get("resources") or {}
-    limits, requirements = resources.get("limits") or {}, resources.get("requirements") or {}
+    limits = _mapping_at(document, ("resources", "limits"))
+    requirements = _mapping_at(document, ("resources", "requirements"))
     out = []
     for key, limit_key in REQUIREMENT_LIMITS.items():
-        if key in requirements and limit_key in limits and requirements[key] > limits[limit_key]:
-            limit_span = document.span_of(("resources", "limits", limit_key))
-            out.append(Diagnostic(
-                "AF2010", "error",
-                f"`{key}` ({requirements[key]}) is more than the limit `{limit_key}` ({limits[limit_key]})",
-                span=document.span_of(("resources", "requirements", key)), label="required here",
-                help=f"raise `resources.limits.{limit_key}` (line {limit_span.line}) or lower the requirement"))
+        paths = (("resources", "requirements", key), ("resources", "limits", limit_key))
+        if key in requirements and limit_key in limits and all(map(valid, paths)) \
+                and requirements[key] > limits[limit_key]:
+            out.append(_over_limit(document, key, requirements[key], limit_key, limits[limit_key]))
     return out
+
+
+def _over_limit(document: YamlDocument, key: str, required: Any, limit_key: str, limit: Any) -> Diagnostic:
+    limit_span = document.span_of(("resources", "limits", limit_key))
+    return Diagnostic("AF2010", "error", f"`{key}` ({required}) is more than the limit `{limit_key}` ({limit})",
+                      span=document.span_of(("resources", "requirements", key)), label="required here",
+                      help=f"raise `resources.limits.{limit_key}` (line {limit_span.line}) or lower the requirement")
+
+
+def _mapping_at(document: YamlDocument, path: tuple[str, ...]) -> Mapping[str, Any]:
+    """Return the mapping at ``path``, or an empty one when it is absent or not a mapping."""
+    node: Any = document.data
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}

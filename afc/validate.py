@@ -11,6 +11,7 @@ import difflib
 import functools
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Iterator
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
     from .yamlload import YamlDocument
 
-__all__ = ["SCHEMA_FILE", "load_schema", "validate_header"]
+__all__ = ["SCHEMA_FILE", "SchemaReport", "load_schema", "report_header", "validate_header"]
 
 #: the header schema, shipped in the wheel as package data of ``afcore.schemas``
 SCHEMA_FILE = "af-1.0.schema.json"
@@ -86,6 +87,43 @@ def _is_rfc3339(value: object) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class SchemaReport:
+    """What the schema found in a header: the diagnostics, and which nodes they make unusable.
+
+    The semantic checks (`afc.check`) ask `is_valid` about the nodes they read, so that each runs
+    whenever its own inputs are sound, in the same run as the schema errors elsewhere.
+
+    Attributes:
+        diagnostics: one per violation (codes AF1001-AF1009).
+        error_paths: instance paths of every violation, each with its jsonschema keyword.
+    """
+
+    diagnostics: list[Diagnostic]
+    error_paths: frozenset[tuple[tuple, str]]
+
+    def is_valid(self, path: tuple) -> bool:
+        """Return whether the node at ``path`` and everything under it satisfies the schema.
+
+        A violation inside the node's subtree makes it invalid; so does a wrong type of an
+        ancestor (the node then cannot mean anything). Other violations of an ancestor, such
+        as a missing or unknown sibling key, leave the node valid.
+
+        Args:
+            path: instance path, e.g. ``("neural_config", "hidden_layers")``.
+
+        Returns:
+            True when the node may be read as the schema describes it (if present).
+        """
+        size = len(path)
+        for error_path, keyword in self.error_paths:
+            if error_path[:size] == path:
+                return False
+            if keyword == "type" and path[: len(error_path)] == error_path:
+                return False
+        return True
+
+
 def validate_header(document: YamlDocument) -> list[Diagnostic]:
     """Check a parsed header against the schema.
 
@@ -94,6 +132,18 @@ def validate_header(document: YamlDocument) -> list[Diagnostic]:
 
     Returns:
         One diagnostic per violation (codes AF1001-AF1009), in no particular order.
+    """
+    return report_header(document).diagnostics
+
+
+def report_header(document: YamlDocument) -> SchemaReport:
+    """Check a parsed header against the schema, keeping where each violation is.
+
+    Args:
+        document: the header from `afc.yamlload.load_yaml`.
+
+    Returns:
+        The diagnostics (as `validate_header`) and the paths they are about.
     """
     diagnostics: list[Diagnostic] = []
     seen: set[tuple] = set()
@@ -107,7 +157,8 @@ def validate_header(document: YamlDocument) -> list[Diagnostic]:
             if key not in seen:
                 seen.add(key)
                 diagnostics.append(diagnostic)
-    return diagnostics
+    paths = frozenset((tuple(e.absolute_path), str(e.validator)) for e in errors)
+    return SchemaReport(diagnostics, paths)
 
 
 def _convert(error: ValidationError, document: YamlDocument) -> Iterator[tuple[Diagnostic, tuple]]:
