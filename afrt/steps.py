@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import orjson
 
-from afcore.errors import ExecutionError
+from afcore.errors import AgentTrap, ExecutionError, ResourceLimitError
 from afcore.steps import Step
 
 from .bus import TOPIC_COMPLETION, TOPIC_LIFECYCLE, ensure_topic
@@ -55,9 +55,18 @@ def _arg(step: Step, name: str, default: Any, kind: type | tuple[type, ...]) -> 
 
 
 def load_neural_network(ctx: AgentContext, step: Step, state: None) -> None:
-    """Make the network ready: one warm-up inference on zeros checks the backend answers."""
+    """Make the network ready: one warm-up inference on zeros checks the backend answers.
+
+    A warm-up that hits a limit or traps does not stop the agent: limits fail records one by one
+    (the contract of `af run`), so it is noted once and each record then reports its own error.
+    """
     agent = ctx.agent
-    out = agent.infer(np.zeros((1, agent.input_size), dtype=np.float32))
+    try:
+        out = agent.infer(np.zeros((1, agent.input_size), dtype=np.float32))
+    except (ResourceLimitError, AgentTrap) as exc:
+        ctx.notice(f"load_neural_network: the warm-up call failed ({exc.code}: {exc.message})")
+        ctx.network_ready = True
+        return
     if getattr(out, "shape", None) != (1, agent.output_size):
         raise ExecutionError(f"the network returned shape {getattr(out, 'shape', None)}", code="AF5209")
     ctx.network_ready = True

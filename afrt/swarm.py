@@ -165,6 +165,7 @@ class Swarm:
             group.contexts.append(ctx)
             group.runners.append(runner)
             await runner.run_lifecycle("initialization")
+            ctx.initialized = True
         for runner in group.runners:
             group.tasks.append(asyncio.create_task(self._serve(group, runner)))
             if self.heartbeat_seconds:
@@ -286,6 +287,10 @@ class Swarm:
             for task in group.tasks:
                 task.cancel()
             for runner in group.runners:
+                if not runner.ctx.initialized:
+                    # Its initialization failed (e.g. a corrupt checkpoint): a shutdown save_state
+                    # would overwrite the evidence with a fresh memory.
+                    continue
                 try:
                     await runner.run_lifecycle("shutdown")
                 except ExecutionError as exc:

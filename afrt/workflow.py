@@ -111,6 +111,8 @@ class AgentContext:
     #: messages for the user, each said once (e.g. "the execution workflow has no send_output")
     notices: list[str] = field(default_factory=list)
     closed: bool = False
+    #: True once the initialization workflow completed (only then does shutdown run)
+    initialized: bool = False
 
     @property
     def agent_id(self) -> str:

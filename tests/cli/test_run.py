@@ -175,6 +175,14 @@ def _feed(proc: subprocess.Popen, count: int, start: int = 0) -> list[dict]:
     return [orjson.loads(proc.stdout.readline()) for _ in range(count)]
 
 
+class TestResources:
+    def test_fuel_limit_fails_each_record_and_the_run_goes_on(self, example_bundles):
+        row = "[" + ",".join(["0.5"] * 784) + "]\n"
+        result = run_cli(example_bundles["classification-agent"], "--backend", "wasm", "--fuel", 10, input=row * 3)
+        assert result.exit_code == 0, result.stderr
+        assert [r["error"]["code"] for r in read_output(result.stdout_bytes)] == ["AF5010"] * 3
+
+
 class TestStateAcrossRestarts:
     def test_kill_9_then_restart_restores_the_checkpoint(self, tmp_path):
         bundle = _agent_with_periodic_save(tmp_path)
@@ -203,11 +211,13 @@ class TestStateAcrossRestarts:
         assert run_cli(bundle, "--state-dir", state, input=row).exit_code == 0
         checkpoint = state / "classification-agent" / "r0" / "checkpoint.afs"
         checkpoint.write_bytes(checkpoint.read_bytes()[:-10])
+        damaged = checkpoint.read_bytes()
         proc = subprocess.run([AF, "run", str(bundle), "--state-dir", str(state)], input=row.encode(),
                               capture_output=True, timeout=60)
         err = proc.stderr.decode()
         assert proc.returncode == 1
         assert "AF5250" in err and "truncated" in err and "Traceback" not in err
+        assert checkpoint.read_bytes() == damaged  # refused, not overwritten by a shutdown save_state
 
 
 class TestSignals:
