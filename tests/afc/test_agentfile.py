@@ -103,6 +103,30 @@ class TestLoad:
             load_agent_bytes(write_container(text, [("neural_weights", encode_tensors(weights))]), path="x.af")
         assert [d.code for d in info.value.diagnostics] == ["AF1004", "AF0072"]
 
+    def test_schema_and_meaning_errors_in_one_run(self, weights):
+        # A misspelt activation leaves the layer sizes valid: the weights are still compared with them.
+        del weights["layers.2.bias"]
+        text = HEADER.replace("gelu", "gleu").replace("- receive_input", "- recieve_input")
+        with pytest.raises(SchemaError) as info:
+            load_agent_bytes(write_container(text, [("neural_weights", encode_tensors(weights))]), path="x.af")
+        assert [d.code for d in info.value.diagnostics] == ["AF1004", "AF2020", "AF2002"]
+        assert info.value.code == "AF1004" and "(and 2 more errors)" in str(info.value)
+
+    def test_meaning_errors_alone_raise_check_error(self, weights):
+        with pytest.raises(CheckError) as info:
+            load_agent_bytes(write_container(HEADER.replace("- receive_input", "- recieve_input"),
+                                             [("neural_weights", encode_tensors(weights))]), path="x.af")
+        assert [d.code for d in info.value.diagnostics] == ["AF2020"]
+
+    def test_validate_returns_every_layer_sorted_by_position(self, tmp_path, weights):
+        weights["layers.0.bias"][0] = np.inf
+        text = HEADER.replace("[4, 5]", "[4, five]").replace("when output", "when outptu").replace(
+            "memory_mb: 64", "memory_mb: 64\n  requirements:\n    minimum_memory_mb: 65")
+        path = tmp_path / "many.af"
+        path.write_bytes(write_container(text, [("neural_weights", encode_tensors(weights))]))
+        found = [(d.code, d.span.line) for d in afc.validate(path)]
+        assert found == [("AF1002", 8), ("AF2010", 15), ("AF0072", 22), ("AF2103", 25)]
+
     def test_unreadable_file(self, tmp_path):
         with pytest.raises(UsageError) as info:
             afc.load_agent_file(tmp_path / "missing.af")

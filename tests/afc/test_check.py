@@ -1,6 +1,8 @@
-"""afc.check: meaning of a schema-valid file (AF2001-AF2099), through the public loader."""
+"""afc.check: meaning of a file (AF2001-AF2099), through the public loader, also beside schema errors."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -8,8 +10,11 @@ import pytest
 from afc.agentfile import load_agent_bytes, validate_bytes
 from afc.check import STEP_SIGNATURES, expected_weight_shapes
 from afc.tensors import encode_tensors
+from afc.validate import SchemaReport, report_header, validate_header
 from afc.writer import write_container
-from afcore.errors import CheckError
+from afc.yamlload import load_yaml
+from afcore.errors import CheckError, ParseError, SchemaError, SourceError
+from afcore.spans import SourceFile
 
 HEADER = """\
 version: "1.0"
@@ -147,3 +152,120 @@ class TestSteps:
         with pytest.raises(CheckError) as info:
             load_agent_bytes(build(text, tensors=False), path="c.af")
         assert [d.code for d in info.value.diagnostics] == ["AF2001", "AF2010", "AF2020"]
+
+
+def load_error(data: bytes):
+    with pytest.raises(SourceError) as info:
+        load_agent_bytes(data, path="c.af")
+    return info.value
+
+
+def report(text: str) -> SchemaReport:
+    return report_header(load_yaml(SourceFile("r.af", text)))
+
+
+class TestSchemaReport:
+    """`SchemaReport.is_valid`: which nodes a meaning check may read when the schema failed elsewhere."""
+
+    def test_valid_header_has_every_node_valid(self):
+        found = report(HEADER)
+        assert found.diagnostics == [] and found.is_valid(()) and found.is_valid(("neural_config", "input_size"))
+
+    def test_error_inside_a_node_invalidates_it_and_its_ancestors_only(self):
+        found = report(HEADER.replace("[4]", "[4, two]"))
+        assert not found.is_valid(("neural_config", "hidden_layers"))
+        assert not found.is_valid(("neural_config",)) and not found.is_valid(())
+        assert found.is_valid(("neural_config", "input_size")) and found.is_valid(("resources",))
+
+    def test_wrong_type_of_an_ancestor_invalidates_its_descendants(self):
+        found = report(HEADER.replace("  limits:\n    memory_mb: 64\n    cpu_cores: 1\n", "  limits: 64\n"))
+        assert not found.is_valid(("resources", "limits", "memory_mb"))
+        assert found.is_valid(("resources", "requirements", "minimum_memory_mb"))
+
+    def test_missing_or_unknown_sibling_leaves_a_node_valid(self):
+        found = report(HEADER.replace("  input_size: 3\n", "  dropout: 0.5\n"))
+        assert {d.code for d in found.diagnostics} == {"AF1001", "AF1003"}
+        assert not found.is_valid(("neural_config",))
+        assert found.is_valid(("neural_config", "hidden_layers")) and found.is_valid(("neural_config", "output_size"))
+
+    def test_validate_header_returns_the_same_diagnostics(self):
+        text = HEADER.replace("tanh", "tahn")
+        assert validate_header(load_yaml(SourceFile("r.af", text))) == report(text).diagnostics
+
+
+class TestMeaningAlongsideSchemaErrors:
+    """Each meaning check runs when the header nodes it reads pass the schema, in the same run as the schema."""
+
+    def test_the_issue_example_reports_all_three(self):
+        text = (HEADER.replace("[4]", "[128, two, 32]").replace("minimum_memory_mb: 32", "minimum_memory_mb: 128")
+                .replace("- send_output", "- update_memroy"))
+        error = load_error(build(text))
+        assert isinstance(error, SchemaError)
+        assert [d.code for d in error.diagnostics] == ["AF1002", "AF2010", "AF2020"]
+
+    def test_invalid_layer_sizes_silence_the_weight_shapes(self):
+        # The weights fit no reading of `[4, two]`: comparing them would only mislead.
+        found = [d.code for d in diags(build(HEADER.replace("[4]", "[4, two]")))]
+        assert found == ["AF1002"]
+
+    def test_missing_input_size_silences_weights_and_training_data(self):
+        data = {"inputs": np.zeros((5, 9), np.float32), "targets": np.zeros((5, 2), np.float32)}
+        found = [d.code for d in diags(build(HEADER.replace("  input_size: 3\n", ""), training=data))]
+        assert found == ["AF1001"]
+
+    def test_shapes_do_not_depend_on_the_activation(self):
+        tensors = weights()
+        tensors["layers.1.bias"] = np.zeros(3, np.float32)
+        found = [d.code for d in diags(build(HEADER.replace("tanh", "tahn"), tensors=tensors))]
+        assert found == ["AF1004", "AF2004"]
+
+    def test_training_data_needs_only_input_and_output_sizes(self):
+        data = {"inputs": np.zeros((5, 4), np.float32), "targets": np.zeros((5, 2), np.float32)}
+        found = [d.code for d in diags(build(HEADER.replace("[4]", "[-4]"), training=data))]
+        assert found == ["AF1005", "AF2006"]
+
+    def test_no_weights_is_reported_beside_an_invalid_neural_config(self):
+        found = [d.code for d in diags(build(HEADER.replace("output_size: 2", "output_size: 2.5"), tensors=False))]
+        assert found == ["AF2001", "AF1002"]
+
+    def test_no_weights_is_not_reported_without_neural_config(self):
+        text = HEADER[: HEADER.index("neural_config")] + HEADER[HEADER.index("resources"):]
+        assert [d.code for d in diags(build(text, tensors=False))] == ["AF1001"]
+
+    def test_undecodable_weights_are_not_reported_as_missing(self):
+        data = write_container(HEADER, [("neural_weights", b"not safetensors")])
+        assert [d.code for d in diags(data)] == ["AF2101"]
+
+    def test_each_requirement_is_compared_when_both_sides_are_valid(self):
+        text = HEADER.replace("memory_mb: 64", 'memory_mb: "64"').replace("minimum_cpu_cores: 0.5",
+                                                                          "minimum_cpu_cores: 2")
+        found = [(d.code, d.span.line) for d in diags(build(text))]
+        assert found == [("AF1002", 10), ("AF2010", 14)]
+
+    @pytest.mark.parametrize("limits", ["  limits: 64\n", "  limits: [64]\n"])
+    def test_limits_of_the_wrong_type_are_not_compared(self, limits):
+        text = HEADER.replace("  limits:\n    memory_mb: 64\n    cpu_cores: 1\n", limits)
+        assert [d.code for d in diags(build(text.replace("32", "999")))] == ["AF1002"]
+
+    def test_steps_are_checked_beside_workflow_schema_errors(self):
+        text = HEADER.replace("  execution:", "  executon:\n    - receive_input\n  execution:").replace(
+            "- send_output", "- 42\n    - send_outptu")
+        found = [d.code for d in diags(build(text))]
+        assert found == ["AF1003", "AF1002", "AF2020"]
+
+    def test_a_syntax_error_raises_parse_error_with_the_meaning_errors(self):
+        text = HEADER.replace("- send_output", "- send_output when outptu.max > 1\n    - save_state(evry=3)")
+        error = load_error(build(text, tensors=False))
+        assert isinstance(error, ParseError)
+        assert [d.code for d in error.diagnostics] == ["AF2001", "AF0072", "AF2021"]
+
+    @pytest.mark.parametrize("value", ['"x"', "[[1]]", "{a: 1}", "-1", "true", "null"])
+    @pytest.mark.parametrize("key", ["input_size", "output_size", "hidden_layers", "memory_mb", "minimum_memory_mb",
+                                     "resources", "limits", "requirements", "neural_config", "execution"])
+    def test_any_bad_value_gives_diagnostics_never_an_exception(self, key, value):
+        text = re.sub(rf"^(\s*{key}:).*$", rf"\1 {value}", HEADER, count=1, flags=re.M)
+        found = diags(build(text))
+        assert found and all(d.span is not None for d in found)
+        # Every value above is invalid wherever it stands; the weights fit the original network and are
+        # never compared with a broken one.
+        assert not any(d.code in ("AF2002", "AF2003", "AF2004") for d in found)
