@@ -22,7 +22,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterable, Sequence, TypeVar
+from typing import Any, Generic, Iterable, NamedTuple, Sequence, TypeVar
 
 from afcore.errors import BusError, ChannelClosedError, MailboxFullError
 
@@ -53,9 +53,8 @@ TOPICS = (TOPIC_LIFECYCLE, TOPIC_COMPLETION, TOPIC_UPDATES)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Message:
-    """One message on a topic.
+class Message(NamedTuple):
+    """One message on a topic (a named tuple: cheap to create, immutable).
 
     Args:
         topic: e.g. ``task.completion``.
@@ -451,15 +450,17 @@ class MemoryBus(Bus):
 
     async def publish_many(self, messages: Sequence[Message]) -> None:
         self._check_open()
-        subscribers, published, sizes = self._subscribers, self._published, self._bytes
+        subscribers = self._subscribers
+        if any(subscribers.get(topic) for topic in {m.topic for m in messages}):
+            for message in messages:
+                await self.publish(message)
+            return
+        # Nobody listens: count them and move on (results that no one subscribed to).
+        published, sizes = self._published, self._bytes
         for message in messages:
             topic = message.topic
-            if subscribers.get(topic):
-                await self.publish(message)
-                continue
-            # Nobody listens: count it and move on (the common case of results nobody subscribed to).
             published[topic] = published.get(topic, 0) + 1
-            sizes[topic] = sizes.get(topic, 0) + message.size
+            sizes[topic] = sizes.get(topic, 0) + len(message.payload)
 
     def subscribe(self, topic: str, *, max_buffer_size: int = 1024) -> MemoryReceiveChannel:
         self._check_open()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -43,8 +43,7 @@ FUSED_WORKFLOW = ("receive_input", "process_neural_network", "update_memory", "s
 WORKFLOWS = ("initialization", "execution", "shutdown")
 
 
-@dataclass(slots=True)
-class Result:
+class Result(NamedTuple):
     """The outcome of one input record: exactly one of ``output`` and ``error`` is set.
 
     ``line`` is the output record as written by `af run` (JSON with a newline).
@@ -72,6 +71,38 @@ class RecordState:
     output: np.ndarray | None = None
     published: bytes | None = None
     error: AfError | None = None
+
+
+def _seq(result: Result) -> int:
+    return result.seq
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A batch after its backend call: good records with their outputs, and the rejected ones."""
+
+    records: list[InputRecord]
+    good: list[InputRecord]
+    array: np.ndarray
+    bad: list[ErrorRecord]
+    outputs: np.ndarray | None = None
+    errors: list[AfError | None] = field(default_factory=list)
+    argmaxes: list[int] = field(default_factory=list)
+    peaks: list[float] = field(default_factory=list)
+
+    def states(self) -> list[RecordState]:
+        """Return one `RecordState` per record, in order (for the step-by-step path)."""
+        states = {r.seq: RecordState(r, None) for r in self.records}
+        for err in self.bad:
+            states[err.seq].error = ExecutionError(err.message, code=err.code)
+        for i, rec in enumerate(self.good):
+            state = states[rec.seq]
+            state.vector = self.array[i]
+            if self.errors[i] is not None:
+                state.compute_error = self.errors[i]
+            elif self.outputs is not None:
+                state.computed, state.argmax, state.peak = self.outputs[i], self.argmaxes[i], self.peaks[i]
+        return [states[r.seq] for r in self.records]
 
 
 @dataclass
@@ -149,7 +180,7 @@ class WorkflowRunner:
         self._steps = STEPS
         self._record_steps = RECORD_STEPS
         self._executor = executor
-        # seconds per record of recent backend calls (a moving average); the first call uses a thread
+        # seconds per record of recent backend calls (a moving average); the first call runs inline
         self._per_record: float | None = None
         execution = self.workflows.get("execution", ())
         # (function, step) pairs of an execution workflow without guards, for the fast path
@@ -188,16 +219,16 @@ class WorkflowRunner:
         Returns:
             One `Result` per record, in the order of ``records``.
         """
-        rows = await self._compute(records)
+        batch = await self._compute(records)
         ctx = self.ctx
         if self._fusable and ctx.instrument is None and ctx.network_ready and ctx.connected:
-            results = self._run_fused(rows)
+            results = self._run_fused(batch)
         else:
-            results = [self._run_record(state) for state in rows]
+            results = [self._run_record(state) for state in batch.states()]
         await self.flush()
         return results
 
-    def _run_fused(self, states: list[RecordState]) -> list[Result]:
+    def _run_fused(self, batch: _Batch) -> list[Result]:
         """The reference execution workflow (receive_input, process_neural_network, update_memory,
         send_output; no guards, no arguments) in one loop: the same effects record by record, in
         the same order, without the per-step dispatch. `tests/afrt/test_workflow.py` checks that
@@ -211,60 +242,60 @@ class WorkflowRunner:
             ctx.memory = fresh_memory()
         memory, agent_id, outbox = ctx.memory, ctx.agent_id, ctx.outbox
         count, mean, counts = memory["count"], memory["mean_max"], memory["class_counts"]
-        results, last = [], None
-        for state in states:
-            if state.error is None and state.compute_error is not None:
-                state.error = state.compute_error
-                self._locate(state.error, self._process_step)
-            rec = state.record
-            if state.error is not None:
-                ctx.stats["records"] += 1
-                results.append(self._result(state))
+        results: list[Result] = []
+        last = -1
+        outputs, argmaxes, peaks, errors = batch.outputs, batch.argmaxes, batch.peaks, batch.errors
+        for i, rec in enumerate(batch.good):
+            error = errors[i]
+            if error is not None:
+                self._locate(error, self._process_step)
+                results.append(self._error_result(rec, error))
                 continue
-            out = state.computed
+            out = outputs[i]
             count += 1
-            mean += (state.peak - mean) / count
-            key = str(state.argmax)
+            mean += (peaks[i] - mean) / count
+            key = str(argmaxes[i])
             counts[key] = counts.get(key, 0) + 1
-            last = state
+            last = i
             outbox.append(Message(TOPIC_COMPLETION, agent_id, encode_result(rec.id, out)))
             results.append(Result(rec.seq, rec.id, encode_output(rec.id, out, agent_id), output=out, agent=agent_id))
-        if last is not None:
-            memory.update(count=count, mean_max=mean, last_id=last.record.id, last_output=last.computed,
-                          last_argmax=last.argmax, last_max=last.peak)
-        done = sum(1 for r in results if r.error is None)
-        ctx.stats["records"] += done
-        ctx.stats["published"] += done
+        if last >= 0:
+            memory.update(count=count, mean_max=mean, last_id=batch.good[last].id, last_output=outputs[last],
+                          last_argmax=argmaxes[last], last_max=peaks[last])
+        published = sum(1 for r in results if r.error is None)
+        ctx.stats["records"] += published
+        ctx.stats["published"] += published
+        if batch.bad:
+            for err in batch.bad:
+                results.append(self._error_result(err, ExecutionError(err.message, code=err.code)))
+            results.sort(key=_seq)
         return results
 
-    async def _compute(self, records: Sequence[InputRecord]) -> list[RecordState]:
+    def _error_result(self, rec: Any, error: AfError) -> Result:
+        ctx = self.ctx
+        ctx.stats["records"] += 1
+        ctx.stats["errors"] += 1
+        err = ErrorRecord(rec.seq, rec.id, error.code, error.message)
+        return Result(rec.seq, rec.id, err.encode(), error=(err.code, err.message))
+
+    async def _compute(self, records: Sequence[InputRecord]) -> _Batch:
         array, good, bad = stack_inputs(list(records))
-        if bad:
-            states = {r.seq: RecordState(r, None) for r in records}
-            for err in bad:
-                states[err.seq].error = ExecutionError(err.message, code=err.code)
-            for rec, row in zip(good, array):
-                states[rec.seq].vector = row
-            ordered = [states[r.seq] for r in records]
-            good_states = [states[r.seq] for r in good]
-        else:
-            ordered = good_states = [RecordState(r, row) for r, row in zip(records, array)]
-        if self.computes and self.ctx.network_ready and good_states:
-            outputs, errors = await self._infer(array)
+        batch = _Batch(list(records), good, array, bad)
+        if self.computes and self.ctx.network_ready and good:
+            outputs, batch.errors = await self._infer(array)
             # One vectorized pass for the statistics update_memory keeps (numpy per row costs ~1 µs).
             argmaxes = outputs.argmax(axis=1)
-            peaks = outputs[np.arange(len(outputs)), argmaxes].tolist()
-            for state, row, argmax, peak, error in zip(good_states, outputs, argmaxes.tolist(), peaks, errors):
-                if error is None:
-                    state.computed, state.argmax, state.peak = row, argmax, peak
-                else:
-                    state.compute_error = error
-        return ordered
+            batch.peaks = outputs[np.arange(len(outputs)), argmaxes].tolist()
+            batch.argmaxes = argmaxes.tolist()
+            batch.outputs = outputs
+        else:
+            batch.errors = [None] * len(good)
+        return batch
 
     async def _call_backend(self, array: np.ndarray) -> np.ndarray:
         """Run one backend call, inline when it is quick, else in a worker thread."""
         estimate = self._per_record
-        if estimate is not None and estimate * len(array) < INLINE_CALL_SECONDS:
+        if estimate is None or estimate * len(array) < INLINE_CALL_SECONDS:
             out, seconds = self._timed(array)
         else:
             loop = asyncio.get_running_loop()
@@ -386,7 +417,7 @@ class WorkflowRunner:
         if ctx.bus is None or not ctx.connected:
             return
         if ctx.bucket is not None:
-            await ctx.bucket.consume(sum(m.size for m in outbox))
+            await ctx.bucket.consume(sum([len(m.payload) for m in outbox]))
         await ctx.bus.publish_many(outbox)
         if ctx.instrument is not None:
             for message in outbox:
