@@ -6,7 +6,7 @@ side in one run, twice: in-process (the function `af run` calls, `afrt.stream.ru
 the bare loop in this process) and as subprocesses (`af run` against `python bare.py`, both paying
 interpreter start-up and imports). Target: ratio >= 0.8.
 
-Usage: python benchmarks/run_throughput.py [--records 20000] [--replicas 1] [--max-batch 64]
+Usage: python benchmarks/run_throughput.py [--records 20000] [--replicas 1] [--max-batch 64] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -72,13 +72,17 @@ def build(workdir: Path) -> tuple[Path, Path]:
     return bundle, model
 
 
-def measure(*, records: int = 20000, replicas: int = 1, max_batch: int = 64, repeat: int = 3) -> dict[str, float]:
-    """Measure both sides, in-process and as subprocesses; return records/s and ratios.
+def measure(*, records: int = 20000, replicas: int = 1, max_batch: int = 64, rounds: int = 5) -> dict[str, float]:
+    """Measure both sides, in-process and as subprocesses, in alternating rounds.
+
+    The machine is shared, so each round runs the bare script and `af run` back to back and the
+    result is the median over rounds of those paired ratios (and the median rates).
 
     Returns:
-        ``bare_inproc``, ``af_inproc``, ``ratio_inproc``, ``bare_subprocess``, ``af_subprocess``,
-        ``ratio_subprocess`` (best of ``repeat`` runs each, alternating sides).
+        ``bare_inproc``, ``af_inproc`` (records/s), ``ratio_inproc``, and the same for ``subprocess``.
     """
+    import statistics
+
     import afrt
     from afrt.stream import RunOptions, run_jsonl
 
@@ -92,39 +96,35 @@ def measure(*, records: int = 20000, replicas: int = 1, max_batch: int = 64, rep
         namespace: dict = {}
         exec(compile(BARE, "bare", "exec"), namespace)
         bare = namespace["bare"]
-        model_bytes = model.read_bytes()
-        raw = data.read_bytes()
-        best: dict[str, float] = {}
+        model_bytes, raw = model.read_bytes(), data.read_bytes()
+        af = str(Path(sys.executable).parent / "af")
+        times: dict[str, list[float]] = {k: [] for k in ("bare_inproc", "af_inproc", "bare_subprocess", "af_subprocess")}
 
-        def keep(name: str, seconds: float) -> None:
-            best[name] = min(best.get(name, float("inf")), seconds)
-
-        for _ in range(repeat):
+        def timed(name: str, fn) -> None:
             started = time.perf_counter()
-            bare(model_bytes, io.BytesIO(raw), io.BytesIO(), max_batch, 1)
-            keep("bare_inproc", time.perf_counter() - started)
+            fn()
+            times[name].append(time.perf_counter() - started)
 
-            started = time.perf_counter()
-            agent = afrt.load(bundle)
-            options = RunOptions(replicas=replicas, max_batch=max_batch)
-            summary = asyncio.run(run_jsonl(agent, io.BytesIO(raw), io.BytesIO(), options))
-            keep("af_inproc", time.perf_counter() - started)
+        def af_inproc() -> None:
+            # Loading is part of what `af run` does; the bare side creates its session too.
+            summary = asyncio.run(run_jsonl(afrt.load(bundle), io.BytesIO(raw), io.BytesIO(),
+                                            RunOptions(replicas=replicas, max_batch=max_batch)))
             assert summary.results == records, summary.to_json()
 
-            started = time.perf_counter()
-            subprocess.run([sys.executable, str(bare_py), str(model), str(data), str(work / "b.jsonl"),
-                            str(max_batch), "1"], check=True)
-            keep("bare_subprocess", time.perf_counter() - started)
-
-            started = time.perf_counter()
-            subprocess.run([str(Path(sys.executable).parent / "af"), "run", str(bundle), "--input", str(data),
-                            "--output", str(work / "a.jsonl"), "--replicas", str(replicas),
-                            "--max-batch", str(max_batch)], check=True, stderr=subprocess.DEVNULL)
-            keep("af_subprocess", time.perf_counter() - started)
-    rates = {name: records / seconds for name, seconds in best.items()}
-    rates["ratio_inproc"] = rates["af_inproc"] / rates["bare_inproc"]
-    rates["ratio_subprocess"] = rates["af_subprocess"] / rates["bare_subprocess"]
-    return rates
+        for _ in range(rounds):
+            timed("bare_inproc", lambda: bare(model_bytes, io.BytesIO(raw), io.BytesIO(), max_batch, 1))
+            timed("af_inproc", af_inproc)
+            timed("bare_subprocess", lambda: subprocess.run(
+                [sys.executable, str(bare_py), str(model), str(data), str(work / "b.jsonl"), str(max_batch), "1"],
+                check=True))
+            timed("af_subprocess", lambda: subprocess.run(
+                [af, "run", str(bundle), "--input", str(data), "--output", str(work / "a.jsonl"),
+                 "--replicas", str(replicas), "--max-batch", str(max_batch)], check=True, stderr=subprocess.DEVNULL))
+    out = {name: records / statistics.median(values) for name, values in times.items()}
+    for kind in ("inproc", "subprocess"):
+        pairs = [b / a for b, a in zip(times[f"bare_{kind}"], times[f"af_{kind}"])]
+        out[f"ratio_{kind}"] = statistics.median(pairs)
+    return out
 
 
 def main() -> None:
@@ -132,11 +132,11 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    r = measure(records=args.records, replicas=args.replicas, max_batch=args.max_batch, repeat=args.repeat)
+    r = measure(records=args.records, replicas=args.replicas, max_batch=args.max_batch, rounds=args.rounds)
     print(f"af run throughput, {args.records} records of examples/classification-agent, batch {args.max_batch}, "
-          f"{args.replicas} replica(s), best of {args.repeat}")
+          f"{args.replicas} replica(s), medians of {args.rounds} alternating rounds")
     print(f"  in-process : bare {r['bare_inproc']:>9.0f} rec/s   af run {r['af_inproc']:>9.0f} rec/s   "
           f"ratio {r['ratio_inproc']:.2f}x (target >= 0.8x)")
     print(f"  subprocess : bare {r['bare_subprocess']:>9.0f} rec/s   af run {r['af_subprocess']:>9.0f} rec/s   "

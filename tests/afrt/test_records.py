@@ -8,7 +8,9 @@ import numpy as np
 import orjson
 import pytest
 
-from afrt.records import ErrorRecord, InputRecord, encode_error, encode_output, parse_line, parse_lines, stack_inputs
+from afrt.records import (
+    ErrorRecord, InputRecord, encode_error, encode_output, parse_batch, parse_line, parse_lines, stack_inputs,
+)
 
 
 def parse(line: bytes | str, size: int = 3, line_no: int = 7):
@@ -87,3 +89,16 @@ class TestEncode:
     def test_error_record(self):
         data = orjson.loads(encode_error(3, "AF5232", "bad"))
         assert data == {"id": 3, "error": {"code": "AF5232", "message": "bad"}}
+
+
+class TestParseBatch:
+    LINES = [
+        b'{"id": "a", "input": [1, 2, 3]}', b"", b"   ", b"[4, 5, 6]", b'{"id": 1, "input": [1, 2', b'{"id": 2, "input": [NaN, 1, 2]}',
+        b'{"id": 3, "input": [1, 2]}', b'"text"', b'{"id": true, "input": [1, 2, 3]}', b'{"input": [7, 8, 9]}',
+        b'{"id": 9, "input": [1, "x", 3]}', b'{"id": 10, "input": [1, 2, 3]}\r',
+    ]
+
+    def test_same_as_parse_line_on_each_line(self):
+        fast, next_seq = parse_batch(self.LINES, seq=5, line_no=3, input_size=3)
+        slow = list(parse_lines(self.LINES, input_size=3, start_seq=5, start_line=3))
+        assert fast == slow and next_seq == 5 + len(slow)
