@@ -60,9 +60,9 @@ def lower_agent(spec: AgentSpec, *, targets: Sequence[str] = DEFAULT_TARGETS) ->
     targets = parse_targets(targets)
     onnx_bytes = opset = ir_version = wasm = None
     if "onnx" in targets:
-        from .lower_onnx import IR_VERSION, OPSET, lower_network, model_bytes
+        from .lower_onnx import IR_VERSION, OPSET, network_model_bytes
 
-        onnx_bytes = model_bytes(lower_network(spec.network, graph_name=spec.name))
+        onnx_bytes = network_model_bytes(spec.network, graph_name=spec.name)
         opset, ir_version = OPSET, IR_VERSION
     if "wasm" in targets:
         from .lower_wasm import lower_network as lower_wasm
@@ -144,7 +144,7 @@ def write_bundle_file(
     import hashlib
     import tempfile
 
-    from afcore.bundle import iter_bundle
+    from afcore.bundle import iter_bundle, member_size
 
     from .emit import build_manifest, build_members
 
@@ -168,7 +168,7 @@ def write_bundle_file(
             Path(temp).unlink(missing_ok=True)
         raise LoweringError(f"cannot write `{destination}`: {exc.strerror or exc}", code="AF3006",
                             hint="check that the path is a writable directory") from None
-    return size, digest.hexdigest(), {name: len(data) for name, data in members.items()}
+    return size, digest.hexdigest(), {name: member_size(data) for name, data in members.items()}
 
 
 def _umask() -> int:

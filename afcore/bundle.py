@@ -21,7 +21,7 @@ import posixpath
 import struct
 import tarfile
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 import zstandard
 
@@ -32,12 +32,14 @@ __all__ = [
     "MANIFEST_NAME",
     "MAX_TOTAL_BYTES",
     "MEMBER_ORDER",
+    "Member",
     "SUPPORTED_FORMAT_VERSIONS",
     "WINDOW_LOG",
     "ZSTD_LEVEL",
     "Bundle",
     "encode_manifest",
     "iter_bundle",
+    "member_size",
     "read_bundle",
     "write_bundle",
 ]
@@ -118,19 +120,68 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _tar_member(name: str, data: bytes) -> list[bytes]:
-    header = _tar_info(name, len(data)).tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
-    padding = -len(data) % tarfile.BLOCKSIZE
-    return [header, data, bytes(padding)]
+#: a member's contents: one buffer, or a sequence of buffers written one after the other (so that a
+#: member made of a header and big arrays is never joined into one copy)
+Member = Union[bytes, bytearray, memoryview, Sequence[Any]]
+#: members at least this big in total are hashed in parallel threads (hashlib releases the GIL)
+_THREADED_HASH_BYTES = 8 << 20
 
 
-def write_bundle(manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> bytes:
+def _member_chunks(data: Member) -> list[Any]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return [data]
+    return [chunk if isinstance(chunk, bytes) else _byte_view(chunk) for chunk in data]
+
+
+def _byte_view(buffer: Any) -> memoryview:
+    view = memoryview(buffer)
+    if view.nbytes == 0:
+        return memoryview(b"")
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def member_size(data: Member) -> int:
+    """Return the size in bytes of a member given as bytes or as a sequence of buffers."""
+    return _member_size(_member_chunks(data))
+
+
+def _member_size(chunks: list[Any]) -> int:
+    return sum(len(chunk) if isinstance(chunk, bytes) else memoryview(chunk).nbytes for chunk in chunks)
+
+
+def _sha256(chunks: list[Any]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _digests(chunked: Mapping[str, list[Any]]) -> dict[str, str]:
+    """sha256 (hex) of every member, the big ones in threads: hashlib releases the GIL while hashing."""
+    sizes = {name: _member_size(chunks) for name, chunks in chunked.items()}
+    if sum(sizes.values()) < _THREADED_HASH_BYTES:
+        return {name: _sha256(chunks) for name, chunks in chunked.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    # biggest first, so that the two workers finish at about the same time
+    names = sorted(chunked, key=lambda name: -sizes[name])
+    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1), thread_name_prefix="af-sha256") as pool:
+        return dict(zip(names, pool.map(lambda name: _sha256(chunked[name]), names)))
+
+
+def _tar_member(name: str, chunks: list[Any], size: int) -> list[Any]:
+    header = _tar_info(name, size).tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+    padding = -size % tarfile.BLOCKSIZE
+    return [header, *chunks, bytes(padding)]
+
+
+def write_bundle(manifest: Mapping[str, Any], members: Mapping[str, Member]) -> bytes:
     """Write a bundle and return its bytes.
 
     Args:
         manifest: the manifest without ``members``; a copy gets ``members`` (name, size, sha256 of
             each member, sorted by name). It must be JSON-serialisable without NaN.
-        members: member name -> bytes.
+        members: member name -> bytes, or a sequence of buffers that make up the member.
 
     Returns:
         The .afb bytes: one zstd frame (with checksum) of a USTAR archive, ``manifest.json`` first.
@@ -141,30 +192,36 @@ def write_bundle(manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> b
     return b"".join(iter_bundle(manifest, members))
 
 
-def iter_bundle(manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> Iterator[bytes]:
+def iter_bundle(manifest: Mapping[str, Any], members: Mapping[str, Member]) -> Iterator[bytes]:
     """Yield the bytes of `write_bundle` piece by piece, to stream a big bundle into a file.
+
+    Args:
+        manifest: as for `write_bundle`.
+        members: as for `write_bundle`; buffers are read, never copied, and must not change until
+            the iterator is exhausted.
 
     Raises:
         BundleError: AF4016 for a member name that is unsafe or too long (before anything is yielded).
     """
     for name in members:
         _check_member_name(name)
+    chunked = {name: _member_chunks(data) for name, data in members.items()}
+    sizes = {name: _member_size(chunks) for name, chunks in chunked.items()}
+    digests = _digests(chunked)
     full = dict(manifest)
-    full["members"] = [
-        {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        for name, data in sorted(members.items())
-    ]
-    parts = _tar_member(MANIFEST_NAME, encode_manifest(full))
+    full["members"] = [{"name": name, "size": sizes[name], "sha256": digests[name]} for name in sorted(members)]
+    manifest_bytes = encode_manifest(full)
+    parts = _tar_member(MANIFEST_NAME, [manifest_bytes], len(manifest_bytes))
     for name in sorted(members, key=_member_key):
-        parts += _tar_member(name, members[name])
+        parts += _tar_member(name, chunked[name], sizes[name])
     parts.append(bytes(2 * tarfile.BLOCKSIZE))  # end-of-archive marker
     return _compress_parts(parts)
 
 
-def _compress_parts(parts: list[bytes]) -> Iterator[bytes]:
+def _compress_parts(parts: list[Any]) -> Iterator[bytes]:
     # Fed to zstd part by part (no joined copy of the tar: tarfile.addfile would also copy it through
     # 16 KiB buffers); the frame still declares its content size, and the bytes do not depend on it.
-    stream = _compressor(threads=-1).compressobj(size=sum(len(part) for part in parts))
+    stream = _compressor(threads=-1).compressobj(size=_member_size(parts))
     for part in parts:
         yield stream.compress(part)
     yield stream.flush()
