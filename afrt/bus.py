@@ -208,15 +208,18 @@ class MemorySendChannel(_End, Generic[T]):
 
     async def send_many(self, items: Iterable[T]) -> None:
         """Send each item in order, waiting for space as needed (a batched `send`)."""
+        s = self._state
         for item in items:
-            s = self._state
             if not self._closed and s.open_receive and len(s.data) < s.max_buffer_size:
                 s.data.append(item)
                 s.sent += 1
-                if s.receive_waiters:
-                    s.wake(s.receive_waiters)
             else:
+                if s.data and s.receive_waiters:
+                    s.wake(s.receive_waiters)
                 await self.send(item)
+        # One wake-up for the lot: the receiver takes a batch and passes the rest on.
+        if s.data and s.receive_waiters:
+            s.wake(s.receive_waiters)
 
     def close(self) -> None:
         """Close this end; when the last sender closes, receivers get the rest, then the end."""
@@ -317,6 +320,8 @@ class MemoryReceiveChannel(_End, Generic[T]):
             if remaining <= 0:
                 break
             await self._wait_data(remaining)
+        if s.data and s.receive_waiters:
+            s.wake(s.receive_waiters)  # more than this batch: let another receiver have it
         return batch
 
     def close(self) -> None:

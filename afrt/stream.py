@@ -55,7 +55,7 @@ class RunSummary:
     seconds: float = 0.0
     interrupted: str | None = None
     agents: list[str] = field(default_factory=list)
-    stats: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
     restored: dict[str, Any] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     shutdown_errors: list[str] = field(default_factory=list)
@@ -70,6 +70,7 @@ class RunSummary:
             "records_per_second": round(rate, 1) if rate else None, "interrupted": self.interrupted,
             "agents": self.agents, "published": self.stats.get("published", 0),
             "checkpoints": self.stats.get("checkpoints", 0), "restored": self.restored,
+            "bandwidth_wait_seconds": round(self.stats.get("bandwidth_wait", 0.0), 3),
             "notices": self.notices, "shutdown_errors": self.shutdown_errors, "ephemeral_identity": self.ephemeral,
         }
 

@@ -80,12 +80,15 @@ class AgentGroup:
             seen.update(dict.fromkeys(ctx.notices))
         return list(seen)
 
-    def stats(self) -> dict[str, int]:
-        """Return the replicas' counters summed."""
-        total: dict[str, int] = {}
+    def stats(self) -> dict[str, float]:
+        """Return the replicas' counters summed, with ``bandwidth_wait`` (seconds held back by
+        ``network_bandwidth_mbps``, summed over replicas)."""
+        total: dict[str, float] = {"bandwidth_wait": 0.0}
         for ctx in self.contexts:
             for key, value in ctx.stats.items():
                 total[key] = total.get(key, 0) + value
+            if ctx.bucket is not None:
+                total["bandwidth_wait"] += ctx.bucket.waited
         return total
 
 

@@ -125,6 +125,9 @@ def _report(summary: RunSummary, as_json: bool) -> None:
         + (f" ({codes})" if codes else "") + f" in {summary.seconds:.2f}s{rate}",
         markup=False, highlight=False,
     )
+    if data["bandwidth_wait_seconds"]:
+        console.print(f"publishing was held back {data['bandwidth_wait_seconds']:.2f}s by network_bandwidth_mbps",
+                      markup=False, highlight=False)
     if summary.interrupted:
         console.print(f"stopped by {summary.interrupted}: the rest of the input was not read", markup=False)
     agents = ", ".join(summary.agents)
