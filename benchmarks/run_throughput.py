@@ -6,7 +6,7 @@ side in one run, twice: in-process (the function `af run` calls, `afrt.stream.ru
 the bare loop in this process) and as subprocesses (`af run` against `python bare.py`, both paying
 interpreter start-up and imports). Target: ratio >= 0.8.
 
-Usage: python benchmarks/run_throughput.py [--records 20000] [--replicas 1] [--max-batch 64] [--rounds 5]
+Usage: python benchmarks/run_throughput.py [--records 50000] [--replicas 1] [--max-batch 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def build(workdir: Path) -> tuple[Path, Path]:
     return bundle, model
 
 
-def measure(*, records: int = 20000, replicas: int = 1, max_batch: int = 64, rounds: int = 5) -> dict[str, float]:
+def measure(*, records: int = 50000, replicas: int = 1, max_batch: int = 64, rounds: int = 3) -> dict[str, float]:
     """Measure both sides, in-process and as subprocesses, in alternating rounds.
 
     The machine is shared, so each round runs the bare script and `af run` back to back and the
@@ -129,10 +129,10 @@ def measure(*, records: int = 20000, replicas: int = 1, max_batch: int = 64, rou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--records", type=int, default=50000)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     r = measure(records=args.records, replicas=args.replicas, max_batch=args.max_batch, rounds=args.rounds)
     print(f"af run throughput, {args.records} records of examples/classification-agent, batch {args.max_batch}, "
