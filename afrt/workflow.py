@@ -221,7 +221,7 @@ class WorkflowRunner:
         """
         batch = await self._compute(records)
         ctx = self.ctx
-        if self._fusable and ctx.instrument is None and ctx.network_ready and ctx.connected:
+        if self._fusable and not ctx.instrument and ctx.network_ready and ctx.connected:
             results = self._run_fused(batch)
         else:
             results = [self._run_record(state) for state in batch.states()]
@@ -330,7 +330,7 @@ class WorkflowRunner:
     def _run_record(self, state: RecordState) -> Result:
         ctx = self.ctx
         ctx.stats["records"] += 1
-        if state.error is None and ctx.instrument is None and self._plain is not None:
+        if state.error is None and not ctx.instrument and self._plain is not None:
             # Fast path (no guards, no instrument): the same steps in the same order, minus the hooks.
             step = None
             try:
@@ -377,7 +377,7 @@ class WorkflowRunner:
 
     def _before(self, workflow: str, step: Step, state: RecordState | None) -> bool:
         """Call the before_step hook, then return whether the step's guard lets it run."""
-        if self.ctx.instrument is not None:
+        if self.ctx.instrument:
             _hook(self.ctx.instrument, "before_step", self.ctx, workflow, step, state)
         if step.guard is None:
             return True
@@ -395,7 +395,7 @@ class WorkflowRunner:
             self._locate(exc, step)
             self._trap(exc)
             raise
-        if instrument is not None:
+        if instrument:
             _hook(instrument, "after_step", self.ctx, workflow, step, state)
         return True
 
@@ -405,7 +405,7 @@ class WorkflowRunner:
             exc.agent = exc.agent or self.ctx.agent_id
 
     def _trap(self, exc: AfError) -> None:
-        if self.ctx.instrument is not None:
+        if self.ctx.instrument:
             _hook(self.ctx.instrument, "trap", self.ctx, exc)
 
     async def flush(self) -> None:
@@ -419,7 +419,7 @@ class WorkflowRunner:
         if ctx.bucket is not None:
             await ctx.bucket.consume(sum([len(m.payload) for m in outbox]))
         await ctx.bus.publish_many(outbox)
-        if ctx.instrument is not None:
+        if ctx.instrument:
             for message in outbox:
                 _hook(ctx.instrument, "message_sent", ctx, message)
 

@@ -190,3 +190,36 @@ class TestFusedPath:
         assert not make(["receive_input", "process_neural_network", "update_memory",
                          Step("send_output", {"topic": "x"})])[2]._fusable
         assert not make(EXEC[:3])[2]._fusable
+
+
+class TestInstruments:
+    def test_hooks_see_every_step_and_trap(self):
+        from afrt.instrument import Instrument, Instruments
+
+        seen = []
+
+        class Spy(Instrument):
+            def after_step(self, ctx, workflow, step, record):
+                seen.append((workflow, step.name, None if record is None else record.record.id))
+
+            def trap(self, ctx, error):
+                seen.append(("trap", error.code, None))
+
+            def message_sent(self, ctx, message):
+                seen.append(("sent", message.topic, None))
+
+        _, _, runner = make(EXEC, instrument=Instruments([Spy()]))
+        batch = records(2)
+        batch[1] = InputRecord(1, "trap", [666.0] * 4, 2)
+        run(runner, [batch])
+        assert ("execution", "send_output", "r0") in seen
+        assert ("trap", "AF5001", None) in seen
+        assert ("execution", "process_neural_network", "trap") not in seen
+        assert ("sent", "task.completion", None) in seen
+
+    def test_empty_instruments_take_the_fast_path(self):
+        from afrt.instrument import Instruments
+
+        agent, _, runner = make(EXEC, instrument=Instruments())
+        results = run(runner, [records(3)])
+        assert all(r.error is None for r in results)
