@@ -28,6 +28,8 @@ __all__ = ["RunOptions", "RunSummary", "run_jsonl"]
 
 #: bytes the reader thread asks for at a time
 READ_CHUNK = 1 << 17
+#: the longest input line accepted (longer ones become an AF5237 error record)
+MAX_LINE_BYTES = 16 << 20
 #: chunks read ahead of the replicas (bounds memory when the input is faster than the agents)
 READ_AHEAD = 8
 
@@ -140,19 +142,41 @@ class _Reader(threading.Thread):
 
 
 class _Parser:
-    """Splits raw chunks into lines and parses them, numbering records and lines."""
+    """Splits raw chunks into lines and parses them, numbering records and lines.
+
+    A line longer than ``max_line`` bytes becomes an AF5237 error record and is skipped to its
+    end, so that input without newlines cannot grow memory without bound.
+    """
 
     def __init__(self, input_size: int) -> None:
         self.input_size = input_size
+        self.max_line = max(MAX_LINE_BYTES, 64 * input_size)
         self.seq = 0
         self.line_no = 1
         self.tail = b""
+        self.skipping = False  # inside an over-long line, already reported
 
     def feed(self, chunk: bytes) -> list:
-        lines = (self.tail + chunk).split(b"\n")
+        data = self.tail + chunk
+        if self.skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                self.tail = b""
+                return []
+            data, self.skipping = data[end + 1 :], False
+            self.line_no += 1
+        lines = data.split(b"\n")
         self.tail = lines.pop() if chunk else b""
+        too_long = len(self.tail) > self.max_line
+        if too_long:
+            self.tail, self.skipping = b"", True
         records, self.seq = parse_batch(lines, seq=self.seq, line_no=self.line_no, input_size=self.input_size)
         self.line_no += len(lines)
+        if too_long:  # reported after the complete lines before it, in input order
+            line = self.line_no
+            records.append(ErrorRecord(self.seq, line, "AF5237",
+                                       f"line {line}: longer than {self.max_line} bytes, skipped"))
+            self.seq += 1
         return check_chunk(records)
 
 

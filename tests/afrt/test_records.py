@@ -102,3 +102,16 @@ class TestParseBatch:
         fast, next_seq = parse_batch(self.LINES, seq=5, line_no=3, input_size=3)
         slow = list(parse_lines(self.LINES, input_size=3, start_seq=5, start_line=3))
         assert fast == slow and next_seq == 5 + len(slow)
+
+
+class TestStreamParser:
+    def test_over_long_line_is_one_error_and_the_next_lines_parse(self):
+        from afrt.stream import _Parser
+
+        parser = _Parser(3)
+        parser.max_line = 50
+        chunks = [b"[1,2,3]\n[" + b"1," * 40, b"1," * 40, b"1]\n[4,5,6]\n", b""]
+        records = [r for c in chunks for r in parser.feed(c)]
+        assert [(type(r).__name__, r.id) for r in records] == [
+            ("InputRecord", 1), ("ErrorRecord", 2), ("InputRecord", 3)]
+        assert records[1].code == "AF5237" and [r.seq for r in records] == [0, 1, 2]
