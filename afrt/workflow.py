@@ -275,6 +275,8 @@ class WorkflowRunner:
         ctx = self.ctx
         ctx.stats["records"] += 1
         ctx.stats["errors"] += 1
+        if ctx.memory is not None:
+            ctx.memory["errors"] += 1
         err = ErrorRecord(rec.seq, rec.id, error.code, error.message)
         return Result(rec.seq, rec.id, err.encode(), error=(err.code, err.message))
 
@@ -353,10 +355,17 @@ class WorkflowRunner:
         ctx = self.ctx
         if state.error is None and state.published is None:
             ctx.stats["unpublished"] += 1
-            why = "the execution workflow has no send_output" if not self.publishes else "send_output did not run for it"
+            if not self.publishes:
+                why = "the execution workflow has no send_output"
+            elif not ctx.connected:
+                why = "the agent is not connected to a swarm (no connect_to_swarm)"
+            else:
+                why = "send_output did not run for it (a guard was false)"
             state.error = ExecutionError(f"result not published: {why}", code="AF5210")
         if state.error is not None:
             ctx.stats["errors"] += 1
+            if ctx.memory is not None:
+                ctx.memory["errors"] += 1
             err = ErrorRecord(rec.seq, rec.id, state.error.code, state.error.message)
             return Result(rec.seq, rec.id, err.encode(), error=(err.code, err.message))
         return Result(rec.seq, rec.id, state.published, output=state.output, agent=ctx.agent_id)
