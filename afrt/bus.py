@@ -38,6 +38,7 @@ __all__ = [
     "TOPIC_UPDATES",
     "TOPICS",
     "TokenBucket",
+    "ensure_topic",
     "open_memory_channel",
 ]
 

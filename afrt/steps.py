@@ -26,7 +26,7 @@ from .state import load_checkpoint, write_checkpoint
 if TYPE_CHECKING:
     from .workflow import AgentContext, RecordState
 
-__all__ = ["MEMORY_FIELDS", "RECORD_STEPS", "STEPS", "ensure_known", "fresh_memory", "resolve_field"]
+__all__ = ["MEMORY_FIELDS", "RECORD_STEPS", "STEPS", "capabilities", "ensure_known", "fresh_memory", "resolve_field"]
 
 #: the fields of ``memory`` (usable in guards as ``memory.<field>``)
 MEMORY_FIELDS = (

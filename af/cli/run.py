@@ -42,14 +42,15 @@ def run_command(
     if backend not in ("onnx", "wasm"):
         raise UsageError(f"unknown backend `{backend}`", code="AF0933", hint="use --backend onnx or --backend wasm")
     source = _open(input_path, "rb", sys.stdin)
-    sink = _open(output_path, "wb", sys.stdout)
+    sink = None
     try:
         agent = _load(bundle, backend, fuel)
+        sink = _open(output_path, "wb", sys.stdout)  # after loading: a bad bundle truncates nothing
         summary = _run(agent, source, sink, replicas=replicas, swarm=swarm, state_dir=state_dir,
                        max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     finally:
         for stream in (source, sink):
-            if stream not in (sys.stdin.buffer, sys.stdout.buffer):
+            if stream is not None and stream not in (sys.stdin.buffer, sys.stdout.buffer):
                 stream.close()
     _report(summary, json_summary)
     if summary.interrupted:

@@ -141,11 +141,14 @@ class TestExitCodes:
         result = run_cli(tmp_path / "nope.afb", input="")
         assert result.exit_code == 1 and "AF4015" in result.stderr
 
-    def test_corrupt_bundle_exits_1(self, tmp_path):
+    def test_corrupt_bundle_exits_1_and_leaves_the_output_alone(self, tmp_path):
         bad = tmp_path / "bad.afb"
         bad.write_bytes(b"not a bundle")
-        result = run_cli(bad, input="")
+        out = tmp_path / "previous.jsonl"
+        out.write_text("kept\n")
+        result = run_cli(bad, "--output", out, input="")
         assert result.exit_code == 1 and "Traceback" not in result.stderr
+        assert out.read_text() == "kept\n"
 
     def test_usage_errors_exit_2(self, example_bundles, tmp_path):
         bundle = example_bundles["classification-agent"]
