@@ -6,9 +6,12 @@ Each stage is one call on the previous stage's value (`afc.load_agent_file(...).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import queue
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Sequence
 
 from afcore.errors import LoweringError, UsageError
 
@@ -141,7 +144,6 @@ def write_bundle_file(
     Raises:
         LoweringError: AF3006 when the file cannot be written; nothing is replaced then.
     """
-    import hashlib
     import tempfile
 
     from afcore.bundle import iter_bundle, member_size
@@ -151,14 +153,12 @@ def write_bundle_file(
     members = build_members(spec, lowered)
     chunks = iter_bundle(build_manifest(spec, lowered), members)
     destination = Path(destination)
-    digest, size, temp = hashlib.sha256(), 0, None
+    temp = None
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)  # `-o build/agent.afb` from a clean clone
         fd, temp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
         with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                digest.update(chunk)
-                size += out.write(chunk)
+            size, digest = _write_hashed(chunks, out)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temp, 0o666 & ~_umask())
@@ -168,7 +168,48 @@ def write_bundle_file(
             Path(temp).unlink(missing_ok=True)
         raise LoweringError(f"cannot write `{destination}`: {exc.strerror or exc}", code="AF3006",
                             hint="check that the path is a writable directory") from None
-    return size, digest.hexdigest(), {name: member_size(data) for name, data in members.items()}
+    return size, digest, {name: member_size(data) for name, data in members.items()}
+
+
+def _write_hashed(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, str]:
+    """Write ``chunks`` to ``out`` and hash them in a second thread, while this one drives zstd.
+
+    Writing and hashing release the GIL, so they overlap the compression of the next chunks instead
+    of pausing zstd's workers (~0.4 s per 370 MB bundle otherwise).
+
+    Returns:
+        The bytes written and their sha256 (hex).
+
+    Raises:
+        OSError: from writing; the generator's own errors (BundleError) pass through unchanged.
+    """
+    digest, size = hashlib.sha256(), 0
+    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    failure: list[OSError] = []
+
+    def drain() -> None:
+        nonlocal size
+        while (chunk := pending.get()) is not None:
+            if not failure:
+                try:
+                    digest.update(chunk)
+                    size += out.write(chunk)
+                except OSError as exc:
+                    failure.append(exc)
+
+    writer = threading.Thread(target=drain, name="af-bundle-writer", daemon=True)
+    writer.start()
+    try:
+        for chunk in chunks:
+            if failure:
+                break
+            pending.put(chunk)
+    finally:
+        pending.put(None)
+        writer.join()
+    if failure:
+        raise failure[0]
+    return size, digest.hexdigest()
 
 
 def _umask() -> int:
