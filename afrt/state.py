@@ -40,6 +40,7 @@ __all__ = [
     "KEY_NAME",
     "load_checkpoint",
     "load_or_create_identity",
+    "lock_state_dir",
     "replica_dir",
     "write_checkpoint",
 ]
@@ -133,6 +134,35 @@ def load_or_create_identity(directory: str | os.PathLike[str], name: str) -> tup
             hint="restore the file from a backup, or delete it to give the agent a new identity",
         )
     return Identity(name, key), False
+
+
+def lock_state_dir(directory: str | os.PathLike[str]) -> int:
+    """Take an exclusive lock on a replica's state directory for this process.
+
+    Returns:
+        The lock's file descriptor; closing it releases the lock (the OS does at exit too).
+
+    Raises:
+        StateError: AF5255 when another process holds it, AF5254 when it cannot be created.
+    """
+    import fcntl
+
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"cannot use the state directory {path}: {exc.strerror}", code="AF5254") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StateError(
+            f"the state directory {path} is in use by another process",
+            code="AF5255",
+            hint="two runs must not share a replica's state: use another --state-dir or wait for the other run",
+        ) from None
+    return fd
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -26,7 +27,7 @@ from afcore.errors import ChannelClosedError, ExecutionError, UsageError
 
 from .bus import TOPIC_LIFECYCLE, Bus, MemoryBus, TokenBucket
 from .records import InputRecord
-from .state import Identity, load_or_create_identity, replica_dir
+from .state import Identity, load_or_create_identity, lock_state_dir, replica_dir
 from .workflow import AgentContext, Result, WorkflowRunner
 
 __all__ = ["AgentGroup", "Swarm"]
@@ -130,6 +131,7 @@ class Swarm:
         self.heartbeat_seconds = heartbeat_seconds
         self.groups: dict[str, AgentGroup] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._locks: list[int] = []  # state-directory locks held until stop()
 
     async def __aenter__(self) -> Swarm:
         return self
@@ -179,6 +181,7 @@ class Swarm:
         limits = _limits(getattr(agent, "resources", None) or {})
         if state_dir is not None:
             directory = replica_dir(state_dir, agent.name, replica)
+            self._locks.append(lock_state_dir(directory))
             identity, _ = load_or_create_identity(directory, agent.name)
         else:
             directory, identity = None, Identity.generate(agent.name)
@@ -301,6 +304,9 @@ class Swarm:
                 runner.ctx.closed = True
         if self._own_bus:
             await self.bus.aclose()
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None

@@ -146,3 +146,20 @@ class TestLifecycle:
         first, second = run(ids()), run(ids())
         assert first == second and len(set(first)) == 2
         assert (tmp_path / "fake" / "r0" / "checkpoint.afs").exists()
+
+    def test_a_state_dir_in_use_is_refused(self, tmp_path):
+        async def main():
+            async with Swarm("a") as first:
+                await first.start(FakeAgent(), state_dir=tmp_path)
+                async with Swarm("b") as second:
+                    await second.start(FakeAgent(), state_dir=tmp_path)
+
+        with pytest.raises(Exception) as info:
+            run(main())
+        assert info.value.code == "AF5255"
+
+        async def again():  # the lock went with the first swarm
+            async with Swarm("c") as swarm:
+                return (await swarm.start(FakeAgent(), state_dir=tmp_path)).agent_ids
+
+        assert len(run(again())) == 1
