@@ -86,15 +86,21 @@ def initialize_memory(ctx: AgentContext, step: Step, state: None) -> None:
 
 
 def _check_same_bundle(ctx: AgentContext, payload: Mapping[str, Any]) -> None:
-    digest = getattr(ctx.agent, "digest", None)
-    if digest and payload.get("bundle_digest") not in (None, digest):
+    """Refuse another agent's checkpoint; note (only) that a different build of this agent wrote it."""
+    name = getattr(ctx.agent, "name", None)
+    if payload.get("agent") not in (None, name):
         from afcore.errors import StateError
 
         raise StateError(
-            f"the checkpoint of {ctx.agent_id} was written by another bundle ({payload.get('bundle_digest')})",
+            f"the checkpoint of {ctx.agent_id} belongs to agent `{payload.get('agent')}`, not `{name}`",
             code="AF5251",
-            hint="use a fresh --state-dir for a different bundle",
+            hint="use a fresh --state-dir for a different agent",
         )
+    digest = getattr(ctx.agent, "digest", None)
+    if digest and payload.get("bundle_digest") not in (None, digest):
+        # Recompiled (new targets, new weights): memory and identity still belong to this agent.
+        ctx.notice(f"initialize_memory: the checkpoint was written by another build of `{name}` "
+                   f"(bundle {str(payload.get('bundle_digest'))[:12]}); its memory is restored")
 
 
 def connect_to_swarm(ctx: AgentContext, step: Step, state: None) -> None:

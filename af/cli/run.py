@@ -34,8 +34,9 @@ def run_command(
 ) -> None:
     """Run an agent on JSON Lines records: one output or error record per input record, in input order.
 
-    Exit codes: 0 the input was consumed (even with record errors, unless --fail-on-error), 1 the
-    bundle cannot be loaded or initialization failed, 2 usage error, 130/143 stopped by SIGINT/SIGTERM.
+    Exit codes: 0 the input was consumed (even with record errors, unless --fail-on-error);
+    1 the bundle cannot be loaded or an agent cannot start; 2 usage error;
+    130/143 stopped by SIGINT/SIGTERM (shutdown workflows ran, results so far were written).
     """
     from afcore.errors import UsageError
 

@@ -182,3 +182,22 @@ class TestCleanup:
         h = Harness()
         h.run()
         assert h.agent.closed and not h.ctx.network_ready
+
+
+class TestRestoreAcrossBuilds:
+    def test_other_build_of_the_same_agent_restores_with_a_note(self, tmp_path):
+        Harness(tmp_path).run(recs(3))
+        agent = FakeAgent(workflows={"initialization": INIT, "execution": EXEC, "shutdown": SHUT})
+        agent.digest = "0" * 64  # recompiled
+        h = Harness(tmp_path, agent=agent)
+        h.run(recs(1), shutdown=False)
+        assert h.ctx.memory["count"] == 4
+        assert any("another build" in n for n in h.ctx.notices)
+
+    def test_checkpoint_of_another_agent_is_refused(self, tmp_path):
+        Harness(tmp_path).run(recs(1))
+        agent = FakeAgent(workflows={"initialization": INIT, "execution": EXEC, "shutdown": SHUT})
+        agent.name = "other"
+        with pytest.raises(Exception) as info:
+            Harness(tmp_path, agent=agent).run(shutdown=False)
+        assert info.value.code == "AF5251"
