@@ -11,7 +11,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Sequence
 
 from afcore.errors import LoweringError, UsageError
 
@@ -27,6 +27,9 @@ __all__ = ["DEFAULT_TARGETS", "compile_agent", "compile_file", "lower_agent", "p
 DEFAULT_TARGETS = ("onnx", "wasm")
 #: the batch size the WebAssembly module is built for (the runtime's micro-batches stay within it)
 WASM_MAX_BATCH = 64
+#: networks with at least this many bytes of weights are lowered and hashed in threads (below it,
+#: starting threads costs more than it saves)
+THREADED_LOWERING_BYTES = 8 << 20
 
 
 def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
@@ -61,17 +64,71 @@ def lower_agent(spec: AgentSpec, *, targets: Sequence[str] = DEFAULT_TARGETS) ->
         UsageError: AF3004 for an unknown target.
     """
     targets = parse_targets(targets)
-    onnx_bytes = opset = ir_version = wasm = None
+    if spec.network.weight_bytes < THREADED_LOWERING_BYTES:
+        return _lower_serially(spec, targets)
+    return _lower_in_threads(spec, targets)
+
+
+def _lower_serially(spec: AgentSpec, targets: Sequence[str]) -> Lowered:
+    onnx_bytes = wasm = None
     if "onnx" in targets:
-        from .lower_onnx import IR_VERSION, OPSET, network_model_bytes
-
-        onnx_bytes = network_model_bytes(spec.network, graph_name=spec.name)
-        opset, ir_version = OPSET, IR_VERSION
+        onnx_bytes = _lower_onnx(spec)
     if "wasm" in targets:
-        from .lower_wasm import lower_network as lower_wasm
+        wasm = _lower_wasm(spec)
+    return _lowered(onnx_bytes, wasm)
 
-        wasm = lower_wasm(spec.network, max_batch=WASM_MAX_BATCH)
-    return Lowered(onnx=onnx_bytes, opset=opset, ir_version=ir_version, wasm=wasm)
+
+def _lower_in_threads(spec: AgentSpec, targets: Sequence[str]) -> Lowered:
+    """Lower both targets and hash the big members at once, on the cores the GIL leaves free.
+
+    Hashing (hashlib), numpy's packing and wasmtime's assembling and validating release the GIL, so
+    the WebAssembly backend and the digests of ``weights.safetensors``, ``model.onnx`` and
+    ``model.wasm`` (for the manifest) run beside the ONNX backend (protobuf and the checker keep it).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .emit import weights_member
+
+    digests: dict[str, Any] = {}
+    onnx_bytes = wasm = None
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="af-lower") as pool:
+        digests["weights.safetensors"] = pool.submit(_sha256, weights_member(spec))
+        wasm_future = pool.submit(_lower_wasm, spec) if "wasm" in targets else None
+        if "onnx" in targets:
+            onnx_bytes = _lower_onnx(spec)
+            digests["model.onnx"] = pool.submit(_sha256, [onnx_bytes])
+        if wasm_future is not None:
+            wasm = wasm_future.result()
+            digests["model.wasm"] = pool.submit(_sha256, [wasm.wasm])
+        known = {name: future.result() for name, future in digests.items()}
+    return _lowered(onnx_bytes, wasm, known)
+
+
+def _lower_onnx(spec: AgentSpec) -> bytes:
+    from .lower_onnx import network_model_bytes
+
+    return network_model_bytes(spec.network, graph_name=spec.name)
+
+
+def _lower_wasm(spec: AgentSpec) -> Any:
+    from .lower_wasm import lower_network
+
+    return lower_network(spec.network, max_batch=WASM_MAX_BATCH)
+
+
+def _lowered(onnx_bytes: bytes | None, wasm: Any, digests: dict[str, str] | None = None) -> Lowered:
+    from .lower_onnx import IR_VERSION, OPSET
+
+    has_onnx = onnx_bytes is not None
+    return Lowered(onnx=onnx_bytes, opset=OPSET if has_onnx else None, ir_version=IR_VERSION if has_onnx else None,
+                   wasm=wasm, digests=digests or {})
+
+
+def _sha256(chunks: Sequence[Any]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def compile_agent(spec: AgentSpec, *, targets: Sequence[str] = DEFAULT_TARGETS) -> bytes:
@@ -151,7 +208,7 @@ def write_bundle_file(
     from .emit import build_manifest, build_members
 
     members = build_members(spec, lowered)
-    chunks = iter_bundle(build_manifest(spec, lowered), members)
+    chunks = iter_bundle(build_manifest(spec, lowered), members, digests=lowered.digests)
     destination = Path(destination)
     temp = None
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -36,6 +36,7 @@ __all__ = [
     "emit_bundle",
     "network_manifest",
     "safetensors_parts",
+    "weights_member",
 ]
 
 #: the targets a bundle can carry, in manifest order
@@ -53,12 +54,15 @@ class Lowered:
         opset: the model's ONNX opset.
         ir_version: the model's IR version.
         wasm: the WebAssembly module (`afc.lower_wasm.WasmModule`), or None without the wasm target.
+        digests: sha256 (hex) of bundle members already hashed while lowering, by member name
+            (`afc.compile.lower_agent` hashes big networks' members in threads); the writer hashes the rest.
     """
 
     onnx: bytes | None = None
     opset: int | None = None
     ir_version: int | None = None
     wasm: Any = None
+    digests: Mapping[str, str] = field(default_factory=dict)
 
 
 def network_manifest(network: NetworkSpec) -> dict[str, Any]:
@@ -163,6 +167,15 @@ def safetensors_parts(tensors: Mapping[str, np.ndarray]) -> list[Any]:
     return [struct.pack("<Q", len(text)) + text, *data]
 
 
+def weights_member(spec: AgentSpec) -> list[Any]:
+    """Return the ``weights.safetensors`` member: ``layers.<i>.weight``/``.bias`` as views (`safetensors_parts`)."""
+    weights: dict[str, Any] = {}
+    for layer in spec.network.layers:
+        weights[f"layers.{layer.index}.weight"] = layer.weight
+        weights[f"layers.{layer.index}.bias"] = layer.bias
+    return safetensors_parts(weights)
+
+
 def build_members(spec: AgentSpec, lowered: Lowered) -> dict[str, Member]:
     """Return the bundle's members other than the manifest.
 
@@ -171,12 +184,8 @@ def build_members(spec: AgentSpec, lowered: Lowered) -> dict[str, Member]:
     written) and ``sections/<name>`` for each other section of the .af, passed through. A member is
     bytes or a list of buffers (`afcore.bundle.Member`) that views the spec's arrays.
     """
-    weights: dict[str, Any] = {}
-    for layer in spec.network.layers:
-        weights[f"layers.{layer.index}.weight"] = layer.weight
-        weights[f"layers.{layer.index}.bias"] = layer.bias
     members: dict[str, Member] = {
-        "weights.safetensors": safetensors_parts(weights),
+        "weights.safetensors": weights_member(spec),
         "agent.yaml": spec.header_text.encode("utf-8"),
     }
     if lowered.onnx is not None:
@@ -207,7 +216,7 @@ def emit_bundle(spec: AgentSpec, lowered: Lowered, *, extra: Mapping[str, Any] |
     """
     manifest = build_manifest(spec, lowered)
     manifest.update(extra or {})
-    return write_bundle(manifest, build_members(spec, lowered))
+    return write_bundle(manifest, build_members(spec, lowered), digests=lowered.digests)
 
 
 def check_manifest(manifest: Mapping[str, Any]) -> None:

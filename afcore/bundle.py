@@ -160,8 +160,9 @@ def _sha256(chunks: list[Any]) -> str:
     return digest.hexdigest()
 
 
-def _digests(chunked: Mapping[str, list[Any]]) -> dict[str, str]:
-    """sha256 (hex) of every member, the big ones in threads: hashlib releases the GIL while hashing."""
+def _digests(chunked: Mapping[str, list[Any]], known: Mapping[str, str]) -> dict[str, str]:
+    """sha256 (hex) of every member not in ``known``, the big ones in threads (hashlib releases the GIL)."""
+    chunked = {name: chunks for name, chunks in chunked.items() if name not in known}
     sizes = {name: _member_size(chunks) for name, chunks in chunked.items()}
     if sum(sizes.values()) < _THREADED_HASH_BYTES:
         return {name: _sha256(chunks) for name, chunks in chunked.items()}
@@ -179,13 +180,17 @@ def _tar_member(name: str, chunks: list[Any], size: int) -> list[Any]:
     return [header, *chunks, bytes(padding)]
 
 
-def write_bundle(manifest: Mapping[str, Any], members: Mapping[str, Member]) -> bytes:
+def write_bundle(
+    manifest: Mapping[str, Any], members: Mapping[str, Member], *, digests: Mapping[str, str] | None = None
+) -> bytes:
     """Write a bundle and return its bytes.
 
     Args:
         manifest: the manifest without ``members``; a copy gets ``members`` (name, size, sha256 of
             each member, sorted by name). It must be JSON-serialisable without NaN.
         members: member name -> bytes, or a sequence of buffers that make up the member.
+        digests: sha256 (hex) of members the caller has already hashed, by name; trusted as given
+            (the reader checks every digest). The others are hashed here.
 
     Returns:
         The .afb bytes: one zstd frame (with checksum) of a USTAR archive, ``manifest.json`` first.
@@ -193,16 +198,19 @@ def write_bundle(manifest: Mapping[str, Any], members: Mapping[str, Member]) -> 
     Raises:
         BundleError: AF4016 for a member name that is unsafe or too long.
     """
-    return b"".join(iter_bundle(manifest, members))
+    return b"".join(iter_bundle(manifest, members, digests=digests))
 
 
-def iter_bundle(manifest: Mapping[str, Any], members: Mapping[str, Member]) -> Iterator[bytes]:
+def iter_bundle(
+    manifest: Mapping[str, Any], members: Mapping[str, Member], *, digests: Mapping[str, str] | None = None
+) -> Iterator[bytes]:
     """Yield the bytes of `write_bundle` piece by piece, to stream a big bundle into a file.
 
     Args:
         manifest: as for `write_bundle`.
         members: as for `write_bundle`; buffers are read, never copied, and must not change until
             the iterator is exhausted.
+        digests: as for `write_bundle`.
 
     Raises:
         BundleError: AF4016 for a member name that is unsafe or too long (before anything is yielded).
@@ -211,7 +219,8 @@ def iter_bundle(manifest: Mapping[str, Any], members: Mapping[str, Member]) -> I
         _check_member_name(name)
     chunked = {name: _member_chunks(data) for name, data in members.items()}
     sizes = {name: _member_size(chunks) for name, chunks in chunked.items()}
-    digests = _digests(chunked)
+    known = {name: digest for name, digest in (digests or {}).items() if name in members}
+    digests = {**known, **_digests(chunked, known)}
     full = dict(manifest)
     full["members"] = [{"name": name, "size": sizes[name], "sha256": digests[name]} for name in sorted(members)]
     manifest_bytes = encode_manifest(full)
