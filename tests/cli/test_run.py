@@ -136,6 +136,23 @@ class TestEndToEnd:
         assert result.stderr.count("no send_output") == 1
 
 
+class TestGuardsThroughTheCompiler:
+    def test_guard_written_in_the_af_file(self, tmp_path, inputs_10k, network):
+        path, x = inputs_10k
+        source = EXAMPLE.read_text().replace(
+            "    - send_output\n", "    - send_output when output.max > 15 and memory.count % 2 == 0\n")
+        agent = tmp_path / "guarded.af"
+        agent.write_text(source)
+        head = b"".join(path.read_bytes().splitlines(keepends=True)[:40])
+        result = run_cli(agent, "--max-batch", 16, input=head)
+        assert result.exit_code == 0, result.stderr
+        records = read_output(result.stdout_bytes)
+        peaks = reference(network, x[:40]).max(axis=1)
+        expected = [(i + 1) % 2 == 0 and peaks[i] > 15 for i in range(40)]  # memory.count is 1-based
+        assert ["output" in r for r in records] == expected
+        assert all(r["error"]["code"] == "AF5210" for r, ok in zip(records, expected) if not ok)
+
+
 class TestExitCodes:
     def test_missing_bundle_exits_1(self, tmp_path):
         result = run_cli(tmp_path / "nope.afb", input="")
