@@ -312,8 +312,11 @@ class MemoryReceiveChannel(_End, Generic[T]):
         while len(batch) < max_items:
             if s.data:
                 n = min(max_items - len(batch), len(s.data))
-                for _ in range(n):
-                    batch.append(self._take())
+                popleft = s.data.popleft
+                batch.extend([popleft() for _ in range(n)])
+                s.received += n
+                if s.send_waiters:
+                    s.wake(s.send_waiters)
                 continue
             if deadline is None or s.open_send == 0:
                 break

@@ -16,7 +16,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Sequence
 
 from afcore.errors import ExecutionError
 
@@ -95,8 +95,16 @@ class _Reorder:
             s.error_codes[error_code] = s.error_codes.get(error_code, 0) + 1
         self.held[seq] = line
 
-    def add_result(self, result: Result) -> None:
-        self.add(result.seq, result.line, result.error[0] if result.error else None)
+    def add_results(self, results: Sequence[Result]) -> None:
+        held, summary = self.held, self.summary
+        for result in results:
+            held[result.seq] = result.line
+            if result.error is None:
+                summary.results += 1
+            else:
+                code = result.error[0]
+                summary.errors += 1
+                summary.error_codes[code] = summary.error_codes.get(code, 0) + 1
 
     def flush(self) -> None:
         held, seq, lines = self.held, self.next, []
@@ -206,7 +214,7 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: Run
         await swarm.stop()
         raise
     reorder = _Reorder(sink, summary)
-    group.sink = reorder.add_result
+    group.sink = reorder.add_results
     group.after_deliver = reorder.flush
     try:
         await _pump(swarm, group, source, reorder, summary, agent.input_size, stop or asyncio.Event())

@@ -51,7 +51,8 @@ class AgentGroup:
     receive: Any
     tasks: list[asyncio.Task] = field(default_factory=list)
     waiters: dict[int, asyncio.Future] = field(default_factory=dict)
-    sink: Callable[[Result], None] | None = None
+    #: receives each delivered batch of results (e.g. the reorder buffer of `af run`)
+    sink: Callable[[Sequence[Result]], None] | None = None
     #: called after each delivered batch (e.g. to write the results that are now in order)
     after_deliver: Callable[[], None] | None = None
     seq: Any = field(default_factory=itertools.count)
@@ -63,14 +64,15 @@ class AgentGroup:
         return [c.agent_id for c in self.contexts]
 
     def deliver(self, results: Sequence[Result]) -> None:
-        """Hand results to the sink and to the tasks waiting in `Swarm.submit`."""
-        sink, waiters = self.sink, self.waiters
-        for result in results:
-            if sink is not None:
-                sink(result)
-            fut = waiters.pop(result.seq, None)
-            if fut is not None and not fut.done():
-                fut.set_result(result)
+        """Hand a batch of results to the sink and to the tasks waiting in `Swarm.submit`."""
+        if self.sink is not None:
+            self.sink(results)
+        waiters = self.waiters
+        if waiters:
+            for result in results:
+                fut = waiters.pop(result.seq, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(result)
         if self.after_deliver is not None:
             self.after_deliver()
 
