@@ -12,9 +12,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
 import afc
-from afc.compile import compile_agent, compile_file, parse_targets
+import afc.compile
+from afc.compile import compile_agent, compile_file, lower_agent, parse_targets, write_bundle_file
+from afc.emit import safetensors_parts
 from afcore.bundle import read_bundle
 from afcore.errors import UsageError
 
@@ -123,6 +126,101 @@ class TestReproducible:
         shutil.copy(XOR, copy)
         assert compile_file(copy) == tmp_path / "xor.afb"
         assert (tmp_path / "xor.afb").is_file()
+
+
+class TestSafetensorsParts:
+    """The weights member is written as header + array views; the safetensors library is the reference."""
+
+    @staticmethod
+    def joined(tensors) -> bytes:
+        return b"".join(bytes(part) for part in safetensors_parts(tensors))
+
+    @pytest.mark.parametrize("tensors", [
+        {},
+        {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.ones(1, np.float32)},
+        {f"layers.{i}.weight": np.full((i + 1, 3), i, np.float32) for i in range(12)},  # "10" sorts before "2"
+        {"scalar": np.array(3.5, np.float32), "empty": np.zeros((0, 4), np.float32), "ünï": np.ones(3, np.float32)},
+    ])
+    def test_same_bytes_as_the_library(self, tensors):
+        assert self.joined(tensors) == save_safetensors(dict(sorted(tensors.items())))
+
+    def test_views_not_copies_and_odd_layouts(self):
+        weight = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+        parts = safetensors_parts({"w": weight})
+        assert self.joined({"w": weight}) == save_safetensors({"w": np.ascontiguousarray(weight)})
+        contiguous = np.arange(8, dtype=np.float32)
+        assert np.shares_memory(np.frombuffer(safetensors_parts({"c": contiguous})[1], np.float32), contiguous)
+        assert len(parts) == 2
+
+    def test_other_dtypes_use_the_library(self):
+        tensors = {"x": np.arange(4, dtype=np.float64)}
+        assert self.joined(tensors) == save_safetensors(tensors)
+
+
+class TestThreadedLowering:
+    """Big networks are lowered and hashed in threads: the bundle must not change by a byte."""
+
+    def test_same_bundle_as_serial_lowering(self, xor_spec, monkeypatch):
+        serial = compile_agent(xor_spec)
+        assert lower_agent(xor_spec).digests == {}
+        monkeypatch.setattr(afc.compile, "THREADED_LOWERING_BYTES", 0)
+        lowered = lower_agent(xor_spec)
+        assert set(lowered.digests) == {"model.onnx", "model.wasm", "weights.safetensors"}
+        assert compile_agent(xor_spec) == serial
+        assert read_bundle(serial).members["model.onnx"] == lowered.onnx
+
+    def test_one_target(self, xor_spec, monkeypatch):
+        monkeypatch.setattr(afc.compile, "THREADED_LOWERING_BYTES", 0)
+        lowered = lower_agent(xor_spec, targets=("wasm",))
+        assert lowered.onnx is None and lowered.opset is None and "model.onnx" not in lowered.digests
+        read_bundle(compile_agent(xor_spec, targets=("wasm",)))
+
+    def test_lowering_errors_propagate(self, xor_spec, monkeypatch):
+        from afcore.errors import LoweringError
+
+        monkeypatch.setattr(afc.compile, "THREADED_LOWERING_BYTES", 0)
+        monkeypatch.setattr(afc.compile, "WASM_MAX_BATCH", 0)
+        with pytest.raises(LoweringError) as info:
+            lower_agent(xor_spec)
+        assert info.value.code == "AF3102"
+
+
+class TestWriteBundleFile:
+    def test_size_and_digest_are_the_files(self, xor_spec, tmp_path):
+        import hashlib
+
+        path = tmp_path / "deep" / "x.afb"
+        size, digest, members = write_bundle_file(path, xor_spec, lower_agent(xor_spec))
+        data = path.read_bytes()
+        assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
+        assert data == compile_agent(xor_spec)
+        assert members == {entry["name"]: entry["size"] for entry in read_bundle(data).manifest["members"]}
+
+    def test_write_error_is_af3006_and_leaves_nothing(self, xor_spec, tmp_path, monkeypatch):
+        from afcore.errors import LoweringError
+
+        import os
+
+        real_fdopen = os.fdopen
+
+        class DiskFull:
+            def __init__(self, fd, mode):
+                self.file = real_fdopen(fd, mode)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.file.close()
+
+            def write(self, data):
+                raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "fdopen", DiskFull)
+        with pytest.raises(LoweringError) as info:
+            write_bundle_file(tmp_path / "x.afb", xor_spec, lower_agent(xor_spec))
+        assert info.value.code == "AF3006"
+        assert list(tmp_path.iterdir()) == []
 
 
 class TestTargets:

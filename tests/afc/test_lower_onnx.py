@@ -9,7 +9,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 from scipy.special import erf
 
-from afc.lower_onnx import IR_VERSION, OPSET, check_model_bytes, lower_network, model_bytes
+from afc.lower_onnx import IR_VERSION, OPSET, check_model_bytes, lower_network, model_bytes, network_model_bytes
 from afc.spec import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, LayerSpec, NetworkSpec
 from afcore.errors import BundleError, LoweringError
 
@@ -83,6 +83,38 @@ class TestModelShape:
     def test_full_check_passes(self, make_network):
         data = model_bytes(lower_network(make_network([8, 6, 4], "elu", "sigmoid")))
         onnx.checker.check_model(data, full_check=True)
+
+
+class TestNetworkModelBytes:
+    """`network_model_bytes` splices the weights into the serialized skeleton: protobuf's own serializer is the reference."""
+
+    @pytest.mark.parametrize("sizes", [[3, 2], [5, 4, 3], [784, 128, 64, 32, 10], [1, 1], [200, 1]])
+    def test_same_bytes_as_protobuf(self, make_network, sizes):
+        network = make_network(sizes, "tanh", "softmax")
+        reference = lower_network(network, graph_name="agent-x").SerializeToString()
+        assert network_model_bytes(network, graph_name="agent-x") == reference
+
+    def test_non_contiguous_and_float64_weights(self, make_network):
+        network = make_network([6, 5, 3])
+        layers = (LayerSpec(0, np.asfortranarray(network.layers[0].weight), network.layers[0].bias, "relu"),
+                  LayerSpec(1, network.layers[1].weight.astype(np.float64), network.layers[1].bias, "relu"))
+        odd = NetworkSpec(6, 3, layers, hidden_activation="relu", output_activation="linear")
+        assert network_model_bytes(odd) == network_model_bytes(network)
+
+    def test_parses_and_runs_like_the_float64_reference(self, make_network):
+        network = make_network([7, 6, 4], "relu", "softmax")
+        x = inputs(9, 7)
+        np.testing.assert_allclose(run_ort(network_model_bytes(network), x), forward64(network, x), rtol=1e-5,
+                                   atol=1e-5)
+
+    def test_checker_errors_still_surface(self, make_network, monkeypatch):
+        def refuse(*args, **kwargs):
+            raise onnx.checker.ValidationError("refused")
+
+        monkeypatch.setattr(onnx.checker, "check_model", refuse)
+        with pytest.raises(LoweringError) as info:
+            network_model_bytes(make_network([3, 2]))
+        assert info.value.code == "AF3003"
 
 
 class TestActivations:

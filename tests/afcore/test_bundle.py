@@ -119,6 +119,46 @@ class TestLayout:
             assert info.value.code == "AF4016"
 
 
+class TestBufferMembers:
+    """Members given as lists of buffers (views of big arrays) write the same bundle as joined bytes."""
+
+    def test_chunked_members_same_bytes(self):
+        import numpy as np
+
+        weights = np.arange(2560, dtype=np.float32)
+        chunked = {**MEMBERS, "weights.safetensors": [b"head", weights, memoryview(b"tail"), np.zeros(0, np.float32)]}
+        joined = {**MEMBERS, "weights.safetensors": b"head" + weights.tobytes() + b"tail"}
+        data = write_bundle(MANIFEST, chunked)
+        assert data == write_bundle(MANIFEST, joined)
+        assert read_bundle(data).members["weights.safetensors"] == joined["weights.safetensors"]
+
+    def test_given_digests_are_used_and_others_computed(self):
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in MEMBERS.items() if name != "agent.yaml"}
+        assert write_bundle(MANIFEST, MEMBERS, digests={**digests, "not-a-member": "00"}) == write_bundle(
+            MANIFEST, MEMBERS)
+        lying = write_bundle(MANIFEST, MEMBERS, digests={"model.onnx": "0" * 64})
+        assert code_of(lying) == "AF4013"  # trusted when writing, checked when reading
+
+    def test_parallel_hashing_of_big_members(self, monkeypatch):
+        import afcore.bundle
+
+        serial = write_bundle(MANIFEST, MEMBERS)
+        monkeypatch.setattr(afcore.bundle, "_THREADED_HASH_BYTES", 0)
+        assert write_bundle(MANIFEST, MEMBERS) == serial
+
+    def test_input_fed_in_job_sized_slices(self, monkeypatch):
+        # members bigger than a job are fed to zstd in slices; the frame must not depend on the slicing
+        import afcore.bundle
+
+        big = {**MEMBERS, "model.wasm": bytes(range(256)) * 9000}
+        whole = write_bundle(MANIFEST, big)
+        compressor = afcore.bundle._compressor(threads=-1)  # built with the real job size
+        monkeypatch.setattr(afcore.bundle, "_compressor", lambda threads: compressor)
+        monkeypatch.setattr(afcore.bundle, "JOB_SIZE", 1000)  # so this changes only the slicing
+        assert write_bundle(MANIFEST, big) == whole
+        assert read_bundle(whole).members["model.wasm"] == big["model.wasm"]
+
+
 class TestRefusals:
     def good_items(self) -> list[tuple[tarfile.TarInfo, bytes]]:
         data = MEMBERS["model.onnx"]
