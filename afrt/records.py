@@ -259,6 +259,7 @@ def parse_lines(lines: Iterable[bytes], *, input_size: int, start_seq: int = 0, 
         seq += 1
 
 
+_LE_F32 = np.dtype("<f4")
 _DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 
 
@@ -272,7 +273,9 @@ def encode_result(rid: Union[str, int], output: np.ndarray) -> bytes:
 
     Bandwidth limits count these bytes, so results travel in their smallest exact form.
     """
-    return orjson.dumps(rid) + b"\n" + np.asarray(output, dtype="<f4").tobytes()
+    if output.dtype != _LE_F32:
+        output = output.astype(_LE_F32)
+    return orjson.dumps(rid) + b"\n" + output.tobytes()
 
 
 def decode_result(payload: bytes) -> tuple[Union[str, int], np.ndarray]:

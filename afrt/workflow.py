@@ -245,20 +245,22 @@ class WorkflowRunner:
         results: list[Result] = []
         last = -1
         outputs, argmaxes, peaks, errors = batch.outputs, batch.argmaxes, batch.peaks, batch.errors
+        keys = [str(k) for k in range(outputs.shape[1])] if outputs is not None else []
+        append_result, append_message = results.append, outbox.append
         for i, rec in enumerate(batch.good):
             error = errors[i]
             if error is not None:
                 self._locate(error, self._process_step)
-                results.append(self._error_result(rec, error))
+                append_result(self._error_result(rec, error))
                 continue
             out = outputs[i]
             count += 1
             mean += (peaks[i] - mean) / count
-            key = str(argmaxes[i])
+            key = keys[argmaxes[i]]
             counts[key] = counts.get(key, 0) + 1
             last = i
-            outbox.append(Message(TOPIC_COMPLETION, agent_id, encode_result(rec.id, out)))
-            results.append(Result(rec.seq, rec.id, encode_output(rec.id, out, agent_id), output=out, agent=agent_id))
+            append_message(Message(TOPIC_COMPLETION, agent_id, encode_result(rec.id, out)))
+            append_result(Result(rec.seq, rec.id, encode_output(rec.id, out, agent_id), out, agent_id))
         if last >= 0:
             memory.update(count=count, mean_max=mean, last_id=batch.good[last].id, last_output=outputs[last],
                           last_argmax=argmaxes[last], last_max=peaks[last])
@@ -289,7 +291,7 @@ class WorkflowRunner:
             argmaxes = outputs.argmax(axis=1)
             batch.peaks = outputs[np.arange(len(outputs)), argmaxes].tolist()
             batch.argmaxes = argmaxes.tolist()
-            batch.outputs = outputs
+            batch.outputs = outputs.astype("<f4", copy=False)  # the wire form of results (a no-op here)
         else:
             batch.errors = [None] * len(good)
         return batch
