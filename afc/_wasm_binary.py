@@ -8,6 +8,7 @@ code section (id 10), before any trailing custom sections (the ``name`` section)
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Protocol, Union
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from afcore.errors import LoweringError
 
-__all__ = ["DataSegment", "SegmentWriter", "splice_data_section"]
+__all__ = ["DataSegment", "SegmentWriter", "splice_data_section", "validate_module"]
 
 _MAGIC = b"\0asm\1\0\0\0"
 _CODE_SECTION = 10
@@ -30,7 +31,7 @@ class SegmentWriter(Protocol):
     nbytes: int
 
     def write_into(self, out: memoryview) -> None:
-        """Fill ``out`` (``nbytes`` zeroed bytes) with the segment's contents."""
+        """Fill ``out`` (``nbytes`` uninitialized bytes) with the segment's contents, every byte of it."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def _segment_header(offset: int, nbytes: int) -> bytes:
 def splice_data_section(module: bytes, segments: list[DataSegment]) -> bytes:
     """Return ``module`` with a data section holding ``segments`` inserted after its code section.
 
-    The output is written once into a preallocated, zeroed buffer; a `SegmentWriter` fills its part in place.
+    The output is written once, into a new bytes object of the final size (`_new_bytes`); a
+    `SegmentWriter` fills its part in place. Every byte is written exactly once.
 
     Args:
         module: a WebAssembly binary without a data section.
@@ -119,8 +121,7 @@ def splice_data_section(module: bytes, segments: list[DataSegment]) -> bytes:
     headers = [_segment_header(s.offset, s.data.nbytes) for s in segments]
     payload_size = len(uleb128(len(segments))) + sum(len(h) + s.data.nbytes for h, s in zip(headers, segments))
     section_head = bytes([_DATA_SECTION]) + uleb128(payload_size) + uleb128(len(segments))
-    out = bytearray(len(module) + len(section_head) + payload_size - len(uleb128(len(segments))))
-    view = memoryview(out)
+    result, view = _new_bytes(len(module) + len(section_head) + payload_size - len(uleb128(len(segments))))
     view[:cut] = module[:cut]
     pos = cut + len(section_head)
     view[cut:pos] = section_head
@@ -129,9 +130,51 @@ def splice_data_section(module: bytes, segments: list[DataSegment]) -> bytes:
         pos += len(header)
         end = pos + segment.data.nbytes
         if isinstance(segment.data, np.ndarray):
-            view[pos:end] = memoryview(np.ascontiguousarray(segment.data)).cast("B")
+            view[pos:end] = memoryview(np.ascontiguousarray(segment.data).reshape(-1).view(np.uint8))
         else:
             segment.data.write_into(view[pos:end])
         pos = end
     view[pos:] = module[cut:]
-    return bytes(out)
+    view.release()
+    return result
+
+
+def _new_bytes(size: int) -> tuple[bytes, memoryview]:
+    """Return a new bytes object of ``size`` (>= 2) uninitialized bytes and a writable view of them.
+
+    CPython's C API makes bytes this way (``PyBytes_FromStringAndSize(NULL, size)``: "the contents are
+    uninitialized") and fills them before the object is shared. Building the module in a bytearray
+    instead costs a second 200 MB buffer and a copy, about a third of lowering a 50M-parameter network.
+    The caller writes every byte, then releases the view before returning the bytes.
+    """
+    if size < 2:  # sizes 0 and 1 may return CPython's shared singletons
+        raise ValueError("size must be at least 2")
+    new = ctypes.pythonapi.PyBytes_FromStringAndSize
+    new.restype, new.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
+    result = new(None, size)
+    buffer = (ctypes.c_char * size).from_address(_address(result))
+    return result, memoryview(buffer).cast("B")
+
+
+def _address(data: bytes) -> int:
+    # c_char_p points at the bytes object's own storage (no copy)
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+
+
+def validate_module(wasm: bytes) -> None:
+    """Validate a module with wasmtime without copying it (``wasmtime.Module.validate`` copies 200 MB first).
+
+    Uses wasmtime-py's ctypes binding of ``wasmtime_module_validate``, private API: wasmtime is pinned
+    to 50.* in pyproject.toml, and tests/afc/test_lower_wasm.py checks this against the public method.
+
+    Raises:
+        wasmtime.WasmtimeError: when wasmtime rejects the module.
+    """
+    import wasmtime
+    from wasmtime import _ffi
+
+    engine = wasmtime.Engine()  # held in a variable: a temporary would be freed before the call
+    pointer = ctypes.cast(ctypes.c_char_p(wasm), ctypes.POINTER(ctypes.c_uint8))
+    error = _ffi.wasmtime_module_validate(engine.ptr(), pointer, len(wasm))
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)

@@ -17,7 +17,7 @@ import numpy as np
 
 from afcore.errors import LoweringError
 
-from ._wasm_binary import DataSegment, splice_data_section
+from ._wasm_binary import DataSegment, splice_data_section, validate_module
 from ._wasm_math import ACTIVATION_FUNCS, MATH_WAT, f32x4
 
 if TYPE_CHECKING:
@@ -165,8 +165,8 @@ def _plan_layout(network: NetworkSpec, max_batch: int) -> _Layout:
 class _PackedLayer:
     """A layer's data segment: weights in blocks of 4 neurons interleaved by input, then the bias (float32 LE).
 
-    It writes straight into the module buffer (a `SegmentWriter`), whose zeroed bytes are the padding of a
-    last block with fewer than 4 neurons.
+    It writes straight into the module buffer (a `SegmentWriter`), zeros included: the padding of a last
+    block with fewer than 4 neurons, and of the bias.
     """
 
     def __init__(self, layer: LayerSpec) -> None:
@@ -175,7 +175,7 @@ class _PackedLayer:
         self.nbytes = 4 * (self.blocks * layer.in_size * 4 + self.blocks * 4)
 
     def write_into(self, out: memoryview) -> None:
-        """Write the packed weights and bias into ``out`` (``nbytes`` zeroed bytes)."""
+        """Write the packed weights and bias into ``out`` (``nbytes`` bytes, every one of them)."""
         weight, (n_out, n_in) = self.layer.weight, self.layer.weight.shape
         packed = np.frombuffer(out, dtype="<f4")
         grid = packed[: self.blocks * n_in * 4].reshape(self.blocks, n_in, 4)
@@ -183,7 +183,10 @@ class _PackedLayer:
         grid[:full] = weight[: full * 4].reshape(full, 4, n_in).transpose(0, 2, 1)
         if n_out % 4:
             grid[full, :, : n_out % 4] = weight[full * 4 :].T
-        packed[self.blocks * n_in * 4 : self.blocks * n_in * 4 + n_out] = self.layer.bias
+            grid[full, :, n_out % 4 :] = 0
+        bias = packed[self.blocks * n_in * 4 :]
+        bias[:n_out] = self.layer.bias
+        bias[n_out:] = 0
 
 
 #: activations cheap enough to inline at the store instead of calling their function
@@ -440,7 +443,7 @@ def lower_network(network: NetworkSpec, *, max_batch: int = 64) -> WasmModule:
     segments = [DataSegment(plan.weights, _PackedLayer(layer)) for plan, layer in zip(layout.layers, network.layers)]
     wasm = splice_data_section(bytes(code), segments)
     try:
-        wasmtime.Module.validate(wasmtime.Engine(), wasm)
+        validate_module(wasm)
     except wasmtime.WasmtimeError as exc:
         raise LoweringError(f"wasmtime rejects the generated module: {exc}", code="AF3199",
                             hint="this is a bug in af: please report it with the .af file") from exc

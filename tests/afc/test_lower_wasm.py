@@ -10,7 +10,7 @@ import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from afc._wasm_binary import DataSegment, sleb128, splice_data_section, uleb128
+from afc._wasm_binary import DataSegment, _new_bytes, sleb128, splice_data_section, uleb128, validate_module
 from afc.lower_wasm import WasmModule, lower_network
 from afc.spec import HIDDEN_ACTIVATIONS, LayerSpec, NetworkSpec
 from afcore.errors import LoweringError
@@ -223,6 +223,43 @@ class TestModuleBytes:
     def test_deterministic(self):
         network = make_network([20, 9, 3], "elu", "sigmoid")
         assert lower_network(network).wasm == lower_network(network).wasm
+
+    def test_padding_is_zero_in_uninitialized_memory(self):
+        # the module is built in uninitialized memory: dirty the allocator first, then check each padded
+        # layer's segment against a packing written independently here, in zeroed numpy arrays
+        garbage = [np.full(1 << 16, 0xA5, np.uint8).tobytes() for _ in range(64)]
+        del garbage
+        network = make_network([7, 5, 3], "relu", "linear")
+        wasm = lower_network(network).wasm
+        for layer in network.layers:
+            blocks = -(-layer.out_size // 4)
+            grid = np.zeros((blocks * 4, layer.in_size), np.float32)
+            grid[: layer.out_size] = layer.weight
+            packed = grid.reshape(blocks, 4, layer.in_size).transpose(0, 2, 1).astype("<f4").tobytes()
+            bias = np.zeros(blocks * 4, "<f4")
+            bias[: layer.out_size] = layer.bias
+            assert packed + bias.tobytes() in wasm
+
+    def test_validate_module_agrees_with_wasmtime(self):
+        good = lower_network(make_network([5, 3])).wasm
+        validate_module(good)
+        wasmtime.Module.validate(wasmtime.Engine(), good)
+        bad = good[: len(good) // 2]  # cut inside a section
+        with pytest.raises(wasmtime.WasmtimeError):
+            wasmtime.Module.validate(wasmtime.Engine(), bad)
+        with pytest.raises(wasmtime.WasmtimeError):
+            validate_module(bad)
+
+    def test_new_bytes_are_fresh_objects(self):
+        first, view = _new_bytes(4)
+        view[:] = b"abcd"
+        view.release()
+        second, other = _new_bytes(4)
+        other[:] = b"wxyz"
+        other.release()
+        assert (first, second) == (b"abcd", b"wxyz") and hash(first) == hash(b"abcd")
+        with pytest.raises(ValueError):
+            _new_bytes(1)
 
     def test_section_order_has_data_after_code(self):
         ids = _section_ids(lower_network(make_network([5, 3])).wasm)
