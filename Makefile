@@ -24,7 +24,9 @@ demo: $(STAMP)
 	$(AF) validate examples/xor.af
 	$(AF) compile examples/classification-agent.af -o build/classification-agent.afb
 	$(AF) inspect build/classification-agent.afb
-	head -n 20 examples/classification-inputs.jsonl | $(AF) run build/classification-agent.afb --replicas 2
+	head -n 3 examples/classification-inputs.jsonl | $(AF) run build/classification-agent.afb --backend wasm
+	$(AF) run build/classification-agent.afb --replicas 2 --input examples/classification-inputs.jsonl --output build/results.jsonl
+	$(PY) examples/score.py build/results.jsonl
 
 # Rebuilds examples/*.af reproducibly (trains on scikit-learn's bundled digits).
 examples: $(STAMP)
