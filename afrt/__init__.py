@@ -10,6 +10,22 @@ from .instrument import Instrument as Instrument
 from .instrument import Instruments as Instruments
 from .loader import LoadedBundle as LoadedBundle
 from .loader import load_bundle as load_bundle
+from .steps import resolve_field as resolve_field
+from .stream import RunOptions as RunOptions
+from .stream import RunSummary as RunSummary
+from .stream import run_jsonl as run_jsonl
 from .swarm import Swarm as Swarm
 
-__all__ = ["Agent", "Instrument", "Instruments", "LoadedBundle", "Swarm", "load", "load_bundle"]
+__all__ = [
+    "Agent",
+    "Instrument",
+    "Instruments",
+    "LoadedBundle",
+    "RunOptions",
+    "RunSummary",
+    "Swarm",
+    "load",
+    "load_bundle",
+    "resolve_field",
+    "run_jsonl",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -38,79 +38,23 @@ def run_command(
     1 the bundle cannot be loaded or an agent cannot start; 2 usage error;
     130/143 stopped by SIGINT/SIGTERM (shutdown workflows ran, results so far were written).
     """
-    from afcore.errors import UsageError
+    from ._load import close_streams, ensure_backend, load_agent, open_stream, run_stream
 
-    if backend not in ("onnx", "wasm"):
-        raise UsageError(f"unknown backend `{backend}`", code="AF0933", hint="use --backend onnx or --backend wasm")
-    source = _open(input_path, "rb", sys.stdin)
+    ensure_backend(backend)
+    source = open_stream(input_path, "rb", sys.stdin)
     sink = None
     try:
-        agent = _load(bundle, backend, fuel)
-        sink = _open(output_path, "wb", sys.stdout)  # after loading: a bad bundle truncates nothing
-        summary = _run(agent, source, sink, replicas=replicas, swarm=swarm, state_dir=state_dir,
-                       max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+        agent = load_agent(bundle, backend, fuel)
+        sink = open_stream(output_path, "wb", sys.stdout)  # after loading: a bad bundle truncates nothing
+        summary = run_stream(agent, source, sink, replicas=replicas, swarm=swarm, state_dir=state_dir,
+                             max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     finally:
-        for stream in (source, sink):
-            if stream is not None and stream not in (sys.stdin.buffer, sys.stdout.buffer):
-                stream.close()
+        close_streams(source, sink)
     _report(summary, json_summary)
     if summary.interrupted:
         raise typer.Exit(SIGNAL_EXIT.get(summary.interrupted, 130))
     if fail_on_error and summary.errors:
         raise typer.Exit(1)
-
-
-def _open(path: str, mode: str, std: Any) -> IO[bytes]:
-    from afcore.errors import UsageError
-
-    if path == "-":
-        return std.buffer
-    try:
-        return open(path, mode)  # noqa: SIM115 - closed by the caller
-    except OSError as exc:
-        kind = "input" if "r" in mode else "output"
-        raise UsageError(f"cannot open the {kind} `{path}`: {exc.strerror}", code="AF0934") from None
-
-
-def _load(bundle: Path, backend: str, fuel: Optional[int]) -> Any:
-    import afrt
-
-    if bundle.suffix == ".af":
-        # Like `go run`: compile in memory, write nothing.
-        from afc import load_agent_file
-        from afc.compile import compile_agent
-
-        targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
-        data = compile_agent(load_agent_file(bundle).spec(), targets=targets)
-        return afrt.load(data, backend=backend, fuel_per_record=fuel)
-    return afrt.load(bundle, backend=backend, fuel_per_record=fuel)
-
-
-def _run(agent: Any, source: IO[bytes], sink: IO[bytes], **options: Any) -> RunSummary:
-    import asyncio
-    import signal
-
-    from afrt.stream import RunOptions, run_jsonl
-
-    async def main() -> RunSummary:
-        stop = asyncio.Event()
-        caught: list[str] = []
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, lambda s=sig: (caught.append(s.name), stop.set()))
-            except (RuntimeError, ValueError):  # not the main thread: no handlers, Ctrl-C still ends it
-                pass
-        try:
-            summary = await run_jsonl(agent, source, sink, RunOptions(**options), stop=stop)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        if caught:
-            summary.interrupted = caught[0]
-        return summary
-
-    return asyncio.run(main())
 
 
 def _report(summary: RunSummary, as_json: bool) -> None:

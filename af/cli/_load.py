@@ -1,0 +1,125 @@
+"""What `af run`, `af profile` and `af debug` share: open the streams, load the agent, run the input.
+
+Heavy modules (afrt, afc, onnxruntime, wasmtime) are imported inside the functions, so that
+importing the command modules stays cheap for `af --help`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from afrt import RunSummary
+
+#: the backends the run-like commands accept
+BACKENDS = ("onnx", "wasm")
+
+
+def ensure_backend(backend: str) -> None:
+    """Check a ``--backend`` value.
+
+    Raises:
+        UsageError: AF0933 for anything but ``onnx`` or ``wasm``.
+    """
+    from afcore.errors import UsageError
+
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend `{backend}`", code="AF0933", hint="use --backend onnx or --backend wasm")
+
+
+def open_stream(path: str, mode: str, std: Any) -> IO[bytes]:
+    """Open ``path`` in binary ``mode``; ``-`` means ``std`` (stdin or stdout).
+
+    Raises:
+        UsageError: AF0934 when the file cannot be opened.
+    """
+    from afcore.errors import UsageError
+
+    if path == "-":
+        return std.buffer
+    try:
+        return open(path, mode)  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        kind = "input" if "r" in mode else "output"
+        raise UsageError(f"cannot open the {kind} `{path}`: {exc.strerror}", code="AF0934") from None
+
+
+def load_agent(bundle: Path, backend: str, fuel: Optional[int] = None) -> Any:
+    """Load a bundle, or compile an .af file in memory first (like `go run`: nothing is written).
+
+    Args:
+        bundle: an .afb, or an .af file.
+        backend: ``onnx`` or ``wasm``.
+        fuel: wasm fuel per record (None: derived from the network's size).
+
+    Returns:
+        The `afrt.Agent`.
+
+    Raises:
+        AfError: the file does not compile, or the bundle cannot be loaded.
+    """
+    import afrt
+
+    if bundle.suffix == ".af":
+        from afc import load_agent_file
+        from afc.compile import compile_agent
+
+        targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
+        data = compile_agent(load_agent_file(bundle).spec(), targets=targets)
+        return afrt.load(data, backend=backend, fuel_per_record=fuel)
+    return afrt.load(bundle, backend=backend, fuel_per_record=fuel)
+
+
+def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
+               on_start: Optional[Callable[[asyncio.Event], None]] = None, **options: Any) -> RunSummary:
+    """Run ``source`` through a swarm of ``agent`` (`afrt.run_jsonl`), stopping on SIGINT/SIGTERM.
+
+    Args:
+        agent: the loaded agent.
+        source: JSON Lines input.
+        sink: where output records go.
+        on_start: called with the run's stop event before the run starts (a debugger's ``quit``
+            sets it).
+        options: `afrt.RunOptions` fields.
+
+    Returns:
+        The run's summary; ``interrupted`` names the signal that stopped it, if any.
+    """
+    import asyncio
+    import signal
+
+    from afrt import RunOptions, run_jsonl
+
+    async def main() -> RunSummary:
+        stop = asyncio.Event()
+        if on_start is not None:
+            on_start(stop)
+        caught: list[str] = []
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, lambda s=sig: (caught.append(s.name), stop.set()))
+            except (RuntimeError, ValueError):  # not the main thread: no handlers, Ctrl-C still ends it
+                pass
+        try:
+            summary = await run_jsonl(agent, source, sink, RunOptions(**options), stop=stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        if caught:
+            summary.interrupted = caught[0]
+        return summary
+
+    return asyncio.run(main())
+
+
+def close_streams(*streams: Optional[IO[bytes]]) -> None:
+    """Close the given streams, except None and the process's own stdin/stdout."""
+    import sys
+
+    for stream in streams:
+        if stream is not None and stream not in (sys.stdin.buffer, sys.stdout.buffer):
+            stream.close()
