@@ -11,7 +11,7 @@ import importlib
 from ._app import app as app
 
 #: subcommand modules, in the order `af --help` lists them
-COMMAND_MODULES = ("validate", "init", "pack", "unpack", "compile", "inspect", "export", "run")
+COMMAND_MODULES = ("validate", "init", "pack", "unpack", "compile", "inspect", "export", "run", "profile", "debug")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}")

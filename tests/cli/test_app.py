@@ -23,7 +23,7 @@ def temporary_command():
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in ("validate", "init", "pack", "unpack", "compile", "inspect", "export", "run"):
+    for name in ("validate", "init", "pack", "unpack", "compile", "inspect", "export", "run", "profile", "debug"):
         assert name in result.output
 
 

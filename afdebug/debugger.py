@@ -1,0 +1,287 @@
+"""`Debugger`: an `afrt.Instrument` with breakpoints, stepping, field inspection and a step trace.
+
+It runs inside the replica's task: at a stop it reads commands synchronously through the
+``read`` callback, which blocks the event loop. That is deliberate and fine for what `af debug`
+runs (one replica, batches of one record): nothing else has work to do while the author looks.
+The debugger never prints: everything goes through the ``write`` callback (`af` prints).
+
+Breakpoints (`parse_breakpoint`): ``STEP`` stops before every run of that step, ``STEP@N``
+before that step for the N-th input record (1-based, in input order), ``record=ID`` before the
+first execution step of the record whose id is ID. Commands at a stop: ``c``/``continue``,
+``s``/``step``, ``p PATH`` (``input``, ``output``, ``memory``, ``memory.count``, ``output.max``,
+``input[3]``...), ``bt``/``where``, ``q``/``quit``, ``h``/``help``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+from afcore.errors import ExecutionError, UsageError
+from afcore.steps import FIELD_ROOTS, Field, evaluate
+from afrt import Instrument, resolve_field
+
+if TYPE_CHECKING:
+    from afcore.errors import AfError
+    from afcore.steps import Step
+
+__all__ = ["Breakpoint", "Debugger", "ensure_breakpoints", "parse_breakpoint", "parse_field"]
+
+#: what `help` answers at a stop
+HELP = (
+    "commands: c|continue  s|step  p PATH (input, output, memory, memory.count, output.max, input[0] ...)  "
+    "bt|where  q|quit  h|help"
+)
+#: the prompt written before each command is read
+PROMPT = "(afdb) "
+
+_PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*|-?[0-9]+)|\[(-?[0-9]+)\]")
+_STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Breakpoint:
+    """Where to stop: before ``step`` (any record, or only the ``nth`` one), or at ``record_id``."""
+
+    step: Optional[str] = None
+    nth: Optional[int] = None
+    record_id: Optional[str] = None
+
+    def __str__(self) -> str:
+        if self.record_id is not None:
+            return f"record={self.record_id}"
+        return f"{self.step}@{self.nth}" if self.nth is not None else str(self.step)
+
+
+def parse_breakpoint(text: str) -> Breakpoint:
+    """Parse ``STEP``, ``STEP@N`` or ``record=ID``.
+
+    Args:
+        text: the breakpoint as given to ``--break``.
+
+    Returns:
+        The `Breakpoint`.
+
+    Raises:
+        UsageError: AF0950 when the text is none of those forms.
+    """
+    text = text.strip()
+    if text.startswith("record="):
+        if len(text) > len("record="):
+            return Breakpoint(record_id=text[len("record="):])
+    else:
+        name, _, nth = text.partition("@")
+        if _STEP_NAME.fullmatch(name) and (not nth or (nth.isdigit() and int(nth) >= 1)):
+            return Breakpoint(step=name, nth=int(nth) if nth else None)
+    raise UsageError(f"bad breakpoint `{text}`", code="AF0950",
+                     hint="write STEP, STEP@N (N-th record, from 1) or record=ID")
+
+
+def ensure_breakpoints(breakpoints: Sequence[Breakpoint], workflows: Any) -> None:
+    """Check that each step breakpoint names a step of the agent's workflows.
+
+    Raises:
+        UsageError: AF0951 for a step no workflow has (the hint lists the steps).
+    """
+    names = {step.name for steps in workflows.values() for step in steps}
+    for bp in breakpoints:
+        if bp.step is not None and bp.step not in names:
+            raise UsageError(f"breakpoint `{bp}`: no workflow has a step `{bp.step}`", code="AF0951",
+                             hint="the agent's steps: " + ", ".join(sorted(names)))
+
+
+def parse_field(text: str) -> Field:
+    """Turn a dotted path such as ``output.max``, ``memory.class_counts.3`` or ``input[0]`` into a `Field`.
+
+    Raises:
+        ValueError: when the text is not a path rooted at input, output or memory.
+    """
+    text = text.strip()
+    root = re.match(r"[A-Za-z_]+", text)
+    if root is None or root.group() not in FIELD_ROOTS:
+        raise ValueError(f"`{text}` is not a field path: start with {', '.join(FIELD_ROOTS)}")
+    path: list[str | int] = []
+    pos = root.end()
+    while pos < len(text):
+        m = _PATH_PART.match(text, pos)
+        if m is None:
+            raise ValueError(f"`{text}` is not a field path (at `{text[pos:]}`)")
+        part = m.group(1) if m.group(1) is not None else m.group(2)
+        path.append(int(part) if re.fullmatch(r"-?[0-9]+", part) else part)
+        pos = m.end()
+    return Field(root.group(), tuple(path))
+
+
+class Debugger(Instrument):
+    """Stops at breakpoints and reads commands; optionally traces every step with its source line.
+
+    Args:
+        read: returns the next command line, or None when there is none (then the run continues).
+        write: shows one line of text to the author.
+        breakpoints: where to stop.
+        trace: show each step as it runs, with its source line.
+        source: the .af header text (bundle member ``agent.yaml``), for source lines; None: none.
+        on_quit: called once on ``quit`` (`af debug` stops reading input, so that the records
+            already read finish and the shutdown workflow runs).
+    """
+
+    def __init__(self, *, read: Callable[[], Optional[str]], write: Callable[[str], None],
+                 breakpoints: Sequence[Breakpoint] = (), trace: bool = False, source: Optional[str] = None,
+                 on_quit: Optional[Callable[[], None]] = None) -> None:
+        self._read, self._write = read, write
+        self.breakpoints = list(breakpoints)
+        self.trace = trace
+        self._lines = source.splitlines() if source is not None else []
+        self.on_quit = on_quit
+        self.stepping = False
+        self.quitted = False
+        self.stops = 0
+        self._records_seen: set[int] = set()
+
+    # hooks -------------------------------------------------------------------------------------
+
+    def before_step(self, ctx: Any, workflow: str, step: Step, record: Any) -> None:
+        if self.quitted:
+            return
+        first = record is not None and record.record.seq not in self._records_seen
+        if first:
+            self._records_seen.add(record.record.seq)
+        hit = self._hit(workflow, step, record, first)
+        if self.trace:
+            self._show_step(ctx, workflow, step, record)
+        if hit is not None or self.stepping:
+            self._stop(ctx, workflow, step, record, hit)
+
+    def trap(self, ctx: Any, error: AfError) -> None:
+        if self.trace and not self.quitted:
+            self._write(f"trap: {error.code}: {error.message}")
+
+    # stopping ----------------------------------------------------------------------------------
+
+    def _hit(self, workflow: str, step: Step, record: Any, first: bool) -> Optional[Breakpoint]:
+        for bp in self.breakpoints:
+            if bp.record_id is not None:
+                if first and workflow == "execution" and str(record.record.id) == bp.record_id:
+                    return bp
+            elif bp.step == step.name and (bp.nth is None or (record is not None and record.record.seq + 1 == bp.nth)):
+                return bp
+        return None
+
+    def _stop(self, ctx: Any, workflow: str, step: Step, record: Any, hit: Optional[Breakpoint]) -> None:
+        self.stops += 1
+        self.stepping = False
+        why = f"breakpoint {hit}" if hit is not None else "step"
+        self._write(f"stopped ({why}) before {workflow}/{step.source or step.name}{_record_text(record)}")
+        if not self.trace:
+            self._show_source(step)
+        while True:
+            line = self._read()
+            if line is None:  # no more commands (stdin closed): run on to the end
+                return
+            if self._command(line.strip(), ctx, workflow, step, record):
+                return
+
+    def _command(self, line: str, ctx: Any, workflow: str, step: Step, record: Any) -> bool:
+        """Run one command; return True when the run should go on."""
+        word, _, rest = line.partition(" ")
+        if word in ("c", "continue"):
+            return True
+        if word in ("s", "step"):
+            self.stepping = True
+            return True
+        if word in ("q", "quit"):
+            self.quitted = True
+            if self.on_quit is not None:
+                self.on_quit()
+            return True
+        if word in ("p", "print"):
+            self._write(self.inspect(rest, ctx, record))
+        elif word in ("bt", "where"):
+            self._write(f"agent {ctx.agent_id}, workflow {workflow}, step {step.source or step.name}"
+                        f"{_record_text(record)}")
+            self._show_source(step)
+        elif word in ("h", "help", "?"):
+            self._write(HELP)
+        elif word:
+            self._write(f"unknown command `{word}`; {HELP}")
+        return False
+
+    def inspect(self, text: str, ctx: Any, record: Any) -> str:
+        """Return the value of a field path as text (JSON-like), or why it has none.
+
+        Args:
+            text: e.g. ``output.max``, ``memory``, ``input[0]``.
+            ctx: the replica's context.
+            record: the record's state, or None outside the execution workflow.
+
+        Returns:
+            ``path = value`` or an error line.
+        """
+        try:
+            expr = parse_field(text)
+        except ValueError as exc:
+            return f"error: {exc}"
+        try:
+            value = evaluate(expr, lambda root, path: _resolve(ctx, record, root, path))
+        except ExecutionError as exc:
+            return f"error[{exc.code}]: {exc.message}"
+        return f"{expr.dotted()} = {_format(value)}"
+
+    # source display ----------------------------------------------------------------------------
+
+    def _show_step(self, ctx: Any, workflow: str, step: Step, record: Any) -> None:
+        note = ""
+        if step.guard is not None:
+            try:
+                runs = bool(evaluate(step.guard, lambda root, path: resolve_field(ctx, record, root, path)))
+                note = "" if runs else "  (skipped: guard is false)"
+            except ExecutionError as exc:
+                note = f"  (guard fails: {exc.code})"
+        self._write(f"{workflow}: {step.source or step.name}{_record_text(record)}{note}")
+        self._show_source(step)
+
+    def _show_source(self, step: Step) -> None:
+        span = step.span or {}
+        line, column = span.get("line"), span.get("column")
+        if not isinstance(line, int):
+            return
+        self._write(f"  --> {span.get('path', '?')}:{line}:{column}")
+        if 1 <= line <= len(self._lines):
+            self._write(f"{line:>5} | {self._lines[line - 1]}")
+
+
+def _record_text(record: Any) -> str:
+    if record is None:
+        return ""
+    return f" (record {record.record.seq + 1}, id {record.record.id!r})"
+
+
+def _resolve(ctx: Any, record: Any, root: str, path: tuple) -> Any:
+    """Like the guards' `afrt.resolve_field`, plus the bare roots: the whole input, output or memory."""
+    if path:
+        return resolve_field(ctx, record, root, path)
+    if root == "memory":
+        return dict(ctx.memory) if ctx.memory is not None else resolve_field(ctx, record, "memory", ())
+    if record is None:
+        raise KeyError(root)
+    if root == "output":
+        if record.output is None:
+            raise KeyError(root)
+        return record.output
+    return {"id": record.record.id, "line": record.record.line, "values": record.record.values}
+
+
+def _format(value: Any) -> str:
+    import json
+
+    def plain(v: Any) -> Any:
+        if hasattr(v, "tolist"):
+            return v.tolist()
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return json.dumps(plain(value), default=repr)
