@@ -30,6 +30,8 @@ WASM_MAX_BATCH = 64
 #: networks with at least this many bytes of weights are lowered and hashed in threads (below it,
 #: starting threads costs more than it saves)
 THREADED_LOWERING_BYTES = 8 << 20
+#: the bundle writer syncs the file to disk after each this many bytes (0: only at the end)
+SYNC_BYTES = 64 << 20
 
 
 def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
@@ -240,17 +242,22 @@ def _write_hashed(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, str]:
     Raises:
         OSError: from writing; the generator's own errors (BundleError) pass through unchanged.
     """
-    digest, size = hashlib.sha256(), 0
+    digest, size, synced = hashlib.sha256(), 0, 0
     pending: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
     failure: list[OSError] = []
 
     def drain() -> None:
-        nonlocal size
+        nonlocal size, synced
         while (chunk := pending.get()) is not None:
             if not failure:
                 try:
                     digest.update(chunk)
                     size += out.write(chunk)
+                    if size - synced >= SYNC_BYTES and SYNC_BYTES:
+                        # flushed to disk as we go, so the caller's final fsync has little left to wait for
+                        out.flush()
+                        os.fdatasync(out.fileno())
+                        synced = size
                 except OSError as exc:
                     failure.append(exc)
 

@@ -196,6 +196,16 @@ class TestWriteBundleFile:
         assert data == compile_agent(xor_spec)
         assert members == {entry["name"]: entry["size"] for entry in read_bundle(data).manifest["members"]}
 
+    def test_synced_as_it_goes(self, xor_spec, tmp_path, monkeypatch):
+        import os
+
+        synced = []
+        real = os.fdatasync
+        monkeypatch.setattr(afc.compile, "SYNC_BYTES", 1)
+        monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+        write_bundle_file(tmp_path / "x.afb", xor_spec, lower_agent(xor_spec))
+        assert synced and (tmp_path / "x.afb").read_bytes() == compile_agent(xor_spec)
+
     def test_write_error_is_af3006_and_leaves_nothing(self, xor_spec, tmp_path, monkeypatch):
         from afcore.errors import LoweringError
 
