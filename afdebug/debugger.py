@@ -137,24 +137,24 @@ class Debugger(Instrument):
         self.stepping = False
         self.quitted = False
         self.stops = 0
-        self._records_seen: set[int] = set()
+        self._last_seq: Optional[int] = None  # the record whose steps run now (one replica: in order)
 
     # hooks -------------------------------------------------------------------------------------
 
     def before_step(self, ctx: Any, workflow: str, step: Step, record: Any) -> None:
+        first = record is not None and record.record.seq != self._last_seq
+        if first:
+            self._last_seq = record.record.seq
+        if self.trace:  # the trace goes on after quit: it shows the shutdown workflow running
+            self._show_step(ctx, workflow, step, record)
         if self.quitted:
             return
-        first = record is not None and record.record.seq not in self._records_seen
-        if first:
-            self._records_seen.add(record.record.seq)
         hit = self._hit(workflow, step, record, first)
-        if self.trace:
-            self._show_step(ctx, workflow, step, record)
         if hit is not None or self.stepping:
             self._stop(ctx, workflow, step, record, hit)
 
     def trap(self, ctx: Any, error: AfError) -> None:
-        if self.trace and not self.quitted:
+        if self.trace:
             self._write(f"trap: {error.code}: {error.message}")
 
     # stopping ----------------------------------------------------------------------------------

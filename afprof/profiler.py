@@ -30,6 +30,8 @@ __all__ = ["Profiler"]
 WORKFLOW_ORDER = ("initialization", "execution", "shutdown")
 #: the lifecycle step whose backend call is a warm-up, not a record's
 WARMUP_STEP = "load_neural_network"
+#: trap events remembered to count an error reported twice only once (a batch holds at most this many)
+RECENT_TRAPS = 4096
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Profiler(Instrument):
         self._backend = "onnx"
         self.messages: dict[str, int] = {}
         self.traps: dict[str, int] = {}
+        self._recent_traps: dict[int, Any] = {}
 
     def wrap(self, agent: Any) -> Any:
         """Return ``agent`` with its backend calls timed (and metered, on wasm) by this profiler.
@@ -95,6 +98,8 @@ class Profiler(Instrument):
         if run is None or (run[0], run[1]) != run_key:
             self._close_run(key)
             self._runs[key] = [workflow, run_key[1], now, now]
+        else:
+            run[3] = now  # a step its guard skips still belongs to the run
         self._open[key] = _Open(self._stats(workflow, step), now)
         self._open_agent[id(ctx.agent)] = step.name
 
@@ -110,12 +115,20 @@ class Profiler(Instrument):
         self.messages[message.topic] = self.messages.get(message.topic, 0) + 1
 
     def trap(self, ctx: Any, error: AfError) -> None:
-        self.traps[error.code] = self.traps.get(error.code, 0) + 1
         opened = self._open.pop(id(ctx), None)
         self._open_agent.pop(id(ctx.agent), None)
         if opened is not None:
             opened.stats.traps += 1
         self._touch(id(ctx), self._clock())
+        # A record's failed backend call is reported twice: when the batch is retried record by
+        # record, and when its process_neural_network step re-raises the same error. Count it once.
+        recent = self._recent_traps
+        if id(error) in recent:
+            return
+        recent[id(error)] = error  # holding the error keeps its id from being reused
+        if len(recent) > RECENT_TRAPS:
+            del recent[next(iter(recent))]
+        self.traps[error.code] = self.traps.get(error.code, 0) + 1
 
     # bookkeeping -------------------------------------------------------------------------------
 
