@@ -81,10 +81,14 @@ class Profiler(Instrument):
             agent: an `afrt.Agent`.
 
         Returns:
-            An object that behaves as the agent; its replicas are wrapped too.
+            An object that behaves as the agent; its replicas are wrapped too. The agent's
+            declared steps are listed in the report from then on, reached or not.
         """
         self._backend = getattr(agent, "backend", "onnx")
         self._fuel_budget = getattr(agent, "fuel_per_record", None)
+        for workflow, steps in (getattr(agent, "workflows", None) or {}).items():
+            for step in steps:  # listed even if never reached (a trap or a failed workflow stopped it)
+                self._stats(workflow, step)
         return _ProfiledAgent(agent, self)
 
     # hooks -------------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""`af debug` through the CLI with commands scripted on stdin: breakpoints, p, trace, quit, usage errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from af.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+XOR = ROOT / "examples" / "xor.af"
+X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
+AF = str(Path(sys.executable).parent / "af")
+
+
+def xor_reference(x: np.ndarray) -> np.ndarray:
+    """float64 forward pass of the example: tanh hidden layer, sigmoid output."""
+    from afc import load_agent_file
+
+    network = load_agent_file(XOR).spec().network
+    h = x.astype(np.float64)
+    for i, layer in enumerate(network.layers):
+        h = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
+        h = np.tanh(h) if i < len(network.layers) - 1 else 1.0 / (1.0 + np.exp(-h))
+    return h
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(orjson.dumps({"id": f"r{i}", "input": row.tolist()}) + b"\n" for i, row in enumerate(X)))
+    return path
+
+
+def debug(*args, commands: str = ""):
+    return CliRunner().invoke(app, ["debug", *map(str, args)], input=commands)
+
+
+class TestDebugCommand:
+    def test_breakpoint_and_print_output_max(self, inputs):
+        result = debug(XOR, "--input", inputs, "--break", "send_output@3", commands="p output.max\np memory.count\nc\n")
+        assert result.exit_code == 0, result.stderr
+        assert "stopped (breakpoint send_output@3) before execution/send_output (record 3, id 'r2')" in result.stderr
+        value = re.search(r"^output\.max = (\S+)$", result.stderr, re.M).group(1)
+        assert float(value) == pytest.approx(xor_reference(X[2:3]).max(), rel=1e-5, abs=1e-6)
+        assert re.search(r"^memory\.count = 3$", result.stderr, re.M)  # update_memory ran for records 1-3
+        # the source of the stop, rustc-style
+        assert re.search(r"^  --> xor\.af:\d+:7\n\s+\d+ \|     - send_output$", result.stderr, re.M)
+        outputs = [orjson.loads(line)["output"] for line in result.stdout.splitlines()]
+        np.testing.assert_allclose(outputs, xor_reference(X), rtol=1e-5, atol=1e-6)
+        assert "1 stops" in result.stderr
+
+    def test_trace_lists_steps_in_declared_order_with_lines(self, inputs):
+        result = debug(XOR, "--input", inputs, "--trace")
+        assert result.exit_code == 0, result.stderr
+        text = XOR.read_text().splitlines()
+        steps = re.findall(r"^(\w+): (\w+)(?: \(record (\d+).*)?\n  --> xor\.af:(\d+):7\n\s+(\d+) \| (.*)$",
+                           result.stderr, re.M)
+        names = [s[1] for s in steps]
+        execution = ["receive_input", "process_neural_network", "update_memory", "send_output"]
+        assert names == ["load_neural_network", "initialize_memory", "connect_to_swarm", "register_capabilities",
+                         *execution * 4, "save_state", "disconnect_from_swarm", "cleanup_resources"]
+        for workflow, name, _, line, shown_line, shown in steps:
+            assert line == shown_line and text[int(line) - 1] == shown and shown.strip() == f"- {name}"
+        assert [int(s[2]) for s in steps if s[0] == "execution"] == [n for n in (1, 2, 3, 4) for _ in range(4)]
+
+    def test_quit_runs_shutdown_and_exits_0(self, inputs):
+        result = debug(XOR, "--input", inputs, "--trace", "--break", "update_memory", commands="q\n")
+        assert result.exit_code == 0, result.stderr
+        after = result.stderr.split("(afdb) q", 1)[1]
+        assert "shutdown: save_state" in after and "shutdown: cleanup_resources" in after
+        assert "stopped" not in after  # no more breakpoints after quit
+        assert "quit" in after.splitlines()[-1]
+
+    def test_bt_and_step(self, inputs):
+        result = debug(XOR, "--input", inputs, "--break", "record=r1", commands="bt\ns\np input\nc\n")
+        assert result.exit_code == 0, result.stderr
+        assert re.search(r"^agent xor-agent-\w+, workflow execution, step receive_input \(record 2, id 'r1'\)$",
+                         result.stderr, re.M)
+        assert "stopped (step) before execution/process_neural_network (record 2, id 'r1')" in result.stderr
+        assert 'input = {"id": "r1", "line": 2, "values": [0.0, 1.0]}' in result.stderr
+
+    def test_usage_errors_exit_2(self, inputs):
+        bad = debug(XOR, "--input", inputs, "--break", "send_output@zero")
+        assert bad.exit_code == 2 and "AF0950" in bad.stderr
+        unknown = debug(XOR, "--input", inputs, "--break", "send_outptu")
+        assert unknown.exit_code == 2 and "AF0951" in unknown.stderr and "send_output" in unknown.stderr
+        stdin = debug(XOR, "--input", "-", "--break", "send_output")
+        assert stdin.exit_code == 2 and "AF0952" in stdin.stderr
+
+    def test_a_real_process_reads_commands_from_a_pipe(self, inputs):
+        proc = subprocess.run([AF, "debug", str(XOR), "--input", str(inputs), "--break", "send_output@4"],
+                              input=b"p output.max\nquit\n", capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        value = re.search(rb"^output\.max = (\S+)$", proc.stderr, re.M).group(1)
+        assert float(value) == pytest.approx(xor_reference(X[3:4]).max(), rel=1e-5, abs=1e-6)

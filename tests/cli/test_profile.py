@@ -1,0 +1,98 @@
+"""`af profile` through the CLI: the JSON report, the table, --output and the usage errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+from typer.testing import CliRunner
+
+from af.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+XOR = ROOT / "examples" / "xor.af"
+X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]] * 5, dtype=np.float32)
+
+
+def xor_reference(x: np.ndarray) -> np.ndarray:
+    """float64 forward pass of the example: tanh hidden layer, sigmoid output."""
+    from afc import load_agent_file
+
+    network = load_agent_file(XOR).spec().network
+    h = x.astype(np.float64)
+    for i, layer in enumerate(network.layers):
+        h = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
+        h = np.tanh(h) if i < len(network.layers) - 1 else 1.0 / (1.0 + np.exp(-h))
+    return h
+
+
+def write_inputs(path: Path, x: np.ndarray) -> Path:
+    path.write_bytes(b"".join(orjson.dumps({"id": i, "input": row.tolist()}) + b"\n" for i, row in enumerate(x)))
+    return path
+
+
+def profile(*args):
+    return CliRunner().invoke(app, ["profile", *map(str, args)])
+
+
+class TestProfileCommand:
+    def test_json_report(self, tmp_path):
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        result = profile(XOR, "--input", inputs, "--backend", "wasm", "--max-batch", 4, "--json")
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["records"] == 20 and report["backend"] == "wasm" and "fast path" in report["header"]
+        steps = {(s["workflow"], s["step"]): s for s in report["steps"]}
+        assert steps[("execution", "send_output")]["calls"] == 20
+        assert steps[("initialization", "load_neural_network")]["calls"] == 1
+        assert report["messages"]["task.completion"] == 20
+        assert report["fuel_per_record"]["count"] == 20 and report["fuel_budget"] > report["fuel_per_record"]["max"]
+        assert report["backend_seconds_per_record"]["count"] == 20 and report["warmup_calls"] == 1
+        assert report["traps"] == {} and report["overhead"] is None
+
+    def test_output_records_match_the_reference(self, tmp_path):
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        out = tmp_path / "out.jsonl"
+        result = profile(XOR, "--input", inputs, "--output", out, "--json")
+        assert result.exit_code == 0, result.stderr
+        got = np.array([orjson.loads(line)["output"] for line in out.read_bytes().splitlines()])
+        np.testing.assert_allclose(got, xor_reference(X), rtol=1e-5, atol=1e-6)
+
+    def test_outputs_are_discarded_by_default(self, tmp_path):
+        result = profile(XOR, "--input", write_inputs(tmp_path / "in.jsonl", X))
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout == ""
+        assert "fused fast path" in result.stderr
+        for name in ("initialization", "receive_input", "process_neural_network", "cleanup_resources"):
+            assert name in result.stderr  # the table shows names uncut, even 80 columns wide
+        assert "messages sent: agent.lifecycle x3, task.completion x20" in result.stderr
+
+    def test_traps_by_code(self, tmp_path, example_bundles):
+        # the xor network fits in the per-call fuel allowance: the 784-wide example runs out
+        inputs = write_inputs(tmp_path / "in.jsonl", np.full((3, 784), 0.5, dtype=np.float32))
+        result = profile(example_bundles["classification-agent"], "--input", inputs, "--backend", "wasm",
+                         "--fuel", 10, "--json")
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["traps"] == {"AF5010": 3}
+        steps = {s["step"]: s for s in report["steps"]}
+        assert steps["process_neural_network"]["traps"] == 3 and steps["send_output"]["calls"] == 0
+
+    def test_overhead_measures_a_baseline(self, tmp_path):
+        result = profile(XOR, "--input", write_inputs(tmp_path / "in.jsonl", X), "--overhead", "--json")
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["baseline_records_per_second"] > 0
+        assert report["overhead"] == report["baseline_records_per_second"] / report["records_per_second"]
+
+    def test_usage_errors_exit_2(self, tmp_path):
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        assert profile(XOR, "--input", inputs, "--backend", "gpu").exit_code == 2
+        missing = profile(XOR, "--input", tmp_path / "nope.jsonl")
+        assert missing.exit_code == 2 and "AF0934" in missing.stderr
+
+    def test_bad_bundle_exits_1(self, tmp_path):
+        result = profile(tmp_path / "nope.afb", "--input", write_inputs(tmp_path / "in.jsonl", X))
+        assert result.exit_code == 1 and "Traceback" not in result.stderr
