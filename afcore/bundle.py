@@ -63,16 +63,23 @@ MEMBER_ORDER = (
 #: zstd level of the writer: fixed, since the level changes the bytes. On float32 weights level 1
 #: compresses as well as level 3 (ratio ~0.92 either way) at about twice the speed.
 ZSTD_LEVEL = 1
-#: log2 of the writer's zstd window (512 MiB, for long-distance matching; small bundles use less)
-WINDOW_LOG = 29
+#: log2 of the writer's zstd window: 128 MiB, the most that `zstd -d` and `tar --zstd` decode without
+#: ``--long``/``--memory`` flags (with 512 MiB, `tar --zstd -tf` refused every big bundle)
+WINDOW_LOG = 27
+#: long-distance matching is used for archives of at most this many bytes: weights.safetensors repeats
+#: the weights of model.onnx about 2/3 of the archive further on, within the window only up to here
+LDM_MAX_ARCHIVE_BYTES = 3 << (WINDOW_LOG - 1)
 #: bytes per zstd worker job (the bytes do not depend on the worker count, only on this)
 JOB_SIZE = 16 << 20
+#: size of the pieces the zstd stream writer hands over
+_WRITE_SIZE = 1 << 20
 #: long-distance matching samples one position in 2**12 and keeps matches of 256 bytes or more: the
 #: repeats it is there for are whole weight tensors, and zstd's defaults (every 128th position, 64
 #: bytes) cost about 20% more compression time for the same bundle (measured on a 200 MB network)
 LDM_HASH_RATE_LOG, LDM_MIN_MATCH = 12, 256
-#: largest zstd window the reader accepts: the writer's
-MAX_WINDOW_SIZE = 1 << WINDOW_LOG
+#: largest zstd window the reader accepts: 512 MiB, the window of bundles written before `WINDOW_LOG`
+#: was lowered to 27 (the decoder allocates at most this much)
+MAX_WINDOW_SIZE = 1 << 29
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _READ_SIZE = 1 << 20
 
@@ -233,33 +240,51 @@ def iter_bundle(
 
 def _compress_parts(parts: list[Any]) -> Iterator[bytes]:
     # Fed to zstd part by part (no joined copy of the tar: tarfile.addfile would also copy it through
-    # 16 KiB buffers); the frame still declares its content size, and the bytes do not depend on it.
-    # Each call gets at most one job's worth of input, so that output comes out (to be written and
-    # hashed by the caller) while zstd's workers go on with the next jobs, not in one lump at the end.
-    stream = _compressor(threads=-1).compressobj(size=_member_size(parts))
+    # 16 KiB buffers), at most one job's worth of input per call, so that output comes out (to be
+    # written and hashed by the caller) while zstd's workers go on with the next jobs. The stream
+    # writer hands its output over in small reused-size pieces, not as fresh 16 MiB buffers.
+    size = _member_size(parts)
+    sink = _Sink()
+    writer = _compressor(threads=-1, size=size).stream_writer(sink, size=size, write_size=_WRITE_SIZE, closefd=False)
     for part in parts:
         view = part if isinstance(part, bytes) and len(part) <= JOB_SIZE else memoryview(part)
         for start in range(0, len(view), JOB_SIZE):
-            out = stream.compress(view[start : start + JOB_SIZE])
-            if out:
-                yield out
-    yield stream.flush()
+            writer.write(view[start : start + JOB_SIZE])
+            yield from sink.take()
+    writer.flush(zstandard.FLUSH_FRAME)
+    yield from sink.take()
 
 
-def _compressor(*, threads: int) -> zstandard.ZstdCompressor:
+class _Sink:
+    """The file-like object zstd's stream writer writes to; the output is taken out after each call."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.chunks.append(data)
+        return len(data)
+
+    def take(self) -> list[bytes]:
+        chunks, self.chunks = self.chunks, []
+        return chunks
+
+
+def _compressor(*, threads: int, size: int = 0) -> zstandard.ZstdCompressor:
     # zstd's multi-threaded mode gives the same bytes for any worker count >= 1 (not the same as 0
     # workers), so bundles stay identical across machines while using every core here. Long-distance
-    # matching over a 512 MiB window finds weights.safetensors' bytes again in model.onnx: a third
-    # smaller bundle for big networks, at no cost in speed (no LDM measured 10-30% slower: zstd then
-    # entropy-codes the third copy of the weights instead of referencing the first).
+    # matching finds weights.safetensors' bytes again in model.onnx (a third smaller bundle) as long
+    # as they fall within the window; for bigger archives it would only cost time (about 1.5x for a
+    # 50M-parameter network), so it is off there. Either way the choice depends on the size alone.
+    ldm = size <= LDM_MAX_ARCHIVE_BYTES
     params = zstandard.ZstdCompressionParameters.from_level(
         ZSTD_LEVEL,
         threads=threads,
-        enable_ldm=True,
-        window_log=WINDOW_LOG,
-        ldm_hash_rate_log=LDM_HASH_RATE_LOG,
-        ldm_min_match=LDM_MIN_MATCH,
-        # the default job size is 4x the window (2 GiB): one job, so one thread, for any real bundle
+        enable_ldm=ldm,
+        window_log=WINDOW_LOG if ldm else 0,
+        ldm_hash_rate_log=LDM_HASH_RATE_LOG if ldm else 0,
+        ldm_min_match=LDM_MIN_MATCH if ldm else 0,
+        # the default job size is 4x the window: one job, so one thread, for most bundles
         job_size=JOB_SIZE,
         write_checksum=True,
         write_content_size=True,

@@ -153,10 +153,32 @@ class TestBufferMembers:
         big = {**MEMBERS, "model.wasm": bytes(range(256)) * 9000}
         whole = write_bundle(MANIFEST, big)
         compressor = afcore.bundle._compressor(threads=-1)  # built with the real job size
-        monkeypatch.setattr(afcore.bundle, "_compressor", lambda threads: compressor)
+        monkeypatch.setattr(afcore.bundle, "_compressor", lambda **options: compressor)
         monkeypatch.setattr(afcore.bundle, "JOB_SIZE", 1000)  # so this changes only the slicing
         assert write_bundle(MANIFEST, big) == whole
         assert read_bundle(whole).members["model.wasm"] == big["model.wasm"]
+
+
+class TestZstdSettings:
+    def test_window_fits_standard_tools(self):
+        # `zstd -d` / `tar --zstd` refuse windows over 128 MiB unless given --long or --memory
+        import afcore.bundle
+
+        assert afcore.bundle.WINDOW_LOG <= 27
+        big = {**MEMBERS, "model.wasm": bytes(range(256)) * 40_000}
+        params = zstandard.get_frame_parameters(write_bundle(MANIFEST, big))
+        assert params.window_size <= 128 << 20 and params.has_checksum
+
+    def test_long_distance_matching_only_while_repeats_fit_the_window(self, monkeypatch):
+        import afcore.bundle
+
+        weights = bytes(range(256)) * 4096 + bytes(reversed(range(256))) * 4096
+        members = {"model.onnx": weights, "model.wasm": bytes(1 << 20), "weights.safetensors": weights}
+        with_ldm = write_bundle(MANIFEST, members)
+        monkeypatch.setattr(afcore.bundle, "LDM_MAX_ARCHIVE_BYTES", 1 << 20)
+        without = write_bundle(MANIFEST, members)
+        assert with_ldm != without
+        assert read_bundle(with_ldm).members == read_bundle(without).members == members
 
 
 class TestRefusals:
