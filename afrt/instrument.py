@@ -91,7 +91,8 @@ class Instruments(Instrument):
     def add(self, instrument: Instrument) -> None:
         """Start sending events to ``instrument`` (for the hooks it overrides)."""
         for hook in HOOKS:
-            if getattr(type(instrument), hook, None) is not getattr(Instrument, hook):
+            implementation = getattr(type(instrument), hook, None)
+            if implementation is not None and implementation is not getattr(Instrument, hook):
                 self._by_hook.setdefault(hook, {})[instrument] = None
 
     def remove(self, instrument: Instrument) -> None:

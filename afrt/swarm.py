@@ -26,6 +26,7 @@ import numpy as np
 from afcore.errors import ChannelClosedError, ExecutionError, UsageError
 
 from .bus import TOPIC_LIFECYCLE, Bus, MemoryBus, TokenBucket
+from .instrument import Instruments
 from .records import InputRecord
 from .state import Identity, load_or_create_identity, lock_state_dir, replica_dir
 from .workflow import AgentContext, Result, WorkflowRunner
@@ -129,6 +130,9 @@ class Swarm:
         self.max_batch = max_batch
         self.batch_wait = batch_wait_ms / 1000.0
         self.queue_size = queue_size or max(4 * max_batch, 256)
+        # Always behind `Instruments`, which drops an observer that raises instead of failing records.
+        if instrument is not None and not isinstance(instrument, Instruments):
+            instrument = Instruments([instrument])
         self.instrument = instrument
         self.heartbeat_seconds = heartbeat_seconds
         self.groups: dict[str, AgentGroup] = {}

@@ -163,3 +163,24 @@ class TestLifecycle:
                 return (await swarm.start(FakeAgent(), state_dir=tmp_path)).agent_ids
 
         assert len(run(again())) == 1
+
+
+class TestInstruments:
+    def test_a_raising_instrument_is_dropped_and_records_still_succeed(self):
+        from afrt.instrument import Instrument
+
+        class Broken(Instrument):
+            calls = 0
+
+            def before_step(self, ctx, workflow, step, record):
+                Broken.calls += 1
+                raise RuntimeError("observer bug")
+
+        async def main():
+            async with Swarm("s", heartbeat_seconds=None, instrument=Broken()) as swarm:
+                await swarm.start(FakeAgent(), replicas=1)
+                return [await swarm.submit([float(i), 0, 0, 1], id=f"r{i}") for i in range(5)]
+
+        outputs = run(main())
+        assert len(outputs) == 5
+        assert Broken.calls == 1
