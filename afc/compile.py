@@ -231,10 +231,10 @@ def write_bundle_file(
 
 
 def _write_hashed(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, str]:
-    """Write ``chunks`` to ``out`` and hash them in a second thread, while this one drives zstd.
+    """Write ``chunks`` to ``out`` in one thread and hash them in another, while this one drives zstd.
 
-    Writing and hashing release the GIL, so they overlap the compression of the next chunks instead
-    of pausing zstd's workers (~0.4 s per 370 MB bundle otherwise).
+    Writing and hashing release the GIL, so they overlap the compression of the next chunks (and each
+    other) instead of pausing zstd's workers: a 550 MB bundle takes ~0.4 s to hash and ~0.3 s to write.
 
     Returns:
         The bytes written and their sha256 (hex).
@@ -242,38 +242,47 @@ def _write_hashed(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, str]:
     Raises:
         OSError: from writing; the generator's own errors (BundleError) pass through unchanged.
     """
-    digest, size, synced = hashlib.sha256(), 0, 0
-    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    digest, written = hashlib.sha256(), [0]
     failure: list[OSError] = []
+    queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=16), queue.Queue(maxsize=16)]
 
-    def drain() -> None:
-        nonlocal size, synced
-        while (chunk := pending.get()) is not None:
-            if not failure:
-                try:
-                    digest.update(chunk)
-                    size += out.write(chunk)
-                    if size - synced >= SYNC_BYTES and SYNC_BYTES:
-                        # flushed to disk as we go, so the caller's final fsync has little left to wait for
-                        out.flush()
-                        os.fdatasync(out.fileno())
-                        synced = size
-                except OSError as exc:
-                    failure.append(exc)
+    def hash_all() -> None:
+        while (chunk := queues[0].get()) is not None:
+            digest.update(chunk)
 
-    writer = threading.Thread(target=drain, name="af-bundle-writer", daemon=True)
-    writer.start()
+    def write_all() -> None:
+        synced = 0
+        while (chunk := queues[1].get()) is not None:
+            if failure:
+                continue
+            try:
+                written[0] += out.write(chunk)
+                if SYNC_BYTES and written[0] - synced >= SYNC_BYTES:
+                    # flushed to disk as we go, so the caller's final fsync has little left to wait for
+                    out.flush()
+                    os.fdatasync(out.fileno())
+                    synced = written[0]
+            except OSError as exc:
+                failure.append(exc)
+
+    threads = [threading.Thread(target=work, name=f"af-bundle-{work.__name__}", daemon=True)
+               for work in (hash_all, write_all)]
+    for thread in threads:
+        thread.start()
     try:
         for chunk in chunks:
             if failure:
                 break
-            pending.put(chunk)
+            for pending in queues:
+                pending.put(chunk)
     finally:
-        pending.put(None)
-        writer.join()
+        for pending in queues:
+            pending.put(None)
+        for thread in threads:
+            thread.join()
     if failure:
         raise failure[0]
-    return size, digest.hexdigest()
+    return written[0], digest.hexdigest()
 
 
 def _umask() -> int:
