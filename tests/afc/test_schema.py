@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -12,57 +13,7 @@ from afc.validate import load_schema, validate_header
 from afc.yamlload import load_yaml
 from afcore.spans import SourceFile
 
-REFERENCE = """\
-# Agent File Format v1.0
-version: "1.0"
-name: "classification-agent"
-description: "Neural network for image classification"
-author: "Neural Swarm Team"
-created: "2025-07-13T19:24:55.000Z"
-modified: "2025-07-13T19:24:55.000Z"
-
-runtime:
-  rust_version: "1.70.0"
-  dependencies:
-    tokio: "1.0"
-    fann: "0.3"
-    serde: "1.0"
-  features: ["neural", "async"]
-
-neural_config:
-  network_type: "feedforward"
-  input_size: 784
-  output_size: 10
-  hidden_layers: [128, 64, 32]
-  activation_function: "relu"
-  learning_rate: 0.001
-
-resources:
-  limits:
-    memory_mb: 512
-    cpu_cores: 1.0
-    disk_mb: 100
-    network_bandwidth_mbps: 10
-  requirements:
-    minimum_memory_mb: 128
-    minimum_cpu_cores: 0.5
-
-workflows:
-  initialization:
-    - load_neural_network
-    - initialize_memory
-    - connect_to_swarm
-    - register_capabilities
-  execution:
-    - receive_input
-    - process_neural_network
-    - update_memory
-    - send_output
-  shutdown:
-    - save_state
-    - disconnect_from_swarm
-    - cleanup_resources
-"""
+REFERENCE = (Path(__file__).resolve().parents[1] / "data" / "reference-header.yaml").read_text(encoding="utf-8")
 
 
 def check(text: str):
