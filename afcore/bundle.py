@@ -251,7 +251,7 @@ def _compress_parts(parts: list[Any]) -> Iterator[bytes]:
         for start in range(0, len(view), JOB_SIZE):
             writer.write(view[start : start + JOB_SIZE])
             yield from sink.take()
-    writer.flush(zstandard.FLUSH_FRAME)
+    writer.close()  # ends the frame; the sink stays open (closefd=False)
     yield from sink.take()
 
 
