@@ -59,7 +59,7 @@ class WasmModule:
         wat: the generated WebAssembly text without the weights (for ``af compile --emit=wat``).
     """
 
-    wasm: bytes
+    wasm: bytes | bytearray
     max_batch: int
     memory_pages: int
     wat: str

@@ -10,7 +10,7 @@ import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from afc._wasm_binary import DataSegment, _new_bytes, sleb128, splice_data_section, uleb128, validate_module
+from afc._wasm_binary import DataSegment, sleb128, splice_data_section, uleb128, validate_module
 from afc.lower_wasm import WasmModule, lower_network
 from afc.spec import HIDDEN_ACTIVATIONS, LayerSpec, NetworkSpec
 from afcore.errors import LoweringError
@@ -250,16 +250,12 @@ class TestModuleBytes:
         with pytest.raises(wasmtime.WasmtimeError):
             validate_module(bad)
 
-    def test_new_bytes_are_fresh_objects(self):
-        first, view = _new_bytes(4)
-        view[:] = b"abcd"
-        view.release()
-        second, other = _new_bytes(4)
-        other[:] = b"wxyz"
-        other.release()
-        assert (first, second) == (b"abcd", b"wxyz") and hash(first) == hash(b"abcd")
-        with pytest.raises(ValueError):
-            _new_bytes(1)
+    def test_validate_takes_the_bytearray_lowering_returns(self):
+        wasm = lower_network(make_network([5, 3])).wasm
+        assert isinstance(wasm, bytearray)
+        validate_module(wasm)
+        with pytest.raises(wasmtime.WasmtimeError):
+            validate_module(wasm[: len(wasm) // 2])
 
     def test_section_order_has_data_after_code(self):
         ids = _section_ids(lower_network(make_network([5, 3])).wasm)
