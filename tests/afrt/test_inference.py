@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -69,6 +72,27 @@ class TestEnsureSafeOnnx:
                                                 [helper.make_opsetid("", 17)]))
         with pytest.raises(SandboxViolation, match="local function `Twice`"):
             ensure_safe_onnx(m.SerializeToString())
+
+    def test_checks_without_importing_onnx(self, tmp_path):
+        # The check reads the model with onnx's generated classes only (start-up time of `af run`);
+        # a later `import onnx` in the same process shares those classes.
+        path = tmp_path / "m.onnx"
+        path.write_bytes(model().SerializeToString())
+        script = (
+            "import sys; from afrt.inference import ensure_safe_onnx, _parse_model\n"
+            f"data = open({str(path)!r}, 'rb').read(); ensure_safe_onnx(data)\n"
+            "assert 'onnx' not in sys.modules, 'onnx was imported'\n"
+            "import onnx; assert type(_parse_model(data)) is onnx.ModelProto\n"
+            "assert onnx.load_model_from_string(data) == _parse_model(data)\n"
+        )
+        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+
+    def test_trailing_bytes_are_a_bundle_error(self):
+        # onnx.load_model_from_string refuses bytes left after the message; so does the check.
+        data = model().SerializeToString()
+        with pytest.raises(BundleError) as info:
+            ensure_safe_onnx(data + b"\x80")
+        assert info.value.code == "AF5043"
 
     def test_garbage_is_a_bundle_error(self):
         with pytest.raises(BundleError) as info:
