@@ -117,6 +117,37 @@ class TestNetworkModelBytes:
         assert info.value.code == "AF3003"
 
 
+class TestSkeletonShapeCheck:
+    """`network_model_bytes` runs shape inference on the weightless skeleton: it must decide as
+    ``check_model(full_check=True)`` on the whole model does (onnx's own checker is the reference)."""
+
+    @staticmethod
+    def _broken(network: NetworkSpec) -> tuple[bytes, onnx.ModelProto]:
+        # layer 1 declares 5 inputs where layer 0 gives 4: only shape inference can see it
+        model, skeleton = lower_network(network), lower_network(network, with_data=False)
+        for proto in (model, skeleton):
+            tensor = proto.graph.initializer[2]
+            tensor.dims[:] = [3, 5]
+        model.graph.initializer[2].raw_data = np.zeros(15, np.float32).tobytes()
+        return model.SerializeToString(), skeleton
+
+    def test_shape_error_refused_like_full_check(self, make_network):
+        from afc.lower_onnx import _check_bytes
+
+        data, skeleton = self._broken(make_network([6, 4, 3]))
+        onnx.checker.check_model(data)  # the structural checker alone lets it through
+        with pytest.raises(onnx.shape_inference.InferenceError):
+            onnx.checker.check_model(data, full_check=True)
+        with pytest.raises(LoweringError) as info:
+            _check_bytes(data, skeleton=skeleton)
+        assert info.value.code == "AF3003"
+
+    @pytest.mark.parametrize("hidden", HIDDEN_ACTIVATIONS)
+    def test_valid_models_pass_both(self, make_network, hidden):
+        data = network_model_bytes(make_network([5, 4, 3], hidden, "softmax"))
+        onnx.checker.check_model(data, full_check=True)
+
+
 class TestActivations:
     @pytest.mark.parametrize("hidden", HIDDEN_ACTIVATIONS)
     @pytest.mark.parametrize("output", OUTPUT_ACTIVATIONS)
