@@ -6,6 +6,7 @@ Each stage is one call on the previous stage's value (`afc.load_agent_file(...).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import queue
@@ -32,6 +33,10 @@ WASM_MAX_BATCH = 64
 THREADED_LOWERING_BYTES = 8 << 20
 #: the bundle writer syncs the file to disk after each this many bytes (0: only at the end)
 SYNC_BYTES = 64 << 20
+#: bundles whose archive (uncompressed) is at least this big are written with O_DIRECT (`_DirectFile`)
+DIRECT_IO_BYTES = 64 << 20
+#: size of `_DirectFile`'s aligned buffer, and the alignment of its writes (covers 512 B and 4 KiB blocks)
+_DIRECT_BUFFER, _DIRECT_ALIGN = 8 << 20, 4096
 
 
 def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
@@ -211,13 +216,14 @@ def write_bundle_file(
 
     members = build_members(spec, lowered)
     chunks = iter_bundle(build_manifest(spec, lowered), members, digests=lowered.digests)
+    direct = sum(member_size(data) for data in members.values()) >= DIRECT_IO_BYTES
     destination = Path(destination)
     temp = None
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)  # `-o build/agent.afb` from a clean clone
         fd, temp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-        with os.fdopen(fd, "wb") as out:
-            size, digest = _write_hashed(chunks, out)
+        with _open_output(fd, temp, direct=direct) as out:
+            size, digest = _write_hashed(chunks, out, sync_bytes=0 if isinstance(out, _DirectFile) else SYNC_BYTES)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temp, 0o666 & ~_umask())
@@ -230,7 +236,93 @@ def write_bundle_file(
     return size, digest, {name: member_size(data) for name, data in members.items()}
 
 
-def _write_hashed(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, str]:
+def _open_output(fd: int, temp: str, *, direct: bool) -> BinaryIO | _DirectFile:
+    """The temporary file ``fd`` (at ``temp``) as a buffered file, or reopened with O_DIRECT when asked
+    and the platform and file system allow it."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if direct and flag:
+        try:
+            direct_fd = os.open(temp, os.O_WRONLY | flag)
+        except OSError:  # e.g. a file system without direct I/O
+            pass
+        else:
+            os.close(fd)
+            return _DirectFile(direct_fd)
+    return os.fdopen(fd, "wb")
+
+
+class _DirectFile:
+    """A file written with O_DIRECT, from an aligned buffer straight to the disk, bypassing the page cache.
+
+    Why: writing 550 MB through the page cache makes the kernel take 550 MB of fresh memory, which on
+    this VM cost 0.1-1.1 s of system time from run to run, and the final fsync writes it all again;
+    direct writes of the same bytes took a steady ~0.17 s. Writes are whole multiples of
+    `_DIRECT_ALIGN` from a page-aligned buffer; `flush` pads the tail and cuts the file back to its size.
+    If the file system refuses a direct write (EINVAL), the file goes on without O_DIRECT.
+    """
+
+    def __init__(self, fd: int) -> None:
+        import mmap
+
+        self.fd = fd
+        self._buffer = mmap.mmap(-1, _DIRECT_BUFFER)  # page-aligned, as O_DIRECT needs
+        self._view = memoryview(self._buffer)
+        self._fill = self._size = 0
+
+    def fileno(self) -> int:
+        """Return the file descriptor."""
+        return self.fd
+
+    def write(self, data: bytes) -> int:
+        """Buffer ``data``, writing out each full buffer; return ``len(data)``."""
+        view, pos = memoryview(data), 0
+        while pos < len(view):
+            take = min(len(view) - pos, _DIRECT_BUFFER - self._fill)
+            self._view[self._fill : self._fill + take] = view[pos : pos + take]
+            self._fill, pos = self._fill + take, pos + take
+            if self._fill == _DIRECT_BUFFER:
+                self._drain(_DIRECT_BUFFER)
+        self._size += len(view)
+        return len(view)
+
+    def flush(self) -> None:
+        """Write the last, partial buffer (padded with zeros) and truncate the file to the bytes written.
+
+        Called once, after the last `write`.
+        """
+        if self._fill:
+            padded = -(-self._fill // _DIRECT_ALIGN) * _DIRECT_ALIGN
+            self._view[self._fill : padded] = bytes(padded - self._fill)
+            self._drain(padded)
+            os.ftruncate(self.fd, self._size)
+
+    def _drain(self, length: int) -> None:
+        done = 0
+        while done < length:
+            try:
+                done += os.write(self.fd, self._view[done:length])
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # refused as direct I/O: go on through the page cache (fails again if EINVAL meant else)
+                import fcntl
+
+                flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+                if not flags & os.O_DIRECT:
+                    raise
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        self._fill = 0
+
+    def __enter__(self) -> _DirectFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._view.release()
+        self._buffer.close()
+        os.close(self.fd)
+
+
+def _write_hashed(chunks: Iterable[bytes], out: Any, *, sync_bytes: int = SYNC_BYTES) -> tuple[int, str]:
     """Write ``chunks`` to ``out`` in one thread and hash them in another, while this one drives zstd.
 
     Writing and hashing release the GIL, so they overlap the compression of the next chunks (and each
@@ -257,7 +349,7 @@ def _write_hashed(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, str]:
                 continue
             try:
                 written[0] += out.write(chunk)
-                if SYNC_BYTES and written[0] - synced >= SYNC_BYTES:
+                if sync_bytes and written[0] - synced >= sync_bytes:
                     # flushed to disk as we go, so the caller's final fsync has little left to wait for
                     out.flush()
                     os.fdatasync(out.fileno())

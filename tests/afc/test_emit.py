@@ -206,6 +206,52 @@ class TestWriteBundleFile:
         write_bundle_file(tmp_path / "x.afb", xor_spec, lower_agent(xor_spec))
         assert synced and (tmp_path / "x.afb").read_bytes() == compile_agent(xor_spec)
 
+    def test_direct_io_writes_the_same_file(self, xor_spec, tmp_path, monkeypatch):
+        import hashlib
+
+        monkeypatch.setattr(afc.compile, "DIRECT_IO_BYTES", 0)
+        monkeypatch.setattr(afc.compile, "_DIRECT_BUFFER", 8192)  # several full buffers, then a padded tail
+        opened = []
+
+        class Spy(afc.compile._DirectFile):
+            def __init__(self, fd):
+                opened.append(fd)
+                super().__init__(fd)
+
+        monkeypatch.setattr(afc.compile, "_DirectFile", Spy)
+        path = tmp_path / "x.afb"
+        size, digest, _ = write_bundle_file(path, xor_spec, lower_agent(xor_spec))
+        data = path.read_bytes()
+        assert opened, "the file was not opened with O_DIRECT"
+        assert data == compile_agent(xor_spec)
+        assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
+
+    def test_direct_file_falls_back_when_refused(self, tmp_path, monkeypatch):
+        import errno
+        import os
+
+        from afc.compile import _DirectFile
+
+        monkeypatch.setattr(afc.compile, "_DIRECT_BUFFER", 4096)
+        path = tmp_path / "x.bin"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+        real_write, refused = os.write, []
+
+        def refuse_direct(fd, data):  # as a file system without direct I/O does
+            import fcntl
+
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                refused.append(fd)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "write", refuse_direct)
+        payload = bytes(range(256)) * 40  # 10240 bytes: two full buffers and a tail
+        with _DirectFile(fd) as out:
+            assert out.write(payload) == len(payload)
+            out.flush()
+        assert refused and path.read_bytes() == payload
+
     def test_write_error_is_af3006_and_leaves_nothing(self, xor_spec, tmp_path, monkeypatch):
         from afcore.errors import LoweringError
 
