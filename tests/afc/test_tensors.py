@@ -99,6 +99,76 @@ class TestDecode:
         assert list(decode_tensors(section(payload))[0]) == ["w"]
 
 
+def raw_text_safetensors(text: str, data: bytes) -> bytes:
+    encoded = text.encode()
+    return struct.pack("<Q", len(encoded)) + encoded + data
+
+
+F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+#: payloads where `_views` must agree with the library: same tensors, or None where the library refuses
+AGREEMENT_CASES = {
+    "plain": safetensors.numpy.save({"b": np.arange(3, dtype=np.float32), "a": np.eye(2, dtype=np.float32)}),
+    "metadata": safetensors.numpy.save({"w": np.ones(2, np.float32)}, metadata={"k": "v"}),
+    "f16+bf16": raw_safetensors({"h": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]},
+                                 "b": {"dtype": "BF16", "shape": [1], "data_offsets": [4, 6]}}, b"\x01" * 6),
+    "listed-out-of-offset-order": raw_safetensors({"z": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                                                   "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}},
+                                                  b"\x02" * 8),
+    "zero-size": raw_safetensors({"e": {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]}, "w": F32_2},
+                                 b"\0" * 8),
+    "padded-header": raw_text_safetensors(json.dumps({"w": F32_2}) + "    ", b"\0" * 8),
+    "repeated-key": raw_text_safetensors('{"w": %s, "w": %s}' % (json.dumps(F32_2), json.dumps(F32_2)), b"\0" * 8),
+    "nan-metadata": raw_text_safetensors('{"__metadata__": {"k": NaN}, "w": %s}' % json.dumps(F32_2), b"\0" * 8),
+    "lone-surrogate": raw_text_safetensors('{"\\ud800": %s}' % json.dumps(F32_2), b"\0" * 8),
+    "overflowing-shape": raw_safetensors({"w": {"dtype": "F32", "shape": [2**63, 4, 0], "data_offsets": [0, 0]}}, b""),
+    "gap": raw_safetensors({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8),
+    "overlap": raw_safetensors({"v": F32_2, "w": F32_2}, b"\0" * 8),
+    "size-mismatch": raw_safetensors({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
+    "extra-field": raw_safetensors({"w": {**F32_2, "x": 1}}, b"\0" * 8),
+    "leading-space": raw_text_safetensors(" " + json.dumps({"w": F32_2}), b"\0" * 8),
+    "float64": safetensors.numpy.save({"w": np.ones(2)}),
+    "not-an-object": raw_text_safetensors("[1, 2]", b""),
+}
+
+
+class TestViews:
+    """`_views` (tensors read in place) against the safetensors library's own reader."""
+
+    @pytest.mark.parametrize("payload", list(AGREEMENT_CASES.values()), ids=list(AGREEMENT_CASES))
+    def test_agrees_with_the_library_or_defers(self, payload: bytes):
+        from afc.tensors import _views
+
+        views = _views(payload)
+        try:
+            reference = safetensors.deserialize(payload)
+        except safetensors.SafetensorError:
+            assert views is None
+            return
+        if views is not None:
+            def normal(entries):
+                return sorted((n, e["dtype"], list(e["shape"]), bytes(e["data"])) for n, e in entries)
+
+            assert normal(views) == normal(reference)
+
+    def test_plain_files_are_read_in_place(self):
+        from afc.tensors import _views
+
+        payload = AGREEMENT_CASES["plain"]
+        assert _views(payload) is not None
+        tensors, _ = decode_tensors(section(payload))
+        base = np.frombuffer(payload, np.uint8)
+        assert all(np.shares_memory(array, base) and not array.flags.writeable for array in tensors.values())
+
+    def test_finite_check_in_slices(self, monkeypatch):
+        import afc.tensors
+
+        monkeypatch.setattr(afc.tensors, "_FINITE_CHUNK", 4)
+        array = np.ones(11, np.float32)
+        array[9] = np.nan
+        _, diagnostics = decode_tensors(section(safetensors.numpy.save({"w": array})))
+        assert [d.code for d in diagnostics] == ["AF2103"] and "[9]" in diagnostics[0].message
+
+
 class TestEncode:
     def test_matches_the_library_reader(self):
         tensors = {"b": np.arange(3, dtype=np.float32), "a": np.eye(2, dtype=np.float32)}
