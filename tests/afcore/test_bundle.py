@@ -158,6 +158,24 @@ class TestBufferMembers:
         assert write_bundle(MANIFEST, big) == whole
         assert read_bundle(whole).members["model.wasm"] == big["model.wasm"]
 
+    def test_small_jobs_without_ldm_same_bytes_for_any_worker_count(self, monkeypatch):
+        # archives past LDM_MAX_ARCHIVE_BYTES use FAST_JOB_SIZE jobs: still one frame whatever the workers
+        import numpy as np
+
+        import afcore.bundle
+
+        monkeypatch.setattr(afcore.bundle, "LDM_MAX_ARCHIVE_BYTES", 0)
+        big = {**MEMBERS, "model.wasm": np.random.default_rng(3).integers(0, 16, 5 << 20, dtype=np.uint8).tobytes()}
+        real = afcore.bundle._compressor
+        outputs = []
+        for workers in (1, 2):
+            monkeypatch.setattr(afcore.bundle, "_compressor",
+                                lambda *, threads, size, workers=workers: real(threads=workers, size=size))
+            outputs.append(write_bundle(MANIFEST, big))
+        assert outputs[0] == outputs[1]
+        assert afcore.bundle._job_size(6 << 20) == afcore.bundle.FAST_JOB_SIZE < len(big["model.wasm"])
+        assert read_bundle(outputs[0]).members["model.wasm"] == big["model.wasm"]
+
 
 class TestZstdSettings:
     def test_window_fits_standard_tools(self):
