@@ -317,9 +317,12 @@ class _DirectFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._view.release()
-        self._buffer.close()
         os.close(self.fd)
+        self._view.release()
+        try:
+            self._buffer.close()
+        except BufferError:  # a slice still held by a traceback: the mapping goes when it does
+            pass
 
 
 def _write_hashed(chunks: Iterable[bytes], out: Any, *, sync_bytes: int = SYNC_BYTES) -> tuple[int, str]:

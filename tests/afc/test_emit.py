@@ -226,6 +226,23 @@ class TestWriteBundleFile:
         assert data == compile_agent(xor_spec)
         assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
 
+    def test_direct_write_error_is_af3006_and_leaves_nothing(self, xor_spec, tmp_path, monkeypatch):
+        import errno
+        import os
+
+        from afcore.errors import LoweringError
+
+        monkeypatch.setattr(afc.compile, "DIRECT_IO_BYTES", 0)
+
+        def disk_full(fd, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "write", disk_full)
+        with pytest.raises(LoweringError) as info:
+            write_bundle_file(tmp_path / "x.afb", xor_spec, lower_agent(xor_spec))
+        assert info.value.code == "AF3006" and "No space left" in info.value.message
+        assert list(tmp_path.iterdir()) == []
+
     def test_direct_file_falls_back_when_refused(self, tmp_path, monkeypatch):
         import errno
         import os
