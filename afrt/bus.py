@@ -466,6 +466,12 @@ class MemoryBus(Bus):
             return
         # Nobody listens: count them and move on (results that no one subscribed to).
         published, sizes = self._published, self._bytes
+        topic = messages[0].topic if messages else None
+        if all([m.topic == topic for m in messages]):  # the usual batch: one topic, counted at once
+            if messages:
+                published[topic] = published.get(topic, 0) + len(messages)
+                sizes[topic] = sizes.get(topic, 0) + sum([len(m.payload) for m in messages])
+            return
         for message in messages:
             topic = message.topic
             published[topic] = published.get(topic, 0) + 1

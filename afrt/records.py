@@ -172,8 +172,12 @@ def stack_inputs(records: list[InputRecord]) -> tuple[np.ndarray, list[InputReco
     Returns:
         (array [n, input_size] float32, the records it holds in order, the rejected records).
     """
-    if records and all(type(r.values) is np.ndarray for r in records):
-        return np.stack([r.values for r in records]), records, []
+    if records and all([type(r.values) is np.ndarray for r in records]):
+        # concatenate + reshape copies the rows once, without np.stack's per-row expand_dims
+        rows = [r.values for r in records]
+        if all([row.shape == rows[0].shape for row in rows]) and rows[0].ndim == 1:
+            return np.concatenate(rows).reshape(len(rows), -1), records, []
+        return np.stack(rows), records, []
     try:
         with np.errstate(over="raise"):
             array = np.array([r.values for r in records], dtype=np.float32)
@@ -203,8 +207,8 @@ def check_chunk(records: list[InputRecord | ErrorRecord]) -> list[InputRecord | 
     if not good:
         return records
     array, kept, bad = stack_inputs(good)
-    for i, record in enumerate(kept):
-        record.values = array[i]
+    for record, row in zip(kept, array):
+        record.values = row
     if not bad:
         return records
     errors = {e.seq: e for e in bad}
@@ -220,23 +224,24 @@ def parse_batch(lines: list[bytes], *, seq: int, line_no: int, input_size: int) 
     Returns:
         (the records, the ``seq`` of the next record).
     """
-    loads, record, out = orjson.loads, InputRecord, []
+    loads, record, out, error = orjson.loads, InputRecord, [], orjson.JSONDecodeError
+    append = out.append
     for line in lines:
-        if not line or line.isspace():
-            line_no += 1
-            continue
         try:
             data = loads(line)
-        except orjson.JSONDecodeError:
+        except error:
             data = None
+            if not line or line.isspace():  # blank lines hold no record (orjson refuses them)
+                line_no += 1
+                continue
         if type(data) is dict:
             values, rid = data.get("input"), data.get("id", line_no)
             if type(values) is list and len(values) == input_size and (type(rid) is str or type(rid) is int):
-                out.append(record(seq, rid, values, line_no))
+                append(record(seq, rid, values, line_no))
                 seq += 1
                 line_no += 1
                 continue
-        out.append(parse_line(line, seq=seq, line_no=line_no, input_size=input_size))
+        append(parse_line(line, seq=seq, line_no=line_no, input_size=input_size))
         seq += 1
         line_no += 1
     return out, seq

@@ -26,8 +26,11 @@ from .workflow import Result
 
 __all__ = ["RunOptions", "RunSummary", "run_jsonl"]
 
-#: bytes the reader thread asks for at a time
-READ_CHUNK = 1 << 17
+#: bytes read at a time (a regular file; a pipe returns what it has, up to this): large enough to
+#: hold a full batch of typical records, so that a replica seldom waits for the next read
+READ_CHUNK = 1 << 20
+#: lines parsed and converted to float32 together
+PARSE_GROUP = 64
 #: the longest input line accepted (longer ones become an AF5237 error record)
 MAX_LINE_BYTES = 16 << 20
 #: chunks read ahead of the replicas (bounds memory when the input is faster than the agents)
@@ -165,27 +168,38 @@ class _Parser:
         self.skipping = False  # inside an over-long line, already reported
 
     def feed(self, chunk: bytes) -> list:
-        data = self.tail + chunk
+        """Return the records of the complete lines in ``chunk`` (all the rest when ``chunk`` is empty)."""
+        lines = chunk.split(b"\n")
+        if self.tail:  # only the first line needs the tail: no copy of the whole chunk
+            lines[0] = self.tail + lines[0]
         if self.skipping:
-            end = data.find(b"\n")
-            if end < 0:
+            if len(lines) == 1:
                 self.tail = b""
                 return []
-            data, self.skipping = data[end + 1 :], False
+            del lines[0]
+            self.skipping = False
             self.line_no += 1
-        lines = data.split(b"\n")
         self.tail = lines.pop() if chunk else b""
         too_long = len(self.tail) > self.max_line
         if too_long:
             self.tail, self.skipping = b"", True
-        records, self.seq = parse_batch(lines, seq=self.seq, line_no=self.line_no, input_size=self.input_size)
-        self.line_no += len(lines)
+        records = self._parse(lines)
         if too_long:  # reported after the complete lines before it, in input order
             line = self.line_no
             records.append(ErrorRecord(self.seq, line, "AF5237",
                                        f"line {line}: longer than {self.max_line} bytes, skipped"))
             self.seq += 1
-        return check_chunk(records)
+        return records
+
+    def _parse(self, lines: list[bytes]) -> list:
+        # Parsed and converted PARSE_GROUP lines at a time, while their floats are still in the cache.
+        records: list = []
+        for start in range(0, len(lines), PARSE_GROUP):
+            part = lines[start : start + PARSE_GROUP]
+            parsed, self.seq = parse_batch(part, seq=self.seq, line_no=self.line_no, input_size=self.input_size)
+            self.line_no += len(part)
+            records += check_chunk(parsed)
+        return records
 
 
 async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: RunOptions, *, stop: asyncio.Event | None = None) -> RunSummary:

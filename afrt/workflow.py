@@ -247,20 +247,20 @@ class WorkflowRunner:
         outputs, argmaxes, peaks, errors = batch.outputs, batch.argmaxes, batch.peaks, batch.errors
         keys = [str(k) for k in range(outputs.shape[1])] if outputs is not None else []
         append_result, append_message = results.append, outbox.append
-        for i, rec in enumerate(batch.good):
-            error = errors[i]
+        rows = outputs if outputs is not None else ()  # None when no record of the batch was usable
+        for i, (rec, error, out, argmax, peak) in enumerate(zip(batch.good, errors, rows, argmaxes, peaks)):
             if error is not None:
                 self._locate(error, self._process_step)
                 append_result(self._error_result(rec, error))
                 continue
-            out = outputs[i]
             count += 1
-            mean += (peaks[i] - mean) / count
-            key = keys[argmaxes[i]]
+            mean += (peak - mean) / count
+            key = keys[argmax]
             counts[key] = counts.get(key, 0) + 1
             last = i
-            append_message(Message(TOPIC_COMPLETION, agent_id, encode_result(rec.id, out)))
-            append_result(Result(rec.seq, rec.id, encode_output(rec.id, out, agent_id), out, agent_id))
+            rid = rec.id
+            append_message(Message(TOPIC_COMPLETION, agent_id, encode_result(rid, out)))
+            append_result(Result(rec.seq, rid, encode_output(rid, out, agent_id), out, agent_id))
         if last >= 0:
             memory.update(count=count, mean_max=mean, last_id=batch.good[last].id, last_output=outputs[last],
                           last_argmax=argmaxes[last], last_max=peaks[last])

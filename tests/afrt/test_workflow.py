@@ -186,6 +186,15 @@ class TestFusedPath:
         np.testing.assert_array_equal(fmem.pop("last_output"), gmem.pop("last_output"))
         assert fmem == gmem
 
+    def test_a_batch_of_bad_records_only(self):
+        # No record of the batch reaches the backend: no outputs at all, only error results.
+        (fctx, fused), (gctx, general) = self._pair()
+        batch = [InputRecord(i, f"s{i}", ["x", 1, 2, 3], i + 1) for i in range(3)]
+        got, want = run(fused, [batch]), run(general, [batch])
+        assert [r.line for r in got] == [r.line for r in want]
+        assert [r.error[0] for r in got] == ["AF5233"] * 3
+        assert fctx.stats == gctx.stats
+
     def test_guards_or_arguments_disable_fusion(self):
         assert not make(["receive_input", "process_neural_network", "update_memory",
                          Step("send_output", {"topic": "x"})])[2]._fusable
