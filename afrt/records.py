@@ -231,6 +231,7 @@ def parse_batch(lines: list[bytes], *, seq: int, line_no: int, input_size: int) 
             data = loads(line)
         except error:
             data = None
+            line = bytes(line)  # a memoryview from the stream parser: the slow path wants bytes
             if not line or line.isspace():  # blank lines hold no record (orjson refuses them)
                 line_no += 1
                 continue
@@ -241,7 +242,7 @@ def parse_batch(lines: list[bytes], *, seq: int, line_no: int, input_size: int) 
                 seq += 1
                 line_no += 1
                 continue
-        append(parse_line(line, seq=seq, line_no=line_no, input_size=input_size))
+        append(parse_line(bytes(line), seq=seq, line_no=line_no, input_size=input_size))
         seq += 1
         line_no += 1
     return out, seq

@@ -115,3 +115,19 @@ class TestStreamParser:
         assert [(type(r).__name__, r.id) for r in records] == [
             ("InputRecord", 1), ("ErrorRecord", 2), ("InputRecord", 3)]
         assert records[1].code == "AF5237" and [r.seq for r in records] == [0, 1, 2]
+
+    def test_any_chunking_gives_the_records_of_parse_lines(self):
+        # Lines reach parse_batch as views into the chunk; every split point must give the same records.
+        from afrt.stream import _Parser
+
+        text = (b'{"id": "a", "input": [1, 2, 3]}\r\n\n   \n[4, 5, 6]\n{"id": 7, "input": [1, 2]}\n'
+                b'not json\n{"id": true, "input": [1, 2, 3]}\n[1, 2, NaN]\n{"id": "z", "input": [7, 8, 9]}')
+        want = list(parse_lines(text.split(b"\n"), input_size=3))
+        for size in (1, 2, 7, 16, 33, len(text)):
+            parser = _Parser(3)
+            chunks = [text[i : i + size] for i in range(0, len(text), size)] + [b""]
+            got = [r for c in chunks for r in parser.feed(c)]
+            assert [(type(r).__name__, r.seq, r.id, getattr(r, "code", None)) for r in got] == [
+                (type(r).__name__, r.seq, r.id, getattr(r, "code", None)) for r in want], size
+            assert [list(r.values) for r in got if type(r) is InputRecord] == [
+                [float(v) for v in r.values] for r in want if type(r) is InputRecord]
