@@ -89,9 +89,16 @@ def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
         The run's summary; ``interrupted`` names the signal that stopped it, if any.
     """
     import asyncio
+    import atexit
+    import gc
     import signal
 
     from afrt import RunOptions, run_jsonl
+
+    # Interpreter shutdown would run a full collection over every object the run left behind
+    # (~60 ms for `af run`, a tenth of a 20k-record run); frozen objects are left to the OS.
+    # Files are closed explicitly before (close_streams); at exit this only skips that scan.
+    atexit.register(gc.freeze)
 
     async def main() -> RunSummary:
         stop = asyncio.Event()
