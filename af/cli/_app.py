@@ -126,21 +126,10 @@ def _preset_coercion(param: Any) -> None:
             pass
 
 
-#: the RuntimeParam subclass of `_plain_coercion`, made on first use (it needs typer internals)
-_PLAIN_PARAM: Any = None
-
-
 def _plain_coercion(desc: Any) -> Any:
-    global _PLAIN_PARAM
-    if _PLAIN_PARAM is None:
-        _PLAIN_PARAM = _plain_param_class()
-    return _PLAIN_PARAM(parameter_info=desc.parameter_info, annotation=desc.annotation)
-
-
-def _plain_param_class() -> type:
     from dataclasses import dataclass
 
-    from typer._coercion import RuntimeParam, build_runtime_param, resolve_type_descriptor
+    from typer._coercion import RuntimeParam, build_runtime_param
     from typer._param_types import coerce_cli_path
 
     @dataclass(frozen=True)
@@ -155,10 +144,9 @@ def _plain_param_class() -> type:
                 value = int(value)
             if type(value) is kind and kind in (int, float) and _within(value, info.min, info.max):
                 return value
-            typers = build_runtime_param(resolve_type_descriptor(kind, info))
-            return typers._coerce_value(value, param=param, ctx=ctx)
+            return build_runtime_param(desc)._coerce_value(value, param=param, ctx=ctx)
 
-    return PlainRuntimeParam
+    return PlainRuntimeParam(parameter_info=desc.parameter_info, annotation=desc.annotation)
 
 
 def _is_decimal(text: str) -> bool:
