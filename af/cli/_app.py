@@ -10,18 +10,25 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import typer
 from rich.console import Console
-from typer.core import TyperCommand, TyperGroup
 
 from afcore import __version__
 from afcore.errors import AfError
 
 #: exit code for a bug in af (sysexits EX_SOFTWARE)
 EXIT_INTERNAL = 70
+
+app = typer.Typer(
+    name="af",
+    help="Compile, inspect and run declarative neural agents (.af files).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 #: all human-facing output goes to stderr through here; stdout is kept for data (JSON, JSONL)
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -81,91 +88,10 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
             except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into reports
                 _report_bug(exc)
 
-        kwargs.setdefault("cls", _PlainCoercionCommand)
         app.command(name, **kwargs)(run)
         return fn
 
     return decorate
-
-
-class _PlainCoercion:
-    """Coerces a command's plain bool/str/int/float/Path parameters without pydantic.
-
-    typer coerces every parameter through a pydantic ``TypeAdapter``: importing pydantic and
-    building the adapters costs ~50 ms, a fifth of `af run`'s start-up. Here a value typer would
-    accept unchanged (a bool, a str, a plain decimal int within its bounds, a float default, a
-    path string) is converted directly; anything else goes to typer's own coercion, so that
-    errors and their messages stay typer's. Internals that moved in another typer release only
-    turn this off.
-    """
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        for param in self.get_params(ctx):
-            _preset_coercion(param)
-        return super().parse_args(ctx, args)  # type: ignore[misc]
-
-
-class _PlainCoercionCommand(_PlainCoercion, TyperCommand):
-    """A `TyperCommand` with `_PlainCoercion`."""
-
-
-class _PlainCoercionGroup(_PlainCoercion, TyperGroup):
-    """A `TyperGroup` (the `af` app itself) with `_PlainCoercion`."""
-
-
-def _preset_coercion(param: Any) -> None:
-    desc = getattr(param, "type_descriptor", None)
-    if desc is None or getattr(param, "_runtime_param", False) is not None:
-        return
-    info = desc.parameter_info
-    plain = desc.annotation in (bool, str, int, float, Path) and desc.file_annotation is None
-    if plain and getattr(info, "parser", 1) is None and not getattr(info, "clamp", True):
-        try:
-            param._runtime_param = _plain_coercion(desc)
-        except (ImportError, TypeError, AttributeError):  # another typer: keep its coercion
-            pass
-
-
-def _plain_coercion(desc: Any) -> Any:
-    from dataclasses import dataclass
-
-    from typer._coercion import RuntimeParam, build_runtime_param
-    from typer._param_types import coerce_cli_path
-
-    @dataclass(frozen=True)
-    class PlainRuntimeParam(RuntimeParam):
-        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-            kind, info = self.annotation, self.parameter_info
-            if (kind is str or kind is bool) and type(value) is kind:
-                return value
-            if kind is Path and type(value) is str and value and info.path_type is None:
-                return coerce_cli_path(Path(value), info, path_type=Path, param=param, ctx=ctx)
-            if kind is int and type(value) is str and _is_decimal(value):
-                value = int(value)
-            if type(value) is kind and kind in (int, float) and _within(value, info.min, info.max):
-                return value
-            return build_runtime_param(desc)._coerce_value(value, param=param, ctx=ctx)
-
-    return PlainRuntimeParam(parameter_info=desc.parameter_info, annotation=desc.annotation)
-
-
-def _is_decimal(text: str) -> bool:
-    return text.isascii() and text.isdigit() and len(text) < 19 and (text == "0" or text[0] != "0")
-
-
-def _within(value: float, low: float | None, high: float | None) -> bool:
-    return (low is None or value >= low) and (high is None or value <= high)
-
-
-app = typer.Typer(
-    name="af",
-    help="Compile, inspect and run declarative neural agents (.af files).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    cls=_PlainCoercionGroup,
-)
 
 
 def _version(value: bool) -> None:
