@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 #: the backends the run-like commands accept
 BACKENDS = ("onnx", "wasm")
+#: most replicas one process runs: each is an agent with its own task, memory and identity
+MAX_REPLICAS = 10_000
 
 
 def ensure_backend(backend: str) -> None:

@@ -9,6 +9,7 @@ from typing import IO, TYPE_CHECKING, Any, Optional
 import typer
 
 from ._app import command, console, stdout
+from ._load import MAX_REPLICAS
 
 if TYPE_CHECKING:
     from afprof import Distribution, ProfileReport
@@ -33,7 +34,7 @@ def profile_command(
     input_path: str = typer.Option(..., "--input", "-i", help="JSON Lines input ('-' for stdin)."),
     output_path: Optional[str] = typer.Option(None, "--output", "-o", help="Also write the output records here."),
     backend: str = typer.Option("onnx", "--backend", help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)."),
-    replicas: int = typer.Option(1, "--replicas", min=1, help="Replicas sharing the work."),
+    replicas: int = typer.Option(1, "--replicas", min=1, max=MAX_REPLICAS, help="Replicas sharing the work (at most 10,000 in one process)."),
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most records per backend call."),
     fuel: Optional[int] = typer.Option(None, "--fuel", min=1, help="WASM fuel per record (default: from the network's size)."),
     overhead: bool = typer.Option(False, "--overhead", help="Run the input a second time without the profiler and report the ratio."),

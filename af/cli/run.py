@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from ._app import command, console
+from ._load import MAX_REPLICAS
 
 if TYPE_CHECKING:
     from afrt.stream import RunSummary
@@ -22,7 +23,7 @@ def run_command(
     bundle: Path = typer.Argument(..., help="The bundle (.afb) to run, or an .af file to compile in memory first."),
     input_path: str = typer.Option("-", "--input", "-i", help="JSON Lines input ('-' for stdin)."),
     output_path: str = typer.Option("-", "--output", "-o", help="JSON Lines output ('-' for stdout)."),
-    replicas: int = typer.Option(1, "--replicas", min=1, help="Replicas sharing the work."),
+    replicas: int = typer.Option(1, "--replicas", min=1, max=MAX_REPLICAS, help="Replicas sharing the work (at most 10,000 in one process)."),
     backend: str = typer.Option("onnx", "--backend", help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)."),
     swarm: str = typer.Option("default", "--swarm", help="The swarm's name."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Keep identities and checkpoints here."),

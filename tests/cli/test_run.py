@@ -259,3 +259,12 @@ class TestSignals:
         directory = state / "classification-agent" / "r0"
         identity, _ = load_or_create_identity(directory, "classification-agent")
         assert load_checkpoint(directory, identity)["memory"]["count"] == 7
+
+
+class TestReplicaCap:
+    def test_too_many_replicas_is_a_usage_error_before_anything_starts(self, tmp_path):
+        from af.cli._load import MAX_REPLICAS
+
+        result = CliRunner().invoke(app, ["run", str(tmp_path / "missing.afb"), "--replicas", str(MAX_REPLICAS + 1)])
+        assert result.exit_code == 2
+        assert "--replicas" in result.output
