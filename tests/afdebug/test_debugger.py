@@ -15,6 +15,7 @@ import afrt
 from afcore.errors import UsageError
 from afcore.steps import Field
 from afdebug import Breakpoint, Debugger, ensure_breakpoints, parse_breakpoint, parse_field
+from float64_reference import forward64
 
 ROOT = Path(__file__).resolve().parents[2]
 XOR = ROOT / "examples" / "xor.af"
@@ -33,12 +34,7 @@ def xor_reference(x: np.ndarray) -> np.ndarray:
     """float64 forward pass of the example: tanh hidden layer, sigmoid output."""
     from afc import load_agent_file
 
-    network = load_agent_file(XOR).spec().network
-    h = x.astype(np.float64)
-    for i, layer in enumerate(network.layers):
-        h = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
-        h = np.tanh(h) if i < len(network.layers) - 1 else 1.0 / (1.0 + np.exp(-h))
-    return h
+    return forward64(load_agent_file(XOR).spec().network, x)
 
 
 def declared_lines(text: str) -> dict[str, int]:

@@ -16,6 +16,7 @@ import afrt
 from afcore.errors import AgentTrap
 from afcore.steps import Step
 from afprof import Distribution, Profiler
+from float64_reference import forward64
 
 ROOT = Path(__file__).resolve().parents[2]
 XOR = ROOT / "examples" / "xor.af"
@@ -122,12 +123,7 @@ def _xor_reference(x: np.ndarray) -> np.ndarray:
     """float64 forward pass of the example: tanh hidden layer, sigmoid output."""
     from afc import load_agent_file
 
-    network = load_agent_file(XOR).spec().network
-    h = x.astype(np.float64)
-    for i, layer in enumerate(network.layers):
-        h = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
-        h = np.tanh(h) if i < len(network.layers) - 1 else 1.0 / (1.0 + np.exp(-h))
-    return h
+    return forward64(load_agent_file(XOR).spec().network, x)
 
 
 def _fuel_reference(wasm: bytes, x: np.ndarray) -> list[int]:

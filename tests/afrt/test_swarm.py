@@ -13,18 +13,9 @@ from swarm_testkit import FakeAgent
 from afcore.errors import ExecutionError
 from afrt.records import decode_result
 from afrt.swarm import Swarm
+from float64_reference import forward64
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def reference(network, x: np.ndarray) -> np.ndarray:
-    """The float64 forward pass of an `afc.spec.NetworkSpec` (relu hidden layers, linear output)."""
-    h = x.astype(np.float64)
-    for i, layer in enumerate(network.layers):
-        h = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
-        if i < len(network.layers) - 1:
-            h = np.maximum(h, 0.0)
-    return h
 
 
 def run(coro):
@@ -45,7 +36,7 @@ class TestSubmit:
                 return await asyncio.gather(*(swarm.submit(row) for row in x))
 
         got = np.array(run(main()))
-        np.testing.assert_allclose(got, reference(network, x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, forward64(network, x), rtol=1e-5, atol=1e-5)
 
     def test_each_record_handled_by_exactly_one_replica(self):
         async def main():

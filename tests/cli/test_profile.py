@@ -10,6 +10,7 @@ import orjson
 from typer.testing import CliRunner
 
 from af.cli import app
+from float64_reference import forward64
 
 ROOT = Path(__file__).resolve().parents[2]
 XOR = ROOT / "examples" / "xor.af"
@@ -20,12 +21,7 @@ def xor_reference(x: np.ndarray) -> np.ndarray:
     """float64 forward pass of the example: tanh hidden layer, sigmoid output."""
     from afc import load_agent_file
 
-    network = load_agent_file(XOR).spec().network
-    h = x.astype(np.float64)
-    for i, layer in enumerate(network.layers):
-        h = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
-        h = np.tanh(h) if i < len(network.layers) - 1 else 1.0 / (1.0 + np.exp(-h))
-    return h
+    return forward64(load_agent_file(XOR).spec().network, x)
 
 
 def write_inputs(path: Path, x: np.ndarray) -> Path:

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from af.cli import app
+from float64_reference import forward64
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "classification-agent.af"
@@ -27,16 +28,6 @@ def network():
     from afc import load_agent_file
 
     return load_agent_file(EXAMPLE).spec().network
-
-
-def reference(network, x: np.ndarray) -> np.ndarray:
-    """float64 forward pass: relu hidden layers, linear output (the example's activations)."""
-    h = x.astype(np.float64)
-    for i, layer in enumerate(network.layers):
-        h = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
-        if i < len(network.layers) - 1:
-            h = np.maximum(h, 0.0)
-    return h
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +61,7 @@ class TestEndToEnd:
         ids = [r["id"] for r in records]
         assert ids == [i if i % 2 else f"s{i}" for i in range(10_000)]  # every id once, in input order
         got = np.array([r["output"] for r in records], dtype=np.float64)
-        np.testing.assert_allclose(got, reference(network, x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, forward64(network, x), rtol=1e-5, atol=1e-5)
         # The replicas shared the work (how evenly depends on scheduling: at least two took batches).
         assert 2 <= len({r["agent"] for r in records}) <= 4
         assert "10000 records: 10000 results, 0 errors" in result.stderr
@@ -95,7 +86,7 @@ class TestEndToEnd:
         assert records[30]["id"] == 31 and errors[30]["code"] == "AF5231"
         good = [i for i in range(10_000) if i not in errors]
         got = np.array([records[i]["output"] for i in good], dtype=np.float64)
-        np.testing.assert_allclose(got, reference(network, x[good]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, forward64(network, x[good]), rtol=1e-5, atol=1e-5)
         summary = json.loads(result.stderr.strip().splitlines()[-1])
         assert summary["records"] == 10_000 and summary["errors"] == 3 and summary["results"] == 9_997
 
@@ -124,7 +115,7 @@ class TestEndToEnd:
         result = run_cli(example_bundles["classification-agent"], "--backend", "wasm", input=head)
         assert result.exit_code == 0, result.stderr
         got = np.array([r["output"] for r in read_output(result.stdout_bytes)], dtype=np.float64)
-        np.testing.assert_allclose(got, reference(network, x[:50]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, forward64(network, x[:50]), rtol=1e-5, atol=1e-5)
 
     def test_no_send_output_is_said_once(self, tmp_path):
         source = EXAMPLE.read_text().replace("    - send_output\n", "")
@@ -148,7 +139,7 @@ class TestGuardsThroughTheCompiler:
         result = run_cli(agent, "--max-batch", 16, input=head)
         assert result.exit_code == 0, result.stderr
         records = read_output(result.stdout_bytes)
-        peaks = reference(network, x[:40]).max(axis=1)
+        peaks = forward64(network, x[:40]).max(axis=1)
         expected = [(i + 1) % 2 == 0 and peaks[i] > 15 for i in range(40)]  # memory.count is 1-based
         assert ["output" in r for r in records] == expected
         assert all(r["error"]["code"] == "AF5210" for r, ok in zip(records, expected) if not ok)
