@@ -7,40 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx.reference import ReferenceEvaluator
-from scipy.special import erf
 
 from afc.lower_onnx import IR_VERSION, OPSET, check_model_bytes, lower_network, model_bytes, network_model_bytes
 from afc.spec import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, LayerSpec, NetworkSpec
 from afcore.errors import BundleError, LoweringError
-
-#: activation definitions of docs/format.md, in float64
-REFERENCE = {
-    "relu": lambda x: np.maximum(x, 0.0),
-    "leaky_relu": lambda x: np.where(x > 0, x, 0.01 * x),
-    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-    "tanh": np.tanh,
-    "linear": lambda x: x,
-    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
-    "gelu": lambda x: 0.5 * x * (1.0 + erf(x / np.sqrt(2.0))),
-    "softplus": lambda x: np.logaddexp(0.0, x),
-}
-
-
-def softmax64(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def forward64(network: NetworkSpec, x: np.ndarray) -> np.ndarray:
-    """The float64 forward pass of docs/format.md, written independently of the backend."""
-    h = x.astype(np.float64)
-    last = len(network.layers) - 1
-    for layer in network.layers:
-        z = h @ layer.weight.astype(np.float64).T + layer.bias.astype(np.float64)
-        name = network.output_activation if layer.index == last else layer.activation
-        h = softmax64(z) if name == "softmax" else REFERENCE[name](z)
-    return h
-
+from float64_reference import forward64, softmax
 
 def run_ort(data: bytes, x: np.ndarray) -> np.ndarray:
     options = ort.SessionOptions()
@@ -182,7 +153,7 @@ class TestActivations:
         layer = LayerSpec(0, np.eye(3, dtype=np.float32), np.zeros(3, np.float32), "linear")
         network = NetworkSpec(3, 3, (layer,), "relu", "softmax")
         got = run_ort(model_bytes(lower_network(network)), np.array([[1000.0, 999.0, -1000.0]], np.float32))
-        np.testing.assert_allclose(got, softmax64(np.array([[1000.0, 999.0, -1000.0]])), rtol=1e-6)
+        np.testing.assert_allclose(got, softmax(np.array([[1000.0, 999.0, -1000.0]])), rtol=1e-6)
 
 
 class TestOnnxruntime:
