@@ -78,3 +78,13 @@ def run_wasm(wasm: bytes, x: np.ndarray, output_size: int) -> np.ndarray:
 def wasm_runner() -> Callable[..., np.ndarray]:
     """``wasm_runner(wasm_bytes, x, output_size)`` runs a module with wasmtime per ABI v1."""
     return run_wasm
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_dir(tmp_path_factory):
+    """Keep the compiled-module cache of every test (and of the `af` subprocesses they start) out of
+    the user's ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    yield
+    patch.undo()
