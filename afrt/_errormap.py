@@ -198,14 +198,7 @@ def map_onnx_load_errors(member: str) -> _ErrorMap:
         member: the bundle member being loaded, for the message.
     """
 
-    def translate(exc: BaseException) -> AfError:
-        return BundleError(
-            f"onnxruntime refuses `{member}`: {_first_line(str(exc))}",
-            code="AF5043",
-            hint="recompile the bundle with `af compile`",
-        )
-
-    return _ErrorMap(onnxruntime_errors(), translate)
+    return _bundle_error_map(onnxruntime_errors(), f"onnxruntime refuses `{member}`", "AF5043")
 
 
 def map_onnx_parse_errors(member: str) -> _ErrorMap:
@@ -216,14 +209,7 @@ def map_onnx_parse_errors(member: str) -> _ErrorMap:
     """
     from google.protobuf.message import Error as ProtobufError  # comes with onnx
 
-    def translate(exc: BaseException) -> AfError:
-        return BundleError(
-            f"`{member}` is not an ONNX model: {_first_line(str(exc))}",
-            code="AF5043",
-            hint="recompile the bundle with `af compile`",
-        )
-
-    return _ErrorMap((ProtobufError,), translate)
+    return _bundle_error_map((ProtobufError,), f"`{member}` is not an ONNX model", "AF5043")
 
 
 def map_wasm_compile_errors(member: str) -> _ErrorMap:
@@ -233,14 +219,16 @@ def map_wasm_compile_errors(member: str) -> _ErrorMap:
         member: the bundle member being compiled, for the message.
     """
 
-    def translate(exc: BaseException) -> AfError:
-        return BundleError(
-            f"`{member}` is not a valid WebAssembly module: {_first_line(str(exc))}",
-            code="AF5045",
-            hint="recompile the bundle with `af compile`",
-        )
+    return _bundle_error_map(wasmtime_errors(), f"`{member}` is not a valid WebAssembly module", "AF5045")
 
-    return _ErrorMap(wasmtime_errors(), translate)
+
+def _bundle_error_map(errors: tuple[type[BaseException], ...], problem: str, code: str) -> _ErrorMap:
+    """Map ``errors`` to a `BundleError` ``code`` reading ``<problem>: <first line of the error>``."""
+
+    def translate(exc: BaseException) -> AfError:
+        return BundleError(f"{problem}: {_first_line(str(exc))}", code=code, hint="recompile the bundle with `af compile`")
+
+    return _ErrorMap(errors, translate)
 
 
 def map_wasm_instantiate_errors(agent: str, memory_limit: int) -> _ErrorMap:
