@@ -10,7 +10,7 @@ __all__ = ["HEADER", "Distribution", "ProfileReport", "StepProfile", "WorkflowPr
 #: said at the top of every report: what profiling changes in the run it measures
 HEADER = (
     "profiled run: with an instrument set, the workflow runner takes its step-by-step path "
-    "(hooks around every step) instead of the fused fast path, so times include that overhead"
+    "(hooks around every step) instead of the batched fast path, so times include that overhead"
 )
 
 

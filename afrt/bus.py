@@ -22,7 +22,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterable, NamedTuple, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterable, NamedTuple, Sequence, TypeVar
 
 from afcore.errors import BusError, ChannelClosedError, MailboxFullError
 
@@ -90,6 +90,8 @@ class ChannelStatistics:
 @dataclass
 class _ChannelState(Generic[T]):
     max_buffer_size: int | float
+    weight: Callable[[Any], int] | None = None  # an item's share of the buffer (default 1)
+    load: int = 0  # the weights of the items in the buffer
     data: deque = field(default_factory=deque)
     open_send: int = 0
     open_receive: int = 0
@@ -97,6 +99,21 @@ class _ChannelState(Generic[T]):
     receive_waiters: deque = field(default_factory=deque)  # futures woken when data arrives or ends
     sent: int = 0
     received: int = 0
+
+    def has_room(self, item: Any) -> bool:
+        """Return whether ``item`` fits (an empty buffer takes any item, so a heavy one cannot wedge)."""
+        return self.load + (self.weight(item) if self.weight else 1) <= self.max_buffer_size or not self.data
+
+    def put(self, item: Any) -> None:
+        self.data.append(item)
+        self.load += self.weight(item) if self.weight else 1
+        self.sent += 1
+
+    def take(self) -> Any:
+        item = self.data.popleft()
+        self.load -= self.weight(item) if self.weight else 1
+        self.received += 1
+        return item
 
     def wake(self, waiters: deque) -> None:
         while waiters:
@@ -113,12 +130,15 @@ class _ChannelState(Generic[T]):
                     fut.set_result(None)
 
 
-def open_memory_channel(max_buffer_size: int | float) -> tuple[MemorySendChannel, MemoryReceiveChannel]:
+def open_memory_channel(max_buffer_size: int | float, *, weight: Callable[[Any], int] | None = None,
+                        ) -> tuple[MemorySendChannel, MemoryReceiveChannel]:
     """Open a bounded in-memory channel.
 
     Args:
         max_buffer_size: how many items may wait in the buffer (``math.inf`` for unbounded);
             at least 1 (the bus never needs trio's rendezvous channels).
+        weight: what an item counts for, in the buffer bound and in `receive_batch` (e.g. the
+            records of a block); 1 when None. An empty buffer always takes an item.
 
     Returns:
         The (send, receive) pair. Several tasks may share one end; each item is received once.
@@ -128,7 +148,7 @@ def open_memory_channel(max_buffer_size: int | float) -> tuple[MemorySendChannel
     """
     if not (max_buffer_size == math.inf or (isinstance(max_buffer_size, int) and max_buffer_size >= 1)):
         raise ValueError("max_buffer_size must be a positive int or math.inf")
-    state: _ChannelState = _ChannelState(max_buffer_size)
+    state: _ChannelState = _ChannelState(max_buffer_size, weight)
     return MemorySendChannel(state), MemoryReceiveChannel(state)
 
 
@@ -141,7 +161,7 @@ class _End:
         """Return a snapshot of the channel's buffer and waiting tasks."""
         s = self._state
         return ChannelStatistics(
-            len(s.data), s.max_buffer_size, s.open_send, s.open_receive,
+            s.load, s.max_buffer_size, s.open_send, s.open_receive,
             len(s.send_waiters), len(s.receive_waiters), s.sent, s.received,
         )
 
@@ -181,10 +201,9 @@ class MemorySendChannel(_End, Generic[T]):
         """
         self._check_open()
         s = self._state
-        if len(s.data) >= s.max_buffer_size:
-            raise MailboxFullError(f"mailbox full ({s.max_buffer_size} items waiting)")
-        s.data.append(item)
-        s.sent += 1
+        if not s.has_room(item):
+            raise MailboxFullError(f"mailbox full ({s.load} of {s.max_buffer_size} waiting)")
+        s.put(item)
         s.wake(s.receive_waiters)
 
     async def send(self, item: T) -> None:
@@ -196,7 +215,7 @@ class MemorySendChannel(_End, Generic[T]):
         s = self._state
         while True:
             self._check_open()
-            if len(s.data) < s.max_buffer_size:
+            if s.has_room(item):
                 self.send_nowait(item)
                 return
             fut = asyncio.get_running_loop().create_future()
@@ -211,9 +230,8 @@ class MemorySendChannel(_End, Generic[T]):
         """Send each item in order, waiting for space as needed (a batched `send`)."""
         s = self._state
         for item in items:
-            if not self._closed and s.open_receive and len(s.data) < s.max_buffer_size:
-                s.data.append(item)
-                s.sent += 1
+            if not self._closed and s.open_receive and s.has_room(item):
+                s.put(item)
             else:
                 if s.data and s.receive_waiters:
                     s.wake(s.receive_waiters)
@@ -241,8 +259,7 @@ class MemoryReceiveChannel(_End, Generic[T]):
 
     def _take(self) -> T:
         s = self._state
-        item = s.data.popleft()
-        s.received += 1
+        item = s.take()
         if s.send_waiters:
             s.wake(s.send_waiters)
         return item
@@ -298,23 +315,34 @@ class MemoryReceiveChannel(_End, Generic[T]):
     async def receive_batch(self, max_items: int, *, wait: float = 0.0) -> list[T]:
         """Take up to ``max_items``: wait for the first, then at most ``wait`` seconds for more.
 
-        This is the dynamic batcher's primitive (Triton's ``max_queue_delay``).
+        This is the dynamic batcher's primitive (Triton's ``max_queue_delay``). Items count as
+        their channel weight (e.g. the records of a block): the first is always taken, then items
+        while the total stays within ``max_items``.
 
         Returns:
-            One to ``max_items`` items, in the order sent.
+            One or more items, in the order sent.
 
         Raises:
             ChannelClosedError: AF5104 at the end of the stream (nothing left to take).
         """
         batch = [await self.receive()]
         s = self._state
+        weight = s.weight
+        total = weight(batch[0]) if weight else 1
         deadline = time.monotonic() + wait if wait > 0 else None
-        while len(batch) < max_items:
+        while total < max_items:
             if s.data:
-                n = min(max_items - len(batch), len(s.data))
-                popleft = s.data.popleft
-                batch.extend([popleft() for _ in range(n)])
-                s.received += n
+                if weight is None:
+                    n = min(max_items - total, len(s.data))
+                    take = s.take
+                    batch.extend([take() for _ in range(n)])
+                    total += n
+                else:
+                    size = weight(s.data[0])
+                    if total + size > max_items:
+                        break
+                    batch.append(s.take())
+                    total += size
                 if s.send_waiters:
                     s.wake(s.send_waiters)
                 continue
@@ -404,8 +432,13 @@ class Bus:
         """Return a receive channel that gets every message published on ``topic`` from now on."""
         raise NotImplementedError
 
-    def open_queue(self, name: str, *, max_buffer_size: int = 1024) -> tuple[MemorySendChannel, MemoryReceiveChannel]:
-        """Return the (send, receive) ends of the work queue ``name``: each item to one receiver."""
+    def open_queue(self, name: str, *, max_buffer_size: int = 1024, weight: Callable[[Any], int] | None = None,
+                   ) -> tuple[MemorySendChannel, MemoryReceiveChannel]:
+        """Return the (send, receive) ends of the work queue ``name``: each item to one receiver.
+
+        ``weight`` is what an item counts for in ``max_buffer_size`` and in ``receive_batch``
+        (see `open_memory_channel`).
+        """
         raise NotImplementedError
 
     def statistics(self) -> dict[str, Any]:
@@ -483,10 +516,11 @@ class MemoryBus(Bus):
         self._subscribers.setdefault(topic, []).append((send, receive))
         return receive
 
-    def open_queue(self, name: str, *, max_buffer_size: int = 1024) -> tuple[MemorySendChannel, MemoryReceiveChannel]:
+    def open_queue(self, name: str, *, max_buffer_size: int = 1024, weight: Callable[[Any], int] | None = None,
+                   ) -> tuple[MemorySendChannel, MemoryReceiveChannel]:
         self._check_open()
         if name not in self._queues:
-            self._queues[name] = open_memory_channel(max_buffer_size)
+            self._queues[name] = open_memory_channel(max_buffer_size, weight=weight)
         return self._queues[name]
 
     def statistics(self) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import orjson
@@ -27,15 +28,16 @@ import orjson
 __all__ = [
     "ErrorRecord",
     "InputRecord",
+    "RecordBlock",
+    "check_numbers",
+    "decode_results",
     "encode_error",
     "encode_output",
+    "encode_results",
+    "parse_block",
     "parse_line",
-    "parse_batch",
     "parse_lines",
-    "check_chunk",
-    "decode_result",
-    "encode_result",
-    "stack_inputs",
+    "to_float32",
 ]
 
 #: how much of a bad line an error message quotes
@@ -151,7 +153,8 @@ def _check_values(seq: int, rid: Any, values: list, line_no: int, input_size: in
 def check_numbers(record: InputRecord) -> ErrorRecord | None:
     """Return an error for a vector holding non-numbers or non-finite numbers, else None.
 
-    Only called on the slow path, after converting a whole batch failed.
+    The exact check, element by element: only run for the records the fast conversion
+    (`to_float32`) could not vouch for.
     """
     for i, v in enumerate(record.values):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -163,73 +166,143 @@ def check_numbers(record: InputRecord) -> ErrorRecord | None:
     return None
 
 
-def stack_inputs(records: list[InputRecord]) -> tuple[np.ndarray, list[InputRecord], list[ErrorRecord]]:
-    """Stack the vectors of ``records`` into one float32 array, setting aside bad ones.
+def to_float32(rows: Sequence[Sequence[Any]], input_size: int) -> np.ndarray | None:
+    """Convert equal-length rows of numbers to one float32 array [len(rows), input_size].
 
-    Records whose ``values`` were already checked and turned into float32 rows (see
-    `check_chunk`) are stacked without another check.
+    ``array("d")`` refuses strings, null, arrays and objects, which ``numpy.array`` would turn
+    into numbers or NaN, and is as fast. It takes booleans as numbers: `parse_block` finds those.
 
     Returns:
-        (array [n, input_size] float32, the records it holds in order, the rejected records).
+        The array, or None when a value is not a number or not a finite float32.
     """
-    if records and all([type(r.values) is np.ndarray for r in records]):
-        # concatenate + reshape copies the rows once, without np.stack's per-row expand_dims
-        rows = [r.values for r in records]
-        if all([row.shape == rows[0].shape for row in rows]) and rows[0].ndim == 1:
-            return np.concatenate(rows).reshape(len(rows), -1), records, []
-        return np.stack(rows), records, []
     try:
-        with np.errstate(over="raise"):
-            array = np.array([r.values for r in records], dtype=np.float32)
-        if array.ndim == 2 and np.isfinite(array).all():
-            return array, records, []
-    except (ValueError, TypeError, FloatingPointError, OverflowError):
-        pass
-    good: list[InputRecord] = []
-    bad: list[ErrorRecord] = []
-    for record in records:
-        problem = check_numbers(record)
-        (bad if problem else good).append(problem or record)
-    array = np.array([r.values for r in good], dtype=np.float32) if good else np.zeros((0, 0), np.float32)
-    return array, good, bad
+        buffer = b"".join([array("d", row) for row in rows])
+    except (TypeError, OverflowError, ValueError):
+        return None
+    with np.errstate(over="ignore"):
+        out = np.frombuffer(buffer, np.float64).astype(np.float32).reshape(len(rows), input_size)
+    return out if np.isfinite(out).all() else None
 
 
-def check_chunk(records: list[InputRecord | ErrorRecord]) -> list[InputRecord | ErrorRecord]:
-    """Convert the vectors of a freshly parsed chunk to float32 rows, turning bad ones into errors.
+@dataclass(slots=True)
+class RecordBlock:
+    """Consecutive good input records, their vectors stacked in one float32 array.
 
-    Converting right after parsing, while the parsed floats are still in the CPU cache, is what
-    keeps this as fast as a bare ``numpy.array`` call on the same lists.
-
-    Returns:
-        The records in the same order; each good record's ``values`` is now a float32 row.
+    What the work queue carries and a replica runs: one array for the backend call and no object
+    per record on the hot path. ``seqs`` increase but may have gaps (the records between failed).
     """
-    good = [r for r in records if type(r) is InputRecord]
-    if not good:
-        return records
-    array, kept, bad = stack_inputs(good)
-    for record, row in zip(kept, array):
-        record.values = row
-    if not bad:
-        return records
-    errors = {e.seq: e for e in bad}
-    return [errors.get(r.seq, r) for r in records]
+
+    seqs: list[int]
+    ids: list[Union[str, int]]
+    lines: list[int]
+    array: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def record(self, i: int) -> InputRecord:
+        """Return record ``i`` as an `InputRecord` (its values are a float32 row)."""
+        return InputRecord(self.seqs[i], self.ids[i], self.array[i], self.lines[i])
+
+    def split(self, n: int) -> tuple[RecordBlock, RecordBlock]:
+        """Return the first ``n`` records and the rest (views: nothing is copied)."""
+        head = RecordBlock(self.seqs[:n], self.ids[:n], self.lines[:n], self.array[:n])
+        return head, RecordBlock(self.seqs[n:], self.ids[n:], self.lines[n:], self.array[n:])
+
+    @classmethod
+    def concat(cls, blocks: Sequence[RecordBlock]) -> RecordBlock:
+        """Return one block holding the records of ``blocks`` in order."""
+        if len(blocks) == 1:
+            return blocks[0]
+        seqs, ids, lines = [], [], []
+        for block in blocks:
+            seqs += block.seqs
+            ids += block.ids
+            lines += block.lines
+        return cls(seqs, ids, lines, np.concatenate([b.array for b in blocks]))
+
+    @classmethod
+    def from_records(cls, records: Sequence[InputRecord], input_size: int) -> tuple[RecordBlock, list[ErrorRecord]]:
+        """Stack ``records`` (of the right length) into a block, setting aside those with bad values.
+
+        Returns:
+            (the block of good records, in order; an error record for each bad one).
+        """
+        records = list(records)
+        array_ = None
+        if not any([_has_bool(r.values) for r in records]):
+            array_ = to_float32([r.values for r in records], input_size) if records else None
+        bad: list[ErrorRecord] = []
+        if array_ is None:
+            good = []
+            for record in records:
+                problem = check_numbers(record)
+                (bad if problem else good).append(problem or record)
+            records = good
+            array_ = to_float32([r.values for r in records], input_size) if records else None
+        if array_ is None:
+            array_ = np.zeros((0, input_size), np.float32)
+        return cls([r.seq for r in records], [r.id for r in records], [r.line for r in records], array_), bad
 
 
-def parse_batch(lines: list[bytes], *, seq: int, line_no: int, input_size: int) -> tuple[list[InputRecord | ErrorRecord], int]:
+def _has_bool(values: Any) -> bool:
+    return not isinstance(values, np.ndarray) and any([type(v) is bool for v in values])
+
+
+def _may_hold_booleans(raw: bytes, data: Any) -> bool:
+    """Return False when the input array of a parsed line surely holds no `true`/`false`.
+
+    `to_float32` takes booleans as numbers. The caller only asks for lines holding an ``r`` or an
+    ``a`` (found with memchr over the chunk), the letters of ``true`` and ``false`` that JSON
+    numbers and the keys ``id``/``input`` never contain. Such a line is cleared when the rest of
+    the record (all but ``input``, re-encoded) accounts for every one of those letters; escapes
+    (a backslash) could hide letters, so those lines get the exact check.
+    """
+    if raw.find(b"\\") >= 0:
+        return True
+    rest = orjson.dumps({k: v for k, v in data.items() if k != "input"}) if type(data) is dict else b""
+    return _more_than(raw, b"r", rest.count(b"r")) or _more_than(raw, b"a", rest.count(b"a"))
+
+
+def _more_than(raw: bytes, byte: bytes, limit: int) -> bool:
+    """Return whether ``raw`` holds ``byte`` more than ``limit`` times (memchr steps, not a full count)."""
+    at = -1
+    for _ in range(limit + 1):
+        at = raw.find(byte, at + 1)
+        if at < 0:
+            return False
+    return True
+
+
+def parse_block(lines: Sequence[bytes], *, seq: int, line_no: int, input_size: int,
+                suspect: bool = True) -> tuple[RecordBlock | None, list[ErrorRecord], int]:
     """Parse consecutive lines (blank ones skipped), the hot path of `af run`.
 
-    Well-formed records take a short path; anything else goes through `parse_line` for its
-    precise error. The result is the same as calling `parse_line` on each non-blank line.
+    Well-formed records take a short path into one block; anything else goes through `parse_line`
+    (or `check_numbers`) for its precise error. The records are those of `parse_line` on each
+    non-blank line, and their vectors are checked exactly as `check_numbers` does.
+
+    Args:
+        lines: raw lines (bytes or memoryviews), numbered from ``line_no``.
+        seq: the ``seq`` of the first record.
+        input_size: the length every input vector must have.
+        suspect: False when the caller knows that no line holds an ``r`` or an ``a`` (so no
+            boolean), which spares the per-line boolean check.
 
     Returns:
-        (the records, the ``seq`` of the next record).
+        (the block of good records or None, the error records, the ``seq`` of the next record).
     """
-    loads, record, out, error = orjson.loads, InputRecord, [], orjson.JSONDecodeError
-    append = out.append
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    seqs: list[int] = []
+    ids: list[Any] = []
+    numbers: list[int] = []
+    rows: list[list] = []
+    errors: list[ErrorRecord] = []
+    doubtful: list[int] = []  # rows that may hold booleans
     for line in lines:
         try:
             data = loads(line)
-        except error:
+        except decode_error:
             data = None
             line = bytes(line)  # a memoryview from the stream parser: the slow path wants bytes
             if not line or line.isspace():  # blank lines hold no record (orjson refuses them)
@@ -237,15 +310,34 @@ def parse_batch(lines: list[bytes], *, seq: int, line_no: int, input_size: int) 
                 continue
         if type(data) is dict:
             values, rid = data.get("input"), data.get("id", line_no)
-            if type(values) is list and len(values) == input_size and (type(rid) is str or type(rid) is int):
-                append(record(seq, rid, values, line_no))
-                seq += 1
-                line_no += 1
-                continue
-        append(parse_line(bytes(line), seq=seq, line_no=line_no, input_size=input_size))
+            ok = type(values) is list and len(values) == input_size and (type(rid) is str or type(rid) is int)
+        else:
+            values, rid = data, line_no
+            ok = type(data) is list and len(data) == input_size
+        if ok:
+            if suspect and _may_hold_booleans(bytes(line), data):
+                doubtful.append(len(rows))
+            seqs.append(seq)
+            ids.append(rid)
+            numbers.append(line_no)
+            rows.append(values)
+        else:
+            record = parse_line(bytes(line), seq=seq, line_no=line_no, input_size=input_size)
+            if type(record) is ErrorRecord:
+                errors.append(record)
+            else:  # cannot happen (the short path takes every good record); kept for safety
+                seqs.append(record.seq), ids.append(record.id), numbers.append(line_no), rows.append(record.values)
         seq += 1
         line_no += 1
-    return out, seq
+    if not rows:
+        return None, errors, seq
+    array_ = None if doubtful else to_float32(rows, input_size)
+    if array_ is None:  # some row holds a non-number: find it exactly, row by row
+        records = [InputRecord(*fields) for fields in zip(seqs, ids, rows, numbers)]
+        block, bad = RecordBlock.from_records(records, input_size)
+        errors += bad
+        return (block if len(block) else None), errors, seq
+    return RecordBlock(seqs, ids, numbers, array_), errors, seq
 
 
 def parse_lines(lines: Iterable[bytes], *, input_size: int, start_seq: int = 0, start_line: int = 1) -> Iterator[InputRecord | ErrorRecord]:
@@ -274,26 +366,30 @@ def encode_output(rid: Union[str, int], output: np.ndarray, agent: str) -> bytes
     return orjson.dumps({"id": rid, "output": output, "agent": agent}, option=_DUMPS_OPTS)
 
 
-def encode_result(rid: Union[str, int], output: np.ndarray) -> bytes:
-    """Return the compact ``task.completion`` payload: the id as JSON, a newline, float32 LE bytes.
+def encode_results(ids: Sequence[Union[str, int]], outputs: np.ndarray) -> bytes:
+    """Return the compact ``task.completion`` payload of a batch of results.
 
-    Bandwidth limits count these bytes, so results travel in their smallest exact form.
+    The ids as one JSON array, a newline, then the outputs as float32 little-endian rows, in the
+    order of ``ids``. Bandwidth limits count these bytes, so results travel in their smallest
+    exact form, one message per backend batch.
     """
-    if output.dtype != _LE_F32:
-        output = output.astype(_LE_F32)
-    return orjson.dumps(rid) + b"\n" + output.tobytes()
+    if outputs.dtype != _LE_F32:
+        outputs = outputs.astype(_LE_F32)
+    return orjson.dumps(ids) + b"\n" + outputs.tobytes()
 
 
-def decode_result(payload: bytes) -> tuple[Union[str, int], np.ndarray]:
-    """Return (id, output) from an `encode_result` payload.
+def decode_results(payload: bytes) -> list[tuple[Union[str, int], np.ndarray]]:
+    """Return the (id, output) pairs of an `encode_results` payload, in order.
 
     Raises:
         ValueError: when the payload is not one.
     """
     head, sep, body = payload.partition(b"\n")
-    if not sep or len(body) % 4:
+    ids = orjson.loads(head) if sep else None
+    if not isinstance(ids, list) or len(body) % 4 or (ids and (len(body) // 4) % len(ids)) or (not ids and body):
         raise ValueError("not a task.completion payload")
-    return orjson.loads(head), np.frombuffer(body, dtype="<f4")
+    rows = np.frombuffer(body, dtype=_LE_F32).reshape(len(ids), -1) if ids else []
+    return list(zip(ids, rows))
 
 
 def encode_error(rid: Union[str, int], code: str, message: str) -> bytes:

@@ -6,6 +6,10 @@ Record steps (execution workflow only): receive_input, process_neural_network, u
 send_output; ``save_state`` may also run per record (``every=N``).
 
 Steps never block: messages go to the context's outbox, which the runner sends after the pass.
+
+The record steps also have a batch form, ``step(ctx, step, batch)`` over a `BatchState`, with the
+effects of the step run record after record (`BATCH_STEPS`; see `afrt.workflow`). Each batch form
+shares its per-record logic with its step, so that the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ from afcore.errors import AgentTrap, ExecutionError, ResourceLimitError
 from afcore.steps import Step
 
 from .bus import TOPIC_COMPLETION, TOPIC_LIFECYCLE, ensure_topic
-from .records import encode_output, encode_result
+from .records import encode_output
 from .state import load_checkpoint, write_checkpoint
 
 if TYPE_CHECKING:
-    from .workflow import AgentContext, RecordState
+    from .workflow import AgentContext, BatchState, RecordState
 
-__all__ = ["MEMORY_FIELDS", "RECORD_STEPS", "STEPS", "capabilities", "ensure_known", "fresh_memory", "resolve_field"]
+__all__ = [
+    "BATCH_STEPS", "MEMORY_FIELDS", "RECORD_STEPS", "STEPS", "capabilities", "ensure_known", "fresh_memory",
+    "resolve_field",
+]
 
 #: the fields of ``memory`` (usable in guards as ``memory.<field>``)
 MEMORY_FIELDS = (
@@ -142,21 +149,40 @@ def receive_input(ctx: AgentContext, step: Step, state: RecordState) -> None:
     state.received = True
 
 
-def process_neural_network(ctx: AgentContext, step: Step, state: RecordState) -> None:
-    """Run the network on the received input; its result becomes ``output``."""
+def receive_input_batch(ctx: AgentContext, step: Step, batch: BatchState) -> None:
+    """`receive_input` for every record of ``batch``."""
+    batch.received = True
+
+
+def _ensure_can_process(ctx: AgentContext, received: bool) -> None:
     if not ctx.network_ready:
         raise ExecutionError(
             "the network is not loaded", code="AF5205",
             hint="add load_neural_network to the initialization workflow",
         )
-    if not state.received:
+    if not received:
         raise ExecutionError(
             "no input received for this record", code="AF5206",
             hint="put receive_input before process_neural_network in the execution workflow",
         )
+
+
+def process_neural_network(ctx: AgentContext, step: Step, state: RecordState) -> None:
+    """Run the network on the received input; its result becomes ``output``."""
+    _ensure_can_process(ctx, state.received)
     if state.compute_error is not None:
         raise state.compute_error
     state.output = state.computed
+
+
+def process_neural_network_batch(ctx: AgentContext, step: Step, batch: BatchState) -> None:
+    """`process_neural_network` for every record of ``batch``; a record the backend failed fails here."""
+    _ensure_can_process(ctx, batch.received)
+    if batch.compute_errors is not None:
+        for i in batch.alive:
+            if batch.compute_errors[i] is not None:
+                batch.fail(i, batch.compute_errors[i])
+    batch.output = True
 
 
 def update_memory(ctx: AgentContext, step: Step, state: RecordState) -> None:
@@ -166,17 +192,52 @@ def update_memory(ctx: AgentContext, step: Step, state: RecordState) -> None:
     """
     if ctx.memory is None:
         ctx.memory = fresh_memory()
-    memory = ctx.memory
-    memory["count"] += 1
-    memory["last_id"] = state.record.id
     out = state.output
     if out is None:
-        return
-    if out is state.computed and state.argmax is not None:
-        argmax, peak = state.argmax, state.peak
+        _remember(ctx.memory, step, state.record.id, None, 0, 0.0)
+    elif out is state.computed and state.argmax is not None:
+        _remember(ctx.memory, step, state.record.id, out, state.argmax, state.peak)
     else:
         argmax = int(out.argmax())
-        peak = float(out[argmax])
+        _remember(ctx.memory, step, state.record.id, out, argmax, float(out[argmax]))
+
+
+def update_memory_batch(ctx: AgentContext, step: Step, batch: BatchState) -> None:
+    """`update_memory` for every record of ``batch``, in order."""
+    if ctx.memory is None:
+        ctx.memory = fresh_memory()
+    memory, ids = ctx.memory, batch.block.ids
+    if not batch.output:
+        for i in batch.alive:
+            _remember(memory, step, ids[i], None, 0, 0.0)
+        return
+    outputs, argmaxes, peaks, alive = batch.computed, batch.argmaxes, batch.peaks, batch.alive
+    if step.args:
+        for i in alive:
+            try:
+                _remember(memory, step, ids[i], outputs[i], argmaxes[i], peaks[i])
+            except ExecutionError as exc:
+                batch.fail(i, exc)
+        return
+    # `_remember` without arguments, inlined: the same float operations in the same order.
+    count, mean, counts = memory["count"], memory["mean_max"], memory["class_counts"]
+    keys = [str(k) for k in range(outputs.shape[1])]
+    for i in alive:
+        count += 1
+        mean += (peaks[i] - mean) / count
+        key = keys[argmaxes[i]]
+        counts[key] = counts.get(key, 0) + 1
+    last = alive[-1]
+    memory.update(count=count, mean_max=mean, last_id=ids[last], last_output=outputs[last],
+                  last_argmax=argmaxes[last], last_max=peaks[last])
+
+
+def _remember(memory: dict[str, Any], step: Step, rid: Any, out: np.ndarray | None, argmax: int, peak: float) -> None:
+    """Fold one record into ``memory``: the one definition of what `update_memory` does per record."""
+    memory["count"] += 1
+    memory["last_id"] = rid
+    if out is None:
+        return
     memory["last_output"] = out
     memory["last_argmax"] = argmax
     memory["last_max"] = peak
@@ -195,23 +256,47 @@ def update_memory(ctx: AgentContext, step: Step, state: RecordState) -> None:
     counts[key] = counts.get(key, 0) + 1
 
 
-def send_output(ctx: AgentContext, step: Step, state: RecordState) -> None:
-    """Publish the result on ``topic`` (default task.completion); it becomes the output record.
-
-    The message is the compact `afrt.records.encode_result` form (id, float32 bytes).
-    """
+def _output_topic(ctx: AgentContext, step: Step, has_output: bool) -> str | None:
+    """Return where send_output publishes, or None when not connected (said once)."""
     topic = ensure_topic(_arg(step, "topic", TOPIC_COMPLETION, str)) if step.args else TOPIC_COMPLETION
-    if state.output is None:
+    if not has_output:
         raise ExecutionError(
             "no output to send for this record", code="AF5207",
             hint="put process_neural_network before send_output in the execution workflow",
         )
     if not ctx.connected:
         ctx.notice("send_output: not connected to a swarm (no connect_to_swarm): nothing is published")
+        return None
+    return topic
+
+
+def send_output(ctx: AgentContext, step: Step, state: RecordState) -> None:
+    """Publish the result on ``topic`` (default task.completion); it becomes the output record.
+
+    The results of a batch travel in one message (`afrt.records.encode_results`).
+    """
+    topic = _output_topic(ctx, step, state.output is not None)
+    if topic is None:
         return
-    ctx.publish(topic, encode_result(state.record.id, state.output))
+    ctx.publish_results(topic, [state.record.id], state.output[None, :])
     ctx.stats["published"] += 1
     state.published = encode_output(state.record.id, state.output, ctx.agent_id)
+
+
+def send_output_batch(ctx: AgentContext, step: Step, batch: BatchState) -> None:
+    """`send_output` for every record of ``batch``: one message, one output line per record."""
+    topic = _output_topic(ctx, step, batch.output)
+    if topic is None:
+        return
+    alive, ids, outputs, agent_id = batch.alive, batch.block.ids, batch.computed, ctx.agent_id
+    if len(alive) == len(ids):
+        ctx.publish_results(topic, ids, outputs)
+        batch.lines = [encode_output(rid, row, agent_id) for rid, row in zip(ids, outputs)]
+    else:
+        ctx.publish_results(topic, [ids[i] for i in alive], outputs[alive])
+        for i in alive:
+            batch.lines[i] = encode_output(ids[i], outputs[i], agent_id)
+    ctx.stats["published"] += len(alive)
 
 
 def save_state(ctx: AgentContext, step: Step, state: RecordState | None) -> None:
@@ -262,6 +347,13 @@ STEPS: Mapping[str, Callable[..., None]] = {
         load_neural_network, initialize_memory, connect_to_swarm, register_capabilities, receive_input,
         process_neural_network, update_memory, send_output, save_state, disconnect_from_swarm, cleanup_resources,
     )
+}
+#: step name -> batch form (see `afrt.workflow`); the other steps run record by record
+BATCH_STEPS: Mapping[str, Callable[..., None]] = {
+    "receive_input": receive_input_batch,
+    "process_neural_network": process_neural_network_batch,
+    "update_memory": update_memory_batch,
+    "send_output": send_output_batch,
 }
 #: steps that need an input record
 RECORD_STEPS = frozenset({"receive_input", "process_neural_network", "update_memory", "send_output"})

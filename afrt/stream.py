@@ -20,9 +20,9 @@ from typing import IO, Any, Sequence
 
 from afcore.errors import ExecutionError
 
-from .records import ErrorRecord, InputRecord, check_chunk, parse_batch
+from .records import ErrorRecord, RecordBlock, parse_block
 from .swarm import Swarm
-from .workflow import Result
+from .workflow import Results
 
 __all__ = ["RunOptions", "RunSummary", "run_jsonl"]
 
@@ -81,13 +81,17 @@ class RunSummary:
 
 
 class _Reorder:
-    """Writes results in input order: holds those that arrive early until their turn."""
+    """Writes results in input order: holds those that arrive early until their turn.
+
+    Entries are keyed by their first seq and hold (records, bytes): a batch of consecutive records
+    is one entry, so the hot path does no work per record here.
+    """
 
     def __init__(self, out: IO[bytes], summary: RunSummary) -> None:
         self.out = out
         self.summary = summary
         self.next = 0
-        self.held: dict[int, bytes] = {}
+        self.held: dict[int, tuple[int, bytes]] = {}
 
     def add(self, seq: int, line: bytes, error_code: str | None) -> None:
         s = self.summary
@@ -96,27 +100,31 @@ class _Reorder:
         else:
             s.errors += 1
             s.error_codes[error_code] = s.error_codes.get(error_code, 0) + 1
-        self.held[seq] = line
+        self.held[seq] = (1, line)
 
-    def add_results(self, results: Sequence[Result]) -> None:
-        held, summary = self.held, self.summary
-        for result in results:
-            held[result.seq] = result.line
-            if result.error is None:
-                summary.results += 1
-            else:
-                code = result.error[0]
-                summary.errors += 1
-                summary.error_codes[code] = summary.error_codes.get(code, 0) + 1
+    def add_results(self, results: Results) -> None:
+        seqs, summary, n = results.seqs, self.summary, len(results)
+        if not n:
+            return
+        if seqs[-1] - seqs[0] == n - 1:  # consecutive (seqs increase): one entry
+            self.held[seqs[0]] = (n, b"".join(results.lines))
+        else:
+            for seq, line in zip(seqs, results.lines):
+                self.held[seq] = (1, line)
+        summary.results += n - len(results.errors)
+        for code, _ in results.errors.values():
+            summary.errors += 1
+            summary.error_codes[code] = summary.error_codes.get(code, 0) + 1
 
     def flush(self) -> None:
-        held, seq, lines = self.held, self.next, []
+        held, seq, parts = self.held, self.next, []
         while seq in held:
-            lines.append(held.pop(seq))
-            seq += 1
+            count, data = held.pop(seq)
+            parts.append(data)
+            seq += count
         self.next = seq
-        if lines:
-            self.out.write(b"".join(lines))
+        if parts:
+            self.out.write(b"".join(parts))
             self.out.flush()
 
 
@@ -157,25 +165,45 @@ class _Parser:
 
     A line longer than ``max_line`` bytes becomes an AF5237 error record and is skipped to its
     end, so that input without newlines cannot grow memory without bound.
+
+    Args:
+        input_size: the length every input vector must have.
+        block_rows: the most records in one block (the replicas' ``max_batch``).
     """
 
-    def __init__(self, input_size: int) -> None:
+    def __init__(self, input_size: int, block_rows: int = PARSE_GROUP) -> None:
         self.input_size = input_size
+        self.group = max(1, min(PARSE_GROUP, block_rows))
         self.max_line = max(MAX_LINE_BYTES, 64 * input_size)
         self.seq = 0
         self.line_no = 1
         self.tail = b""
         self.skipping = False  # inside an over-long line, already reported
+        self.pending: list = []  # complete lines held back to fill a block (``hold``)
+        self.pending_suspect = False
 
-    def feed(self, chunk: bytes) -> list:
-        """Return the records of the complete lines in ``chunk`` (all the rest when ``chunk`` is empty)."""
+    def feed(self, chunk: bytes, *, hold: bool = False) -> tuple[list[RecordBlock], list[ErrorRecord]]:
+        """Parse the complete lines in ``chunk`` (all the rest when ``chunk`` is empty).
+
+        Args:
+            chunk: the next bytes of the input; empty at its end.
+            hold: keep back the lines that do not fill a whole block, to parse them with the next
+                chunk (for files, where waiting for more costs nothing): full blocks are what
+                the replicas batch best.
+
+        Returns:
+            (blocks of good records, at most ``block_rows`` each; the error records).
+        """
         lines = _split_lines(chunk)
+        # `r` and `a` spell `true` and `false`: without them (memchr over the chunk and the tail
+        # from the last chunk) no line needs the boolean check of `parse_block`.
+        suspect = _has_letters(chunk) or _has_letters(self.tail)
         if self.tail:  # only the first line needs the tail: no copy of the whole chunk
             lines[0] = self.tail + lines[0]
         if self.skipping:
             if len(lines) == 1:
                 self.tail = b""
-                return []
+                return [], []
             del lines[0]
             self.skipping = False
             self.line_no += 1
@@ -183,23 +211,39 @@ class _Parser:
         too_long = len(self.tail) > self.max_line
         if too_long:
             self.tail, self.skipping = b"", True
-        records = self._parse(lines)
+        if self.pending:
+            lines = self.pending + lines
+            suspect = suspect or self.pending_suspect
+            self.pending = []
+        if hold and chunk and not too_long:
+            whole = len(lines) - len(lines) % self.group
+            self.pending, self.pending_suspect = lines[whole:], suspect
+            del lines[whole:]
+        blocks, errors = self._parse(lines, suspect)
         if too_long:  # reported after the complete lines before it, in input order
             line = self.line_no
-            records.append(ErrorRecord(self.seq, line, "AF5237",
-                                       f"line {line}: longer than {self.max_line} bytes, skipped"))
+            errors.append(ErrorRecord(self.seq, line, "AF5237", f"line {line}: longer than {self.max_line} bytes, skipped"))
             self.seq += 1
-        return records
+        return blocks, errors
 
-    def _parse(self, lines: list[bytes]) -> list:
-        # Parsed and converted PARSE_GROUP lines at a time, while their floats are still in the cache.
-        records: list = []
-        for start in range(0, len(lines), PARSE_GROUP):
-            part = lines[start : start + PARSE_GROUP]
-            parsed, self.seq = parse_batch(part, seq=self.seq, line_no=self.line_no, input_size=self.input_size)
+    def _parse(self, lines: list, suspect: bool) -> tuple[list[RecordBlock], list[ErrorRecord]]:
+        # Parsed and converted a group of lines at a time, while their floats are still in the cache.
+        blocks: list[RecordBlock] = []
+        errors: list[ErrorRecord] = []
+        group = self.group
+        for start in range(0, len(lines), group):
+            part = lines[start : start + group]
+            block, bad, self.seq = parse_block(part, seq=self.seq, line_no=self.line_no,
+                                               input_size=self.input_size, suspect=suspect)
             self.line_no += len(part)
-            records += check_chunk(parsed)
-        return records
+            if block is not None:
+                blocks.append(block)
+            errors += bad
+        return blocks, errors
+
+
+def _has_letters(data: bytes) -> bool:
+    return data.find(b"r") >= 0 or data.find(b"a") >= 0
 
 
 def _split_lines(chunk: bytes) -> list:
@@ -271,7 +315,7 @@ def _is_regular(stream: IO[bytes]) -> bool:
 
 async def _pump(swarm: Swarm, group: Any, source: IO[bytes], reorder: _Reorder, summary: RunSummary,
                 input_size: int, stop: asyncio.Event) -> None:
-    parser = _Parser(input_size)
+    parser = _Parser(input_size, swarm.max_batch)
     if _is_regular(source):
         # A file never blocks: read it here, sparing the GIL handoffs of a reader thread.
         await _pump_file(group, source, parser, reorder, summary, stop)
@@ -290,7 +334,7 @@ async def _pump_file(group: Any, source: IO[bytes], parser: _Parser, reorder: _R
             chunk = read(READ_CHUNK)
         except OSError as exc:
             raise ExecutionError(f"cannot read the input: {exc}", code="AF5236") from None
-        await _dispatch(group, parser.feed(chunk), reorder, summary)
+        await _dispatch(group, parser.feed(chunk, hold=True), reorder, summary)
         if not chunk:
             return
         reorder.flush()
@@ -326,13 +370,11 @@ async def _pump_stream(group: Any, source: IO[bytes], parser: _Parser, reorder: 
         reader.stopped = True
 
 
-async def _dispatch(group: Any, records: list, reorder: _Reorder, summary: RunSummary) -> None:
-    good: list[InputRecord] = []
-    for record in records:
-        if type(record) is ErrorRecord:
-            reorder.add(record.seq, record.encode(), record.code)
-        else:
-            good.append(record)
-    summary.records += len(records)
-    if good:
-        await group.send.send_many(good)
+async def _dispatch(group: Any, parsed: tuple[list[RecordBlock], list[ErrorRecord]],
+                    reorder: _Reorder, summary: RunSummary) -> None:
+    blocks, errors = parsed
+    for error in errors:
+        reorder.add(error.seq, error.encode(), error.code)
+    summary.records += len(errors) + sum([len(b) for b in blocks])
+    if blocks:
+        await group.send.send_many(blocks)

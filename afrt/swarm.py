@@ -27,9 +27,9 @@ from afcore.errors import ChannelClosedError, ExecutionError, UsageError
 
 from .bus import TOPIC_LIFECYCLE, Bus, MemoryBus, TokenBucket
 from .instrument import Instruments
-from .records import InputRecord
+from .records import InputRecord, RecordBlock, check_numbers, to_float32
 from .state import Identity, load_or_create_identity, lock_state_dir, replica_dir
-from .workflow import AgentContext, Result, WorkflowRunner
+from .workflow import AgentContext, Result, Results, WorkflowRunner
 
 __all__ = ["AgentGroup", "Swarm"]
 
@@ -53,7 +53,7 @@ class AgentGroup:
     tasks: list[asyncio.Task] = field(default_factory=list)
     waiters: dict[int, asyncio.Future] = field(default_factory=dict)
     #: receives each delivered batch of results (e.g. the reorder buffer of `af run`)
-    sink: Callable[[Sequence[Result]], None] | None = None
+    sink: Callable[[Results], None] | None = None
     #: called after each delivered batch (e.g. to write the results that are now in order)
     after_deliver: Callable[[], None] | None = None
     seq: Any = field(default_factory=itertools.count)
@@ -64,7 +64,7 @@ class AgentGroup:
         """Return the agent ids of the replicas."""
         return [c.agent_id for c in self.contexts]
 
-    def deliver(self, results: Sequence[Result]) -> None:
+    def deliver(self, results: Results) -> None:
         """Hand a batch of results to the sink and to the tasks waiting in `Swarm.submit`."""
         if self.sink is not None:
             self.sink(results)
@@ -104,7 +104,7 @@ class Swarm:
         bus: the bus to use; by default a fresh in-process `MemoryBus`.
         max_batch: the most records a replica runs in one backend call.
         batch_wait_ms: how long a replica waits for more records once it has one.
-        queue_size: the bound of each work queue (backpressure on `submit` and feeding).
+        queue_size: the records each work queue holds at most (backpressure on `submit` and feeding).
         instrument: hooks passed to every workflow runner (see `afrt.instrument`).
         heartbeat_seconds: the heartbeat period on agent.lifecycle (None: no heartbeats).
     """
@@ -167,7 +167,8 @@ class Swarm:
             raise UsageError(f"agent `{agent.name}` is already started in swarm `{self.name}`", code="AF0931")
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=max(2, replicas), thread_name_prefix="af-infer")
-        send, receive = self.bus.open_queue(f"work.{agent.name}", max_buffer_size=self.queue_size)
+        # Blocks of records travel the queue; each counts for its records, in the bound and in batches.
+        send, receive = self.bus.open_queue(f"work.{agent.name}", max_buffer_size=self.queue_size, weight=len)
         group = AgentGroup(agent.name, [], [], send, receive)
         self.groups[agent.name] = group
         for i in range(replicas):
@@ -209,13 +210,14 @@ class Swarm:
         receive, max_batch, wait = group.receive, self.max_batch, self.batch_wait
         while True:
             try:
-                batch = await receive.receive_batch(max_batch, wait=wait)
+                blocks = await receive.receive_batch(max_batch, wait=wait)
             except ChannelClosedError:
                 return
+            block = RecordBlock.concat(blocks)
             try:
-                results = await runner.run_batch(batch)
+                results = await runner.run_block(block)
             except Exception as exc:  # noqa: BLE001 - a bug must not lose records: each gets an error
-                results = [_internal_error(record, exc) for record in batch]
+                results = _internal_errors(block, exc)
             group.deliver(results)
 
     async def _heartbeat(self, runner: WorkflowRunner) -> None:
@@ -246,9 +248,27 @@ class Swarm:
             code="AF0932",
         )
 
-    async def feed(self, records: Sequence[InputRecord], *, agent: str | None = None) -> None:
-        """Queue records for the replicas, waiting while the queue is full (backpressure)."""
-        await self.group(agent).send.send_many(records)
+    async def feed(self, records: Sequence[InputRecord], *, agent: str | None = None) -> list[Result]:
+        """Queue records for the replicas, waiting while the queue is full (backpressure).
+
+        Returns:
+            The error results of the records whose values are not finite numbers (they are not
+            queued); the others are delivered to the group's sink as they complete.
+        """
+        group = self.group(agent)
+        block, bad = RecordBlock.from_records(records, group.contexts[0].agent.input_size)
+        await self._send(group, block)
+        return [Result(e.seq, e.id, e.encode(), error=(e.code, e.message)) for e in bad]
+
+    async def _send(self, group: AgentGroup, block: RecordBlock) -> None:
+        """Queue ``block`` in pieces of at most ``max_batch`` records."""
+        pieces = []
+        while len(block) > self.max_batch:
+            head, block = block.split(self.max_batch)
+            pieces.append(head)
+        if len(block):
+            pieces.append(block)
+        await group.send.send_many(pieces)
 
     async def submit(self, values: Any, *, id: Any = None, agent: str | None = None) -> np.ndarray:
         """Run one input through the swarm and return its output.
@@ -262,7 +282,8 @@ class Swarm:
             The output vector (float32).
 
         Raises:
-            ExecutionError: with the record's error code when it failed (e.g. AF5232 wrong length).
+            ExecutionError: with the record's error code when it failed (e.g. AF5232 wrong length,
+                AF5233 not a number).
         """
         group = self.group(agent)
         seq = next(group.seq)
@@ -270,9 +291,13 @@ class Swarm:
         size = group.contexts[0].agent.input_size
         if len(values) != size:
             raise ExecutionError(f"input has {len(values)} values, the agent takes {size}", code="AF5232")
+        record = InputRecord(seq, seq if id is None else id, values, 0)
+        problem = check_numbers(record)
+        if problem is not None:
+            raise ExecutionError(problem.message, code=problem.code, agent=agent)
         fut = asyncio.get_running_loop().create_future()
         group.waiters[seq] = fut
-        await group.send.send(InputRecord(seq, seq if id is None else id, values, 0))
+        await group.send.send(RecordBlock([seq], [record.id], [0], to_float32([values], size)))
         result: Result = await fut
         if result.error is not None:
             raise ExecutionError(result.error[1], code=result.error[0], agent=agent)
@@ -319,12 +344,12 @@ class Swarm:
         return errors
 
 
-def _internal_error(record: InputRecord, exc: Exception) -> Result:
-    from .records import ErrorRecord
+def _internal_errors(block: RecordBlock, exc: Exception) -> Results:
+    from .records import encode_error
 
     message = f"internal error (a bug in af, please report it): {type(exc).__name__}: {exc}"
-    err = ErrorRecord(record.seq, record.id, "AF9999", message)
-    return Result(record.seq, record.id, err.encode(), error=("AF9999", message))
+    lines = [encode_error(rid, "AF9999", message) for rid in block.ids]
+    return Results(block.seqs, block.ids, lines, errors={i: ("AF9999", message) for i in range(len(block))})
 
 
 def _limits(resources: Any) -> dict[str, float]:

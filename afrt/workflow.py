@@ -5,10 +5,15 @@ at the end; steps run in the declared order, a step whose ``when`` guard is fals
 step arguments reach the step (see docs/steps.md).
 
 Micro-batching keeps per-record semantics: the network is a pure function of its input, so a
-batch's outputs are computed in one backend call up front (in a worker thread), then every record
-runs the whole execution workflow in turn, record after record. A guard therefore sees the memory
-left by the records before it, exactly as without batching; ``process_neural_network`` only takes
-its record's precomputed output (and its error, if that record alone failed in the backend).
+batch's outputs are computed in one backend call up front, then every record runs the whole
+execution workflow in turn, record after record. A guard therefore sees the memory left by the
+records before it, exactly as without batching; ``process_neural_network`` only takes its
+record's precomputed output (and its error, if that record alone failed in the backend).
+
+An execution workflow without guards whose every step has a batch form (`afrt.steps.BATCH_STEPS`)
+runs step after step over the whole batch instead: each batch form has the effects of its step
+run record after record, and no step of such a workflow reads what another record's later step
+writes, so the outcome is the same without a Python call per record and step.
 """
 
 from __future__ import annotations
@@ -16,28 +21,25 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from afcore.errors import AfError, ExecutionError
 from afcore.steps import Step, evaluate
 
-from .bus import TOPIC_COMPLETION, Message
-from .records import ErrorRecord, InputRecord, stack_inputs
+from .bus import Message
+from .records import ErrorRecord, InputRecord, RecordBlock, encode_results
 
 if TYPE_CHECKING:
     from .bus import Bus, TokenBucket
     from .state import Identity
 
-__all__ = ["AgentContext", "RecordState", "Result", "WorkflowRunner"]
+__all__ = ["AgentContext", "BatchState", "RecordState", "Result", "Results", "WorkflowRunner"]
 
 #: a backend call expected to finish sooner than this (seconds) runs inline: handing it to a thread
 #: and back costs more (the result waits for the GIL, up to the 5 ms switch interval)
 INLINE_CALL_SECONDS = 0.0005
-
-#: the execution workflow of the reference example, which the runner runs in one fused loop
-FUSED_WORKFLOW = ("receive_input", "process_neural_network", "update_memory", "send_output")
 
 #: the workflows an agent file may declare, in the order they run
 WORKFLOWS = ("initialization", "execution", "shutdown")
@@ -73,36 +75,78 @@ class RecordState:
     error: AfError | None = None
 
 
-def _seq(result: Result) -> int:
-    return result.seq
+@dataclass(slots=True)
+class Results:
+    """The outcomes of a batch of records, in record order: one output line per record.
+
+    Args:
+        seqs, ids: the records' sequence numbers and ids.
+        lines: each record's output or error line, as `af run` writes it.
+        agent: the agent id of the replica that ran them.
+        outputs: row ``i`` is record ``i``'s output, unless ``i`` is in ``errors``.
+        errors: record index -> (code, message) of the records that failed.
+    """
+
+    seqs: list[int]
+    ids: list[Any]
+    lines: list[bytes]
+    agent: str | None = None
+    outputs: np.ndarray | None = None
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __iter__(self) -> Iterator[Result]:
+        for i, (seq, rid, line) in enumerate(zip(self.seqs, self.ids, self.lines)):
+            error = self.errors.get(i)
+            if error is None:
+                yield Result(seq, rid, line, self.outputs[i], self.agent)
+            else:
+                yield Result(seq, rid, line, error=error)
+
+    @classmethod
+    def of(cls, results: Sequence[Result], agent: str | None = None) -> Results:
+        """Gather per-record results (in record order) into one `Results`."""
+        errors = {i: r.error for i, r in enumerate(results) if r.error is not None}
+        outputs = None
+        if len(errors) < len(results):
+            width = next(len(r.output) for r in results if r.error is None)
+            outputs = np.zeros((len(results), width), np.float32)
+            for i, r in enumerate(results):
+                if r.error is None:
+                    outputs[i] = r.output
+        return cls([r.seq for r in results], [r.id for r in results], [r.line for r in results],
+                   agent, outputs, errors)
 
 
 @dataclass(slots=True)
-class _Batch:
-    """A batch after its backend call: good records with their outputs, and the rejected ones."""
+class BatchState:
+    """What the batch forms of the execution steps know about a batch of records.
 
-    records: list[InputRecord]
-    good: list[InputRecord]
-    array: np.ndarray
-    bad: list[ErrorRecord]
-    outputs: np.ndarray | None = None
-    errors: list[AfError | None] = field(default_factory=list)
-    argmaxes: list[int] = field(default_factory=list)
-    peaks: list[float] = field(default_factory=list)
+    ``alive`` lists the records still running, in order: a record leaves it when one of its steps
+    fails (`fail`), and the later steps skip it, as in the record-by-record path.
+    """
 
-    def states(self) -> list[RecordState]:
-        """Return one `RecordState` per record, in order (for the step-by-step path)."""
-        states = {r.seq: RecordState(r, None) for r in self.records}
-        for err in self.bad:
-            states[err.seq].error = ExecutionError(err.message, code=err.code)
-        for i, rec in enumerate(self.good):
-            state = states[rec.seq]
-            state.vector = self.array[i]
-            if self.errors[i] is not None:
-                state.compute_error = self.errors[i]
-            elif self.outputs is not None:
-                state.computed, state.argmax, state.peak = self.outputs[i], self.argmaxes[i], self.peaks[i]
-        return [states[r.seq] for r in self.records]
+    block: RecordBlock
+    computed: np.ndarray | None  # the network's outputs, one row per record
+    compute_errors: list[AfError | None] | None  # per record, None when no record failed
+    argmaxes: list[int]
+    peaks: list[float]
+    alive: list[int]
+    received: bool = False
+    output: bool = False  # process_neural_network ran: ``computed`` is every alive record's output
+    failed: dict[int, AfError] = field(default_factory=dict)
+    lines: list[bytes | None] = field(default_factory=list)  # output lines of the published records
+
+    def fail(self, index: int, error: AfError) -> None:
+        """Stop record ``index`` with ``error`` (the caller removes it from ``alive``)."""
+        self.failed[index] = error
+
+    def prune(self) -> None:
+        """Drop the failed records from ``alive``."""
+        if self.failed:
+            self.alive = [i for i in self.alive if i not in self.failed]
 
 
 @dataclass
@@ -135,6 +179,8 @@ class AgentContext:
     memory: dict[str, Any] | None = None
     restored: dict[str, Any] | None = None
     outbox: list[Message] = field(default_factory=list)
+    #: results waiting for the next flush, per topic: (ids, output rows); one message per topic
+    results_outbox: dict[str, tuple[list[Any], list[np.ndarray]]] = field(default_factory=dict)
     #: counters reported in the run summary
     stats: dict[str, int] = field(
         default_factory=lambda: {"records": 0, "published": 0, "unpublished": 0, "errors": 0, "checkpoints": 0}
@@ -154,6 +200,17 @@ class AgentContext:
         """Queue a message; the runner sends the outbox after the step's workflow pass."""
         self.outbox.append(Message(topic, self.agent_id, payload))
 
+    def publish_results(self, topic: str, ids: Sequence[Any], outputs: np.ndarray) -> None:
+        """Queue results (``outputs`` rows, in the order of ``ids``) for one message on ``topic``.
+
+        The results of one batch travel together (`afrt.records.encode_results`).
+        """
+        pending = self.results_outbox.get(topic)
+        if pending is None:
+            pending = self.results_outbox[topic] = ([], [])
+        pending[0].extend(ids)
+        pending[1].append(outputs)
+
     def notice(self, text: str) -> None:
         """Record a message for the user, once."""
         if text not in self.notices:
@@ -170,7 +227,7 @@ class WorkflowRunner:
     """
 
     def __init__(self, ctx: AgentContext, workflows: Mapping[str, Sequence[Step]], *, executor=None) -> None:
-        from .steps import RECORD_STEPS, STEPS, ensure_known
+        from .steps import BATCH_STEPS, RECORD_STEPS, STEPS, ensure_known
 
         self.ctx = ctx
         self.workflows = {name: tuple(steps) for name, steps in workflows.items()}
@@ -183,14 +240,13 @@ class WorkflowRunner:
         # seconds per record of recent backend calls (a moving average); the first call runs inline
         self._per_record: float | None = None
         execution = self.workflows.get("execution", ())
+        guarded = any(s.guard is not None for s in execution)
         # (function, step) pairs of an execution workflow without guards, for the fast path
-        self._plain = None if any(s.guard is not None for s in execution) else [
-            (STEPS[s.name], s) for s in execution
+        self._plain = None if guarded else [(STEPS[s.name], s) for s in execution]
+        # the batch forms, when every step has one (see the module docstring)
+        self._batched = None if guarded or any(s.name not in BATCH_STEPS for s in execution) else [
+            (BATCH_STEPS[s.name], s) for s in execution
         ]
-        self._fusable = [(s.name, bool(s.args), s.guard) for s in execution] == [
-            (name, False, None) for name in FUSED_WORKFLOW
-        ]
-        self._process_step = execution[1] if self._fusable else None
         self.computes = any(s.name == "process_neural_network" for s in execution)
         self.publishes = any(s.name == "send_output" for s in execution)
         if execution and not self.publishes:
@@ -213,87 +269,108 @@ class WorkflowRunner:
             if self._before(name, step, None) and self._call(name, step, None):
                 await self.flush()
 
+    async def run_block(self, block: RecordBlock) -> Results:
+        """Run the execution workflow once per record of ``block``, with one backend call.
+
+        Returns:
+            The outcome of every record, in block order.
+        """
+        batch = await self._compute(block)
+        ctx = self.ctx
+        if self._batched is not None and not ctx.instrument:
+            ctx.stats["records"] += len(block)
+            results = self._run_batched(batch)
+        else:
+            results = Results.of([self._run_record(state) for state in _record_states(batch)], ctx.agent_id)
+        await self.flush()
+        return results
+
     async def run_batch(self, records: Sequence[InputRecord]) -> list[Result]:
         """Run the execution workflow once per record, in order, with one backend call for the batch.
+
+        Records whose values are not finite numbers fail with their AF5231/AF5233 error.
 
         Returns:
             One `Result` per record, in the order of ``records``.
         """
-        batch = await self._compute(records)
-        ctx = self.ctx
-        if self._fusable and not ctx.instrument and ctx.network_ready and ctx.connected:
-            results = self._run_fused(batch)
-        else:
-            results = [self._run_record(state) for state in batch.states()]
-        await self.flush()
+        block, bad = RecordBlock.from_records(records, self.ctx.agent.input_size)
+        results = list(await self.run_block(block)) if len(block) else []
+        if bad:
+            for err in bad:
+                self.ctx.stats["records"] += 1
+                results.append(self._failure(err.seq, err.id, ExecutionError(err.message, code=err.code)))
+            order = {r.seq: i for i, r in enumerate(records)}
+            results.sort(key=lambda r: order[r.seq])
         return results
 
-    def _run_fused(self, batch: _Batch) -> list[Result]:
-        """The reference execution workflow (receive_input, process_neural_network, update_memory,
-        send_output; no guards, no arguments) in one loop: the same effects record by record, in
-        the same order, without the per-step dispatch. `tests/afrt/test_workflow.py` checks that
-        it matches the general path result for result and memory field for memory field.
-        """
-        from .records import encode_output, encode_result
-        from .steps import fresh_memory
-
+    def _run_batched(self, batch: BatchState) -> Results:
+        """Run each step's batch form over the records still alive (see the module docstring)."""
         ctx = self.ctx
-        if ctx.memory is None:
-            ctx.memory = fresh_memory()
-        memory, agent_id, outbox = ctx.memory, ctx.agent_id, ctx.outbox
-        count, mean, counts = memory["count"], memory["mean_max"], memory["class_counts"]
-        results: list[Result] = []
-        last = -1
-        outputs, argmaxes, peaks, errors = batch.outputs, batch.argmaxes, batch.peaks, batch.errors
-        keys = [str(k) for k in range(outputs.shape[1])] if outputs is not None else []
-        append_result, append_message = results.append, outbox.append
-        rows = outputs if outputs is not None else ()  # None when no record of the batch was usable
-        for i, (rec, error, out, argmax, peak) in enumerate(zip(batch.good, errors, rows, argmaxes, peaks)):
-            if error is not None:
-                self._locate(error, self._process_step)
-                append_result(self._error_result(rec, error))
+        for fn, step in self._batched:
+            if not batch.alive:
+                break
+            try:
+                fn(ctx, step, batch)
+            except AfError as exc:  # the step fails for every record it ran for
+                self._locate(exc, step)
+                for i in batch.alive:
+                    batch.fail(i, exc)
+                batch.alive = []
+            else:
+                for i in batch.alive:
+                    if i in batch.failed:
+                        self._locate(batch.failed[i], step)
+                batch.prune()
+        block, lines = batch.block, batch.lines
+        if not batch.failed and len(batch.alive) == len(block) and all([line is not None for line in lines]):
+            return Results(block.seqs, block.ids, lines, ctx.agent_id, batch.computed)
+        errors: dict[int, tuple[str, str]] = {}
+        out: list[bytes] = []
+        for i, line in enumerate(lines):
+            error = batch.failed.get(i)
+            if error is None and line is None:
+                error = self._unpublished()
+            if error is None:
+                out.append(line)
                 continue
-            count += 1
-            mean += (peak - mean) / count
-            key = keys[argmax]
-            counts[key] = counts.get(key, 0) + 1
-            last = i
-            rid = rec.id
-            append_message(Message(TOPIC_COMPLETION, agent_id, encode_result(rid, out)))
-            append_result(Result(rec.seq, rid, encode_output(rid, out, agent_id), out, agent_id))
-        if last >= 0:
-            memory.update(count=count, mean_max=mean, last_id=batch.good[last].id, last_output=outputs[last],
-                          last_argmax=argmaxes[last], last_max=peaks[last])
-        published = sum(1 for r in results if r.error is None)
-        ctx.stats["records"] += published
-        ctx.stats["published"] += published
-        if batch.bad:
-            for err in batch.bad:
-                results.append(self._error_result(err, ExecutionError(err.message, code=err.code)))
-            results.sort(key=_seq)
-        return results
+            result = self._failure(block.seqs[i], block.ids[i], error)
+            errors[i] = result.error
+            out.append(result.line)
+        return Results(block.seqs, block.ids, out, ctx.agent_id, batch.computed, errors)
 
-    def _error_result(self, rec: Any, error: AfError) -> Result:
+    def _failure(self, seq: int, rid: Any, error: AfError) -> Result:
+        """Count a failed record and return its error result."""
         ctx = self.ctx
-        ctx.stats["records"] += 1
         ctx.stats["errors"] += 1
         if ctx.memory is not None:
             ctx.memory["errors"] += 1
-        err = ErrorRecord(rec.seq, rec.id, error.code, error.message)
-        return Result(rec.seq, rec.id, err.encode(), error=(err.code, err.message))
+        err = ErrorRecord(seq, rid, error.code, error.message)
+        return Result(seq, rid, err.encode(), error=(err.code, err.message))
 
-    async def _compute(self, records: Sequence[InputRecord]) -> _Batch:
-        array, good, bad = stack_inputs(list(records))
-        batch = _Batch(list(records), good, array, bad)
-        if self.computes and self.ctx.network_ready and good:
-            outputs, batch.errors = await self._infer(array)
+    def _unpublished(self) -> ExecutionError:
+        """Return the AF5210 error of a record that ran but whose result was not published."""
+        ctx = self.ctx
+        ctx.stats["unpublished"] += 1
+        if not self.publishes:
+            why = "the execution workflow has no send_output"
+        elif not ctx.connected:
+            why = "the agent is not connected to a swarm (no connect_to_swarm)"
+        else:
+            why = "send_output did not run for it (a guard was false)"
+        return ExecutionError(f"result not published: {why}", code="AF5210")
+
+    async def _compute(self, block: RecordBlock) -> BatchState:
+        n = len(block)
+        batch = BatchState(block, None, None, [], [], list(range(n)), lines=[None] * n)
+        if self.computes and self.ctx.network_ready and n:
+            outputs, errors = await self._infer(block.array)
             # One vectorized pass for the statistics update_memory keeps (numpy per row costs ~1 µs).
             argmaxes = outputs.argmax(axis=1)
-            batch.peaks = outputs[np.arange(len(outputs)), argmaxes].tolist()
+            batch.peaks = outputs[np.arange(n), argmaxes].tolist()
             batch.argmaxes = argmaxes.tolist()
-            batch.outputs = outputs.astype("<f4", copy=False)  # the wire form of results (a no-op here)
-        else:
-            batch.errors = [None] * len(good)
+            batch.computed = outputs.astype("<f4", copy=False)  # the wire form of results (a no-op here)
+            if any([e is not None for e in errors]):
+                batch.compute_errors = errors
         return batch
 
     async def _call_backend(self, array: np.ndarray) -> np.ndarray:
@@ -333,7 +410,7 @@ class WorkflowRunner:
 
     def _run_record(self, state: RecordState) -> Result:
         ctx = self.ctx
-        ctx.stats["records"] += 1
+        ctx.stats["records"] += 1  # before the steps: save_state(every=N) counts this record
         if state.error is None and not ctx.instrument and self._plain is not None:
             # Fast path (no guards, no instrument): the same steps in the same order, minus the hooks.
             step = None
@@ -354,23 +431,11 @@ class WorkflowRunner:
 
     def _result(self, state: RecordState) -> Result:
         rec = state.record
-        ctx = self.ctx
         if state.error is None and state.published is None:
-            ctx.stats["unpublished"] += 1
-            if not self.publishes:
-                why = "the execution workflow has no send_output"
-            elif not ctx.connected:
-                why = "the agent is not connected to a swarm (no connect_to_swarm)"
-            else:
-                why = "send_output did not run for it (a guard was false)"
-            state.error = ExecutionError(f"result not published: {why}", code="AF5210")
+            state.error = self._unpublished()
         if state.error is not None:
-            ctx.stats["errors"] += 1
-            if ctx.memory is not None:
-                ctx.memory["errors"] += 1
-            err = ErrorRecord(rec.seq, rec.id, state.error.code, state.error.message)
-            return Result(rec.seq, rec.id, err.encode(), error=(err.code, err.message))
-        return Result(rec.seq, rec.id, state.published, output=state.output, agent=ctx.agent_id)
+            return self._failure(rec.seq, rec.id, state.error)
+        return Result(rec.seq, rec.id, state.published, output=state.output, agent=self.ctx.agent_id)
 
     def _guard(self, step: Step, state: RecordState | None) -> bool:
         try:
@@ -422,6 +487,11 @@ class WorkflowRunner:
     async def flush(self) -> None:
         """Publish the queued messages in order, honouring the bandwidth limit and backpressure."""
         ctx = self.ctx
+        if ctx.results_outbox:
+            for topic, (ids, rows) in ctx.results_outbox.items():
+                outputs = rows[0] if len(rows) == 1 else np.concatenate(rows)
+                ctx.outbox.append(Message(topic, ctx.agent_id, encode_results(ids, outputs)))
+            ctx.results_outbox = {}
         if not ctx.outbox:
             return
         outbox, ctx.outbox = ctx.outbox, []
@@ -433,6 +503,18 @@ class WorkflowRunner:
         if ctx.instrument:
             for message in outbox:
                 _hook(ctx.instrument, "message_sent", ctx, message)
+
+
+def _record_states(batch: BatchState) -> Iterator[RecordState]:
+    """Yield one `RecordState` per record of ``batch``, in order (for the record-by-record path)."""
+    block, computed, errors = batch.block, batch.computed, batch.compute_errors
+    for i in range(len(block)):
+        state = RecordState(block.record(i), block.array[i])
+        if errors is not None and errors[i] is not None:
+            state.compute_error = errors[i]
+        elif computed is not None:
+            state.computed, state.argmax, state.peak = computed[i], batch.argmaxes[i], batch.peaks[i]
+        yield state
 
 
 def _hook(instrument: Any, name: str, *args: Any) -> None:

@@ -165,7 +165,8 @@ class TestProfiledRun:
         steps = {s.step: s for s in report.steps if s.workflow == "execution"}
         assert steps["receive_input"].calls == 40 and steps["process_neural_network"].calls == 40
         assert (steps["send_output"].calls, steps["send_output"].skipped) == (sent, 40 - sent)
-        assert report.messages["task.completion"] == sent
+        # The results of one backend batch (at most 8 records here) travel in one message.
+        assert -(-sent // 8) <= report.messages["task.completion"] <= 40 // 8
         assert sum("output" in r for r in records) == sent
         assert report.records == 40 and report.records_per_second > 0
         # backend time: every record charged once, warm-up apart; 40 records in batches of at most 8

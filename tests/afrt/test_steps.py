@@ -11,7 +11,7 @@ from swarm_testkit import FakeAgent
 
 from afcore.steps import Step
 from afrt.bus import MemoryBus
-from afrt.records import InputRecord, decode_result
+from afrt.records import InputRecord, decode_results
 from afrt.state import CHECKPOINT_NAME, load_checkpoint, load_or_create_identity
 from afrt.steps import STEPS
 from afrt.workflow import AgentContext, WorkflowRunner
@@ -58,6 +58,10 @@ class Harness:
             out.append(decode(channel.receive_nowait().payload))
         return out
 
+    def drain_results(self, channel):
+        """The (id, output) pairs published on ``channel``, across its messages."""
+        return [pair for pairs in self.drain(channel, decode_results) for pair in pairs]
+
 
 class TestAllElevenExist:
     def test_names(self):
@@ -86,7 +90,7 @@ class TestSendOutput:
     def test_publishes_results_on_task_completion(self):
         h = Harness()
         results = h.run(recs(3))
-        published = h.drain(h.completion, decode_result)
+        published = h.drain_results(h.completion)
         assert [rid for rid, _ in published] == [0, 1, 2]
         for result, (rid, output) in zip(results, published):
             line = orjson.loads(result.line)
@@ -97,7 +101,7 @@ class TestSendOutput:
         h = Harness(execution=["receive_input", "process_neural_network", Step("send_output", {"topic": "custom.out"})])
         custom = h.bus.subscribe("custom.out")
         h.run(recs(2))
-        assert h.drain(h.completion) == [] and len(h.drain(custom, decode_result)) == 2
+        assert h.drain(h.completion) == [] and len(h.drain_results(custom)) == 2
 
     def test_bandwidth_limit_delays_publishing(self):
         # 20000 bytes/s with a 100-byte burst and a frozen clock: every byte published beyond the

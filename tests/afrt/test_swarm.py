@@ -11,7 +11,7 @@ import pytest
 from swarm_testkit import FakeAgent
 
 from afcore.errors import ExecutionError
-from afrt.records import decode_result
+from afrt.records import decode_results
 from afrt.swarm import Swarm
 from float64_reference import forward64
 
@@ -47,7 +47,7 @@ class TestSubmit:
                 seen = []
                 while results.statistics().current_buffer_used:
                     message = results.receive_nowait()
-                    seen.append((decode_result(message.payload)[0], message.sender))
+                    seen += [(rid, message.sender) for rid, _ in decode_results(message.payload)]
                 return seen, group.agent_ids
 
         seen, agents = run(main())

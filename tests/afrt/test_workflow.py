@@ -160,45 +160,74 @@ class TestMissingSteps:
         assert info.value.code == "AF5203"
 
 
-class TestFusedPath:
-    """The reference execution workflow runs in one fused loop; it must equal the general path."""
+WINDOW = Step("update_memory", {"window": 2})
+BATCH_CASES = {
+    "reference": (EXEC, INIT),
+    "window": (["receive_input", "process_neural_network", WINDOW, "send_output"], INIT),
+    "bad window": (["receive_input", "process_neural_network", Step("update_memory", {"window": 0}), "send_output"], INIT),
+    "topic": (["receive_input", "process_neural_network", "update_memory", Step("send_output", {"topic": "x.out"})], INIT),
+    "no send_output": (EXEC[:3], INIT),
+    "no receive_input": (EXEC[1:], INIT),
+    "no process": (["receive_input", "update_memory", "send_output"], INIT),
+    "no network": (EXEC, ["initialize_memory", "connect_to_swarm"]),
+    "not connected": (EXEC, ["load_neural_network", "initialize_memory"]),
+}
 
-    def _pair(self):
-        fused_agent, fused_ctx, fused = make(EXEC)
-        # An instrument with no hooks forces the general, step-by-step path.
-        general_agent, general_ctx, general = make(EXEC, instrument=object())
-        general_ctx.identity = fused_ctx.identity
-        general_agent.weight = fused_agent.weight
-        return (fused_ctx, fused), (general_ctx, general)
 
-    def test_same_results_and_memory(self):
-        (fctx, fused), (gctx, general) = self._pair()
-        assert fused._fusable
+class TestBatchForms:
+    """Workflows whose steps all have batch forms run step by step over the batch; the outcome
+    must equal the record-by-record path's, record for record."""
+
+    def _pair(self, execution, init):
+        batched_agent, batched_ctx, batched = make(execution, init=init)
+        # An instrument with no hooks forces the record-by-record path.
+        general_agent, general_ctx, general = make(execution, init=init, instrument=object())
+        general_ctx.identity = batched_ctx.identity
+        general_agent.weight = batched_agent.weight
+        return (batched_ctx, batched), (general_ctx, general)
+
+    @staticmethod
+    def _messages(ctx, runner, batches):
+        subscriptions = {topic: ctx.bus.subscribe(topic) for topic in ("task.completion", "x.out")}
+        results = run(runner, batches)
+        sent = {}
+        for topic, channel in subscriptions.items():
+            sent[topic] = []
+            while channel.statistics().current_buffer_used:
+                sent[topic].append(channel.receive_nowait().payload)
+        return results, sent
+
+    @pytest.mark.parametrize("case", list(BATCH_CASES))
+    def test_same_results_memory_and_messages(self, case):
+        execution, init = BATCH_CASES[case]
+        (bctx, batched), (gctx, general) = self._pair(execution, init)
+        assert batched._batched is not None
         batch = records(9)
         batch[4] = InputRecord(4, "trap", [666.0] * 4, 5)
         batch[6] = InputRecord(6, "str", ["x", 1, 2, 3], 7)
-        got = run(fused, [batch[:5], batch[5:]])
-        want = run(general, [batch[:5], batch[5:]])
+        got, got_sent = self._messages(bctx, batched, [batch[:5], batch[5:]])
+        want, want_sent = self._messages(gctx, general, [batch[:5], batch[5:]])
         assert [r.line for r in got] == [r.line for r in want]
         assert [r.error for r in got] == [r.error for r in want]
-        assert fctx.stats == gctx.stats
-        fmem, gmem = dict(fctx.memory), dict(gctx.memory)
-        np.testing.assert_array_equal(fmem.pop("last_output"), gmem.pop("last_output"))
-        assert fmem == gmem
+        assert got_sent == want_sent
+        assert bctx.stats == gctx.stats and bctx.notices == gctx.notices
+        bmem, gmem = dict(bctx.memory or {}), dict(gctx.memory or {})
+        np.testing.assert_array_equal(bmem.pop("last_output", None), gmem.pop("last_output", None))
+        assert bmem == gmem
 
     def test_a_batch_of_bad_records_only(self):
         # No record of the batch reaches the backend: no outputs at all, only error results.
-        (fctx, fused), (gctx, general) = self._pair()
+        (bctx, batched), (gctx, general) = self._pair(EXEC, INIT)
         batch = [InputRecord(i, f"s{i}", ["x", 1, 2, 3], i + 1) for i in range(3)]
-        got, want = run(fused, [batch]), run(general, [batch])
+        got, want = run(batched, [batch]), run(general, [batch])
         assert [r.line for r in got] == [r.line for r in want]
         assert [r.error[0] for r in got] == ["AF5233"] * 3
-        assert fctx.stats == gctx.stats
+        assert bctx.stats == gctx.stats
 
-    def test_guards_or_arguments_disable_fusion(self):
-        assert not make(["receive_input", "process_neural_network", "update_memory",
-                         Step("send_output", {"topic": "x"})])[2]._fusable
-        assert not make(EXEC[:3])[2]._fusable
+    def test_guards_or_steps_without_batch_form_run_record_by_record(self):
+        guarded = Step("send_output", guard=Binary(">", Field("output", ("max",)), Const(0.5)))
+        assert make(["receive_input", "process_neural_network", guarded])[2]._batched is None
+        assert make(EXEC + [Step("save_state", {"every": 2})])[2]._batched is None
 
 
 class TestInstruments:

@@ -90,6 +90,20 @@ class TestEndToEnd:
         summary = json.loads(result.stderr.strip().splitlines()[-1])
         assert summary["records"] == 10_000 and summary["errors"] == 3 and summary["results"] == 9_997
 
+    @pytest.mark.parametrize("backend", ["onnx", "wasm"])
+    def test_numbers_written_as_strings_or_booleans_are_errors(self, example_bundles, backend):
+        # Alone in their batch (no other bad record to send the batch down the exact check).
+        row = [0.25] * 784
+        lines = [orjson.dumps({"id": "as-string", "input": ["0.5"] + row[1:]}),
+                 orjson.dumps({"id": "boolean", "input": row[:5] + [True] + row[6:]}),
+                 orjson.dumps({"id": "fine", "input": row})]
+        result = run_cli(example_bundles["classification-agent"], "--backend", backend, input=b"\n".join(lines) + b"\n")
+        assert result.exit_code == 0, result.stderr
+        records = read_output(result.stdout_bytes)
+        assert [r.get("error", {}).get("code") for r in records] == ["AF5233", "AF5233", None]
+        assert "input[0] is a string" in records[0]["error"]["message"]
+        assert "input[5] is a boolean" in records[1]["error"]["message"]
+
     def test_fail_on_error_exits_1(self, example_bundles):
         result = run_cli(example_bundles["classification-agent"], "--fail-on-error", input="[1, 2]\n")
         assert result.exit_code == 1
