@@ -314,24 +314,32 @@ def parse_block(lines: Sequence[bytes], *, seq: int, line_no: int, input_size: i
         else:
             values, rid = data, line_no
             ok = type(data) is list and len(data) == input_size
-        if ok:
-            if suspect and _may_hold_booleans(bytes(line), data):
-                doubtful.append(len(rows))
-            seqs.append(seq)
-            ids.append(rid)
-            numbers.append(line_no)
-            rows.append(values)
-        else:
+        if not ok:  # the precise error (parse_line takes every record the short path takes)
             record = parse_line(bytes(line), seq=seq, line_no=line_no, input_size=input_size)
             if type(record) is ErrorRecord:
                 errors.append(record)
-            else:  # cannot happen (the short path takes every good record); kept for safety
-                seqs.append(record.seq), ids.append(record.id), numbers.append(line_no), rows.append(record.values)
+                seq += 1
+                line_no += 1
+                continue
+            values, rid = record.values, record.id
+        if suspect and _may_hold_booleans(bytes(line), data):
+            doubtful.append(len(rows))
+        seqs.append(seq)
+        ids.append(rid)
+        numbers.append(line_no)
+        rows.append(values)
         seq += 1
         line_no += 1
-    if not rows:
-        return None, errors, seq
-    array_ = None if doubtful else to_float32(rows, input_size)
+    if doubtful:  # the exact check for those rows only
+        bad = [problem for i in doubtful if (problem := check_numbers(InputRecord(seqs[i], ids[i], rows[i], numbers[i])))]
+        if bad:
+            errors += bad
+            failed = {e.seq for e in bad}
+            keep = [i for i, s in enumerate(seqs) if s not in failed]
+            seqs, ids, numbers, rows = ([col[i] for i in keep] for col in (seqs, ids, numbers, rows))
+            if not rows:
+                return None, errors, seq
+    array_ = to_float32(rows, input_size)
     if array_ is None:  # some row holds a non-number: find it exactly, row by row
         records = [InputRecord(*fields) for fields in zip(seqs, ids, rows, numbers)]
         block, bad = RecordBlock.from_records(records, input_size)
