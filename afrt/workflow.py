@@ -363,14 +363,12 @@ class WorkflowRunner:
         n = len(block)
         batch = BatchState(block, None, None, [], [], list(range(n)), lines=[None] * n)
         if self.computes and self.ctx.network_ready and n:
-            outputs, errors = await self._infer(block.array)
+            outputs, batch.compute_errors = await self._infer(block.array)
             # One vectorized pass for the statistics update_memory keeps (numpy per row costs ~1 µs).
             argmaxes = outputs.argmax(axis=1)
             batch.peaks = outputs[np.arange(n), argmaxes].tolist()
             batch.argmaxes = argmaxes.tolist()
             batch.computed = outputs.astype("<f4", copy=False)  # the wire form of results (a no-op here)
-            if any([e is not None for e in errors]):
-                batch.compute_errors = errors
         return batch
 
     async def _call_backend(self, array: np.ndarray) -> np.ndarray:
@@ -391,9 +389,10 @@ class WorkflowRunner:
         out = self.ctx.agent.infer(array)
         return out, time.perf_counter() - started
 
-    async def _infer(self, array: np.ndarray) -> tuple[np.ndarray | None, list[AfError | None]]:
+    async def _infer(self, array: np.ndarray) -> tuple[np.ndarray, list[AfError | None] | None]:
+        """Return the outputs and, when some record failed, each record's error (None for the others)."""
         try:
-            return await self._call_backend(array), [None] * len(array)
+            return await self._call_backend(array), None
         except AfError:
             pass
         # One record spoiled the batch: run them one by one so that only the bad ones fail.
