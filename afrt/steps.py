@@ -273,13 +273,14 @@ def _output_topic(ctx: AgentContext, step: Step, has_output: bool) -> str | None
 def send_output(ctx: AgentContext, step: Step, state: RecordState) -> None:
     """Publish the result on ``topic`` (default task.completion); it becomes the output record.
 
-    The results of a batch travel in one message (`afrt.records.encode_results`).
+    The result is published once the record's whole workflow has succeeded (a record that fails
+    in a later step publishes nothing); the results of a batch travel in one message
+    (`afrt.records.encode_results`).
     """
     topic = _output_topic(ctx, step, state.output is not None)
     if topic is None:
         return
-    ctx.publish_results(topic, [state.record.id], state.output[None, :])
-    ctx.stats["published"] += 1
+    state.sent.append((topic, state.output))  # the runner publishes it once the record's workflow succeeded
     state.published = encode_output(state.record.id, state.output, ctx.agent_id)
 
 
@@ -289,14 +290,12 @@ def send_output_batch(ctx: AgentContext, step: Step, batch: BatchState) -> None:
     if topic is None:
         return
     alive, ids, outputs, agent_id = batch.alive, batch.block.ids, batch.computed, ctx.agent_id
+    batch.sent.append((topic, alive))  # the runner publishes it for the records that do not fail later
     if len(alive) == len(ids):
-        ctx.publish_results(topic, ids, outputs)
         batch.lines = [encode_output(rid, row, agent_id) for rid, row in zip(ids, outputs)]
     else:
-        ctx.publish_results(topic, [ids[i] for i in alive], outputs[alive])
         for i in alive:
             batch.lines[i] = encode_output(ids[i], outputs[i], agent_id)
-    ctx.stats["published"] += len(alive)
 
 
 def save_state(ctx: AgentContext, step: Step, state: RecordState | None) -> None:

@@ -71,7 +71,8 @@ class RecordState:
     peak: float | None = None  # ``computed[argmax]``
     received: bool = False
     output: np.ndarray | None = None
-    published: bytes | None = None
+    published: bytes | None = None  # the output line, once send_output ran
+    sent: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (topic, output) to publish
     error: AfError | None = None
 
 
@@ -138,6 +139,7 @@ class BatchState:
     output: bool = False  # process_neural_network ran: ``computed`` is every alive record's output
     failed: dict[int, AfError] = field(default_factory=dict)
     lines: list[bytes | None] = field(default_factory=list)  # output lines of the published records
+    sent: list[tuple[str, list[int]]] = field(default_factory=list)  # (topic, records) to publish
 
     def fail(self, index: int, error: AfError) -> None:
         """Stop record ``index`` with ``error`` (the caller removes it from ``alive``)."""
@@ -321,6 +323,7 @@ class WorkflowRunner:
                     if i in batch.failed:
                         self._locate(batch.failed[i], step)
                 batch.prune()
+        self._publish_batch(batch)
         block, lines = batch.block, batch.lines
         if not batch.failed and len(batch.alive) == len(block) and all([line is not None for line in lines]):
             return Results(block.seqs, block.ids, lines, ctx.agent_id, batch.computed)
@@ -337,6 +340,18 @@ class WorkflowRunner:
             errors[i] = result.error
             out.append(result.line)
         return Results(block.seqs, block.ids, out, ctx.agent_id, batch.computed, errors)
+
+    def _publish_batch(self, batch: BatchState) -> None:
+        """Publish what send_output sent, but not for records that failed in a later step."""
+        ctx, ids, outputs, failed = self.ctx, batch.block.ids, batch.computed, batch.failed
+        for topic, sent in batch.sent:
+            if failed:
+                sent = [i for i in sent if i not in failed]
+            if len(sent) == len(ids):
+                ctx.publish_results(topic, ids, outputs)
+            elif sent:
+                ctx.publish_results(topic, [ids[i] for i in sent], outputs[sent])
+            ctx.stats["published"] += len(sent)
 
     def _failure(self, seq: int, rid: Any, error: AfError) -> Result:
         """Count a failed record and return its error result."""
@@ -434,6 +449,9 @@ class WorkflowRunner:
             state.error = self._unpublished()
         if state.error is not None:
             return self._failure(rec.seq, rec.id, state.error)
+        for topic, output in state.sent:  # only now: a record that failed later publishes nothing
+            self.ctx.publish_results(topic, [rec.id], output[None, :])
+        self.ctx.stats["published"] += len(state.sent)
         return Result(rec.seq, rec.id, state.published, output=state.output, agent=self.ctx.agent_id)
 
     def _guard(self, step: Step, state: RecordState | None) -> bool:

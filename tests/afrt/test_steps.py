@@ -174,6 +174,13 @@ class TestSaveState:
         assert info.value.code == "AF5253"
         assert not (tmp_path / CHECKPOINT_NAME).exists()
 
+    def test_a_record_whose_checkpoint_fails_publishes_nothing(self, tmp_path):
+        # save_state after send_output: the record fails, so its result must not reach the bus either.
+        h = Harness(tmp_path, execution=EXEC + ["save_state"], shutdown=[], limits={"disk_mb": 0.0001})
+        results = h.run(recs(3))
+        assert [r.error[0] for r in results] == ["AF5253"] * 3
+        assert h.drain_results(h.completion) == [] and h.ctx.stats["published"] == 0
+
     def test_no_initialize_memory_means_no_restore(self, tmp_path):
         Harness(tmp_path).run(recs(4))
         h = Harness(tmp_path, init=["load_neural_network", "connect_to_swarm"])

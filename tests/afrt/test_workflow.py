@@ -166,6 +166,10 @@ BATCH_CASES = {
     "window": (["receive_input", "process_neural_network", WINDOW, "send_output"], INIT),
     "bad window": (["receive_input", "process_neural_network", Step("update_memory", {"window": 0}), "send_output"], INIT),
     "topic": (["receive_input", "process_neural_network", "update_memory", Step("send_output", {"topic": "x.out"})], INIT),
+    "fails after send_output": (["receive_input", "process_neural_network", "send_output",
+                                 Step("update_memory", {"window": 0})], INIT),
+    "two topics": (["receive_input", "process_neural_network", "send_output", Step("send_output", {"topic": "x.out"}),
+                    "update_memory"], INIT),
     "no send_output": (EXEC[:3], INIT),
     "no receive_input": (EXEC[1:], INIT),
     "no process": (["receive_input", "update_memory", "send_output"], INIT),
@@ -214,6 +218,12 @@ class TestBatchForms:
         bmem, gmem = dict(bctx.memory or {}), dict(gctx.memory or {})
         np.testing.assert_array_equal(bmem.pop("last_output", None), gmem.pop("last_output", None))
         assert bmem == gmem
+
+    def test_a_record_failing_after_send_output_publishes_nothing(self):
+        (bctx, batched), _ = self._pair(*BATCH_CASES["fails after send_output"])
+        results, sent = self._messages(bctx, batched, [records(4)])
+        assert [r.error[0] for r in results] == ["AF5204"] * 4
+        assert sent["task.completion"] == [] and bctx.stats["published"] == 0
 
     def test_a_batch_of_bad_records_only(self):
         # No record of the batch reaches the backend: no outputs at all, only error results.
