@@ -261,7 +261,7 @@ def check_training_data(document: YamlDocument, section: RawSection | None,
     if section is None or tensors is None or config is None:
         return []
     config_span = document.span_of(("neural_config",), part="key")
-    inputs, targets = tensors.get("inputs"), tensors.get("targets")
+    inputs = tensors.get("inputs")
     rows = int(inputs.shape[0]) if inputs is not None and inputs.ndim == 2 else "N"
     expected = {"inputs": (rows, int(config["input_size"])), "targets": (rows, int(config["output_size"]))}
     return _compare_tensors("training_data", section, tensors, expected, config_span,

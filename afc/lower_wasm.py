@@ -341,7 +341,7 @@ def _finish_function(network: NetworkSpec, layout: _Layout) -> str:
     row = (f"(local.set $s (i32.add (i32.const {layout.scratch}) (i32.mul (local.get $n) (i32.const {blocks * 16}))))"
            f"(local.set $o (i32.add (i32.const {layout.output_ptr}) (i32.mul (local.get $n) (i32.const {width * 4}))))")
     if network.output_activation == "softmax":
-        body = f"""(call $softmax_row (local.get $s) (local.get $o))"""
+        body = "(call $softmax_row (local.get $s) (local.get $o))"
     else:
         body = f"(memory.copy (local.get $o) (local.get $s) (i32.const {width * 4}))"
     return f"""

@@ -16,7 +16,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 from afcore.errors import ExecutionError
 
