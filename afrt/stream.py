@@ -361,7 +361,9 @@ async def _pump_stream(group: Any, source: IO[bytes], parser: _Parser, reorder: 
             reader.slots.release()
             if isinstance(item, Exception):
                 raise ExecutionError(f"cannot read the input: {item}", code="AF5236") from item
-            await _dispatch(group, parser.feed(item), reorder, summary)
+            # Hold back a partial block only while more input is already read: when the input
+            # trickles (an interactive producer), every complete line goes out at once.
+            await _dispatch(group, parser.feed(item, hold=not queue.empty()), reorder, summary)
             if not item:
                 return
             reorder.flush()
