@@ -231,3 +231,22 @@ class TestSay:
         expected = capsys.readouterr().err
         say(text)
         assert capsys.readouterr().err == expected
+
+
+class TestReadAhead:
+    def test_gives_what_read_bundle_gives(self, bundle):
+        from af.cli._load import _read_ahead
+        from afcore.bundle import read_bundle
+
+        assert _read_ahead(bundle)() == read_bundle(bundle)
+
+    def test_raises_what_read_bundle_raises(self, tmp_path):
+        from af.cli._load import _read_ahead
+        from afcore.errors import BundleError
+
+        bad = tmp_path / "bad.afb"
+        bad.write_bytes(b"not a bundle")
+        wait = _read_ahead(bad)
+        with pytest.raises(BundleError) as info:
+            wait()
+        assert info.value.code == "AF4001"
