@@ -157,12 +157,16 @@ def run_main(argv: Sequence[str]) -> Optional[int]:
     from ._output import handle_error
     from ._run import run_records
 
-    # Importing and loading make ~50k objects that live until exit: the collections that their
-    # allocations set off find nothing to free (~10 ms). `_load.run_stream` turns collection back on.
-    gc.disable()
+    if options["bundle"].suffix != ".af":
+        # Importing and loading a bundle make ~50k objects that live until exit and hardly any
+        # garbage: the collections their allocations set off free nothing (~10 ms). `run_records`
+        # turns collection back on before the run. (Compiling an .af in memory makes garbage.)
+        gc.disable()
     try:
         return run_records(**options)
     except KeyboardInterrupt:
         return 130  # what typer exits with on KeyboardInterrupt
     except Exception as exc:  # noqa: BLE001 - as `_app.command` does for every command
         return handle_error(exc)
+    finally:
+        gc.enable()  # already on after a run; on after a failure too, for a caller in the same process

@@ -131,11 +131,6 @@ def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
 
     from afrt import RunOptions, run_jsonl
 
-    # What was imported and loaded lives until exit: frozen, it is left out of the collections
-    # during the run. The fast path of `af run` turned collection off while it imported and loaded
-    # (nothing it made was garbage yet): it is back on from here.
-    gc.freeze()
-    gc.enable()
     # Interpreter shutdown would run a full collection over every object the run left behind
     # (~60 ms for `af run`, a tenth of a 20k-record run); frozen objects are left to the OS.
     # Files are closed explicitly before (close_streams); at exit this only skips that scan.

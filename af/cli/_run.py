@@ -46,6 +46,7 @@ def run_records(
     try:
         agent = load_agent(bundle, backend, fuel)
         sink = open_stream(output_path, "wb", sys.stdout)  # after loading: a bad bundle truncates nothing
+        _collect_during_run()
         summary = run_stream(agent, source, sink, replicas=replicas, swarm=swarm, state_dir=state_dir,
                              max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     finally:
@@ -56,6 +57,18 @@ def run_records(
     if fail_on_error and summary.errors:
         return 1
     return 0
+
+
+def _collect_during_run() -> None:
+    """Turn garbage collection back on if the fast path turned it off for the imports and the load.
+
+    What exists then lives until exit: it is frozen first, so that the run's collections skip it.
+    """
+    import gc
+
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _report(summary: RunSummary, as_json: bool) -> None:

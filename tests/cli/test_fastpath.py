@@ -143,6 +143,16 @@ class TestRunMain:
         assert [r["id"] for r in map(orjson.loads, out.read_bytes().splitlines())] == ["a"]
         assert "1 records: 1 results, 0 errors" in capsys.readouterr().err
 
+    def test_garbage_collection_is_on_afterwards(self, bundle, tmp_path):
+        import gc
+
+        src = tmp_path / "in.jsonl"
+        src.write_text(f'{{"id": "a", "input": {ROW}}}\n')
+        assert run_main(["run", str(bundle), "-i", str(src), "-o", os.devnull]) == 0
+        assert gc.isenabled()
+        assert run_main(["run", str(tmp_path / "missing.afb")]) == 1
+        assert gc.isenabled()
+
     def test_other_commands_and_completion_go_to_typer(self, bundle, monkeypatch):
         assert run_main(["validate", "x.af"]) is None
         assert run_main(["run", str(bundle), "--help"]) is None
