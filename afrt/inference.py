@@ -178,7 +178,9 @@ class _Message:
     __slots__ = ("_present",)
     FIELDS: dict[int, tuple[str, str, Any]] = {}
 
-    def __init__(self, data: memoryview) -> None:
+    def __init__(self, data: memoryview, depth: int = 0) -> None:
+        if depth > _MAX_DEPTH:
+            raise _Malformed  # protobuf says whether it reads a model this deep
         found: dict[int, Any] = {}
         for number, wire, value in _fields(data):
             kind = self.FIELDS[number][1] if number in self.FIELDS else None
@@ -199,11 +201,11 @@ class _Message:
             elif kind == "loc":
                 value = value or _DEFAULT
             elif kind == "list":
-                value = [cls(part) for part in value or ()]
-            else:
+                value = [cls(part, depth + 1) for part in value or ()]
+            elif kind == "msg":
                 if value:
                     self._present.add(name)
-                value = cls(_merged(value) if value else memoryview(b""))
+                value = cls(_merged(value) if value else memoryview(b""), depth + 1)
             setattr(self, name, value)
 
     def HasField(self, name: str) -> bool:  # noqa: N802 - protobuf's name: the check reads both kinds
@@ -213,6 +215,15 @@ class _Message:
 
 #: `TensorProto.DataLocation`: data in the tensor, or in an external file
 _DEFAULT, _EXTERNAL = 0, 1
+#: the deepest nesting of messages read (protobuf's upb parser refuses more than 100 by default);
+#: it also bounds the recursion of the reader and of the check
+_MAX_DEPTH = 100
+
+
+class _Entry(_Message):
+    """A ``StringStringEntryProto`` of ``external_data``: only counted (no field is read)."""
+
+    __slots__ = ()
 
 
 class _Tensor(_Message):
@@ -250,7 +261,7 @@ class _Model(_Message):
 # Field numbers from onnx/onnx-ml.proto. Sparse tensors in attributes, the indices of sparse
 # initializers and training graphs are not read: the protobuf-based check this reader replaced did
 # not look there either.
-_Tensor.FIELDS = {8: ("name", "str", None), 13: ("external_data", "list", bytes), 14: ("data_location", "loc", None)}
+_Tensor.FIELDS = {8: ("name", "str", None), 13: ("external_data", "list", _Entry), 14: ("data_location", "loc", None)}
 _SparseTensor.FIELDS = {1: ("values", "msg", _Tensor)}
 _Graph.FIELDS = {1: ("node", "list", _Node), 5: ("initializer", "list", _Tensor),
                  15: ("sparse_initializer", "list", _SparseTensor)}

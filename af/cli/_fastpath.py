@@ -13,7 +13,8 @@ or rich. Only command lines whose every token is unambiguous are taken: the opti
 in their plain form (decimal digits within the declared range, a path that is not empty).
 Anything else (``--help``, an unknown or repeated option, a missing or extra argument, a value
 typer might read differently or refuse, ``--``, shell completion) makes `parse_run_args` return
-None, and typer parses the command line as before, with its own messages and exit codes.
+None, and typer parses the command line as before, with its own messages and exit codes. (So does
+every command line on Windows, where typer expands wildcards.)
 ``tests/cli/test_fastpath.py`` checks that `RUN_OPTIONS` matches run.py and that every command
 line taken here gives the body the same values typer gives it.
 """
@@ -147,7 +148,8 @@ def run_main(argv: Sequence[str]) -> Optional[int]:
     Returns:
         The exit code, as typer would have exited; None when typer must handle the command line.
     """
-    if not argv or argv[0] != "run" or COMPLETE_VAR in os.environ:
+    # typer also completes words for the shell and, on Windows, expands wildcards itself
+    if not argv or argv[0] != "run" or COMPLETE_VAR in os.environ or os.name == "nt":
         return None
     options = parse_run_args(argv[1:])
     if options is None:

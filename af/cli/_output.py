@@ -42,7 +42,8 @@ def say(text: str) -> None:
     """Print ``text`` on stderr, byte for byte as ``console.print(text, markup=False, highlight=False)``.
 
     Text that rich would print unchanged (the usual case) is written directly, so that a command
-    that only reports a few plain lines does not import rich.
+    that only reports a few plain lines does not import rich. (A stream that cannot encode the
+    text raises the same UnicodeEncodeError, without the hint rich adds to its reason.)
     """
     if _RICH_CHANGES.search(text):
         _get("console").print(text, markup=False, highlight=False)

@@ -227,6 +227,15 @@ class TestReaderAgreesWithProtobuf:
         data = model().SerializeToString() + extra
         assert _outcome(ensure_safe_onnx, data) == _outcome(_with_protobuf, data)
 
+    @pytest.mark.parametrize("depth", [30, 99, 100, 101, 400])
+    def test_deeply_nested_subgraphs(self, depth):
+        graph = _field(5, 2, _field(14, 0, b"\x01"))  # innermost: an external initializer
+        for _ in range(depth):
+            attribute = _field(1, 2, b"then_branch") + _field(6, 2, graph)
+            graph = _field(1, 2, _field(4, 2, b"If") + _field(5, 2, attribute))
+        data = model().SerializeToString() + _field(7, 2, graph)
+        assert _outcome(ensure_safe_onnx, data) == _outcome(_with_protobuf, data)
+
     @settings(max_examples=500, deadline=None)
     @given(st.data())
     def test_damaged_models(self, data):

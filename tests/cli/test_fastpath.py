@@ -153,9 +153,12 @@ class TestRunMain:
         assert run_main(["run", str(tmp_path / "missing.afb")]) == 1
         assert gc.isenabled()
 
-    def test_other_commands_and_completion_go_to_typer(self, bundle, monkeypatch):
+    def test_other_commands_completion_and_windows_go_to_typer(self, bundle, monkeypatch):
         assert run_main(["validate", "x.af"]) is None
         assert run_main(["run", str(bundle), "--help"]) is None
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "name", "nt")
+            assert run_main(["run", str(bundle)]) is None
         monkeypatch.setenv(COMPLETE_VAR, "complete_bash")
         assert run_main(["run", str(bundle)]) is None
 
@@ -234,7 +237,7 @@ class TestSay:
         '{"agents": ["a-1"], "error_codes": {"AF5232": 1}, "records": 2}',
         "shutdown error: boom :smile: and :thumbs_up:",
         "tab\there", "carriage\rreturn", "bell\x07", "ünïcødé ✓", "[bold]not markup[/]", "",
-        "a:b:c", "12:30:45", "multi\nline",
+        "a:b:c", "12:30:45", "multi\nline", "::", "\x1b[31mred\x1b[0m", "nul\x00", "trailing space ",
     ])
     def test_prints_what_rich_prints(self, text, capsys):
         Console(stderr=True, highlight=False, soft_wrap=True).print(text, markup=False, highlight=False)
