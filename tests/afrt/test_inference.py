@@ -10,7 +10,7 @@ import onnx
 import pytest
 from afrt_testkit import make_bundle, onnx_model, random_weights, reference_forward
 from google.protobuf.internal import encoder
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -191,12 +191,12 @@ def _field(number: int, wire: int, payload: bytes = b"") -> bytes:
 class TestReaderAgreesWithProtobuf:
     """The wire-format reader sees what protobuf parses: same verdict and message, as the check gave before."""
 
-    @settings(max_examples=120, deadline=None)
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(_models())
     def test_random_models(self, data):
         assert _outcome(ensure_safe_onnx, data) == _outcome(_with_protobuf, data)
 
-    @settings(max_examples=60, deadline=None)
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(_models(), _models())
     def test_concatenated_models_merge(self, first, second):
         # protobuf reads two serialized messages back to back as one, merged: repeated fields are
@@ -236,7 +236,7 @@ class TestReaderAgreesWithProtobuf:
         data = model().SerializeToString() + _field(7, 2, graph)
         assert _outcome(ensure_safe_onnx, data) == _outcome(_with_protobuf, data)
 
-    @settings(max_examples=500, deadline=None)
+    @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.data())
     def test_damaged_models(self, data):
         # Bytes damaged anywhere: when protobuf reads them, the verdict is the same; when only the
