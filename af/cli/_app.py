@@ -2,24 +2,24 @@
 
 Every command is registered with `command`, which renders any `AfError` as diagnostics on
 stderr and exits with the error's exit code (1, or 2 for usage errors). Any other exception is a
-bug in af: it is shown as a traceback (with locals when ``AF_DEBUG=1``) and exits 70.
+bug in af: it is shown as a traceback (with locals when ``AF_DEBUG=1``) and exits 70. The
+consoles and that mapping live in `_output`, which the typer-free fast path of `af run` shares.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from typing import Any, Callable, NoReturn
 
 import typer
-from rich.console import Console
 
 from afcore import __version__
-from afcore.errors import AfError
 
-#: exit code for a bug in af (sysexits EX_SOFTWARE)
-EXIT_INTERNAL = 70
+from ._output import EXIT_INTERNAL as EXIT_INTERNAL
+from ._output import console as console
+from ._output import handle_error
+from ._output import report_error as report_error
+from ._output import stdout as stdout
 
 app = typer.Typer(
     name="af",
@@ -30,40 +30,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-#: all human-facing output goes to stderr through here; stdout is kept for data (JSON, JSONL)
-console = Console(stderr=True, highlight=False, soft_wrap=True)
-#: data written to stdout (JSON for scripts)
-stdout = Console(highlight=False, soft_wrap=True)
-
 
 def abort(text: str, code: int = 1) -> NoReturn:
     """Print ``text`` as an error and exit with ``code``."""
     console.print(f"[bold red]error[/]: {text}", markup=True, highlight=False)
     raise typer.Exit(code)
-
-
-def report_error(error: AfError, fmt: str = "full") -> int:
-    """Render an `AfError` on stderr (JSON on stdout for ``fmt == "json"``) and return its exit code."""
-    from afcore.diagnostics import render
-
-    diagnostics = error.to_diagnostics()
-    if fmt == "json":
-        stdout.print(render(diagnostics, "json"), markup=False, highlight=False)
-    else:
-        console.print(render(diagnostics, fmt if fmt in ("full", "concise") else "full"), markup=False)
-    return error.exit_code
-
-
-def _report_bug(exc: BaseException) -> NoReturn:
-    from rich.traceback import Traceback
-
-    show_locals = os.environ.get("AF_DEBUG") == "1"
-    console.print(Traceback.from_exception(type(exc), exc, exc.__traceback__, show_locals=show_locals))
-    console.print(
-        "[bold red]internal error[/]: this is a bug in af, please report it with the traceback above"
-        + ("" if show_locals else " (set AF_DEBUG=1 to include local variables)")
-    )
-    raise typer.Exit(EXIT_INTERNAL)
 
 
 def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -77,16 +48,11 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
         def run(*args: Any, **kw: Any) -> Any:
             try:
                 return fn(*args, **kw)
-            except AfError as error:
-                raise typer.Exit(report_error(error, kw.get("fmt") or "full")) from None
             except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
                 raise
-            except BrokenPipeError:
-                # The reader went away (`af run ... | head`): not an error of ours.
-                sys.stderr.close()
-                raise typer.Exit(0) from None
             except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into reports
-                _report_bug(exc)
+                # AfError -> diagnostics and its exit code; BrokenPipeError -> 0; a bug -> traceback, 70
+                raise typer.Exit(handle_error(exc, kw.get("fmt") or "full")) from None
 
         app.command(name, **kwargs)(run)
         return fn

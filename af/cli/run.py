@@ -1,21 +1,20 @@
-"""`af run`: run a bundle (or an .af, compiled in memory) on JSON Lines records (docs/cli.md, `af run`)."""
+"""`af run`: run a bundle (or an .af, compiled in memory) on JSON Lines records (docs/cli.md, `af run`).
+
+The body is `_run.run_records`; `af.cli.main` calls it without typer for plain command lines
+(`_fastpath`), so the options declared here and `_fastpath.RUN_OPTIONS` must agree (tests check).
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import typer
 
-from ._app import command, console
+from ._app import command
 from ._load import MAX_REPLICAS
-
-if TYPE_CHECKING:
-    from afrt.stream import RunSummary
-
-#: exit codes after a signal stopped the run (128 + signal number, as shells report it)
-SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+from ._run import SIGNAL_EXIT as SIGNAL_EXIT
+from ._run import run_records
 
 
 @command("run")
@@ -39,50 +38,8 @@ def run_command(
     1 the bundle cannot be loaded or an agent cannot start; 2 usage error;
     130/143 stopped by SIGINT/SIGTERM (shutdown workflows ran, results so far were written).
     """
-    from ._load import close_streams, ensure_backend, load_agent, open_stream, run_stream
-
-    ensure_backend(backend)
-    source = open_stream(input_path, "rb", sys.stdin)
-    sink = None
-    try:
-        agent = load_agent(bundle, backend, fuel)
-        sink = open_stream(output_path, "wb", sys.stdout)  # after loading: a bad bundle truncates nothing
-        summary = run_stream(agent, source, sink, replicas=replicas, swarm=swarm, state_dir=state_dir,
-                             max_batch=max_batch, batch_wait_ms=batch_wait_ms)
-    finally:
-        close_streams(source, sink)
-    _report(summary, json_summary)
-    if summary.interrupted:
-        raise typer.Exit(SIGNAL_EXIT.get(summary.interrupted, 130))
-    if fail_on_error and summary.errors:
-        raise typer.Exit(1)
-
-
-def _report(summary: RunSummary, as_json: bool) -> None:
-    import json
-
-    if as_json:
-        console.print(json.dumps(summary.to_json(), sort_keys=True), markup=False, highlight=False)
-        return
-    data = summary.to_json()
-    rate = f", {data['records_per_second']:.0f} records/s" if data["records_per_second"] else ""
-    codes = ", ".join(f"{code} x{n}" for code, n in sorted(summary.error_codes.items()))
-    console.print(
-        f"{summary.records} records: {summary.results} results, {summary.errors} errors"
-        + (f" ({codes})" if codes else "") + f" in {summary.seconds:.2f}s{rate}",
-        markup=False, highlight=False,
-    )
-    if data["bandwidth_wait_seconds"]:
-        console.print(f"publishing was held back {data['bandwidth_wait_seconds']:.2f}s by network_bandwidth_mbps",
-                      markup=False, highlight=False)
-    if summary.interrupted:
-        console.print(f"stopped by {summary.interrupted}: the rest of the input was not read", markup=False)
-    agents = ", ".join(summary.agents)
-    console.print(f"agents: {agents}" + (" (ephemeral identities: no --state-dir)" if summary.ephemeral else ""),
-                  markup=False, highlight=False)
-    for agent_id, restored in summary.restored.items():
-        console.print(f"restored {agent_id} from its checkpoint (memory.count={restored['count']})", markup=False)
-    for notice in summary.notices:
-        console.print(f"note: {notice}", markup=False, highlight=False)
-    for error in summary.shutdown_errors:
-        console.print(f"shutdown error: {error}", markup=False, highlight=False)
+    code = run_records(bundle, input_path=input_path, output_path=output_path, replicas=replicas, backend=backend,
+                       swarm=swarm, state_dir=state_dir, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                       fuel=fuel, fail_on_error=fail_on_error, json_summary=json_summary)
+    if code:
+        raise typer.Exit(code)
