@@ -9,15 +9,11 @@ import numpy as np
 import onnx
 import pytest
 from afrt_testkit import make_bundle, onnx_model, random_weights, reference_forward
-from google.protobuf.internal import encoder
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from onnx import helper, numpy_helper
+from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 import afrt
 from afcore.errors import BundleError, SandboxViolation
-from afrt import inference
 from afrt.inference import OnnxModel, ensure_safe_onnx, session_threads
 
 WEIGHTS = random_weights((8, 6, 4), seed=11)
@@ -51,6 +47,30 @@ class TestEnsureSafeOnnx:
             ensure_safe_onnx(m.SerializeToString())
         assert info.value.code == "AF5021"
 
+    @staticmethod
+    def _external(name: str, data_type=onnx.TensorProto.FLOAT) -> onnx.TensorProto:
+        tensor = onnx.TensorProto(name=name, data_type=data_type, dims=[1])
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value="/etc/passwd")
+        return tensor
+
+    @pytest.mark.parametrize("part", ["values", "indices"])
+    def test_refuses_external_data_in_sparse_tensors(self, part):
+        # In a sparse initializer and in a Constant node's sparse_value, values and indices alike.
+        inline = {"values": onnx.TensorProto(name="v", data_type=onnx.TensorProto.FLOAT, dims=[1], float_data=[1.0]),
+                  "indices": onnx.TensorProto(name="i", data_type=onnx.TensorProto.INT64, dims=[1], int64_data=[0])}
+        inline[part] = self._external(part, inline[part].data_type)
+        sparse = onnx.SparseTensorProto(values=inline["values"], indices=inline["indices"], dims=[4])
+        for where in ("initializer", "attribute"):
+            m = model()
+            if where == "initializer":
+                m.graph.sparse_initializer.append(sparse)
+            else:
+                m.graph.node.insert(0, helper.make_node("Constant", [], ["s"], sparse_value=sparse))
+            with pytest.raises(SandboxViolation) as info:
+                ensure_safe_onnx(m.SerializeToString())
+            assert info.value.code == "AF5021", where
+
     def test_refuses_a_custom_domain_operator(self):
         m = model()
         m.graph.node.append(helper.make_node("Evil", ["output"], ["x"], domain="com.evil"))
@@ -77,16 +97,15 @@ class TestEnsureSafeOnnx:
         with pytest.raises(SandboxViolation, match="local function `Twice`"):
             ensure_safe_onnx(m.SerializeToString())
 
-    def test_checks_without_importing_onnx_or_protobuf(self, tmp_path):
-        # The check reads the wire format itself (start-up time of `af run`). For a malformed model
-        # it parses with onnx's generated classes only, which a later `import onnx` shares.
+    def test_checks_without_importing_onnx(self, tmp_path):
+        # The check reads the model with onnx's generated classes only (start-up time of `af run`);
+        # a later `import onnx` in the same process shares those classes.
         path = tmp_path / "m.onnx"
         path.write_bytes(model().SerializeToString())
         script = (
             "import sys; from afrt.inference import ensure_safe_onnx, _parse_model\n"
             f"data = open({str(path)!r}, 'rb').read(); ensure_safe_onnx(data)\n"
-            "loaded = [m for m in sys.modules if m.split('.')[0] == 'onnx' or m.startswith('google.protobuf')]\n"
-            "assert not loaded, loaded\n"
+            "assert 'onnx' not in sys.modules, 'onnx was imported'\n"
             "import onnx; assert type(_parse_model(data)) is onnx.ModelProto\n"
             "assert onnx.load_model_from_string(data) == _parse_model(data)\n"
         )
@@ -103,179 +122,6 @@ class TestEnsureSafeOnnx:
         with pytest.raises(BundleError) as info:
             ensure_safe_onnx(b"\xff\xff\xff not protobuf")
         assert info.value.code == "AF5043"
-        assert info.value.message.startswith("`model.onnx` is not an ONNX model: Error parsing message")
-
-
-def _outcome(check, data: bytes) -> tuple:
-    try:
-        check(data)
-    except (BundleError, SandboxViolation) as exc:
-        return type(exc).__name__, exc.code, exc.message
-    return ("accepted",)
-
-
-def _with_protobuf(data: bytes) -> None:
-    """The check as it was: the whole model parsed by protobuf (onnx's classes), then the same rules."""
-
-    def malformed(model_bytes):
-        raise inference._Malformed
-
-    original, inference._read_model = inference._read_model, malformed
-    try:
-        ensure_safe_onnx(data)
-    finally:
-        inference._read_model = original
-
-
-def _external(tensor: onnx.TensorProto, how: int) -> onnx.TensorProto:
-    # how: 0 inline, 1 data_location only, 2 external_data entry only, 3 both
-    if how & 1:
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-    if how & 2:
-        tensor.external_data.add(key="location", value="/etc/passwd")
-    return tensor
-
-
-_NAMES = st.sampled_from(["", "a", "w0", "ünï", "x y"])
-_DOMAINS = st.sampled_from(["", "", "", "ai.onnx", "com.evil", "ai.onnx.ml", "com.microsoft"])
-
-
-@st.composite
-def _tensors(draw) -> onnx.TensorProto:
-    tensor = numpy_helper.from_array(np.zeros(draw(st.integers(0, 3)), np.float32), draw(_NAMES))
-    return _external(tensor, draw(st.sampled_from([0, 0, 0, 1, 2, 3])))
-
-
-@st.composite
-def _graphs(draw, depth: int = 0) -> onnx.GraphProto:
-    graph = onnx.GraphProto(name=draw(_NAMES))
-    graph.initializer.extend(draw(st.lists(_tensors(), max_size=3)))
-    for values in draw(st.lists(_tensors(), max_size=2)):
-        sparse = graph.sparse_initializer.add()
-        sparse.values.CopyFrom(values)
-        sparse.indices.CopyFrom(numpy_helper.from_array(np.zeros(0, np.int64), "i"))
-    for _ in range(draw(st.integers(0, 3))):
-        node = graph.node.add(op_type=draw(st.sampled_from(["Relu", "Evil", "If", "Constant"])),
-                              name=draw(_NAMES), domain=draw(_DOMAINS))
-        for _ in range(draw(st.integers(0, 2))):
-            attr = node.attribute.add(name=draw(_NAMES), type=onnx.AttributeProto.UNDEFINED)
-            if draw(st.booleans()):
-                attr.t.CopyFrom(draw(_tensors()))
-            attr.tensors.extend(draw(st.lists(_tensors(), max_size=2)))
-            if depth < 2 and draw(st.booleans()):
-                attr.g.CopyFrom(draw(_graphs(depth + 1)))
-            if depth < 2:
-                attr.graphs.extend(draw(st.lists(_graphs(depth + 1), max_size=2)))
-    return graph
-
-
-@st.composite
-def _models(draw) -> bytes:
-    m = onnx.ModelProto(ir_version=9)
-    if draw(st.integers(0, 4)):
-        m.graph.CopyFrom(draw(_graphs()))
-    for domain in draw(st.lists(_DOMAINS, max_size=3)):
-        m.opset_import.add(domain=domain, version=17)
-    if draw(st.integers(0, 5)) == 0:
-        m.functions.add(name=draw(_NAMES), domain=draw(_DOMAINS))
-    return m.SerializeToString()
-
-
-def _field(number: int, wire: int, payload: bytes = b"") -> bytes:
-    key = encoder._VarintBytes((number << 3) | wire)
-    if wire == 2:
-        return key + encoder._VarintBytes(len(payload)) + payload
-    return key + payload
-
-
-class TestReaderAgreesWithProtobuf:
-    """The wire-format reader sees what protobuf parses: same verdict and message, as the check gave before."""
-
-    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(_models())
-    def test_random_models(self, data):
-        assert _outcome(ensure_safe_onnx, data) == _outcome(_with_protobuf, data)
-
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(_models(), _models())
-    def test_concatenated_models_merge(self, first, second):
-        # protobuf reads two serialized messages back to back as one, merged: repeated fields are
-        # appended, singular messages (the graph, attribute tensors) merged, the last string wins
-        data = first + second
-        assert _outcome(ensure_safe_onnx, data) == _outcome(_with_protobuf, data)
-
-    @pytest.mark.parametrize("extra", [
-        _field(1000, 0, b"\x05"),                                   # unknown varint
-        _field(1000, 1, b"\0" * 8), _field(1000, 5, b"\0" * 4),       # unknown fixed-width fields
-        _field(1000, 3) + _field(1, 0, b"\x01") + _field(1000, 4),   # an unknown group
-        _field(7, 0, b"\x01"),                                      # the graph with the wrong wire type
-        _field(8, 5, b"\0" * 4),                                     # an opset import as fixed32
-        _field(7, 2, _field(5, 2, _field(14, 0, b"\x81\x80\x80\x80\x10"))),  # data_location 2**32+1
-        _field(7, 2, _field(5, 2, _field(14, 0, b"\x01") + _field(14, 0, b"\x07"))),  # 1 then unknown 7
-        _field(7, 2, _field(5, 2, _field(14, 0, b"\x01") + _field(14, 0, b"\x00"))),  # 1 then 0
-        _field(7, 2, _field(5, 2, _field(14, 2, b"\x01"))),           # data_location as bytes
-        _field(7, 2, _field(1, 2, _field(7, 2, b"com.evil") + _field(7, 2, b""))),  # the last domain wins
-        _field(7, 2, _field(1, 2, _field(7, 2, b"\xff\xfe"))),        # a domain that is not UTF-8
-        _field(7, 0, b"\xff" * 11),                                  # a varint past 10 bytes
-        _field(1000, 4),                                             # an end-group without start
-        _field(1000, 3) + _field(1, 0, b"\x01") + _field(999, 4),    # a group closed by another number
-        b"\x00\x01",                                                 # field number 0
-        _field(1000, 6), _field(1000, 7),                            # wire types 6 and 7
-        _field(7, 2, b"\x0a\x05ab"),                                 # a node longer than its graph
-    ])
-    def test_wire_corner_cases(self, extra):
-        data = model().SerializeToString() + extra
-        assert _outcome(ensure_safe_onnx, data) == _outcome(_with_protobuf, data)
-
-    @pytest.mark.parametrize("depth", [30, 99, 100, 101, 400])
-    def test_deeply_nested_subgraphs(self, depth):
-        graph = _field(5, 2, _field(14, 0, b"\x01"))  # innermost: an external initializer
-        for _ in range(depth):
-            attribute = _field(1, 2, b"then_branch") + _field(6, 2, graph)
-            graph = _field(1, 2, _field(4, 2, b"If") + _field(5, 2, attribute))
-        data = model().SerializeToString() + _field(7, 2, graph)
-        assert _outcome(ensure_safe_onnx, data) == _outcome(_with_protobuf, data)
-
-    @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(st.data())
-    def test_damaged_models(self, data):
-        # Bytes damaged anywhere: when protobuf reads them, the verdict is the same; when only the
-        # reader does (the damage is at a level it skips), the model reaches onnxruntime, which
-        # refuses it with the message the check gave before.
-        base = bytearray(data.draw(st.sampled_from(_DAMAGE_BASES)))
-        for _ in range(data.draw(st.integers(1, 3))):
-            at = data.draw(st.integers(0, len(base) - 1))
-            action = data.draw(st.sampled_from(["flip", "cut", "drop", "insert"]))
-            if action == "flip":
-                base[at] ^= 1 << data.draw(st.integers(0, 7))
-            elif action == "cut":
-                del base[at:]
-                if not base:
-                    base += b"\x08"
-            elif action == "drop":
-                del base[at]
-                if not base:
-                    base += b"\x08"
-            else:
-                base.insert(at, data.draw(st.integers(0, 255)))
-        damaged = bytes(base)
-        new, old = _outcome(ensure_safe_onnx, damaged), _outcome(_with_protobuf, damaged)
-        if new == old:
-            return
-        assert old[1] == "AF5043" and new == ("accepted",), (new, old)
-        with pytest.raises(BundleError) as info:
-            OnnxModel(damaged, agent="a", input_name="input", output_name="output", threads=1)
-        assert (info.value.code, info.value.message) == old[1:]
-
-
-def _constant_model() -> bytes:
-    m = model()
-    m.graph.node.insert(0, helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones(2, np.float32))))
-    return m.SerializeToString()
-
-
-#: small models whose bytes `test_damaged_models` damages (the MLP's weights make it ~400 bytes)
-_DAMAGE_BASES = [onnx_model(random_weights((2, 2), seed=1)).SerializeToString(), _constant_model()]
 
 
 class TestOnnxModel:
