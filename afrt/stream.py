@@ -87,11 +87,14 @@ class _Reorder:
     is one entry, so the hot path does no work per record here.
     """
 
-    def __init__(self, out: IO[bytes], summary: RunSummary) -> None:
+    def __init__(self, out: IO[bytes], summary: RunSummary, stop: asyncio.Event) -> None:
         self.out = out
         self.summary = summary
+        self.stop = stop
         self.next = 0
         self.held: dict[int, tuple[int, bytes]] = {}
+        #: why the output could not be written (then reading stops and nothing more is written)
+        self.write_error: OSError | None = None
 
     def add(self, seq: int, line: bytes, error_code: str | None) -> None:
         s = self.summary
@@ -123,9 +126,13 @@ class _Reorder:
             parts.append(data)
             seq += count
         self.next = seq
-        if parts:
-            self.out.write(b"".join(parts))
-            self.out.flush()
+        if parts and self.write_error is None:
+            try:
+                self.out.write(b"".join(parts))
+                self.out.flush()
+            except OSError as exc:  # e.g. `af run ... | head`: the reader went away
+                self.write_error = exc
+                self.stop.set()
 
 
 class _Reader(threading.Thread):
@@ -276,6 +283,10 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: Run
 
     Raises:
         StateError, ExecutionError: when initialization fails (nothing is read then).
+        BrokenPipeError: when the reader of ``sink`` went away; reading stopped and the shutdown
+            workflows ran (`af run` then exits 0 quietly, as after ``| head``).
+        ExecutionError: AF5238 when ``sink`` could not be written otherwise (e.g. disk full);
+            reading stopped and the shutdown workflows ran.
     """
     summary = RunSummary(ephemeral=options.state_dir is None)
     started = time.perf_counter()
@@ -286,11 +297,12 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: Run
     except BaseException:
         await swarm.stop()
         raise
-    reorder = _Reorder(sink, summary)
+    stop = stop or asyncio.Event()
+    reorder = _Reorder(sink, summary, stop)
     group.sink = reorder.add_results
     group.after_deliver = reorder.flush
     try:
-        await _pump(swarm, group, source, reorder, summary, agent.input_size, stop or asyncio.Event())
+        await _pump(swarm, group, source, reorder, summary, agent.input_size, stop)
     finally:
         errors = await swarm.stop()
         reorder.flush()
@@ -300,6 +312,12 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: Run
         summary.stats = group.stats()
         summary.notices = group.notices()
         summary.restored = {c.agent_id: c.restored for c in group.contexts if c.restored}
+    failed = reorder.write_error
+    if isinstance(failed, BrokenPipeError):
+        raise failed
+    if failed is not None:
+        raise ExecutionError(f"cannot write the output: {failed.strerror or failed}", code="AF5238",
+                             hint="check the output path and the free space; the shutdown workflows ran") from failed
     return summary
 
 

@@ -104,6 +104,24 @@ class TestEndToEnd:
         assert "input[0] is a string" in records[0]["error"]["message"]
         assert "input[5] is a boolean" in records[1]["error"]["message"]
 
+    def test_a_reader_that_goes_away_ends_the_run_quietly(self, example_bundles, inputs_10k):
+        # `af run ... | head -n 1`: once the pipe closes, reading stops and af exits 0, no traceback.
+        proc = subprocess.Popen([AF, "run", str(example_bundles["classification-agent"]), "--input", str(inputs_10k[0])],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        try:
+            code = proc.wait(timeout=60)
+        finally:
+            proc.kill()
+        assert orjson.loads(first)["id"] == "s0"
+        assert code == 0 and b"Traceback" not in proc.stderr.read()
+
+    def test_an_output_that_cannot_be_written_is_a_clear_error(self, example_bundles, inputs_10k):
+        result = subprocess.run([AF, "run", str(example_bundles["classification-agent"]), "--input", str(inputs_10k[0]),
+                                 "--output", "/dev/full"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and "AF5238" in result.stderr and "Traceback" not in result.stderr
+
     def test_fail_on_error_exits_1(self, example_bundles):
         result = run_cli(example_bundles["classification-agent"], "--fail-on-error", input="[1, 2]\n")
         assert result.exit_code == 1
