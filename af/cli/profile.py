@@ -78,7 +78,7 @@ def profile_command(
 
 
 def _baseline(agent: Any, input_path: str, options: dict[str, Any]) -> Optional[float]:
-    """Return records/s of the same input without an instrument (the fused fast path), or None for stdin."""
+    """Return records/s of the same input without an instrument (the batched fast path), or None for stdin."""
     from ._load import close_streams, open_stream, run_stream
 
     if input_path == "-":
