@@ -85,28 +85,14 @@ def _read_ahead(path: Path) -> Callable[[], Any]:
     the example bundle on a 2-core machine. The function returns the `afcore.bundle.Bundle`
     (what `afrt.load` reads from a path, with the same size cap) or raises what reading raised.
     """
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from afcore.bundle import read_bundle
 
-    outcome: dict[str, Any] = {}
-
-    def read() -> None:
-        try:
-            outcome["bundle"] = read_bundle(path)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=read, name="af-read-bundle", daemon=True)
-    thread.start()
-
-    def wait() -> Any:
-        thread.join()
-        if "error" in outcome:
-            raise outcome.pop("error")
-        return outcome["bundle"]
-
-    return wait
+    pool = ThreadPoolExecutor(1, thread_name_prefix="af-read-bundle")
+    future = pool.submit(read_bundle, path)
+    pool.shutdown(wait=False)  # the one task still runs; the pool takes no more
+    return future.result
 
 
 def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
