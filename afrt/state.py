@@ -29,7 +29,6 @@ from typing import Any, NoReturn
 
 import orjson
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from afcore.errors import ResourceLimitError, StateError
@@ -72,7 +71,7 @@ class Identity:
     @functools.cached_property
     def public_bytes(self) -> bytes:
         """Return the raw 32-byte public key."""
-        return self.private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return self.private_key.public_key().public_bytes_raw()
 
     @functools.cached_property
     def agent_id(self) -> str:
@@ -113,6 +112,9 @@ def load_or_create_identity(directory: str | os.PathLike[str], name: str) -> tup
         StateError: AF5252 when the key file exists but is not an Ed25519 private key,
             AF5254 when the directory cannot be written.
     """
+    # Only identities kept on disk need PEM: importing it costs ~16 ms of every `af run` start.
+    from cryptography.hazmat.primitives import serialization
+
     path = Path(directory) / KEY_NAME
     try:
         data = path.read_bytes()
