@@ -18,7 +18,6 @@ import io
 import json
 import os
 import posixpath
-import struct
 import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence, Union
