@@ -330,22 +330,28 @@ def parse_block(lines: Sequence[bytes], *, seq: int, line_no: int, input_size: i
         rows.append(values)
         seq += 1
         line_no += 1
-    if doubtful:  # the exact check for those rows only
-        bad = [problem for i in doubtful if (problem := check_numbers(InputRecord(seqs[i], ids[i], rows[i], numbers[i])))]
-        if bad:
-            errors += bad
-            failed = {e.seq for e in bad}
-            keep = [i for i, s in enumerate(seqs) if s not in failed]
-            seqs, ids, numbers, rows = ([col[i] for i in keep] for col in (seqs, ids, numbers, rows))
-            if not rows:
-                return None, errors, seq
+    block, bad = _stack_rows(seqs, ids, numbers, rows, doubtful, input_size)
+    return block, errors + bad, seq
+
+
+def _stack_rows(seqs: list[int], ids: list[Any], numbers: list[int], rows: list[list], doubtful: list[int],
+                input_size: int) -> tuple[RecordBlock | None, list[ErrorRecord]]:
+    """Stack parsed rows into a block; a row holding a non-number becomes an error record instead.
+
+    ``doubtful`` rows (those that may hold booleans) get the exact check first, alone.
+    """
+    bad = [problem for i in doubtful if (problem := check_numbers(InputRecord(seqs[i], ids[i], rows[i], numbers[i])))]
+    if bad:
+        failed = {e.seq for e in bad}
+        keep = [i for i, s in enumerate(seqs) if s not in failed]
+        seqs, ids, numbers, rows = ([col[i] for i in keep] for col in (seqs, ids, numbers, rows))
+    if not rows:
+        return None, bad
     array_ = to_float32(rows, input_size)
     if array_ is None:  # some row holds a non-number: find it exactly, row by row
-        records = [InputRecord(*fields) for fields in zip(seqs, ids, rows, numbers)]
-        block, bad = RecordBlock.from_records(records, input_size)
-        errors += bad
-        return (block if len(block) else None), errors, seq
-    return RecordBlock(seqs, ids, numbers, array_), errors, seq
+        block, more = RecordBlock.from_records([InputRecord(*f) for f in zip(seqs, ids, rows, numbers)], input_size)
+        return (block if len(block) else None), bad + more
+    return RecordBlock(seqs, ids, numbers, array_), bad
 
 
 def parse_lines(lines: Iterable[bytes], *, input_size: int, start_seq: int = 0, start_line: int = 1) -> Iterator[InputRecord | ErrorRecord]:
