@@ -22,7 +22,7 @@ _DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
 
 @command("compile")
 def compile_command(
-    path: Path = typer.Argument(..., help="The .af file to compile.", dir_okay=False),
+    path: Path = typer.Argument(..., metavar="PATH", help="The .af file to compile.", dir_okay=False),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Bundle path (default: beside the source, .afb)."),
     target: str = typer.Option("onnx,wasm", "--target", help="Backends to compile for: onnx, wasm or onnx,wasm."),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),

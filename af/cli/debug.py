@@ -13,7 +13,7 @@ from ._app import command, console
 
 @command("debug")
 def debug_command(
-    bundle: Path = typer.Argument(..., help="The bundle (.afb) to debug, or an .af file to compile in memory first."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle (.afb) to debug, or an .af file to compile in memory first."),
     input_path: str = typer.Option(..., "--input", "-i", help="JSON Lines input (a file: stdin carries the commands)."),
     output_path: str = typer.Option("-", "--output", "-o", help="JSON Lines output ('-' for stdout)."),
     breaks: List[str] = typer.Option([], "--break", "-b", help="Stop before STEP, STEP@N (N-th record) or at record=ID; repeatable."),

@@ -12,7 +12,7 @@ from ._app import command, console
 
 @command("export")
 def export_command(
-    path: Path = typer.Argument(..., help="The .afb bundle to export from.", dir_okay=False),
+    path: Path = typer.Argument(..., metavar="BUNDLE", help="The .afb bundle to export from.", dir_okay=False),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="Write the ONNX model here.", dir_okay=False),
     wasm: Optional[Path] = typer.Option(None, "--wasm", help="Write the WebAssembly module here.", dir_okay=False),
 ) -> None:

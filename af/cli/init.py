@@ -63,7 +63,7 @@ workflows:
 
 @command("init")
 def init_command(
-    name: str = typer.Argument(..., help="Agent name; writes NAME.af (a path such as dir/NAME writes dir/NAME.af)."),
+    name: str = typer.Argument(..., metavar="NAME", help="Agent name; writes NAME.af (a path such as dir/NAME writes dir/NAME.af)."),
     input_size: int = typer.Option(16, "--input-size", min=1, max=1048576, help="Inputs of the network."),
     hidden: str = typer.Option("32,16", "--hidden", help="Hidden layer sizes, comma-separated ('' for none)."),
     output_size: int = typer.Option(4, "--output-size", min=1, max=1048576, help="Outputs of the network."),

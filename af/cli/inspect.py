@@ -15,7 +15,7 @@ _RUN_ORDER = ("initialization", "execution", "shutdown")
 
 @command("inspect")
 def inspect_command(
-    path: Path = typer.Argument(..., help="The .afb bundle to inspect.", dir_okay=False),
+    path: Path = typer.Argument(..., metavar="BUNDLE", help="The .afb bundle to inspect.", dir_okay=False),
     as_json: bool = typer.Option(False, "--json", help="Print {bundle, size, sha256, manifest} as JSON on stdout."),
 ) -> None:
     """Verify a bundle and show its manifest, layers, members, sizes, digests and workflows."""

@@ -20,7 +20,7 @@ _DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
 
 @command("pack")
 def pack_command(
-    path: Path = typer.Argument(..., help="The .af file whose sections to replace or add.", dir_okay=False),
+    path: Path = typer.Argument(..., metavar="PATH", help="The .af file whose sections to replace or add.", dir_okay=False),
     weights: Optional[Path] = typer.Option(
         None, "--weights", help="A safetensors file to store as the `neural_weights` section.", dir_okay=False
     ),

@@ -30,7 +30,7 @@ class _Discard:
 
 @command("profile")
 def profile_command(
-    bundle: Path = typer.Argument(..., help="The bundle (.afb) to profile, or an .af file to compile in memory first."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle (.afb) to profile, or an .af file to compile in memory first."),
     input_path: str = typer.Option(..., "--input", "-i", help="JSON Lines input ('-' for stdin)."),
     output_path: Optional[str] = typer.Option(None, "--output", "-o", help="Also write the output records here."),
     backend: str = typer.Option("onnx", "--backend", help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)."),

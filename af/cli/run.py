@@ -19,7 +19,7 @@ from ._run import run_records
 
 @command("run")
 def run_command(
-    bundle: Path = typer.Argument(..., help="The bundle (.afb) to run, or an .af file to compile in memory first."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle (.afb) to run, or an .af file to compile in memory first."),
     input_path: str = typer.Option("-", "--input", "-i", help="JSON Lines input ('-' for stdin)."),
     output_path: str = typer.Option("-", "--output", "-o", help="JSON Lines output ('-' for stdout)."),
     replicas: int = typer.Option(1, "--replicas", min=1, max=MAX_REPLICAS, help="Replicas sharing the work (at most 10,000 in one process)."),

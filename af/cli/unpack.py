@@ -15,7 +15,7 @@ _DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
 
 @command("unpack")
 def unpack_command(
-    path: Path = typer.Argument(..., help="The .af file to unpack.", dir_okay=False),
+    path: Path = typer.Argument(..., metavar="PATH", help="The .af file to unpack.", dir_okay=False),
     outdir: Path = typer.Option(..., "-o", "--output", help="Directory to write into (created if missing).", file_okay=False),
     force: bool = typer.Option(
         False, "--force", help="Write into OUTDIR even if it is not empty, overwriting files of the same names."

@@ -19,7 +19,7 @@ _DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
 
 @command("validate")
 def validate_command(
-    path: Path = typer.Argument(..., help="The .af file to check.", dir_okay=False),
+    path: Path = typer.Argument(..., metavar="PATH", help="The .af file to check.", dir_okay=False),
     fmt: str = typer.Option("full", "--format", help="Diagnostics as full (source frames), concise or json."),
     max_section_bytes: int = typer.Option(
         _DEFAULT_MAX_SECTION_BYTES, "--max-section-bytes", min=1,
