@@ -89,18 +89,30 @@ def _decode(line: bytes) -> tuple[Any, tuple[str, str] | None]:
     except orjson.JSONDecodeError as exc:
         # orjson refuses NaN/Infinity/1e999; tell those apart from garbage with the stdlib.
         try:
-            json.loads(line, parse_constant=_raise_constant)
+            json.loads(line, parse_constant=_raise_constant, parse_float=_finite_float)
+        except _Overflow:
+            return None, ("AF5231", f"a number overflows to infinity in `{_quote(line)}`")
         except _NonFinite as nf:
             return None, ("AF5231", f"non-finite value `{nf}` in `{_quote(line)}`")
         except (ValueError, UnicodeDecodeError):
             pass
-        else:
-            return None, ("AF5231", f"a number overflows to infinity in `{_quote(line)}`")
+        # Garbage, or what only the stdlib takes (a lone surrogate such as "\ud800"): orjson says why.
         return None, ("AF5230", f"malformed JSON ({exc.msg}) in `{_quote(line)}`")
 
 
 class _NonFinite(ValueError):
     pass
+
+
+class _Overflow(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _Overflow(text)
+    return value
 
 
 def _raise_constant(name: str) -> None:
@@ -260,7 +272,10 @@ def _may_hold_booleans(raw: bytes, data: Any) -> bool:
     """
     if raw.find(b"\\") >= 0:
         return True
-    rest = orjson.dumps({k: v for k, v in data.items() if k != "input"}) if type(data) is dict else b""
+    try:
+        rest = orjson.dumps({k: v for k, v in data.items() if k != "input"}) if type(data) is dict else b""
+    except orjson.JSONEncodeError:  # e.g. nesting deeper than orjson writes (it reads deeper)
+        return True
     return _more_than(raw, b"r", rest.count(b"r")) or _more_than(raw, b"a", rest.count(b"a"))
 
 

@@ -41,6 +41,7 @@ class TestParseLine:
             ('{"id": 1, "input": [NaN, 1, 2]}', "AF5231"),
             ('{"id": 1, "input": [Infinity, 1, 2]}', "AF5231"),
             ('{"id": 1, "input": [1e999, 1, 2]}', "AF5231"),
+            ('{"id": "\\ud800", "input": [1, 2, 3]}', "AF5230"),  # a lone surrogate: not an overflow
             ('{"id": 1, "input": [1, 2]}', "AF5232"),
             ('"text"', "AF5234"),
             ('{"id": 1}', "AF5234"),
@@ -183,6 +184,16 @@ class TestParseBlock:
         lines = [orjson.dumps({"id": rid, "input": row}) for rid, row in zip(ids, rows)]
         got, _ = _outcomes(lines)
         assert got == _expected(lines)
+
+    def test_a_record_too_deep_to_re_encode_gets_the_exact_check(self):
+        # orjson reads 1,024 levels but writes 254: the boolean check must not fail on such a record.
+        deep: object = "rare"
+        for _ in range(300):
+            deep = [deep]
+        lines = [json.dumps({"id": "d", "extra": deep, "input": [1, 2, 3]}).encode(),
+                 json.dumps({"id": "b", "extra": deep, "input": [1, True, 3]}).encode()]
+        got, _ = _outcomes(lines)
+        assert [(g[0], g[2]) for g in got] == [("InputRecord", "d"), ("ErrorRecord", "b")]
 
     def test_not_suspect_skips_the_boolean_check_only(self):
         got, _ = _outcomes([b"[1, 2, 3]", b'[1, "2", 3]'], suspect=False)
