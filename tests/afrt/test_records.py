@@ -232,3 +232,30 @@ class TestStreamParser:
 def _records(parsed):
     blocks, errors = parsed
     return [b.record(i) for b in blocks for i in range(len(b))] + list(errors)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+class TestParserNeverRaises:
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.one_of(
+        st.binary(max_size=40),
+        _JSON.map(lambda v: json.dumps(v).encode()),
+        st.tuples(st.one_of(st.text(max_size=5), st.integers(), st.booleans(), st.none()),
+                  st.lists(_JSON, min_size=3, max_size=3)).map(lambda t: json.dumps({"id": t[0], "input": t[1]}).encode()),
+    ), max_size=8), st.integers(1, 64))
+    def test_every_non_blank_line_gives_exactly_one_record(self, lines, chunk):
+        # Whatever the bytes: no exception, and each non-blank line yields one record, in order.
+        from afrt.stream import _Parser
+
+        text = b"\n".join(line.replace(b"\n", b" ") for line in lines) + b"\n"
+        parser = _Parser(3, block_rows=2)
+        got = [r for i in range(0, len(text), chunk) for r in _records(parser.feed(text[i : i + chunk]))]
+        got += _records(parser.feed(b""))
+        blank = sum(1 for line in text.split(b"\n")[:-1] if not line.strip())
+        assert sorted(r.seq for r in got) == list(range(len(text.split(b"\n")) - 1 - blank))
