@@ -1,8 +1,9 @@
 """Runs a JSON Lines stream through a swarm: what `af run` does once the agent is loaded.
 
-A reader thread reads the input in chunks and parses them (orjson), the event loop feeds the
-records to the replicas (bounded queue: backpressure up to the reader), and a reorder buffer
-writes one output record per input record, in input order. A stop request (SIGINT/SIGTERM in
+The event loop reads the input in chunks (a file directly, a pipe through the loop's own watcher,
+anything else such as a terminal through a reader thread) and parses them (orjson) into blocks of
+records, feeds those to the replicas (bounded queue: backpressure up to the reader), and a reorder
+buffer writes one output record per input record, in input order. A stop request (SIGINT/SIGTERM in
 `af run`) stops reading; what was already read is finished and written, then the shutdown
 workflows run.
 """
@@ -321,6 +322,14 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: Run
     return summary
 
 
+def _is_pipe(stream: IO[bytes]) -> bool:
+    """Return True for a pipe or FIFO (`cat data | af run ...`), which the event loop can watch."""
+    try:
+        return stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+
+
 def _is_regular(stream: IO[bytes]) -> bool:
     """Return True for streams whose reads never wait for a writer (files, in-memory buffers)."""
     if isinstance(stream, io.BytesIO):
@@ -337,7 +346,10 @@ async def _pump(swarm: Swarm, group: Any, source: IO[bytes], reorder: _Reorder, 
     if _is_regular(source):
         # A file never blocks: read it here, sparing the GIL handoffs of a reader thread.
         await _pump_file(group, source, parser, reorder, summary, stop)
-    else:
+    elif _is_pipe(source):
+        # The event loop watches a pipe itself: no thread, no GIL handoff per chunk.
+        await _pump_pipe(group, source, parser, reorder, summary, stop)
+    else:  # a terminal, or a stream without a file descriptor: a reader thread
         await _pump_stream(group, source, parser, reorder, summary, stop)
 
 
@@ -357,6 +369,83 @@ async def _pump_file(group: Any, source: IO[bytes], parser: _Parser, reorder: _R
             return
         reorder.flush()
         await asyncio.sleep(0)  # let the replicas and the signal handlers run
+
+
+class _PipeInput(asyncio.Protocol):
+    """Collects what a pipe delivers, for `_pump_pipe`; pauses the pipe while much is waiting."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.ended = False
+        self.error: Exception | None = None
+        self.transport: Any = None
+        self.paused = False
+        self.waiter: asyncio.Future | None = None
+        self.stop = stop
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= READ_CHUNK * READ_AHEAD and not self.paused:
+            self.transport.pause_reading()  # backpressure up to the writer, as a full pipe does
+            self.paused = True
+        self.wake()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self.wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self.error = exc
+        self.wake()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def take(self) -> bytes:
+        """Return all that has arrived, waiting for some; b"" at the end or once ``stop`` is set."""
+        while not self.parts and not self.ended and not self.stop.is_set():
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        data = b"".join(self.parts)
+        self.parts.clear()
+        self.size = 0
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+
+async def _pump_pipe(group: Any, source: IO[bytes], parser: _Parser, reorder: _Reorder, summary: RunSummary,
+                     stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    pipe = _PipeInput(stop)
+    transport, _ = await loop.connect_read_pipe(lambda: pipe, source)
+    stopping = asyncio.ensure_future(stop.wait())
+    stopping.add_done_callback(lambda _: pipe.wake())
+    try:
+        while True:
+            chunk = await pipe.take()
+            if stop.is_set():
+                summary.interrupted = "stopped"
+                return
+            if pipe.error is not None:
+                raise ExecutionError(f"cannot read the input: {pipe.error}", code="AF5236") from pipe.error
+            # All that has arrived is parsed at once: every complete line goes out without waiting.
+            await _dispatch(group, parser.feed(chunk), reorder, summary)
+            if not chunk:
+                return
+            reorder.flush()
+    finally:
+        stopping.cancel()
+        transport.close()
 
 
 async def _pump_stream(group: Any, source: IO[bytes], parser: _Parser, reorder: _Reorder, summary: RunSummary,
