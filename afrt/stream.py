@@ -274,7 +274,8 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: Run
 
     Args:
         agent: a loaded agent (`afrt.load`).
-        source: binary JSON Lines input.
+        source: binary JSON Lines input (a pipe is watched by the event loop, which sets it
+            non-blocking and closes it when the run ends).
         sink: binary output; one record per input record, in input order.
         options: replicas, batching, swarm name, state directory.
         stop: when set, reading stops; what was read is finished, then shutdown runs.
