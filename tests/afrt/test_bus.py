@@ -95,6 +95,24 @@ class TestBusContract:
 
         run(main())
 
+    def test_weighted_queue_batches_by_weight(self, make_bus):
+        # The swarm's work queue carries blocks of records weighted by their length.
+        async def main():
+            bus = make_bus()
+            send, receive = bus.open_queue("blocks", max_buffer_size=64, weight=len)
+            blocks = [list(range(i, i + n)) for i, n in ((0, 30), (30, 30), (60, 10), (70, 64))]
+            await send.send_many(blocks[:3])
+            assert await receive.receive_batch(64) == blocks[:2]  # 30 + 30, and 10 more would be 70
+            sending = asyncio.create_task(send.send(blocks[3]))  # 10 + 64 > 64: waits for room
+            await asyncio.sleep(0.01)
+            assert not sending.done()
+            assert await receive.receive_batch(64) == [blocks[2]]
+            await sending
+            assert await receive.receive_batch(64) == [blocks[3]]
+            await bus.aclose()
+
+        run(main())
+
     def test_closed_bus_refuses_publish(self, make_bus):
         async def main():
             bus = make_bus()
@@ -153,6 +171,33 @@ class TestMemoryChannel:
             await send.send_many(range(10))
             assert await receive.receive_batch(4) == [0, 1, 2, 3]
             assert await receive.receive_batch(100) == [4, 5, 6, 7, 8, 9]
+
+        run(main())
+
+    def test_weighted_items_count_as_their_weight_in_batches(self):
+        # Blocks of records: receive_batch takes whole items while their weights stay within max.
+        async def main():
+            send, receive = open_memory_channel(math.inf, weight=len)
+            await send.send_many([[1] * 3, [2] * 3, [3] * 2, [4] * 5, [5] * 9])
+            assert await receive.receive_batch(8) == [[1] * 3, [2] * 3, [3] * 2]
+            assert await receive.receive_batch(8) == [[4] * 5]  # 5 + 9 would be over 8
+            assert await receive.receive_batch(8) == [[5] * 9]  # the first item is always taken
+
+        run(main())
+
+    def test_weighted_items_count_as_their_weight_in_the_bound(self):
+        async def main():
+            send, receive = open_memory_channel(4, weight=len)
+            send.send_nowait([1, 1, 1])
+            with pytest.raises(MailboxFullError):
+                send.send_nowait([2, 2])  # 3 + 2 > 4
+            send.send_nowait([3])
+            assert receive.statistics().current_buffer_used == 4
+            assert await receive.receive() == [1, 1, 1]
+            send.send_nowait([2, 2])
+            empty_send, empty_receive = open_memory_channel(4, weight=len)
+            empty_send.send_nowait([9] * 10)  # an empty buffer takes any item: a heavy one cannot wedge
+            assert empty_receive.statistics().current_buffer_used == 10
 
         run(main())
 
