@@ -99,11 +99,11 @@ class TestBusContract:
         # The swarm's work queue carries blocks of records weighted by their length.
         async def main():
             bus = make_bus()
-            send, receive = bus.open_queue("blocks", max_buffer_size=64, weight=len)
+            send, receive = bus.open_queue("blocks", max_buffer_size=72, weight=len)
             blocks = [list(range(i, i + n)) for i, n in ((0, 30), (30, 30), (60, 10), (70, 64))]
             await send.send_many(blocks[:3])
             assert await receive.receive_batch(64) == blocks[:2]  # 30 + 30, and 10 more would be 70
-            sending = asyncio.create_task(send.send(blocks[3]))  # 10 + 64 > 64: waits for room
+            sending = asyncio.create_task(send.send(blocks[3]))  # 10 + 64 > 72: waits for room
             await asyncio.sleep(0.01)
             assert not sending.done()
             assert await receive.receive_batch(64) == [blocks[2]]
