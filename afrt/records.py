@@ -241,20 +241,27 @@ class RecordBlock:
             (the block of good records, in order; an error record for each bad one).
         """
         records = list(records)
-        array_ = None
-        if not any([_has_bool(r.values) for r in records]):
-            array_ = to_float32([r.values for r in records], input_size) if records else None
-        bad: list[ErrorRecord] = []
-        if array_ is None:
-            good = []
-            for record in records:
-                problem = check_numbers(record)
-                (bad if problem else good).append(problem or record)
-            records = good
-            array_ = to_float32([r.values for r in records], input_size) if records else None
-        if array_ is None:
-            array_ = np.zeros((0, input_size), np.float32)
-        return cls([r.seq for r in records], [r.id for r in records], [r.line for r in records], array_), bad
+        if records and not any([_has_bool(r.values) for r in records]):
+            array_ = to_float32([r.values for r in records], input_size)
+            if array_ is not None:
+                return cls._of(records, array_), []
+        good, bad = _check_each(records)
+        array_ = to_float32([r.values for r in good], input_size) if good else np.zeros((0, input_size), np.float32)
+        return cls._of(good, array_), bad
+
+    @classmethod
+    def _of(cls, records: Sequence[InputRecord], array_: np.ndarray) -> RecordBlock:
+        return cls([r.seq for r in records], [r.id for r in records], [r.line for r in records], array_)
+
+
+def _check_each(records: Sequence[InputRecord]) -> tuple[list[InputRecord], list[ErrorRecord]]:
+    """Split ``records`` by `check_numbers`: (those whose values are finite float32 numbers, the errors)."""
+    good: list[InputRecord] = []
+    bad: list[ErrorRecord] = []
+    for record in records:
+        problem = check_numbers(record)
+        (bad if problem else good).append(problem or record)
+    return good, bad
 
 
 def _has_bool(values: Any) -> bool:
@@ -355,7 +362,7 @@ def _stack_rows(seqs: list[int], ids: list[Any], numbers: list[int], rows: list[
 
     ``doubtful`` rows (those that may hold booleans) get the exact check first, alone.
     """
-    bad = [problem for i in doubtful if (problem := check_numbers(InputRecord(seqs[i], ids[i], rows[i], numbers[i])))]
+    _, bad = _check_each([InputRecord(seqs[i], ids[i], rows[i], numbers[i]) for i in doubtful])
     if bad:
         failed = {e.seq for e in bad}
         keep = [i for i, s in enumerate(seqs) if s not in failed]
@@ -364,8 +371,9 @@ def _stack_rows(seqs: list[int], ids: list[Any], numbers: list[int], rows: list[
         return None, bad
     array_ = to_float32(rows, input_size)
     if array_ is None:  # some row holds a non-number: find it exactly, row by row
-        block, more = RecordBlock.from_records([InputRecord(*f) for f in zip(seqs, ids, rows, numbers)], input_size)
-        return (block if len(block) else None), bad + more
+        good, more = _check_each([InputRecord(*f) for f in zip(seqs, ids, rows, numbers)])
+        block = RecordBlock._of(good, to_float32([r.values for r in good], input_size)) if good else None
+        return block, bad + more
     return RecordBlock(seqs, ids, numbers, array_), bad
 
 

@@ -27,7 +27,7 @@ from afcore.errors import ChannelClosedError, ExecutionError, UsageError
 
 from .bus import TOPIC_LIFECYCLE, Bus, MemoryBus, TokenBucket
 from .instrument import Instruments
-from .records import InputRecord, RecordBlock, check_numbers, to_float32
+from .records import InputRecord, RecordBlock
 from .state import Identity, load_or_create_identity, lock_state_dir, replica_dir
 from .workflow import AgentContext, Result, Results, WorkflowRunner
 
@@ -291,13 +291,12 @@ class Swarm:
         size = group.contexts[0].agent.input_size
         if len(values) != size:
             raise ExecutionError(f"input has {len(values)} values, the agent takes {size}", code="AF5232")
-        record = InputRecord(seq, seq if id is None else id, values, 0)
-        problem = check_numbers(record)
-        if problem is not None:
-            raise ExecutionError(problem.message, code=problem.code, agent=agent)
+        block, bad = RecordBlock.from_records([InputRecord(seq, seq if id is None else id, values, 0)], size)
+        if bad:
+            raise ExecutionError(bad[0].message, code=bad[0].code, agent=agent)
         fut = asyncio.get_running_loop().create_future()
         group.waiters[seq] = fut
-        await group.send.send(RecordBlock([seq], [record.id], [0], to_float32([values], size)))
+        await group.send.send(block)
         result: Result = await fut
         if result.error is not None:
             raise ExecutionError(result.error[1], code=result.error[0], agent=agent)
