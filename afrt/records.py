@@ -34,6 +34,7 @@ __all__ = [
     "encode_error",
     "encode_output",
     "encode_results",
+    "may_spell_booleans",
     "parse_block",
     "parse_line",
     "parse_lines",
@@ -264,6 +265,19 @@ def _check_each(records: Sequence[InputRecord]) -> tuple[list[InputRecord], list
     return good, bad
 
 
+def may_spell_booleans(data: bytes) -> bool:
+    """Return whether ``data`` holds an ``r`` or an ``a`` (memchr), the letters of ``true`` and
+    ``false`` that JSON numbers and the keys ``id``/``input`` never contain.
+
+    Without them, `parse_block` may skip its boolean check (``suspect=False``).
+    """
+    return any(data.find(letter) >= 0 for letter in _BOOLEAN_LETTERS)
+
+
+#: a letter of ``true`` and one of ``false``, found in no JSON number and in neither ``id`` nor ``input``
+_BOOLEAN_LETTERS = (b"r", b"a")
+
+
 def _has_bool(values: Any) -> bool:
     return not isinstance(values, np.ndarray) and any([type(v) is bool for v in values])
 
@@ -271,9 +285,8 @@ def _has_bool(values: Any) -> bool:
 def _may_hold_booleans(raw: bytes, data: Any) -> bool:
     """Return False when the input array of a parsed line surely holds no `true`/`false`.
 
-    `to_float32` takes booleans as numbers. The caller only asks for lines holding an ``r`` or an
-    ``a`` (found with memchr over the chunk), the letters of ``true`` and ``false`` that JSON
-    numbers and the keys ``id``/``input`` never contain. Such a line is cleared when the rest of
+    `to_float32` takes booleans as numbers. The caller only asks for lines that `may_spell_booleans`
+    says may hold them (it looks at whole chunks). Such a line is cleared when the rest of
     the record (all but ``input``, re-encoded) accounts for every one of those letters; escapes
     (a backslash) could hide letters, so those lines get the exact check.
     """
@@ -283,7 +296,7 @@ def _may_hold_booleans(raw: bytes, data: Any) -> bool:
         rest = orjson.dumps({k: v for k, v in data.items() if k != "input"}) if type(data) is dict else b""
     except orjson.JSONEncodeError:  # e.g. nesting deeper than orjson writes (it reads deeper)
         return True
-    return _more_than(raw, b"r", rest.count(b"r")) or _more_than(raw, b"a", rest.count(b"a"))
+    return any(_more_than(raw, letter, rest.count(letter)) for letter in _BOOLEAN_LETTERS)
 
 
 def _more_than(raw: bytes, byte: bytes, limit: int) -> bool:

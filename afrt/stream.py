@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from afcore.errors import ExecutionError
 
-from .records import ErrorRecord, RecordBlock, parse_block
+from .records import ErrorRecord, RecordBlock, may_spell_booleans, parse_block
 from .swarm import Swarm
 from .workflow import Results
 
@@ -203,9 +203,8 @@ class _Parser:
             (blocks of good records, at most ``block_rows`` each; the error records).
         """
         lines = _split_lines(chunk)
-        # `r` and `a` spell `true` and `false`: without them (memchr over the chunk and the tail
-        # from the last chunk) no line needs the boolean check of `parse_block`.
-        suspect = _has_letters(chunk) or _has_letters(self.tail)
+        # the chunk and the tail from the last chunk make the lines parsed now
+        suspect = may_spell_booleans(chunk) or may_spell_booleans(self.tail)
         if self.tail:  # only the first line needs the tail: no copy of the whole chunk
             lines[0] = self.tail + lines[0]
         if self.skipping:
@@ -248,10 +247,6 @@ class _Parser:
                 blocks.append(block)
             errors += bad
         return blocks, errors
-
-
-def _has_letters(data: bytes) -> bool:
-    return data.find(b"r") >= 0 or data.find(b"a") >= 0
 
 
 def _split_lines(chunk: bytes) -> list:
@@ -323,31 +318,27 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: Run
     return summary
 
 
-def _is_pipe(stream: IO[bytes]) -> bool:
-    """Return True for a pipe or FIFO (`cat data | af run ...`), which the event loop can watch."""
-    try:
-        return stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode)
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return False
-
-
-def _is_regular(stream: IO[bytes]) -> bool:
-    """Return True for streams whose reads never wait for a writer (files, in-memory buffers)."""
+def _input_kind(stream: IO[bytes]) -> str:
+    """Return ``file`` for streams whose reads never wait for a writer (files, in-memory buffers),
+    ``pipe`` for a pipe or FIFO (`cat data | af run ...`), which the event loop can watch, else
+    ``other`` (a terminal, a stream without a file descriptor)."""
     if isinstance(stream, io.BytesIO):
-        return True
+        return "file"
     try:
-        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        mode = os.fstat(stream.fileno()).st_mode
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return False
+        return "other"
+    return "file" if stat.S_ISREG(mode) else "pipe" if stat.S_ISFIFO(mode) else "other"
 
 
 async def _pump(swarm: Swarm, group: Any, source: IO[bytes], reorder: _Reorder, summary: RunSummary,
                 input_size: int, stop: asyncio.Event) -> None:
     parser = _Parser(input_size, swarm.max_batch)
-    if _is_regular(source):
+    kind = _input_kind(source)
+    if kind == "file":
         # A file never blocks: read it here, sparing the GIL handoffs of a reader thread.
         await _pump_file(group, source, parser, reorder, summary, stop)
-    elif _is_pipe(source):
+    elif kind == "pipe":
         # The event loop watches a pipe itself: no thread, no GIL handoff per chunk.
         await _pump_pipe(group, source, parser, reorder, summary, stop)
     else:  # a terminal, or a stream without a file descriptor: a reader thread
