@@ -64,6 +64,43 @@ CASES: dict[str, tuple[str, str, bytes | None]] = {
     "header-unknown-step": ("AF2020", BASE.replace("- receive_input", "- recieve_input"), None),
     "header-weights-shape": ("AF2004", BASE.replace("[2]", "[3]"), None),
     "header-requirements-over-limits": ("AF2010", BASE + "resources:\n  limits:\n    cpu_cores: 1\n  requirements:\n    minimum_cpu_cores: 4\n", None),
+    # issue 9, point 5: non-finite numbers passed validation and crashed the manifest encoder
+    "header-learning-rate-nan": ("AF1010", BASE.replace('"relu"\n', '"relu"\n  learning_rate: .nan\n'), None),
+    "header-memory-inf": ("AF1010", BASE + "resources:\n  limits:\n    memory_mb: .inf\n", None),
+    "header-cpu-cores-nan": ("AF1010", BASE + "resources:\n  limits:\n    cpu_cores: .NaN\n", None),
+    "header-disk-1e999": ("AF1010", BASE + "resources:\n  limits:\n    disk_mb: 1e999\n", None),
+    "header-bandwidth-minus-inf": ("AF1010", BASE + "resources:\n  limits:\n    network_bandwidth_mbps: -.inf\n", None),
+    "header-requirement-nan": ("AF1010", BASE + "resources:\n  requirements:\n    minimum_memory_mb: .nan\n", None),
+    "header-requirement-inf": ("AF1010", BASE + "resources:\n  requirements:\n    minimum_cpu_cores: .inf\n", None),
+    "header-runtime-nan": ("AF1010", BASE + "runtime:\n  weight_decay: .nan\n", None),
+    "header-memory-5000-digits": ("AF1010", BASE + "resources:\n  limits:\n    memory_mb: 1" + "0" * 5000 + "\n", None),
+    # point 7: cpu_cores of 2**31 or more crashed onnxruntime's session setup
+    "header-cpu-cores-2pow31": ("AF1005", BASE + "resources:\n  limits:\n    cpu_cores: 2147483648\n", None),
+    "header-cpu-cores-1e300": ("AF1005", BASE + "resources:\n  limits:\n    cpu_cores: 1e300\n", None),
+    "header-cpu-cores-5000": ("AF1005", BASE + "resources:\n  limits:\n    cpu_cores: 5000\n", None),
+    "header-memory-400-digits": ("AF1005", BASE + "resources:\n  limits:\n    memory_mb: 1" + "0" * 400 + "\n", None),
+    "header-min-cpu-huge": ("AF1005", BASE + "resources:\n  requirements:\n    minimum_cpu_cores: 4294967296\n", None),
+    # points 5, 6, 8: guards and arguments whose fault the file alone decides
+    "step-guard-inf-literal": ("AF0074", BASE.replace("- send_output", "- send_output when output.max > 1e999"), None),
+    "step-guard-huge-integer": ("AF0074", BASE.replace("- send_output", "- send_output when output.max > 1" + "0" * 400), None),
+    "step-argument-inf": ("AF0074", BASE.replace("- send_output", "- save_state(every=1e999)"), None),
+    "step-argument-minus-inf": ("AF0074", BASE.replace("- send_output", "- update_memory(window=-1e400)"), None),
+    "step-guard-sum-490": ("AF0075", BASE.replace("- send_output", "- send_output when output.max > " + "+".join(["1"] * 490)), None),
+    "step-guard-500-minus": ("AF0075", BASE.replace("- send_output", "- send_output when output.max > " + "-" * 500 + "1"), None),
+    "step-guard-300-not": ("AF0075", BASE.replace("- send_output", "- send_output when " + "not " * 240 + "output.max"), None),
+    "step-guard-and-chain": ("AF0075", BASE.replace("- send_output", "- send_output when " + " and ".join(["input.a>0"] * 66)), None),
+    "step-guard-overflow-product": ("AF0076", BASE.replace("- send_output", "- send_output when output.max > 1.5 * 1e300 * 1e300"), None),
+    "step-guard-overflow-sum": ("AF0076", BASE.replace("- send_output", "- send_output when output.max + (1e308 + 1e308) > 0"), None),
+    "step-guard-overflow-integers": ("AF0076", BASE.replace("- send_output", "- send_output when memory.count > " + " * ".join(["9007199254740992"] * 20)), None),
+    "step-guard-division-by-zero": ("AF0077", BASE.replace("- send_output", "- send_output when output.max / 0 > 1"), None),
+    "step-guard-modulo-zero-expression": ("AF0077", BASE.replace("- send_output", "- send_output when memory.count % (3 - 3) == 0"), None),
+    "step-argument-lone-surrogate": ("AF0078", BASE.replace("- send_output", "- 'send_output(topic=\"\\ud800\")'"), None),
+    "step-argument-lone-low-surrogate": ("AF0078", BASE.replace("- send_output", "- 'send_output(topic=\"x\\udfff\")'"), None),
+    "step-guard-lone-surrogate": ("AF0078", BASE.replace("- send_output", "- 'send_output when input.tag == \"\\udbff\"'"), None),
+    # lone surrogates elsewhere in the header: libyaml refuses the escape
+    "header-surrogate-in-description": ("AF0050", BASE + 'description: "a \\ud800 b"\n', None),
+    "header-surrogate-in-runtime": ("AF0050", BASE + 'runtime:\n  note: "\\udc00"\n', None),
+    "header-surrogate-32-bit-escape": ("AF0050", BASE + 'author: "\\U0000d800"\n', None),
 }
 
 
