@@ -29,6 +29,8 @@ from afcore.diagnostics import Diagnostic
 from afcore.errors import ParseError
 from afcore.spans import SourceFile, Span
 
+from .sniff import identify_foreign
+
 __all__ = [
     "DEFAULT_MAX_SECTION_BYTES",
     "MARKER_PREFIX",
@@ -147,6 +149,8 @@ class _Problem(Exception):
         super().__init__(message)
         self.code, self.message, self.offset, self.hint, self.resume = code, message, offset, hint, resume
         self.notes: tuple[str, ...] = ()
+        #: the offset is in binary bytes, which make no source line to show
+        self.binary = False
 
 
 def read_container(
@@ -225,8 +229,17 @@ class _Reader:
     # -- the file --------------------------------------------------------------------------------
 
     def read(self) -> Container:
+        foreign = identify_foreign(self.data)
+        if foreign is not None:
+            # One diagnostic that names the kind, rather than a page of YAML errors about binary bytes.
+            self.report(_Problem("AF0023", foreign.message, 0, foreign.hint))
+            raise ParseError(self.diagnostics)
         digest, hashing = _start_sha256(self.data)
         first_marker = self.find_marker(self.start)
+        if self.find_bare_cr(first_marker):
+            if hashing is not None:
+                hashing.join()
+            raise ParseError(self.diagnostics)
         header_text = self.read_header(first_marker)
         sections = self.read_sections(first_marker)
         if hashing is not None:
@@ -242,6 +255,25 @@ class _Reader:
             bom=self.bom,
             sha256=digest.hexdigest(),
         )
+
+    def find_bare_cr(self, end: int) -> bool:
+        """Report a CR that is not followed by LF in the header: the format's line endings are LF or CRLF.
+
+        A file with CR-only line endings (classic Mac) has no LF at all, so its marker lines are not
+        found and the whole file reads as one broken YAML line; saying so is the useful diagnostic.
+        """
+        limit = min(end, self.start + MAX_HEADER_BYTES + 1)
+        bare = _BARE_CR.search(self.data, self.start, limit)
+        if bare is None:
+            return False
+        if self.data.find(b"\n", self.start, limit) == -1:
+            message = "the file uses CR line endings; the format wants LF or CRLF"
+        else:
+            message = "the header has a line ending that is a lone CR; the format wants LF or CRLF"
+        self.report(_Problem("AF0020", message, bare.start(),
+                             "convert the line endings to LF, e.g. `tr '\\r' '\\n' < OLD.af > NEW.af` for a "
+                             "CR-only file, or set your editor to LF"))
+        return True
 
     def detect_newline(self) -> str:
         first = self.data.find(b"\n", self.start)
@@ -294,7 +326,7 @@ class _Reader:
             try:
                 encoding, payload, pos = self.read_payload(body, decode=name not in self.skip)
             except _Problem as problem:
-                if self.data.startswith(ZSTD_MAGIC, body):
+                if self.data.startswith(ZSTD_MAGIC, body) or problem.binary:
                     # Binary bytes make no source line: point at the marker, give the byte offset.
                     problem.offset, problem.notes = marker, (f"at byte offset {problem.offset} of the file",)
                 self.report(problem)
@@ -358,6 +390,7 @@ class _Reader:
         if self.data.startswith(ZSTD_MAGIC, body):
             return ("raw", *self.read_raw(body, decode))
         end = self.find_marker(body)
+        _refuse_binary(self.data[body : body + 8], body, resume=end)
         return "base64", self.read_base64(body, end) if decode else b"", end
 
     def read_raw(self, body: int, decode: bool) -> tuple[bytes, int]:
@@ -402,6 +435,7 @@ class _Reader:
             if len(frame) == 0:
                 raise _Problem("AF0006", "the section is empty", 0, "remove the marker line or pack data")
             if frame[:4] != ZSTD_MAGIC:
+                _refuse_binary(bytes(frame[:8]), 0, encoded=True)
                 raise _Problem("AF0010", "the section's payload is not a zstd frame", 0, "payloads are zstd frames")
             payload, frame_end = _read_frame(memoryview(frame) if isinstance(frame, bytearray) else frame, 0, self.cap)
             if frame_end != len(frame):
@@ -450,6 +484,53 @@ class _Reader:
     def next_line(self, offset: int) -> int:
         found = self.data.find(b"\n", offset)
         return len(self.data) if found == -1 else found + 1
+
+
+#: a CR not followed by LF
+_BARE_CR = re.compile(rb"\r(?!\n)")
+#: bytes that base64 text never holds (controls other than whitespace, and every byte of 0x80 or more)
+_NOT_TEXT = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f-\xff]")
+#: what a section that is not a zstd frame may hold instead, by its first bytes
+_KNOWN_PAYLOADS = (
+    (b"\x1f\x8b", "gzip data"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\xfd7zXZ\x00", "xz data"),
+    (b"BZh", "bzip2 data"),
+    (b"\x04\x22\x4d\x18", "an LZ4 frame"),
+)
+_SECTION_HINT = ("a section holds one zstd frame with a content checksum, raw or as base64 text: re-pack it "
+                 "with `af pack`, or compress it with `zstd -C`")
+
+
+def _refuse_binary(head: bytes, offset: int, *, encoded: bool = False, resume: int | None = None) -> None:
+    """Raise a `_Problem` that says what a section holds when its first bytes are binary but not a zstd frame.
+
+    Without this, a raw section of another kind is read as base64 and reported as a bad character.
+
+    Args:
+        head: the section's first bytes (after base64 decoding when ``encoded``).
+        offset: where the section's data starts in the file.
+        encoded: whether the bytes came out of base64 text (then any byte may be binary).
+        resume: where reading may go on (the next marker line).
+    """
+    stored = "base64 text decodes to" if encoded else "section holds"
+    if len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
+        magic = int.from_bytes(head[:4], "little")
+        problem = _Problem("AF0021", f"the {stored} a zstd skippable frame (magic 0x{magic:08X}), not a zstd data "
+                           "frame", offset, "remove the skippable frame: " + _SECTION_HINT, resume=resume)
+    elif encoded:
+        return
+    elif any(head.startswith(magic) for magic, _ in _KNOWN_PAYLOADS):
+        what = next(what for magic, what in _KNOWN_PAYLOADS if head.startswith(magic))
+        problem = _Problem("AF0022", f"the section holds {what}, not a zstd frame", offset, _SECTION_HINT, resume)
+    elif _NOT_TEXT.search(head):
+        shown = " ".join(f"{byte:02x}" for byte in head[:4])
+        problem = _Problem("AF0022", f"the section holds binary data that is not a zstd frame (it starts {shown})",
+                           offset, _SECTION_HINT, resume)
+    else:
+        return
+    problem.binary = not encoded
+    raise problem
 
 
 class _NotCanonical(Exception):
