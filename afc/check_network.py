@@ -35,7 +35,7 @@ def declared_parameters(document: YamlDocument, *, valid: Callable[[tuple], bool
     config = document.data.get("neural_config") if isinstance(document.data, dict) else None
     if not isinstance(config, dict) or any(k not in config or not valid(("neural_config", k)) for k in _SIZE_KEYS):
         return None
-    sizes = [config["input_size"], *config["hidden_layers"], config["output_size"]]
+    sizes = [int(size) for size in (config["input_size"], *config["hidden_layers"], config["output_size"])]
     return sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes, sizes[1:]))
 
 

@@ -27,12 +27,14 @@ if TYPE_CHECKING:
 
     from .yamlload import YamlDocument
 
-__all__ = ["MAX_GUARD_DEPTH", "MAX_INTEGER_LITERAL", "Locator", "parse_step", "step_locator"]
+__all__ = ["MAX_CONSTANT_STRING", "MAX_GUARD_DEPTH", "MAX_INTEGER_LITERAL", "Locator", "parse_step", "step_locator"]
 
 #: deepest nesting of operators a guard may have (a chain of n operators, `a + b + ...`, nests n deep);
 #: the manifest encoder and the runtime walk guards recursively, so the bound keeps them far from
 #: Python's recursion limit
 MAX_GUARD_DEPTH = 64
+#: longest string a constant part of a guard may make (`"ab" * 3` repeats the string, as in Python)
+MAX_CONSTANT_STRING = 65536
 #: largest magnitude of an integer literal: 2**53, the integers a JSON reader and a float64 hold exactly
 MAX_INTEGER_LITERAL = 2**53
 
@@ -171,6 +173,8 @@ def _fold(op: str, left: Any, right: Any, op_token: Any, start: int, end: int) -
         if left is _UNKNOWN or right is _UNKNOWN:
             return _UNKNOWN
         return (left and right) if op == "and" else (left or right)
+    if op == "*" and str in (type(left), type(right)):
+        return _repeat(left, right, start, end)
     if not (type(left) in (*_NUMBER, bool) and type(right) in (*_NUMBER, bool)):
         return _UNKNOWN  # a field, or a string: type checks are the step checks' business
     try:
@@ -181,6 +185,18 @@ def _fold(op: str, left: Any, right: Any, op_token: Any, start: int, end: int) -
         raise _StepProblem("AF0076", "this constant expression overflows: its value is beyond float64", start, end,
                            "the guard would fail or compare with infinity on every record; use smaller numbers")
     return value
+
+
+def _repeat(left: Any, right: Any, start: int, end: int) -> Any:
+    """Fold ``"ab" * 3``: Python repeats the string, so a large count would allocate its length on every record."""
+    text, count = (left, right) if isinstance(left, str) else (right, left)
+    if type(count) not in (int, bool):
+        return _UNKNOWN
+    if len(text) * count > MAX_CONSTANT_STRING:
+        raise _StepProblem("AF0079", f"this constant expression makes a string of {len(text) * count:,} characters",
+                           start, end, f"a string in a guard is at most {MAX_CONSTANT_STRING:,} characters; "
+                           "repeat it fewer times")
+    return text * count
 
 
 def _logical(keyword: str) -> Callable[..., Any]:

@@ -168,6 +168,16 @@ class TestWhatTheFileAloneDecides:
     def test_parentheses_alone_do_not_nest(self):
         assert parse("a when " + "(" * 300 + "output.max" + ")" * 300 + " > 0").guard.op == ">"
 
+    @pytest.mark.parametrize("guard", ['"ab" * 9007199254740992 == input.tag', 'input.tag == 40000 * "xy"',
+                                       '("a" * 1000) * 1000 == input.tag'])
+    def test_constant_string_too_long(self, guard):
+        # Python repeats a string times an integer: this one would take gigabytes on every record
+        diag = error(f"a when {guard}")
+        assert diag.code == "AF0079" and "characters" in diag.message
+
+    def test_short_repeated_string_is_fine(self):
+        assert parse('a when input.tag == "ab" * 3').guard.right == Binary("*", Const("ab"), Const(3))
+
     @pytest.mark.parametrize("literal", [r'"\ud800"', r'"x\udfff"', r'"\ude00\ud83d"'])
     def test_lone_surrogate_escape(self, literal):
         diag = error(f"send_output(topic={literal})")

@@ -94,6 +94,7 @@ CASES: dict[str, tuple[str, str, bytes | None]] = {
     "step-guard-overflow-integers": ("AF0076", BASE.replace("- send_output", "- send_output when memory.count > " + " * ".join(["9007199254740992"] * 20)), None),
     "step-guard-division-by-zero": ("AF0077", BASE.replace("- send_output", "- send_output when output.max / 0 > 1"), None),
     "step-guard-modulo-zero-expression": ("AF0077", BASE.replace("- send_output", "- send_output when memory.count % (3 - 3) == 0"), None),
+    "step-guard-string-bomb": ("AF0079", BASE.replace("- send_output", "- 'send_output when input.tag == \"ab\" * 9007199254740992'"), None),
     "step-argument-lone-surrogate": ("AF0078", BASE.replace("- send_output", "- 'send_output(topic=\"\\ud800\")'"), None),
     "step-argument-lone-low-surrogate": ("AF0078", BASE.replace("- send_output", "- 'send_output(topic=\"x\\udfff\")'"), None),
     "step-guard-lone-surrogate": ("AF0078", BASE.replace("- send_output", "- 'send_output when input.tag == \"\\udbff\"'"), None),
