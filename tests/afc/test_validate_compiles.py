@@ -96,15 +96,20 @@ def steps(draw) -> str:
 @st.composite
 def agent_files(draw) -> bytes:
     sizes = [draw(st.integers(1, 4)) for _ in range(draw(st.integers(2, 4)))]
-    hidden = sizes[1:-1]
+    shown = [str(size) for size in sizes]
+    if draw(st.integers(0, 9)) == 0:  # a size that breaks the schema: every check must stay quiet about it
+        shown[draw(st.integers(0, len(sizes) - 1))] = draw(st.sampled_from(["two", "0", "-1", "2.5", "1e999", ".nan",
+                                                                           "[]", "1048577", '"3"', "null"]))
     lines = ['version: "1.0"', f"name: {draw(st.one_of(st.just('prop'), st.just('prop'), strings))}"]
     for key in ("description", "author"):
         if draw(st.booleans()):
             lines.append(f"{key}: {draw(st.one_of(strings, escaped_strings))}")
     output_activation = draw(st.sampled_from(["softmax", "sigmoid", "linear"]))
-    lines += ["neural_config:", f"  input_size: {sizes[0]}", f"  output_size: {sizes[-1]}",
-              f"  hidden_layers: {hidden}", f"  activation_function: {draw(st.sampled_from(['relu', 'tanh']))}",
-              f"  output_activation: {output_activation}"]
+    activation = draw(st.sampled_from(["relu", "tanh"] * 4 + ["rleu", "[]", "null"]))
+    lines += ["neural_config:", f"  input_size: {shown[0]}", f"  output_size: {shown[-1]}",
+              f"  hidden_layers: [{', '.join(shown[1:-1])}]", f"  activation_function: {activation}"]
+    if draw(st.integers(0, 5)):
+        lines.append(f"  output_activation: {output_activation}")
     if draw(st.booleans()):
         lines.append(f"  learning_rate: {draw(st.one_of(st.floats(0.001, 1).map(repr), numbers))}")
     for group, keys in (("limits", ["memory_mb", "cpu_cores", "disk_mb", "network_bandwidth_mbps"]),
