@@ -17,6 +17,7 @@ file's SHA-256 is computed in a thread while its sections are decoded.
 from __future__ import annotations
 
 import binascii
+import codecs
 import hashlib
 import re
 import threading
@@ -488,8 +489,8 @@ class _Reader:
 
 #: a CR not followed by LF
 _BARE_CR = re.compile(rb"\r(?!\n)")
-#: bytes that base64 text never holds (controls other than whitespace, and every byte of 0x80 or more)
-_NOT_TEXT = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f-\xff]")
+#: control bytes that text never holds (whitespace aside)
+_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
 #: what a section that is not a zstd frame may hold instead, by its first bytes
 _KNOWN_PAYLOADS = (
     (b"\x1f\x8b", "gzip data"),
@@ -523,7 +524,7 @@ def _refuse_binary(head: bytes, offset: int, *, encoded: bool = False, resume: i
     elif any(head.startswith(magic) for magic, _ in _KNOWN_PAYLOADS):
         what = next(what for magic, what in _KNOWN_PAYLOADS if head.startswith(magic))
         problem = _Problem("AF0022", f"the section holds {what}, not a zstd frame", offset, _SECTION_HINT, resume)
-    elif _NOT_TEXT.search(head):
+    elif _is_binary(head):
         shown = " ".join(f"{byte:02x}" for byte in head[:4])
         problem = _Problem("AF0022", f"the section holds binary data that is not a zstd frame (it starts {shown})",
                            offset, _SECTION_HINT, resume)
@@ -531,6 +532,17 @@ def _refuse_binary(head: bytes, offset: int, *, encoded: bool = False, resume: i
         return
     problem.binary = not encoded
     raise problem
+
+
+def _is_binary(head: bytes) -> bool:
+    """Whether the first bytes of a section are binary rather than (perhaps bad) text."""
+    if _CONTROL.search(head):
+        return True
+    try:  # final=False: the cut may end inside a character
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 class _NotCanonical(Exception):

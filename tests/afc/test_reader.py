@@ -356,3 +356,8 @@ class TestWhatTheFileHolds:
     def test_later_sections_are_still_read(self):
         data = b"a: 1\n---BINARY_SECTION:s---\n\x1f\x8bjunk\n---BINARY_SECTION:t---\n" + b64(b"y")
         assert codes_of(data) == ["AF0022"]
+
+    @pytest.mark.parametrize(("body", "code"), [(b"\xc3\xa9KLUv/WRk\n", "AF0008"), (b"\xff\xfeKLUv\n", "AF0022"),
+                                               (b"\x00\x00\x01\x02\n", "AF0022"), (b"KLU*v/WRk\n", "AF0008")])
+    def test_text_that_is_not_base64_is_not_called_binary(self, body, code):
+        assert codes_of(b"a: 1\n---BINARY_SECTION:s---\n" + body) == [code]
