@@ -30,7 +30,7 @@ from afcore.diagnostics import Diagnostic
 from afcore.errors import ParseError
 from afcore.spans import SourceFile, Span
 
-from .sniff import identify_foreign
+from .sniff import ZSTD_MAGIC, identify_foreign, is_skippable_frame
 
 __all__ = [
     "DEFAULT_MAX_SECTION_BYTES",
@@ -58,8 +58,6 @@ MAX_DIAGNOSTICS = 100
 MARKER_PREFIX = b"---BINARY_SECTION:"
 #: a valid section name
 SECTION_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
-#: the four bytes every zstd frame starts with
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: the text the original design put where the data should be
 SEED_PLACEHOLDER = b"[compressed binary data]"
 
@@ -515,7 +513,7 @@ def _refuse_binary(head: bytes, offset: int, *, encoded: bool = False, resume: i
         resume: where reading may go on (the next marker line).
     """
     stored = "base64 text decodes to" if encoded else "section holds"
-    if len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
+    if is_skippable_frame(head):
         magic = int.from_bytes(head[:4], "little")
         problem = _Problem("AF0021", f"the {stored} a zstd skippable frame (magic 0x{magic:08X}), not a zstd data "
                            "frame", offset, "remove the skippable frame: " + _SECTION_HINT, resume=resume)

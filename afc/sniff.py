@@ -14,10 +14,10 @@ import json
 import struct
 from dataclasses import dataclass
 
-__all__ = ["ForeignFile", "identify_foreign"]
+__all__ = ["ZSTD_MAGIC", "ForeignFile", "identify_foreign", "is_skippable_frame"]
 
 #: the four bytes every zstd frame starts with (RFC 8878)
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: JSON documents at most this big are parsed to see their keys (an af header is at most 1 MiB)
 _MAX_JSON_BYTES = 64 * 1024 * 1024
 #: the keys of an af header: a JSON document with any of them is left to the usual checks
@@ -63,7 +63,7 @@ def identify_foreign(data: bytes) -> ForeignFile | None:
         then say what is wrong with it).
     """
     head = data[:16]
-    if head.startswith(_ZSTD_MAGIC) or _is_skippable(head):
+    if head.startswith(ZSTD_MAGIC) or is_skippable_frame(head):
         return _zstd_kind(data)
     if _is_safetensors(data):
         return ForeignFile("safetensors", "this is a safetensors file, not an af agent file",
@@ -78,7 +78,8 @@ def identify_foreign(data: bytes) -> ForeignFile | None:
     return _json_kind(data)
 
 
-def _is_skippable(head: bytes) -> bool:
+def is_skippable_frame(head: bytes) -> bool:
+    """Whether ``head`` starts a zstd skippable frame (magic 0x184D2A50-0x184D2A5F, RFC 8878 §3.1.2)."""
     return len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18"
 
 
