@@ -136,6 +136,13 @@ def plan_memory_pages(network: NetworkSpec, *, max_batch: int) -> int:
     decoded (with a stand-in that has ``input_size``, ``output_size``, the activations, and
     ``layers`` of ``index``, ``in_size`` and ``out_size``).
 
+    Args:
+        network: the network, or a stand-in with its shapes.
+        max_batch: the batch the module is built for (`afc.compile.WASM_MAX_BATCH` by default).
+
+    Returns:
+        The pages `lower_network` gives the module (``WasmModule.memory_pages``).
+
     Raises:
         LoweringError: AF3101 when the memory would exceed wasm32's 4 GiB.
     """

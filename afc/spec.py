@@ -43,7 +43,15 @@ ONNX_OVERHEAD_BYTES = 65536
 
 
 def onnx_model_bytes(parameters: int) -> int:
-    """Return the size an ONNX model of ``parameters`` float32 weights and biases may reach."""
+    """Return the size an ONNX model of ``parameters`` float32 weights and biases may reach.
+
+    Args:
+        parameters: weights and biases of all layers.
+
+    Returns:
+        Bytes: the parameters plus `ONNX_OVERHEAD_BYTES`; `afc.lower_onnx` refuses a model above
+        `ONNX_MAX_MODEL_BYTES` by the same sum.
+    """
     return 4 * parameters + ONNX_OVERHEAD_BYTES
 
 
