@@ -341,7 +341,7 @@ def evaluate(expr: Expr, resolve: Resolver) -> Any:
 def _apply(name: str, fn: Callable[..., Any], *values: Any) -> Any:
     try:
         result = fn(*values)
-    except (TypeError, ZeroDivisionError, ValueError) as exc:
+    except (TypeError, ZeroDivisionError, ValueError, OverflowError) as exc:
         raise ExecutionError(
             f"cannot apply `{name}` to {', '.join(repr(v) for v in values)}: {exc}",
             code="AF5202",
