@@ -254,17 +254,14 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[]
         raise
     stop = stop or asyncio.Event()
     consuming = asyncio.ensure_future(_consume(swarm, writer, stop))
-    stalled = None
+    watchdog = asyncio.ensure_future(_abandon_when_stalled(writer, stop))
     try:
         await _pump(group, source, writer, summary, agent.input_size, stop, options.max_batch)
     finally:
-        if stop.is_set():  # a reader that does not read must not hold the stop up for ever
-            stalled = asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, writer.abandon)
         await swarm.drain()
         await consuming
         await writer.close()
-        if stalled is not None:
-            stalled.cancel()
+        watchdog.cancel()
         # only now: the shutdown workflow's checkpoint counts records whose outputs are written
         errors = await swarm.stop()
         _summarize(summary, writer, group, errors, time.perf_counter() - started)
@@ -275,6 +272,15 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[]
         raise ExecutionError(f"cannot write the output: {failed.strerror or failed}", code="AF5238",
                              hint="check the output path and the free space; the shutdown workflows ran") from failed
     return summary
+
+
+async def _abandon_when_stalled(writer: JsonlWriter, stop: asyncio.Event) -> None:
+    """After a stop request, give up an output that has taken nothing for `STOP_GRACE_SECONDS`:
+    a reader that stopped reading must not keep the run (and its shutdown workflows) waiting."""
+    await stop.wait()
+    while writer.stalled_for() < STOP_GRACE_SECONDS:
+        await asyncio.sleep(0.1)
+    writer.abandon()
 
 
 async def _consume(swarm: Swarm, writer: JsonlWriter, stop: asyncio.Event) -> None:
