@@ -159,3 +159,50 @@ def _wait_for_lines(path: Path, n: int, timeout: float = 60) -> None:
             return
         time.sleep(0.05)
     pytest.fail(f"{path} never reached {n} lines")
+
+
+class TestNonFiniteOutputs:
+    """An output holding NaN or infinity is an error record (AF5211), never `null`, and never memory."""
+
+    def test_an_input_that_overflows_float32_arithmetic(self, example_bundles, tmp_path):
+        good = orjson.loads((ROOT / "examples" / "classification-inputs.jsonl").read_bytes().splitlines()[0])["input"]
+        lines = [orjson.dumps({"id": "ok", "input": good}), orjson.dumps({"id": "huge", "input": [3e38] * 784}),
+                 orjson.dumps({"id": "ok2", "input": good})]
+        source = tmp_path / "in.jsonl"
+        source.write_bytes(b"\n".join(lines) + b"\n")
+        for backend in ("onnx", "wasm"):
+            state = tmp_path / f"state-{backend}"
+            result = af("run", example_bundles["classification-agent"], "--input", source, "--backend", backend,
+                        "--state-dir", state)
+            records = [orjson.loads(line) for line in result.stdout.splitlines()]
+            assert result.returncode == 0, result.stderr
+            assert [r.get("error", {}).get("code") for r in records] == [None, "AF5211", None], backend
+            assert b"null" not in result.stdout
+            # the checkpoint restores cleanly: a second run over the same state directory works
+            again = af("run", example_bundles["classification-agent"], "--input", source, "--backend", backend,
+                       "--state-dir", state)
+            assert again.returncode == 0 and b"AF9999" not in again.stdout, again.stderr
+
+    def test_nan_weights(self, tmp_path):
+        import numpy as np
+
+        from afc.tensors import encode_tensors
+        from afc.writer import write_container
+
+        text = (ROOT / "examples" / "xor.af").read_text()
+        header, _, _ = text.partition("---BINARY_SECTION:")
+        from afc import load_agent_file
+
+        layers = load_agent_file(ROOT / "examples" / "xor.af").spec().network.layers
+        weights = {}
+        for i, layer in enumerate(layers):
+            weights[f"layers.{i}.weight"] = np.array(layer.weight, np.float32)
+            weights[f"layers.{i}.bias"] = np.array(layer.bias, np.float32)
+        weights["layers.0.weight"][0, 0] = float("nan")
+        agent = tmp_path / "nan.af"
+        agent.write_bytes(write_container(header, [("neural_weights", encode_tensors(weights))]))
+        source = tmp_path / "in.jsonl"
+        source.write_bytes(b"[0, 0]\n[1, 0]\n")
+        result = af("run", agent, "--input", source)
+        assert result.returncode == 0, result.stderr
+        assert [orjson.loads(line)["error"]["code"] for line in result.stdout.splitlines()] == ["AF5211", "AF5211"]
