@@ -29,6 +29,7 @@ def run_records(
     fuel: Optional[int],
     fail_on_error: bool,
     json_summary: bool,
+    quiet: bool = False,
 ) -> int:
     """Run a bundle on JSON Lines records and report the summary on stderr (the options of `af run`).
 
@@ -52,10 +53,12 @@ def run_records(
         agent = load_agent(bundle, backend, fuel)
         _collect_during_run()
         summary = run_stream(agent, source, open_output, replicas=replicas, swarm=swarm, state_dir=state_dir,
-                             max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+                             max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                             progress=not quiet and sys.stderr.isatty())
     finally:
         close_streams(source, *opened)
-    _report(summary, json_summary)
+    if not quiet or json_summary:
+        _report(summary, json_summary)
     if summary.interrupted:
         return SIGNAL_EXIT.get(summary.interrupted, 130)
     if fail_on_error and summary.errors:
