@@ -10,8 +10,12 @@ from .instrument import Instrument as Instrument
 from .instrument import Instruments as Instruments
 from .loader import LoadedBundle as LoadedBundle
 from .loader import load_bundle as load_bundle
+from .outcomes import Outcome as Outcome
+from .outcomes import Outcomes as Outcomes
+from .outcomes import RecordError as RecordError
 from .steps import resolve_field as resolve_field
 from .stream import RunOptions as RunOptions
+from .stream import RunProgress as RunProgress
 from .stream import RunSummary as RunSummary
 from .stream import run_jsonl as run_jsonl
 from .swarm import Swarm as Swarm
@@ -21,7 +25,11 @@ __all__ = [
     "Instrument",
     "Instruments",
     "LoadedBundle",
+    "Outcome",
+    "Outcomes",
+    "RecordError",
     "RunOptions",
+    "RunProgress",
     "RunSummary",
     "Swarm",
     "load",

@@ -43,12 +43,14 @@ RUN_OPTIONS: dict[str, tuple[str, str, Optional[float], Optional[float]]] = {
     "--fuel": ("fuel", "int", 1, None),
     "--fail-on-error": ("fail_on_error", "flag", None, None),
     "--json": ("json_summary", "flag", None, None),
+    "--quiet": ("quiet", "flag", None, None),
+    "-q": ("quiet", "flag", None, None),
 }
 #: the value of each option the command line leaves out (run.py's defaults)
 RUN_DEFAULTS: dict[str, Any] = {
     "input_path": "-", "output_path": "-", "replicas": 1, "backend": "onnx", "swarm": "default",
     "state_dir": None, "max_batch": 64, "batch_wait_ms": 2.0, "fuel": None,
-    "fail_on_error": False, "json_summary": False,
+    "fail_on_error": False, "json_summary": False, "quiet": False,
 }
 #: the environment variable that asks for shell completion (typer's ``_<PROG>_COMPLETE``)
 COMPLETE_VAR = "_AF_COMPLETE"

@@ -31,6 +31,7 @@ def run_command(
     fuel: Optional[int] = typer.Option(None, "--fuel", min=1, help="WASM fuel per record (default: from the network's size)."),
     fail_on_error: bool = typer.Option(False, "--fail-on-error", help="Exit 1 when any record failed."),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress line and no summary (errors still show)."),
 ) -> None:
     """Run an agent on JSON Lines records: one output or error record per input record, in input order.
 
@@ -40,6 +41,6 @@ def run_command(
     """
     code = run_records(bundle, input_path=input_path, output_path=output_path, replicas=replicas, backend=backend,
                        swarm=swarm, state_dir=state_dir, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-                       fuel=fuel, fail_on_error=fail_on_error, json_summary=json_summary)
+                       fuel=fuel, fail_on_error=fail_on_error, json_summary=json_summary, quiet=quiet)
     if code:
         raise typer.Exit(code)
