@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from float64_reference import forward64

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 import afc
 from af.cli import app

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from float64_reference import forward64
@@ -91,5 +91,11 @@ class TestProfileCommand:
         assert missing.exit_code == 2 and "AF0934" in missing.stderr
 
     def test_bad_bundle_exits_1(self, tmp_path):
-        result = profile(tmp_path / "nope.afb", "--input", write_inputs(tmp_path / "in.jsonl", X))
+        bad = tmp_path / "bad.afb"
+        bad.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 20)
+        result = profile(bad, "--input", write_inputs(tmp_path / "in.jsonl", X))
         assert result.exit_code == 1 and "Traceback" not in result.stderr
+
+    def test_missing_bundle_is_a_usage_error(self, tmp_path):
+        result = profile(tmp_path / "nope.afb", "--input", write_inputs(tmp_path / "in.jsonl", X))
+        assert result.exit_code == 2 and "AF0901" in result.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from float64_reference import forward64
@@ -176,9 +176,9 @@ class TestGuardsThroughTheCompiler:
 
 
 class TestExitCodes:
-    def test_missing_bundle_exits_1(self, tmp_path):
+    def test_missing_bundle_is_a_usage_error_with_help(self, tmp_path):
         result = run_cli(tmp_path / "nope.afb", input="")
-        assert result.exit_code == 1 and "AF4015" in result.stderr
+        assert result.exit_code == 2 and "AF0901" in result.stderr and "= help: " in result.stderr
 
     def test_corrupt_bundle_exits_1_and_leaves_the_output_alone(self, tmp_path):
         bad = tmp_path / "bad.afb"
