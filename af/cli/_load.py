@@ -142,9 +142,11 @@ def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
 
     from afrt import RunOptions, run_jsonl
 
-    # Interpreter shutdown would run a full collection over every object the run left behind
-    # (~60 ms for `af run`, a tenth of a 20k-record run); frozen objects are left to the OS.
-    # Files are closed explicitly before (close_streams); at exit this only skips that scan.
+    # The one GC measure of `af`: interpreter shutdown would run a full collection over every
+    # object the run left behind; frozen objects are left to the OS. Measured on `af run` of one
+    # record of the example (25 alternating rounds, 2-vCPU machine): CPU median 294 ms without,
+    # 270 ms with (-24 ms, ~8%). Files are closed explicitly before (close_streams); at exit this
+    # only skips that scan.
     atexit.register(gc.freeze)
 
     async def main() -> RunSummary:
