@@ -33,9 +33,14 @@ def abort(text: str, code: int = 1) -> NoReturn:
 
 
 def error_format(params: dict[str, Any]) -> str:
-    """Return the format a command's errors are rendered in: ``--format``, or JSON for ``--json``."""
+    """Return the format a command's errors are rendered in: ``--format``, or JSON for ``--json``.
+
+    `af run --json` prints its summary on stderr (stdout carries the records): its errors go there too.
+    """
     if params.get("as_json"):
         return "json"
+    if params.get("json_summary"):
+        return "json-stderr"
     return params.get("fmt") or "full"
 
 

@@ -34,7 +34,8 @@ def console() -> Any:
 
 
 def report_error(error: Any, fmt: str = "full") -> int:
-    """Render an `AfError` on stderr (JSON on stdout for ``fmt == "json"``) and return its exit code.
+    """Render an `AfError` on stderr (JSON on stdout for ``fmt == "json"``, on stderr for ``"json-stderr"``)
+    and return its exit code.
 
     An error about a file given on the command line (``error.path``, set by `_files`) keeps that path
     in JSON, where a diagnostic without a place in the file would have ``"path": null``.
@@ -42,7 +43,7 @@ def report_error(error: Any, fmt: str = "full") -> int:
     from afcore.diagnostics import render
 
     diagnostics = error.to_diagnostics()
-    if fmt == "json":
+    if fmt in ("json", "json-stderr"):
         import json
 
         records = [d.to_json() for d in diagnostics]
@@ -50,7 +51,7 @@ def report_error(error: Any, fmt: str = "full") -> int:
         for record in records:
             if record["path"] is None and path is not None:
                 record["path"] = path
-        emit(json.dumps(records, indent=2, ensure_ascii=False))
+        (emit if fmt == "json" else say)(json.dumps(records, indent=2, ensure_ascii=False))
     else:
         say(render(diagnostics, fmt if fmt in ("full", "concise") else "full"))
     return error.exit_code

@@ -174,13 +174,14 @@ def print_table(out: Any, title: str, columns: Sequence[str], rows: list[list[st
             say("  " + ", ".join(f"{c} {v}" for c, v in zip(columns, row)))
         return
     left_out = [c for c in columns if c not in shown]
-    table = Table(title=title + (f" ({', '.join(left_out)} left out to fit; --json has every column)"
-                                 if left_out else ""))
+    table = Table(title=title)
     for column in shown:
         table.add_column(column, justify="left" if column in _TEXT_COLUMNS else "right", no_wrap=True)
     for row in rows:
         table.add_row(*(row[columns.index(c)] for c in shown))
     out.print(table)
+    if left_out:
+        say(f"(left out to fit: {', '.join(left_out)}; --json has every column)")
 
 
 def _dist(d: Distribution) -> list[str]:
