@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from afcore.diagnostics import Diagnostic
 from afcore.errors import ParseError
 from afcore.spans import Span
+from afcore.steps import (
+    ARITHMETIC_OPERATORS, COMPARISONS, GUARD_FIELDS, MAX_TOPIC_CHARS, ORDERING_COMPARISONS, STEP_DEFS, ArgDef,
+    Const, Field, Unary, field_type, iter_fields, value_type,
+)
 
 from .expr import parse_step, step_locator
 from .spec import WORKFLOW_NAMES
@@ -25,7 +29,7 @@ from .spec import WORKFLOW_NAMES
 if TYPE_CHECKING:
     import numpy as np
 
-    from afcore.steps import Step
+    from afcore.steps import Expr, Step
 
     from .reader import RawSection
     from .yamlload import YamlDocument
@@ -41,20 +45,9 @@ __all__ = [
     "parse_workflows",
 ]
 
-#: every step an agent may use, with the arguments it accepts and their types (docs/steps.md documents
-#: what each does). This table is the one place the compiler learns step names and argument types from.
+#: step name -> argument name -> type: a view of `afcore.steps.STEP_DEFS`, the one table of the steps
 STEP_SIGNATURES: Mapping[str, Mapping[str, type]] = {
-    "load_neural_network": {},
-    "initialize_memory": {},
-    "connect_to_swarm": {},
-    "register_capabilities": {},
-    "receive_input": {},
-    "process_neural_network": {},
-    "update_memory": {"window": int},
-    "send_output": {"topic": str},
-    "save_state": {"every": int},
-    "disconnect_from_swarm": {},
-    "cleanup_resources": {},
+    name: {arg: spec.type for arg, spec in d.arguments.items()} for name, d in STEP_DEFS.items()
 }
 
 #: requirement key -> the limit it must not exceed
@@ -118,31 +111,133 @@ def parse_workflows(document: YamlDocument) -> tuple[dict[str, tuple[Step, ...]]
 
 
 def check_steps(document: YamlDocument, workflows: Mapping[str, tuple[Step, ...]]) -> list[Diagnostic]:
-    """Check that each step is known and has known arguments of the right types.
+    """Check each step against `afcore.steps.STEP_DEFS`: name, place, arguments and guard.
 
     Args:
         document: the parsed header (to point carets at a step's name).
         workflows: the parsed steps from `parse_workflows`.
 
     Returns:
-        AF2020 unknown step, AF2021 unknown argument, AF2022 argument of the wrong type.
+        AF2020 unknown step, AF2021 unknown argument, AF2022 argument of the wrong type, AF2023 a
+        step in a workflow where it cannot run, AF2024 a guard field that does not exist, AF2025 a
+        guard field not defined at that point, AF2026 a guard operation on incompatible types,
+        AF2027 an argument out of range.
     """
     # No schema predicate needed: `parse_workflows` keeps only steps that are strings of 1 to
     # MAX_STEP_CHARS characters inside a list of a known workflow, which is all the schema asks.
     diagnostics: list[Diagnostic] = []
-    for steps in workflows.values():
+    for workflow, steps in workflows.items():
+        provided: set[str] = set()
         for step in steps:
             span = Span.from_json(dict(step.span)) if step.span else None
-            signature = STEP_SIGNATURES.get(step.name)
-            if signature is None:
+            definition = STEP_DEFS.get(step.name)
+            if definition is None:
                 diagnostics.append(_unknown_step(step, _text_span(document, span, step.source, 0, len(step.name))))
+                provided.add("output")  # it may be a misspelt process_neural_network: no cascade of errors
                 continue
-            diagnostics += _check_arguments(document, step, signature, span)
+            if workflow not in definition.workflows:
+                diagnostics.append(_misplaced(step, workflow, _text_span(document, span, step.source, 0, len(step.name))))
+            diagnostics += _check_arguments(document, step, STEP_SIGNATURES[step.name], span)
+            if step.guard is not None:
+                diagnostics += _check_guard(document, step, workflow, provided, span)
+            provided |= definition.provides
     return diagnostics
 
 
+def _misplaced(step: Step, workflow: str, span: Span | None) -> Diagnostic:
+    places = " and ".join(f"`{w}`" for w in sorted(STEP_DEFS[step.name].workflows))
+    return Diagnostic("AF2023", "error", f"step `{step.name}` cannot run in the `{workflow}` workflow", span=span,
+                      label=f"not a step of `{workflow}`", help=f"move it to {places} (see docs/steps.md)")
+
+
+def _check_guard(document: YamlDocument, step: Step, workflow: str, provided: set[str],
+                 span: Span | None) -> list[Diagnostic]:
+    """Check that each field of ``step``'s guard exists and is defined there, and that the types fit."""
+    out = []
+    for found in iter_fields(step.guard):
+        at = _text_span(document, span, step.source, *_find(step.source, found.dotted()))
+        if field_type(found.root, found.path) is None:
+            out.append(_unknown_field(found, at))
+        elif found.root in ("input", "output") and workflow != "execution":
+            out.append(Diagnostic("AF2025", "error", f"`{found.dotted()}` is not defined in `{workflow}`", span=at,
+                                  label="no record here",
+                                  help=f"`{found.root}` fields exist only in the execution workflow"))
+        elif found.root == "output" and "output" not in provided:
+            out.append(Diagnostic("AF2025", "error", f"`{found.dotted()}` is not defined before "
+                                  "`process_neural_network`", span=at, label="no output yet",
+                                  help="move the step after process_neural_network, or guard on `input` or `memory`"))
+    if not out:
+        problem = _type_problem(step.guard)
+        if problem is not None:
+            out.append(Diagnostic("AF2026", "error", problem[0], span=span, label="these types do not fit",
+                                  help=problem[1]))
+    return out
+
+
+def _find(source: str, text: str) -> tuple[int, int]:
+    """Return (offset, length) of ``text`` in the step's source, or of the whole source."""
+    at = source.find(text)
+    return (at, len(text)) if at >= 0 else (0, len(source))
+
+
+def _unknown_field(found: Field, span: Span | None) -> Diagnostic:
+    names = [f"{found.root}.{name}" for name in GUARD_FIELDS[found.root]]
+    close = difflib.get_close_matches(found.dotted(), names, n=1, cutoff=0.6)
+    hint = (f"did you mean `{close[0]}`?" if close
+            else f"the fields of `{found.root}`: {', '.join(f'`{n}`' for n in names)} (see docs/steps.md)")
+    return Diagnostic("AF2024", "error", f"guard field `{found.dotted()}` does not exist", span=span,
+                      label="no such field", help=hint)
+
+
+def _type_problem(expr: Expr) -> tuple[str, str] | None:
+    """Return (message, help) for the first operation on incompatible types in ``expr``, else None."""
+    try:
+        _guard_type(expr)
+    except _TypeClash as clash:
+        return clash.args[0], clash.args[1]
+    return None
+
+
+class _TypeClash(Exception):
+    pass
+
+
+def _guard_type(expr: Expr) -> str:
+    """Return the guard type of ``expr`` (number, string, null, list, mapping or any).
+
+    Raises:
+        _TypeClash: for an operation whose operands can never fit.
+    """
+    if isinstance(expr, Const):
+        return value_type(expr.value)
+    if isinstance(expr, Field):
+        return field_type(expr.root, expr.path) or "any"
+    if isinstance(expr, Unary):
+        operand = _guard_type(expr.operand)
+        if expr.op == "neg" and operand not in ("number", "any"):
+            raise _TypeClash(f"cannot negate {_described(operand)}", "`-` applies to numbers")
+        return "number"  # `not` gives true or false, which compare as numbers
+    left, right = _guard_type(expr.left), _guard_type(expr.right)
+    if expr.op in ("and", "or") or "any" in (left, right):
+        return "number" if expr.op in COMPARISONS else "any"
+    if expr.op in ORDERING_COMPARISONS and not (left == right and left in ("number", "string")):
+        raise _TypeClash(f"cannot compare {_described(left)} with {_described(right)} using `{expr.op}`",
+                         "`<`, `<=`, `>` and `>=` compare two numbers or two strings")
+    if expr.op in ARITHMETIC_OPERATORS:
+        if left == right == "number" or (expr.op == "+" and left == right == "string"):
+            return left
+        raise _TypeClash(f"cannot apply `{expr.op}` to {_described(left)} and {_described(right)}",
+                         "arithmetic applies to numbers (and `+` to two strings)")
+    return "number"  # == and != compare anything: the result is true or false
+
+
+def _described(kind: str) -> str:
+    return {"number": "a number", "string": "a string", "null": "null", "list": "a list",
+            "mapping": "a mapping"}.get(kind, kind)
+
+
 def _unknown_step(step: Step, span: Span | None) -> Diagnostic:
-    close = difflib.get_close_matches(step.name, list(STEP_SIGNATURES), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(step.name, list(STEP_DEFS), n=1, cutoff=0.6)
     hint = f"did you mean `{close[0]}`?" if close else "the steps are listed in docs/steps.md"
     return Diagnostic("AF2020", "error", f"unknown step `{step.name}`", span=span,
                       label="not a known step", help=hint)
@@ -166,7 +261,20 @@ def _check_arguments(document: YamlDocument, step: Step, signature: Mapping[str,
             out.append(Diagnostic("AF2022", "error",
                                   f"argument `{key}` of `{step.name}` must be {_TYPE_NAMES[wanted]}, not {found}",
                                   span=span, label=f"found {found}", help=_argument_example(step.name, key, wanted)))
+        else:
+            problem = _out_of_range(STEP_DEFS[step.name].arguments[key], value)
+            if problem:
+                out.append(Diagnostic("AF2027", "error", f"argument `{key}` of `{step.name}` {problem}", span=span,
+                                      label="out of range", help=_argument_example(step.name, key, wanted)))
     return out
+
+
+def _out_of_range(definition: ArgDef, value: Any) -> str | None:
+    if isinstance(value, int) and definition.minimum is not None and value < definition.minimum:
+        return f"must be at least {definition.minimum}, found {value}"
+    if isinstance(value, str) and not 1 <= len(value) <= MAX_TOPIC_CHARS:
+        return f"must be 1 to {MAX_TOPIC_CHARS} characters, found {len(value)}"
+    return None
 
 
 def _argument_example(step: str, key: str, wanted: type) -> str:

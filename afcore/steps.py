@@ -1,4 +1,10 @@
-"""Parsed workflow steps and guard expressions, shared by the compiler and the runtime.
+"""The step vocabulary, parsed workflow steps and guard expressions, shared by the compiler and the runtime.
+
+`STEP_DEFS` is the one table of the steps: their arguments, the workflows they may stand in,
+whether they run per record, and the guard fields they make available. `GUARD_FIELDS` and
+`field_type` say which guard fields exist and what type each has. The compiler's checks
+(`afc.check`) read them to report mistakes at `af validate`; the runtime (`afrt.steps`) binds an
+implementation to each name and refuses to start when the two disagree.
 
 The compiler (`afc.expr`) parses step strings such as
 ``send_output(topic="task.completion") when output.max > 0.9`` into these trees once; the
@@ -23,22 +29,165 @@ from typing import Any, Callable, Mapping, Union
 from .errors import ExecutionError
 
 __all__ = [
+    "ARITHMETIC_OPERATORS",
+    "ArgDef",
     "BINARY_OPERATORS",
     "Binary",
+    "COMPARISONS",
     "Const",
     "Expr",
     "Field",
     "FIELD_ROOTS",
+    "GUARD_FIELDS",
+    "MAX_TOPIC_CHARS",
+    "MEMORY_FIELDS",
+    "ORDERING_COMPARISONS",
+    "STEP_DEFS",
     "Step",
+    "StepDef",
     "Unary",
+    "WORKFLOWS",
     "evaluate",
     "expr_from_json",
+    "field_type",
+    "iter_fields",
+    "value_type",
 ]
 
 #: the roots a field path may start with: the record being processed, the network's result, agent memory
 FIELD_ROOTS = ("input", "output", "memory")
 
 Literal = Union[int, float, str, bool, None]
+
+#: the workflows an agent declares, in the order they run
+WORKFLOWS = ("initialization", "execution", "shutdown")
+
+
+@dataclass(frozen=True)
+class ArgDef:
+    """One argument of a step: its type, its default, and the smallest value an integer may take."""
+
+    type: type
+    default: Any
+    minimum: int | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class StepDef:
+    """What the toolchain knows of a step before anything runs.
+
+    Args:
+        name: the step's name as written in a workflow.
+        workflows: the workflows it may stand in.
+        per_record: True for the steps that need an input record (they run once per record).
+        arguments: argument name -> `ArgDef`.
+        provides: the guard roots defined for the steps after it (``output`` after
+            process_neural_network).
+        summary: one line for help texts and "did you mean" lists.
+    """
+
+    name: str
+    workflows: frozenset[str]
+    per_record: bool = False
+    arguments: Mapping[str, ArgDef] = field(default_factory=dict)
+    provides: frozenset[str] = frozenset()
+    summary: str = ""
+
+
+_INIT, _EXEC, _SHUT = (frozenset({w}) for w in WORKFLOWS)
+
+#: every step an agent may use, in the order docs/steps.md lists them
+STEP_DEFS: Mapping[str, StepDef] = {
+    d.name: d
+    for d in (
+        StepDef("load_neural_network", _INIT, summary="make the network ready (one warm-up call)"),
+        StepDef("initialize_memory", _INIT, summary="create the memory, or restore the last checkpoint"),
+        StepDef("connect_to_swarm", _INIT, summary="join the swarm's bus"),
+        StepDef("register_capabilities", _INIT, summary="announce name, version and signature"),
+        StepDef("receive_input", _EXEC, per_record=True, summary="take the record's input vector"),
+        StepDef("process_neural_network", _EXEC, per_record=True, provides=frozenset({"output"}),
+                summary="run the network; its result becomes `output`"),
+        StepDef("update_memory", _EXEC, per_record=True,
+                arguments={"window": ArgDef(int, None, 1, "mean_max over the last N records")},
+                summary="fold the record into memory"),
+        StepDef("send_output", _EXEC, per_record=True,
+                arguments={"topic": ArgDef(str, "task.completion", None, "where the result is published")},
+                summary="publish the result; it becomes the output record"),
+        StepDef("save_state", frozenset(WORKFLOWS),
+                arguments={"every": ArgDef(int, 1, 1, "in execution: a checkpoint every N records")},
+                summary="write a checkpoint"),
+        StepDef("disconnect_from_swarm", _SHUT, summary="leave the swarm's bus"),
+        StepDef("cleanup_resources", _SHUT, summary="release the backend"),
+    )
+}
+
+#: the fields of ``memory`` and their guard types (``any``: may be null, or of several types)
+MEMORY_FIELDS: Mapping[str, str] = {
+    "count": "number", "errors": "number", "last_id": "any", "last_output": "list", "last_argmax": "any",
+    "last_max": "any", "mean_max": "number", "class_counts": "mapping", "checkpoints": "number",
+    "started": "number",
+}
+
+#: root -> named field -> guard type (integer parts such as ``input[3]`` index a vector: numbers)
+GUARD_FIELDS: Mapping[str, Mapping[str, str]] = {
+    "input": {"id": "any", "size": "number", "line": "number"},
+    "output": {"max": "number", "min": "number", "sum": "number", "mean": "number", "argmax": "number",
+               "size": "number"},
+    "memory": MEMORY_FIELDS,
+}
+
+#: the longest topic name `send_output(topic=...)` takes
+MAX_TOPIC_CHARS = 200
+
+#: comparisons; the ordering ones need two numbers or two strings
+COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">="})
+ORDERING_COMPARISONS = frozenset({"<", "<=", ">", ">="})
+#: arithmetic needs numbers (``+`` also joins two strings)
+ARITHMETIC_OPERATORS = frozenset({"+", "-", "*", "/", "%"})
+
+
+def field_type(root: str, path: tuple[str | int, ...]) -> str | None:
+    """Return the guard type of a field (``number``, ``list``, ``mapping``, ``any``), or None when
+    no such field exists."""
+    fields = GUARD_FIELDS.get(root)
+    if fields is None or not path:
+        return None
+    head, rest = path[0], path[1:]
+    if isinstance(head, int):
+        kind = "number" if root in ("input", "output") else None
+    else:
+        kind = fields.get(head)
+    for part in rest:
+        if kind == "list" and isinstance(part, int):
+            kind = "number"
+        elif kind == "mapping":
+            kind = "number"  # class_counts.<class>: a count (absent classes fail at run time)
+        elif kind != "any":
+            return None
+    return kind
+
+
+def value_type(value: Any) -> str:
+    """Return the guard type of a literal."""
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, int, float)):
+        return "number"  # Python compares booleans as numbers, so guards may too
+    return "string"
+
+
+def iter_fields(expr: Expr) -> Any:
+    """Yield every `Field` of an expression, left to right."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Field):
+            yield node
+        elif isinstance(node, Unary):
+            stack.append(node.operand)
+        elif isinstance(node, Binary):
+            stack += (node.right, node.left)
 
 
 @dataclass(frozen=True)
@@ -192,7 +341,7 @@ def evaluate(expr: Expr, resolve: Resolver) -> Any:
 def _apply(name: str, fn: Callable[..., Any], *values: Any) -> Any:
     try:
         result = fn(*values)
-    except (TypeError, ZeroDivisionError, ValueError) as exc:
+    except (TypeError, ZeroDivisionError, ValueError, OverflowError) as exc:
         raise ExecutionError(
             f"cannot apply `{name}` to {', '.join(repr(v) for v in values)}: {exc}",
             code="AF5202",

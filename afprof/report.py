@@ -9,8 +9,8 @@ __all__ = ["HEADER", "Distribution", "ProfileReport", "StepProfile", "WorkflowPr
 
 #: said at the top of every report: what profiling changes in the run it measures
 HEADER = (
-    "profiled run: with an instrument set, the workflow runner takes its step-by-step path "
-    "(hooks around every step) instead of the batched fast path, so times include that overhead"
+    "profiled run: the path af run takes (batched for a workflow without guards); a step run over a block "
+    "is shared out equally among its records, and process_neural_network includes the backend call"
 )
 
 

@@ -10,6 +10,9 @@ from .instrument import Instrument as Instrument
 from .instrument import Instruments as Instruments
 from .loader import LoadedBundle as LoadedBundle
 from .loader import load_bundle as load_bundle
+from .outcomes import Outcome as Outcome
+from .outcomes import Outcomes as Outcomes
+from .outcomes import RecordError as RecordError
 from .steps import resolve_field as resolve_field
 from .stream import RunOptions as RunOptions
 from .stream import RunSummary as RunSummary
@@ -21,6 +24,9 @@ __all__ = [
     "Instrument",
     "Instruments",
     "LoadedBundle",
+    "Outcome",
+    "Outcomes",
+    "RecordError",
     "RunOptions",
     "RunSummary",
     "Swarm",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, NamedTuple, Sequence, TypeVar
 
 from afcore.errors import BusError, ChannelClosedError, MailboxFullError
+from afcore.steps import MAX_TOPIC_CHARS
 
 __all__ = [
     "Bus",
@@ -547,6 +548,6 @@ def ensure_topic(topic: object) -> str:
     Raises:
         BusError: AF5106 for an empty or non-string topic.
     """
-    if not isinstance(topic, str) or not topic or len(topic) > 200:
+    if not isinstance(topic, str) or not topic or len(topic) > MAX_TOPIC_CHARS:
         raise BusError(f"bad topic {topic!r}", code="AF5106", hint="topics are non-empty strings such as `task.completion`")
     return topic

@@ -6,6 +6,13 @@ it is given; `Instruments` is an instrument too, which fans each event out to th
 that override its hook (an unobserved hook costs one dict lookup). An instrument that raises is
 removed (and the error logged), so that a broken profiler cannot break a run.
 
+Which hooks cost what: the block, backend and step-time hooks (`block_start`, `block_end`,
+`backend_call`, `step_timed`) are called a few times per block on whichever path runs. The
+per-step hooks (`before_step`, `after_step`) are called around every step of every record: an
+instrument that overrides either makes the runner take its instrumented path, record by record
+(see `afrt.workflow`). `af profile` uses only the cheap hooks, so it measures the batched path
+that `af run` takes; `af debug` uses the per-step ones.
+
 Hook arguments, as the runner passes them:
 
 - ``ctx``: the replica's `afrt.workflow.AgentContext` (``ctx.agent`` is the `afrt.Agent`,
@@ -28,7 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["HOOKS", "Instrument", "Instruments"]
 
 #: the hook names, in the order events happen
-HOOKS = ("before_step", "after_step", "message_sent", "trap")
+HOOKS = ("block_start", "backend_call", "before_step", "after_step", "step_timed", "message_sent", "trap",
+         "block_end")
 
 _log = logging.getLogger("afrt.instrument")
 
@@ -39,8 +47,51 @@ class Instrument:
     Hooks run synchronously in the replica's task: keep them short.
     """
 
+    def block_start(self, ctx: Any, block: Any) -> None:
+        """Called when a replica starts a block of records, before its backend call.
+
+        Args:
+            ctx: the replica's context.
+            block: the `afrt.records.RecordBlock` (``seqs``, ``ids``, ``array``).
+        """
+
+    def block_end(self, ctx: Any, block: Any, outcomes: Any) -> None:
+        """Called when a replica has run a block of records.
+
+        Args:
+            ctx: the replica's context.
+            block: the block.
+            outcomes: its `afrt.outcomes.Outcomes`.
+        """
+
+    def backend_call(self, ctx: Any, records: int, seconds: float, fuel: int | None) -> None:
+        """Called after each backend call for records (not the warm-up of load_neural_network).
+
+        Args:
+            ctx: the replica's context.
+            records: the records the call computed.
+            seconds: its wall time where it ran (a worker thread's handoff excluded).
+            fuel: wasm fuel the call used (None on onnx, or when the call failed).
+        """
+
+    def step_timed(self, ctx: Any, workflow: str, step: Step, ran: int, skipped: int, failed: int,
+                   seconds: float) -> None:
+        """Called after a step ran, on both paths: once per lifecycle step, once per step and block
+        on the batched path, once per step and record on the instrumented path.
+
+        Args:
+            ctx: the replica's context.
+            workflow: the workflow's name.
+            step: the parsed step.
+            ran: for how many records (1 for a lifecycle step) the step ran and succeeded.
+            skipped: for how many its guard was false.
+            failed: for how many it (or its guard) failed; `trap` says why.
+            seconds: the wall time of the step (guard included) for all of them.
+        """
+
     def before_step(self, ctx: Any, workflow: str, step: Step, record: Any) -> None:
-        """Called before a workflow step runs (also when its guard will skip it).
+        """Called before a workflow step runs (also when its guard will skip it). Overriding it
+        makes the runner take its instrumented path.
 
         Args:
             ctx: the replica's context.
@@ -128,6 +179,19 @@ class Instruments(Instrument):
             except Exception:  # an observer must not break the run: drop it, as trio does
                 _log.exception("instrument %r raised in %s and was removed", instrument, hook)
                 self.remove(instrument)
+
+    def block_start(self, ctx: Any, block: Any) -> None:
+        self.call("block_start", ctx, block)
+
+    def block_end(self, ctx: Any, block: Any, outcomes: Any) -> None:
+        self.call("block_end", ctx, block, outcomes)
+
+    def backend_call(self, ctx: Any, records: int, seconds: float, fuel: int | None) -> None:
+        self.call("backend_call", ctx, records, seconds, fuel)
+
+    def step_timed(self, ctx: Any, workflow: str, step: Step, ran: int, skipped: int, failed: int,
+                   seconds: float) -> None:
+        self.call("step_timed", ctx, workflow, step, ran, skipped, failed, seconds)
 
     def before_step(self, ctx: Any, workflow: str, step: Step, record: Any) -> None:
         self.call("before_step", ctx, workflow, step, record)

@@ -37,9 +37,11 @@ __all__ = [
     "CHECKPOINT_NAME",
     "Identity",
     "KEY_NAME",
+    "commit_checkpoint",
     "load_checkpoint",
     "load_or_create_identity",
     "lock_state_dir",
+    "prepare_checkpoint",
     "replica_dir",
     "write_checkpoint",
 ]
@@ -203,7 +205,23 @@ def encode_checkpoint(identity: Identity, payload: dict[str, Any]) -> bytes:
 
 
 def write_checkpoint(directory: str | os.PathLike[str], identity: Identity, payload: dict[str, Any], *, max_bytes: int | None = None) -> int:
-    """Write a checkpoint atomically.
+    """Write a checkpoint atomically (`prepare_checkpoint`, then `commit_checkpoint`).
+
+    Returns:
+        The number of bytes written.
+
+    Raises:
+        ResourceLimitError: AF5253 when the checkpoint would exceed ``max_bytes``.
+        StateError: AF5254 when the directory cannot be written.
+    """
+    data = prepare_checkpoint(directory, identity, payload, max_bytes=max_bytes)
+    commit_checkpoint(directory, data)
+    return len(data)
+
+
+def prepare_checkpoint(directory: str | os.PathLike[str], identity: Identity, payload: dict[str, Any], *,
+                       max_bytes: int | None = None) -> bytes:
+    """Encode and sign a checkpoint, checking that it fits the disk budget; write nothing.
 
     Args:
         directory: the replica's state directory.
@@ -212,11 +230,10 @@ def write_checkpoint(directory: str | os.PathLike[str], identity: Identity, payl
         max_bytes: the ``disk_mb`` budget; the checkpoint plus the key must fit in it.
 
     Returns:
-        The number of bytes written.
+        The checkpoint's bytes, for `commit_checkpoint`.
 
     Raises:
         ResourceLimitError: AF5253 when the checkpoint would exceed ``max_bytes``.
-        StateError: AF5254 when the directory cannot be written.
     """
     data = encode_checkpoint(identity, payload)
     key_path = Path(directory) / KEY_NAME
@@ -228,8 +245,16 @@ def write_checkpoint(directory: str | os.PathLike[str], identity: Identity, payl
             agent=identity.agent_id,
             hint="raise `resources.limits.disk_mb` or keep less in memory",
         )
+    return data
+
+
+def commit_checkpoint(directory: str | os.PathLike[str], data: bytes) -> None:
+    """Write a prepared checkpoint atomically.
+
+    Raises:
+        StateError: AF5254 when the directory cannot be written.
+    """
     _write_atomic(Path(directory) / CHECKPOINT_NAME, data)
-    return len(data)
 
 
 def load_checkpoint(directory: str | os.PathLike[str], identity: Identity) -> dict[str, Any] | None:

@@ -1,11 +1,13 @@
-"""The eleven workflow steps. Each is ``step(ctx, step, state)``; docs/steps.md documents them.
+"""The implementations of the steps of `afcore.steps.STEP_DEFS`. Each is ``step(ctx, step, state)``;
+docs/steps.md documents them.
 
 Lifecycle steps (``state`` is None): load_neural_network, initialize_memory, connect_to_swarm,
 register_capabilities, save_state, disconnect_from_swarm, cleanup_resources.
 Record steps (execution workflow only): receive_input, process_neural_network, update_memory,
 send_output; ``save_state`` may also run per record (``every=N``).
 
-Steps never block: messages go to the context's outbox, which the runner sends after the pass.
+Steps never block and never encode: events go to the context (`AgentContext.publish`) and results
+to the record's or batch's state; the runner publishes them (`afrt.messages` encodes them).
 
 The record steps also have a batch form, ``step(ctx, step, batch)`` over a `BatchState`, with the
 effects of the step run record after record (`BATCH_STEPS`; see `afrt.workflow`). Each batch form
@@ -14,18 +16,18 @@ shares its per-record logic with its step, so that the two cannot drift apart.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
-import orjson
 
-from afcore.errors import AgentTrap, ExecutionError, ResourceLimitError
-from afcore.steps import Step
+from afcore.errors import AgentTrap, ExecutionError, ResourceLimitError, StateError
+from afcore.steps import MEMORY_FIELDS as MEMORY_FIELD_TYPES
+from afcore.steps import STEP_DEFS, Step
 
-from .bus import TOPIC_COMPLETION, TOPIC_LIFECYCLE, ensure_topic
-from .records import encode_output
-from .state import load_checkpoint, write_checkpoint
+from .bus import TOPIC_LIFECYCLE, ensure_topic
+from .state import commit_checkpoint, load_checkpoint, prepare_checkpoint
 
 if TYPE_CHECKING:
     from .workflow import AgentContext, BatchState, RecordState
@@ -35,11 +37,8 @@ __all__ = [
     "resolve_field",
 ]
 
-#: the fields of ``memory`` (usable in guards as ``memory.<field>``)
-MEMORY_FIELDS = (
-    "count", "errors", "last_id", "last_output", "last_argmax", "last_max", "mean_max", "class_counts",
-    "checkpoints", "started",
-)
+#: the fields of ``memory`` (usable in guards as ``memory.<field>``), from the step table
+MEMORY_FIELDS = tuple(MEMORY_FIELD_TYPES)
 
 
 def fresh_memory() -> dict[str, Any]:
@@ -50,14 +49,25 @@ def fresh_memory() -> dict[str, Any]:
     }
 
 
-def _arg(step: Step, name: str, default: Any, kind: type | tuple[type, ...]) -> Any:
-    value = step.args.get(name, default)
-    if value is not default and (isinstance(value, bool) and kind is not bool or not isinstance(value, kind)):
+def _arg(step: Step, name: str) -> Any:
+    """Return argument ``name`` of ``step``, or its default from `STEP_DEFS`.
+
+    Raises:
+        ExecutionError: AF5204 for a value of the wrong type or out of range (a bundle that
+            `af validate` would refuse, AF2022/AF2027).
+    """
+    spec = STEP_DEFS[step.name].arguments[name]
+    value = step.args.get(name, spec.default)
+    if value is spec.default:
+        return value
+    kind = spec.type
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
         raise ExecutionError(
-            f"argument `{name}` of `{step.name}` must be {getattr(kind, '__name__', kind)}, found {value!r}",
-            code="AF5204",
-            hint="see docs/steps.md for the arguments of each step",
+            f"argument `{name}` of `{step.name}` must be {kind.__name__}, found {value!r}",
+            code="AF5204", hint="see docs/steps.md for the arguments of each step",
         )
+    if spec.minimum is not None and value < spec.minimum:
+        raise ExecutionError(f"`{name}` must be at least {spec.minimum}, found {value}", code="AF5204")
     return value
 
 
@@ -86,18 +96,34 @@ def initialize_memory(ctx: AgentContext, step: Step, state: None) -> None:
         payload = load_checkpoint(ctx.state_dir, ctx.identity)
         if payload is not None:
             _check_same_bundle(ctx, payload)
-            memory.update(payload.get("memory") or {})
+            memory.update(_restored_memory(ctx, payload.get("memory")))
             memory["started"] = int(memory.get("started", 0)) + 1
             ctx.restored = {"count": memory["count"], "saved_at": payload.get("saved_at")}
     ctx.memory = memory
+
+
+def _restored_memory(ctx: AgentContext, saved: Any) -> dict[str, Any]:
+    """Return the memory of a checkpoint, refusing one whose fields a later step could not use."""
+    saved = saved or {}
+    numbers = [k for k, kind in MEMORY_FIELD_TYPES.items() if kind == "number"]
+    bad = ["its shape"] if not isinstance(saved, dict) or not isinstance(saved.get("class_counts", {}), dict) else [
+        k for k in numbers if k in saved and not _finite_number(saved[k])]
+    if bad:
+        raise StateError(
+            f"the checkpoint of {ctx.agent_id} holds a memory that cannot be used ({', '.join(bad)})",
+            code="AF5250", hint="delete the checkpoint, or use a fresh --state-dir",
+        )
+    return saved
+
+
+def _finite_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _check_same_bundle(ctx: AgentContext, payload: Mapping[str, Any]) -> None:
     """Refuse another agent's checkpoint; note (only) that a different build of this agent wrote it."""
     name = getattr(ctx.agent, "name", None)
     if payload.get("agent") not in (None, name):
-        from afcore.errors import StateError
-
         raise StateError(
             f"the checkpoint of {ctx.agent_id} belongs to agent `{payload.get('agent')}`, not `{name}`",
             code="AF5251",
@@ -116,11 +142,12 @@ def connect_to_swarm(ctx: AgentContext, step: Step, state: None) -> None:
         ctx.notice("connect_to_swarm: no bus, the agent runs alone")
         return
     ctx.connected = True
-    ctx.publish(TOPIC_LIFECYCLE, _lifecycle(ctx, "joined"))
+    ctx.publish(TOPIC_LIFECYCLE, lifecycle_event(ctx, "joined"))
 
 
-def _lifecycle(ctx: AgentContext, event: str, **extra: Any) -> bytes:
-    return orjson.dumps({"event": event, "agent": ctx.agent_id, "swarm": ctx.swarm, "time": time.time(), **extra})
+def lifecycle_event(ctx: AgentContext, event: str, **extra: Any) -> dict[str, Any]:
+    """Return an ``agent.lifecycle`` event of this replica (joined, capabilities, heartbeat, left)."""
+    return {"event": event, "agent": ctx.agent_id, "swarm": ctx.swarm, "time": time.time(), **extra}
 
 
 def capabilities(ctx: AgentContext) -> dict[str, Any]:
@@ -141,7 +168,7 @@ def register_capabilities(ctx: AgentContext, step: Step, state: None) -> None:
     if not ctx.connected:
         ctx.notice("register_capabilities: not connected to a swarm (add connect_to_swarm before it)")
         return
-    ctx.publish(TOPIC_LIFECYCLE, _lifecycle(ctx, "capabilities", capabilities=capabilities(ctx)))
+    ctx.publish(TOPIC_LIFECYCLE, lifecycle_event(ctx, "capabilities", capabilities=capabilities(ctx)))
 
 
 def receive_input(ctx: AgentContext, step: Step, state: RecordState) -> None:
@@ -241,12 +268,10 @@ def _remember(memory: dict[str, Any], step: Step, rid: Any, out: np.ndarray | No
     memory["last_output"] = out
     memory["last_argmax"] = argmax
     memory["last_max"] = peak
-    window = _arg(step, "window", None, int) if step.args else None
+    window = _arg(step, "window") if step.args else None
     if window is None:
         memory["mean_max"] += (peak - memory["mean_max"]) / memory["count"]
     else:
-        if window < 1:
-            raise ExecutionError(f"`window` must be at least 1, found {window}", code="AF5204")
         recent = memory.setdefault("recent_max", [])
         recent.append(peak)
         del recent[:-window]
@@ -258,7 +283,7 @@ def _remember(memory: dict[str, Any], step: Step, rid: Any, out: np.ndarray | No
 
 def _output_topic(ctx: AgentContext, step: Step, has_output: bool) -> str | None:
     """Return where send_output publishes, or None when not connected (said once)."""
-    topic = ensure_topic(_arg(step, "topic", TOPIC_COMPLETION, str)) if step.args else TOPIC_COMPLETION
+    topic = ensure_topic(_arg(step, "topic")) if step.args else STEP_DEFS["send_output"].arguments["topic"].default
     if not has_output:
         raise ExecutionError(
             "no output to send for this record", code="AF5207",
@@ -275,34 +300,28 @@ def send_output(ctx: AgentContext, step: Step, state: RecordState) -> None:
 
     The result is published once the record's whole workflow has succeeded (a record that fails
     in a later step publishes nothing); the results of a batch travel in one message
-    (`afrt.records.encode_results`).
+    (`afrt.messages.encode_results`).
     """
     topic = _output_topic(ctx, step, state.output is not None)
-    if topic is None:
-        return
-    state.sent.append((topic, state.output))  # the runner publishes it once the record's workflow succeeded
-    state.published = encode_output(state.record.id, state.output, ctx.agent_id)
+    if topic is not None:
+        state.sent.append(topic)  # the runner publishes it once the record's workflow succeeded
 
 
 def send_output_batch(ctx: AgentContext, step: Step, batch: BatchState) -> None:
-    """`send_output` for every record of ``batch``: one message, one output line per record."""
+    """`send_output` for every record of ``batch``."""
     topic = _output_topic(ctx, step, batch.output)
-    if topic is None:
-        return
-    alive, ids, outputs, agent_id = batch.alive, batch.block.ids, batch.computed, ctx.agent_id
-    batch.sent.append((topic, alive))  # the runner publishes it for the records that do not fail later
-    if len(alive) == len(ids):
-        batch.lines = [encode_output(rid, row, agent_id) for rid, row in zip(ids, outputs)]
-    else:
-        for i in alive:
-            batch.lines[i] = encode_output(ids[i], outputs[i], agent_id)
+    if topic is not None:
+        batch.sent.append((topic, list(batch.alive)))  # published for the records that do not fail later
 
 
 def save_state(ctx: AgentContext, step: Step, state: RecordState | None) -> None:
-    """Write a checkpoint (memory and identity) to the state directory; ``every=N`` per N records."""
-    every = _arg(step, "every", 1, int)
-    if every < 1:
-        raise ExecutionError(f"`every` must be at least 1, found {every}", code="AF5204")
+    """Write a checkpoint (memory and identity) to the state directory; ``every=N`` per N records.
+
+    In the execution workflow of a swarm that writes outcomes (`af run`), the checkpoint is made
+    here (its size checked against ``disk_mb``) and written once the outcomes of the records it
+    counts are written, so that a restored memory never counts a record with no output line.
+    """
+    every = _arg(step, "every")
     if state is not None and ctx.stats["records"] % every:
         return
     if ctx.state_dir is None:
@@ -320,14 +339,18 @@ def save_state(ctx: AgentContext, step: Step, state: RecordState | None) -> None
         # The runtime has no step that changes weights, so none are ever written here.
         "weights": None,
     }
-    write_checkpoint(ctx.state_dir, ctx.identity, payload, max_bytes=ctx.disk_bytes)
+    data = prepare_checkpoint(ctx.state_dir, ctx.identity, payload, max_bytes=ctx.disk_bytes)
+    if state is not None and ctx.defer_checkpoints:
+        ctx.checkpoints.append(data)
+    else:
+        commit_checkpoint(ctx.state_dir, data)
     ctx.stats["checkpoints"] += 1
 
 
 def disconnect_from_swarm(ctx: AgentContext, step: Step, state: None) -> None:
     """Leave the swarm: publish ``left`` on agent.lifecycle; later publishing stops."""
     if ctx.connected:
-        ctx.publish(TOPIC_LIFECYCLE, _lifecycle(ctx, "left", records=ctx.stats["records"]))
+        ctx.publish(TOPIC_LIFECYCLE, lifecycle_event(ctx, "left", records=ctx.stats["records"]))
 
 
 def cleanup_resources(ctx: AgentContext, step: Step, state: None) -> None:

@@ -2,10 +2,12 @@
 
 The event loop reads the input in chunks (a file directly, a pipe through the loop's own watcher,
 anything else such as a terminal through a reader thread) and parses them (orjson) into blocks of
-records, feeds those to the replicas (bounded queue: backpressure up to the reader), and a reorder
-buffer writes one output record per input record, in input order. A stop request (SIGINT/SIGTERM in
-`af run`) stops reading; what was already read is finished and written, then the shutdown
-workflows run.
+records, feeds those to the replicas (bounded queue: backpressure up to the reader); the replicas'
+outcomes come back from `Swarm.results` and `afrt.jsonl.JsonlWriter` writes one output record per
+input record, in input order. This module is the edge: the only place of `af run` that knows about
+bytes, files and JSON. A stop request (SIGINT/SIGTERM in `af run`) stops reading; what was already
+read is finished and written (or, when the output does not take it within `STOP_GRACE_SECONDS`,
+counted as not written), then the shutdown workflows run.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from afcore.errors import ExecutionError
 
+from .jsonl import JsonlWriter
 from .records import ErrorRecord, RecordBlock, may_spell_booleans, parse_block
 from .swarm import Swarm
-from .workflow import Results
 
 __all__ = ["RunOptions", "RunSummary", "run_jsonl"]
 
@@ -36,6 +38,8 @@ PARSE_GROUP = 64
 MAX_LINE_BYTES = 16 << 20
 #: chunks read ahead of the replicas (bounds memory when the input is faster than the agents)
 READ_AHEAD = 8
+#: after a stop request, how long the output may take to accept what is finished before it is abandoned
+STOP_GRACE_SECONDS = 2.0
 
 
 @dataclass
@@ -57,7 +61,10 @@ class RunSummary:
     records: int = 0
     results: int = 0
     errors: int = 0
+    filtered: int = 0
     error_codes: dict[str, int] = field(default_factory=dict)
+    written: int = 0
+    unwritten: int = 0
     seconds: float = 0.0
     interrupted: str | None = None
     agents: list[str] = field(default_factory=list)
@@ -71,69 +78,15 @@ class RunSummary:
         """Return the summary as plain JSON data."""
         rate = self.records / self.seconds if self.seconds > 0 else None
         return {
-            "records": self.records, "results": self.results, "errors": self.errors,
-            "error_codes": self.error_codes, "seconds": round(self.seconds, 4),
+            "records": self.records, "results": self.results, "errors": self.errors, "filtered": self.filtered,
+            "error_codes": self.error_codes, "written": self.written, "unwritten": self.unwritten,
+            "seconds": round(self.seconds, 4),
             "records_per_second": round(rate, 1) if rate else None, "interrupted": self.interrupted,
             "agents": self.agents, "published": self.stats.get("published", 0),
             "checkpoints": self.stats.get("checkpoints", 0), "restored": self.restored,
             "bandwidth_wait_seconds": round(self.stats.get("bandwidth_wait", 0.0), 3),
             "notices": self.notices, "shutdown_errors": self.shutdown_errors, "ephemeral_identity": self.ephemeral,
         }
-
-
-class _Reorder:
-    """Writes results in input order: holds those that arrive early until their turn.
-
-    Entries are keyed by their first seq and hold (records, bytes): a batch of consecutive records
-    is one entry, so the hot path does no work per record here.
-    """
-
-    def __init__(self, out: IO[bytes], summary: RunSummary, stop: asyncio.Event) -> None:
-        self.out = out
-        self.summary = summary
-        self.stop = stop
-        self.next = 0
-        self.held: dict[int, tuple[int, bytes]] = {}
-        #: why the output could not be written (then reading stops and nothing more is written)
-        self.write_error: OSError | None = None
-
-    def add(self, seq: int, line: bytes, error_code: str | None) -> None:
-        s = self.summary
-        if error_code is None:
-            s.results += 1
-        else:
-            s.errors += 1
-            s.error_codes[error_code] = s.error_codes.get(error_code, 0) + 1
-        self.held[seq] = (1, line)
-
-    def add_results(self, results: Results) -> None:
-        seqs, summary, n = results.seqs, self.summary, len(results)
-        if not n:
-            return
-        if seqs[-1] - seqs[0] == n - 1:  # consecutive (seqs increase): one entry
-            self.held[seqs[0]] = (n, b"".join(results.lines))
-        else:
-            for seq, line in zip(seqs, results.lines):
-                self.held[seq] = (1, line)
-        summary.results += n - len(results.errors)
-        for code, _ in results.errors.values():
-            summary.errors += 1
-            summary.error_codes[code] = summary.error_codes.get(code, 0) + 1
-
-    def flush(self) -> None:
-        held, seq, parts = self.held, self.next, []
-        while seq in held:
-            count, data = held.pop(seq)
-            parts.append(data)
-            seq += count
-        self.next = seq
-        if parts and self.write_error is None:
-            try:
-                self.out.write(b"".join(parts))
-                self.out.flush()
-            except OSError as exc:  # e.g. `af run ... | head`: the reader went away
-                self.write_error = exc
-                self.stop.set()
 
 
 class _Reader(threading.Thread):
@@ -264,14 +217,17 @@ def _split_lines(chunk: bytes) -> list:
     return lines
 
 
-async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: RunOptions, *, stop: asyncio.Event | None = None) -> RunSummary:
+async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[], IO[bytes]], options: RunOptions,
+                    *, stop: asyncio.Event | None = None) -> RunSummary:
     """Run every record of ``source`` through a swarm of ``agent`` replicas; write to ``sink``.
 
     Args:
         agent: a loaded agent (`afrt.load`).
         source: binary JSON Lines input (a pipe is watched by the event loop, which sets it
             non-blocking and closes it when the run ends).
-        sink: binary output; one record per input record, in input order.
+        sink: binary output, or a function that opens it: called only once the agents have
+            started, so that a run refused at start (a locked state directory, a corrupt
+            checkpoint) truncates no output file. One record per input record, in input order.
         options: replicas, batching, swarm name, state directory.
         stop: when set, reading stops; what was read is finished, then shutdown runs.
 
@@ -279,7 +235,7 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: Run
         The counts of the run.
 
     Raises:
-        StateError, ExecutionError: when initialization fails (nothing is read then).
+        StateError, ExecutionError: when initialization fails (nothing is read or opened then).
         BrokenPipeError: when the reader of ``sink`` went away; reading stopped and the shutdown
             workflows ran (`af run` then exits 0 quietly, as after ``| head``).
         ExecutionError: AF5238 when ``sink`` could not be written otherwise (e.g. disk full);
@@ -288,34 +244,58 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes], options: Run
     summary = RunSummary(ephemeral=options.state_dir is None)
     started = time.perf_counter()
     swarm = Swarm(options.swarm, max_batch=options.max_batch, batch_wait_ms=options.batch_wait_ms,
-                  instrument=options.instrument)
+                  instrument=options.instrument, defer_checkpoints=True)
     try:
         group = await swarm.start(agent, replicas=options.replicas, state_dir=options.state_dir)
+        writer = JsonlWriter(sink() if callable(sink) else sink)
+        await writer.open()
     except BaseException:
         await swarm.stop()
         raise
     stop = stop or asyncio.Event()
-    reorder = _Reorder(sink, summary, stop)
-    group.sink = reorder.add_results
-    group.after_deliver = reorder.flush
+    consuming = asyncio.ensure_future(_consume(swarm, writer, stop))
+    stalled = None
     try:
-        await _pump(swarm, group, source, reorder, summary, agent.input_size, stop)
+        await _pump(group, source, writer, summary, agent.input_size, stop, options.max_batch)
     finally:
+        if stop.is_set():  # a reader that does not read must not hold the stop up for ever
+            stalled = asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, writer.abandon)
+        await swarm.drain()
+        await consuming
+        await writer.close()
+        if stalled is not None:
+            stalled.cancel()
+        # only now: the shutdown workflow's checkpoint counts records whose outputs are written
         errors = await swarm.stop()
-        reorder.flush()
-        summary.shutdown_errors = [f"{e.code}: {e.message}" for e in errors]
-        summary.seconds = time.perf_counter() - started
-        summary.agents = group.agent_ids
-        summary.stats = group.stats()
-        summary.notices = group.notices()
-        summary.restored = {c.agent_id: c.restored for c in group.contexts if c.restored}
-    failed = reorder.write_error
+        _summarize(summary, writer, group, errors, time.perf_counter() - started)
+    failed = writer.write_error
     if isinstance(failed, BrokenPipeError):
         raise failed
-    if failed is not None:
+    if failed is not None and not writer.abandoned:
         raise ExecutionError(f"cannot write the output: {failed.strerror or failed}", code="AF5238",
                              hint="check the output path and the free space; the shutdown workflows ran") from failed
     return summary
+
+
+async def _consume(swarm: Swarm, writer: JsonlWriter, stop: asyncio.Event) -> None:
+    """Write the outcomes as they come; after a write failed, take the rest without writing it."""
+    async for outcomes in swarm.results():
+        writer.add(outcomes)
+        await writer.flush()
+        if writer.write_error is not None:
+            stop.set()  # e.g. `af run ... | head`: stop reading
+
+
+def _summarize(summary: RunSummary, writer: JsonlWriter, group: Any, errors: list, seconds: float) -> None:
+    summary.results, summary.errors, summary.filtered = writer.results, writer.errors, writer.filtered
+    summary.error_codes = dict(writer.error_codes)
+    summary.written, summary.unwritten = writer.written, writer.unwritten
+    summary.shutdown_errors = [f"{e.code}: {e.message}" for e in errors]
+    summary.seconds = seconds
+    summary.agents = group.agent_ids
+    summary.stats = group.stats()
+    summary.notices = group.notices()
+    summary.restored = {c.agent_id: c.restored for c in group.contexts if c.restored}
 
 
 def _input_kind(stream: IO[bytes]) -> str:
@@ -331,21 +311,21 @@ def _input_kind(stream: IO[bytes]) -> str:
     return "file" if stat.S_ISREG(mode) else "pipe" if stat.S_ISFIFO(mode) else "other"
 
 
-async def _pump(swarm: Swarm, group: Any, source: IO[bytes], reorder: _Reorder, summary: RunSummary,
-                input_size: int, stop: asyncio.Event) -> None:
-    parser = _Parser(input_size, swarm.max_batch)
+async def _pump(group: Any, source: IO[bytes], writer: JsonlWriter, summary: RunSummary,
+                input_size: int, stop: asyncio.Event, max_batch: int) -> None:
+    parser = _Parser(input_size, max_batch)
     kind = _input_kind(source)
     if kind == "file":
         # A file never blocks: read it here, sparing the GIL handoffs of a reader thread.
-        await _pump_file(group, source, parser, reorder, summary, stop)
+        await _pump_file(group, source, parser, writer, summary, stop)
     elif kind == "pipe":
         # The event loop watches a pipe itself: no thread, no GIL handoff per chunk.
-        await _pump_pipe(group, source, parser, reorder, summary, stop)
+        await _pump_pipe(group, source, parser, writer, summary, stop)
     else:  # a terminal, or a stream without a file descriptor: a reader thread
-        await _pump_stream(group, source, parser, reorder, summary, stop)
+        await _pump_stream(group, source, parser, writer, summary, stop)
 
 
-async def _pump_file(group: Any, source: IO[bytes], parser: _Parser, reorder: _Reorder, summary: RunSummary,
+async def _pump_file(group: Any, source: IO[bytes], parser: _Parser, writer: JsonlWriter, summary: RunSummary,
                      stop: asyncio.Event) -> None:
     read = getattr(source, "read1", source.read)
     while True:
@@ -356,10 +336,9 @@ async def _pump_file(group: Any, source: IO[bytes], parser: _Parser, reorder: _R
             chunk = read(READ_CHUNK)
         except OSError as exc:
             raise ExecutionError(f"cannot read the input: {exc}", code="AF5236") from None
-        await _dispatch(group, parser.feed(chunk, hold=True), reorder, summary)
+        await _dispatch(group, parser.feed(chunk, hold=True), writer, summary)
         if not chunk:
             return
-        reorder.flush()
         await asyncio.sleep(0)  # let the replicas and the signal handlers run
 
 
@@ -415,7 +394,7 @@ class _PipeInput(asyncio.Protocol):
         return data
 
 
-async def _pump_pipe(group: Any, source: IO[bytes], parser: _Parser, reorder: _Reorder, summary: RunSummary,
+async def _pump_pipe(group: Any, source: IO[bytes], parser: _Parser, writer: JsonlWriter, summary: RunSummary,
                      stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     pipe = _PipeInput(stop)
@@ -431,16 +410,15 @@ async def _pump_pipe(group: Any, source: IO[bytes], parser: _Parser, reorder: _R
             if pipe.error is not None:
                 raise ExecutionError(f"cannot read the input: {pipe.error}", code="AF5236") from pipe.error
             # All that has arrived is parsed at once: every complete line goes out without waiting.
-            await _dispatch(group, parser.feed(chunk), reorder, summary)
+            await _dispatch(group, parser.feed(chunk), writer, summary)
             if not chunk:
                 return
-            reorder.flush()
     finally:
         stopping.cancel()
         transport.close()
 
 
-async def _pump_stream(group: Any, source: IO[bytes], parser: _Parser, reorder: _Reorder, summary: RunSummary,
+async def _pump_stream(group: Any, source: IO[bytes], parser: _Parser, writer: JsonlWriter, summary: RunSummary,
                        stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -462,20 +440,21 @@ async def _pump_stream(group: Any, source: IO[bytes], parser: _Parser, reorder: 
                 raise ExecutionError(f"cannot read the input: {item}", code="AF5236") from item
             # Hold back a partial block only while more input is already read: when the input
             # trickles (an interactive producer), every complete line goes out at once.
-            await _dispatch(group, parser.feed(item, hold=not queue.empty()), reorder, summary)
+            await _dispatch(group, parser.feed(item, hold=not queue.empty()), writer, summary)
             if not item:
                 return
-            reorder.flush()
     finally:
         stopping.cancel()
         reader.stopped = True
 
 
 async def _dispatch(group: Any, parsed: tuple[list[RecordBlock], list[ErrorRecord]],
-                    reorder: _Reorder, summary: RunSummary) -> None:
+                    writer: JsonlWriter, summary: RunSummary) -> None:
     blocks, errors = parsed
-    for error in errors:
-        reorder.add(error.seq, error.encode(), error.code)
     summary.records += len(errors) + sum([len(b) for b in blocks])
+    if errors:
+        for error in errors:
+            writer.add_error(error.seq, error.id, error.code, error.message)
+        await writer.flush()
     if blocks:
         await group.send.send_many(blocks)

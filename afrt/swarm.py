@@ -9,7 +9,10 @@ async with afrt.Swarm("demo") as swarm:
 Replicas of one agent compete for the records of one work queue, so each record is handled by
 exactly one replica. A replica takes up to ``max_batch`` waiting records, waiting at most
 ``batch_wait_ms`` for more once it has one (Triton's dynamic batcher), and runs them with one
-backend call in a worker thread, so the event loop keeps flowing while the network computes.
+backend call. What the records came to travels back as values: `Swarm.submit` returns a record's
+output; records sent with `Swarm.feed` come out of `Swarm.results`, an async iterator of
+`afrt.outcomes.Outcomes` (a bounded channel: a consumer that falls behind holds the replicas back,
+and they hold back the feeder). Nothing here encodes or writes outcomes.
 """
 
 from __future__ import annotations
@@ -19,17 +22,18 @@ import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import numpy as np
 
 from afcore.errors import ChannelClosedError, ExecutionError, UsageError
 
-from .bus import TOPIC_LIFECYCLE, Bus, MemoryBus, TokenBucket
+from .bus import TOPIC_LIFECYCLE, Bus, MemoryBus, TokenBucket, open_memory_channel
 from .instrument import Instruments
+from .outcomes import Outcome, Outcomes, RecordError
 from .records import InputRecord, RecordBlock
-from .state import Identity, load_or_create_identity, lock_state_dir, replica_dir
-from .workflow import AgentContext, Result, Results, WorkflowRunner
+from .state import Identity, commit_checkpoint, load_or_create_identity, lock_state_dir, replica_dir
+from .workflow import AgentContext, WorkflowRunner
 
 __all__ = ["AgentGroup", "Swarm"]
 
@@ -43,20 +47,22 @@ HEARTBEAT_SECONDS = 5.0
 
 @dataclass
 class AgentGroup:
-    """The replicas of one agent in a swarm, sharing one work queue."""
+    """The replicas of one agent in a swarm, sharing one work queue and one outcome channel."""
 
     name: str
     contexts: list[AgentContext]
     runners: list[WorkflowRunner]
     send: Any
     receive: Any
-    tasks: list[asyncio.Task] = field(default_factory=list)
+    outcomes_send: Any
+    outcomes_receive: Any
+    serving: list[asyncio.Task] = field(default_factory=list)
+    heartbeats: list[asyncio.Task] = field(default_factory=list)
+    #: checkpoints waiting for the outcomes they count to be written, per replica (in order)
+    commits: dict[int, asyncio.Task] = field(default_factory=dict)
     waiters: dict[int, asyncio.Future] = field(default_factory=dict)
-    #: receives each delivered batch of results (e.g. the reorder buffer of `af run`)
-    sink: Callable[[Results], None] | None = None
-    #: called after each delivered batch (e.g. to write the results that are now in order)
-    after_deliver: Callable[[], None] | None = None
     seq: Any = field(default_factory=itertools.count)
+    drained: bool = False
     stopped: bool = False
 
     @property
@@ -64,18 +70,24 @@ class AgentGroup:
         """Return the agent ids of the replicas."""
         return [c.agent_id for c in self.contexts]
 
-    def deliver(self, results: Results) -> None:
-        """Hand a batch of results to the sink and to the tasks waiting in `Swarm.submit`."""
-        if self.sink is not None:
-            self.sink(results)
-        waiters = self.waiters
-        if waiters:
-            for result in results:
-                fut = waiters.pop(result.seq, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(result)
-        if self.after_deliver is not None:
-            self.after_deliver()
+    async def deliver(self, outcomes: Outcomes) -> None:
+        """Hand a block's outcomes to the tasks waiting in `Swarm.submit`, the rest to `Swarm.results`."""
+        if self.waiters:
+            rest = []
+            for i, outcome in enumerate(outcomes):
+                future = self.waiters.pop(outcome.seq, None)
+                if future is None:
+                    rest.append(i)
+                elif not future.done():
+                    future.set_result(outcome)
+            if not rest:
+                if outcomes.written is not None:
+                    outcomes.written.set_result(None)  # submit() took them all: nothing else to write
+                return
+            if len(rest) < len(outcomes):
+                outcomes, written = outcomes.take(rest), outcomes.written
+                outcomes.written = written
+        await self.outcomes_send.send(outcomes)
 
     def notices(self) -> list[str]:
         """Return every replica's notices, each once."""
@@ -104,9 +116,13 @@ class Swarm:
         bus: the bus to use; by default a fresh in-process `MemoryBus`.
         max_batch: the most records a replica runs in one backend call.
         batch_wait_ms: how long a replica waits for more records once it has one.
-        queue_size: the records each work queue holds at most (backpressure on `submit` and feeding).
+        queue_size: the records each work queue (and each outcome channel) holds at most:
+            backpressure on `submit`, `feed` and the replicas.
         instrument: hooks passed to every workflow runner (see `afrt.instrument`).
         heartbeat_seconds: the heartbeat period on agent.lifecycle (None: no heartbeats).
+        defer_checkpoints: write the checkpoints that ``save_state`` makes while records run only
+            once the consumer of `results` has written those records' outcomes (it sets
+            ``Outcomes.written``); `afrt.run_jsonl` does.
     """
 
     def __init__(
@@ -119,6 +135,7 @@ class Swarm:
         queue_size: int | None = None,
         instrument: Any = None,
         heartbeat_seconds: float | None = HEARTBEAT_SECONDS,
+        defer_checkpoints: bool = False,
     ) -> None:
         if max_batch < 1:
             raise UsageError(f"max_batch must be at least 1, found {max_batch}", code="AF0930")
@@ -135,6 +152,7 @@ class Swarm:
             instrument = Instruments([instrument])
         self.instrument = instrument
         self.heartbeat_seconds = heartbeat_seconds
+        self.defer_checkpoints = defer_checkpoints
         self.groups: dict[str, AgentGroup] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._locks: list[int] = []  # state-directory locks held until stop()
@@ -159,7 +177,8 @@ class Swarm:
         Raises:
             UsageError: for replicas < 1 or an agent started twice.
             StateError: when an identity or checkpoint cannot be used.
-            ExecutionError: when an initialization step fails.
+            ExecutionError: when a workflow holds a step where it cannot run (AF5208), or an
+                initialization step fails.
         """
         if replicas < 1:
             raise UsageError(f"replicas must be at least 1, found {replicas}", code="AF0930")
@@ -167,9 +186,10 @@ class Swarm:
             raise UsageError(f"agent `{agent.name}` is already started in swarm `{self.name}`", code="AF0931")
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=max(2, replicas), thread_name_prefix="af-infer")
-        # Blocks of records travel the queue; each counts for its records, in the bound and in batches.
+        # Blocks of records travel the queues; each counts for its records, in the bounds and in batches.
         send, receive = self.bus.open_queue(f"work.{agent.name}", max_buffer_size=self.queue_size, weight=len)
-        group = AgentGroup(agent.name, [], [], send, receive)
+        outcomes_send, outcomes_receive = open_memory_channel(self.queue_size, weight=len)
+        group = AgentGroup(agent.name, [], [], send, receive, outcomes_send, outcomes_receive)
         self.groups[agent.name] = group
         for i in range(replicas):
             ctx = self._context(agent if i == 0 else agent.replica(), i, state_dir)
@@ -179,9 +199,9 @@ class Swarm:
             await runner.run_lifecycle("initialization")
             ctx.initialized = True
         for runner in group.runners:
-            group.tasks.append(asyncio.create_task(self._serve(group, runner)))
+            group.serving.append(asyncio.create_task(self._serve(group, runner)))
             if self.heartbeat_seconds:
-                group.tasks.append(asyncio.create_task(self._heartbeat(runner)))
+                group.heartbeats.append(asyncio.create_task(self._heartbeat(runner)))
         return group
 
     def _context(self, agent: Any, replica: int, state_dir: Any) -> AgentContext:
@@ -204,6 +224,7 @@ class Swarm:
             disk_bytes=int(disk * 1024 * 1024) if disk else None,
             bucket=TokenBucket(bandwidth * 125_000) if bandwidth else None,
             instrument=self.instrument,
+            defer_checkpoints=self.defer_checkpoints,
         )
 
     async def _serve(self, group: AgentGroup, runner: WorkflowRunner) -> None:
@@ -215,22 +236,45 @@ class Swarm:
                 return
             block = RecordBlock.concat(blocks)
             try:
-                results = await runner.run_block(block)
+                outcomes = await runner.run_block(block)
             except Exception as exc:  # noqa: BLE001 - a bug must not lose records: each gets an error
-                results = _internal_errors(block, exc)
-            group.deliver(results)
+                message = f"internal error (a bug in af, please report it): {type(exc).__name__}: {exc}"
+                outcomes = Outcomes.failed(block.seqs, block.ids, RecordError("AF9999", message), runner.ctx.agent_id)
+            checkpoints = runner.ctx.checkpoints
+            if checkpoints:
+                runner.ctx.checkpoints = []
+                outcomes.written = asyncio.get_running_loop().create_future()
+                self._commit_later(group, runner.ctx, checkpoints[-1], outcomes.written)
+            await group.deliver(outcomes)
+
+    @staticmethod
+    def _commit_later(group: AgentGroup, ctx: AgentContext, data: bytes, written: asyncio.Future) -> None:
+        """Write a checkpoint once the outcomes it counts are written; never if they never are."""
+        before = group.commits.get(ctx.replica)
+
+        async def commit() -> None:
+            if before is not None:
+                await before  # checkpoints of one replica are written in the order they were made
+            try:
+                await written
+            except asyncio.CancelledError:
+                return  # the outcomes were not written: neither is the checkpoint that counts them
+            try:
+                commit_checkpoint(ctx.state_dir, data)
+            except Exception as exc:  # noqa: BLE001 - the records are written; say why memory was not
+                ctx.notice(f"save_state: a checkpoint could not be written ({exc})")
+
+        group.commits[ctx.replica] = asyncio.ensure_future(commit())
 
     async def _heartbeat(self, runner: WorkflowRunner) -> None:
-        from .steps import capabilities
-        import orjson
+        from .steps import capabilities, lifecycle_event
 
         ctx = runner.ctx
         while not ctx.closed:
             await asyncio.sleep(self.heartbeat_seconds)
             if ctx.connected:
-                body = {"event": "heartbeat", "agent": ctx.agent_id, "records": ctx.stats["records"],
-                        "capabilities": capabilities(ctx)}
-                ctx.publish(TOPIC_LIFECYCLE, orjson.dumps(body))
+                ctx.publish(TOPIC_LIFECYCLE, lifecycle_event(ctx, "heartbeat", records=ctx.stats["records"],
+                                                             capabilities=capabilities(ctx)))
                 await runner.flush()
 
     def group(self, name: str | None = None) -> AgentGroup:
@@ -248,20 +292,24 @@ class Swarm:
             code="AF0932",
         )
 
-    async def feed(self, records: Sequence[InputRecord], *, agent: str | None = None) -> list[Result]:
+    async def feed(self, records: Sequence[InputRecord] | RecordBlock, *, agent: str | None = None) -> list[Outcome]:
         """Queue records for the replicas, waiting while the queue is full (backpressure).
 
+        Their outcomes come out of `results`.
+
+        Args:
+            records: input records, or a `RecordBlock` of checked ones.
+            agent: which agent, when several run.
+
         Returns:
-            The error results of the records whose values are not finite numbers (they are not
-            queued); the others are delivered to the group's sink as they complete.
+            The error outcomes of the records whose values are not finite numbers (they are not
+            queued).
         """
         group = self.group(agent)
-        block, bad = RecordBlock.from_records(records, group.contexts[0].agent.input_size)
-        await self._send(group, block)
-        return [Result(e.seq, e.id, e.encode(), error=(e.code, e.message)) for e in bad]
-
-    async def _send(self, group: AgentGroup, block: RecordBlock) -> None:
-        """Queue ``block`` in pieces of at most ``max_batch`` records."""
+        if isinstance(records, RecordBlock):
+            block, bad = records, []
+        else:
+            block, bad = RecordBlock.from_records(records, group.contexts[0].agent.input_size)
         pieces = []
         while len(block) > self.max_batch:
             head, block = block.split(self.max_batch)
@@ -269,6 +317,17 @@ class Swarm:
         if len(block):
             pieces.append(block)
         await group.send.send_many(pieces)
+        return [Outcome(e.seq, e.id, error=RecordError(e.code, e.message)) for e in bad]
+
+    async def results(self, agent: str | None = None) -> AsyncIterator[Outcomes]:
+        """Yield the outcomes of the records sent with `feed`, a block at a time, as replicas finish
+        them (not in input order: each carries its records' seqs). Ends once `drain` has run.
+
+        Args:
+            agent: which agent, when several run.
+        """
+        async for outcomes in self.group(agent).outcomes_receive:
+            yield outcomes
 
     async def submit(self, values: Any, *, id: Any = None, agent: str | None = None) -> np.ndarray:
         """Run one input through the swarm and return its output.
@@ -283,7 +342,7 @@ class Swarm:
 
         Raises:
             ExecutionError: with the record's error code when it failed (e.g. AF5232 wrong length,
-                AF5233 not a number).
+                AF5233 not a number), or AF5212 when a guard filtered it.
         """
         group = self.group(agent)
         seq = next(group.seq)
@@ -294,33 +353,45 @@ class Swarm:
         block, bad = RecordBlock.from_records([InputRecord(seq, seq if id is None else id, values, 0)], size)
         if bad:
             raise ExecutionError(bad[0].message, code=bad[0].code, agent=agent)
-        fut = asyncio.get_running_loop().create_future()
-        group.waiters[seq] = fut
+        future = asyncio.get_running_loop().create_future()
+        group.waiters[seq] = future
         await group.send.send(block)
-        result: Result = await fut
-        if result.error is not None:
-            raise ExecutionError(result.error[1], code=result.error[0], agent=agent)
-        return result.output
+        outcome: Outcome = await future
+        if outcome.error is not None:
+            raise ExecutionError(outcome.error.message, code=outcome.error.code, agent=agent)
+        if outcome.filtered is not None:
+            raise ExecutionError(f"the record was filtered by `{outcome.filtered}`", code="AF5212", agent=agent)
+        return outcome.output
 
     def next_seq(self, agent: str | None = None) -> int:
         """Reserve a record sequence number (for callers that build `InputRecord`s themselves)."""
         return next(self.group(agent).seq)
 
+    async def drain(self) -> None:
+        """Take no more records, let the replicas finish what is queued, then end `results`."""
+        for group in self.groups.values():
+            if group.drained:
+                continue
+            group.drained = True
+            group.send.close()
+            await asyncio.gather(*group.serving, return_exceptions=True)
+            group.outcomes_send.close()
+
     async def stop(self) -> list[Exception]:
-        """Finish the queued records, run every shutdown workflow, leave the bus.
+        """Drain, write the checkpoints still waiting, run every shutdown workflow, leave the bus.
 
         Returns:
             The errors of shutdown workflows (each replica's shutdown runs even if another fails).
         """
+        await self.drain()
         errors: list[Exception] = []
         for group in self.groups.values():
             if group.stopped:
                 continue
             group.stopped = True
-            group.send.close()
-            serving = group.tasks[0::2] if self.heartbeat_seconds else group.tasks
-            await asyncio.gather(*serving, return_exceptions=True)
-            for task in group.tasks:
+            group.outcomes_receive.close()  # a consumer that left: what is still queued is not written
+            await asyncio.gather(*group.commits.values(), return_exceptions=True)
+            for task in group.heartbeats:
                 task.cancel()
             for runner in group.runners:
                 if not runner.ctx.initialized:
@@ -341,14 +412,6 @@ class Swarm:
             self._executor.shutdown(wait=False)
             self._executor = None
         return errors
-
-
-def _internal_errors(block: RecordBlock, exc: Exception) -> Results:
-    from .records import encode_error
-
-    message = f"internal error (a bug in af, please report it): {type(exc).__name__}: {exc}"
-    lines = [encode_error(rid, "AF9999", message) for rid in block.ids]
-    return Results(block.seqs, block.ids, lines, errors={i: ("AF9999", message) for i in range(len(block))})
 
 
 def _limits(resources: Any) -> dict[str, float]:

@@ -1,19 +1,23 @@
-"""Runs an agent's declared workflows step by step.
+"""Runs an agent's declared workflows and returns what each block of records came to.
 
 ``initialization`` runs once at start, ``execution`` once per input record and ``shutdown`` once
 at the end; steps run in the declared order, a step whose ``when`` guard is false is skipped, and
-step arguments reach the step (see docs/steps.md).
+step arguments reach the step (see docs/steps.md). `WorkflowRunner.run_block` returns an
+`afrt.outcomes.Outcomes`: it encodes nothing and writes nothing; the caller decides.
 
 Micro-batching keeps per-record semantics: the network is a pure function of its input, so a
-batch's outputs are computed in one backend call up front, then every record runs the whole
-execution workflow in turn, record after record. A guard therefore sees the memory left by the
-records before it, exactly as without batching; ``process_neural_network`` only takes its
-record's precomputed output (and its error, if that record alone failed in the backend).
+block's outputs are computed in one backend call up front. Then one of two paths runs:
 
-An execution workflow without guards whose every step has a batch form (`afrt.steps.BATCH_STEPS`)
-runs step after step over the whole batch instead: each batch form has the effects of its step
-run record after record, and no step of such a workflow reads what another record's later step
-writes, so the outcome is the same without a Python call per record and step.
+- the batched path, for an execution workflow without guards whose every step has a batch form
+  (`afrt.steps.BATCH_STEPS`), when no instrument asks for per-step hooks: each step runs once
+  over the whole block. Each batch form has the effects of its step run record after record, and
+  no step of such a workflow reads what another record's later step writes, so the outcome is the
+  same as record by record;
+- the instrumented path otherwise: every record runs the whole workflow in turn, with the guards
+  (which see the memory left by the records before) and the per-step hooks.
+
+Both paths report the block, backend and step-time hooks (`afrt.instrument`); `path_taken`
+says which path ran, and tests prove the dispatch with it.
 """
 
 from __future__ import annotations
@@ -21,112 +25,55 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from afcore.errors import AfError, ExecutionError
-from afcore.steps import Step, evaluate
+from afcore.steps import STEP_DEFS, WORKFLOWS, Step, evaluate
 
 from .bus import Message
-from .records import ErrorRecord, InputRecord, RecordBlock, encode_results
+from .instrument import Instruments
+from .messages import encode_event, encode_results
+from .outcomes import Outcomes, RecordError
+from .records import InputRecord, RecordBlock
 
 if TYPE_CHECKING:
     from .bus import Bus, TokenBucket
     from .state import Identity
 
-__all__ = ["AgentContext", "BatchState", "RecordState", "Result", "Results", "WorkflowRunner"]
+__all__ = ["AgentContext", "BatchState", "RecordState", "WorkflowRunner"]
 
 #: a backend call expected to finish sooner than this (seconds) runs inline: handing it to a thread
 #: and back costs more (the result waits for the GIL, up to the 5 ms switch interval)
 INLINE_CALL_SECONDS = 0.0005
-
-#: the workflows an agent file may declare, in the order they run
-WORKFLOWS = ("initialization", "execution", "shutdown")
-
-
-class Result(NamedTuple):
-    """The outcome of one input record: exactly one of ``output`` and ``error`` is set.
-
-    ``line`` is the output record as written by `af run` (JSON with a newline).
-    """
-
-    seq: int
-    id: Any
-    line: bytes
-    output: np.ndarray | None = None
-    agent: str | None = None
-    error: tuple[str, str] | None = None
+#: the per-step hooks; an instrument that overrides one of them makes blocks take the instrumented path
+PER_STEP_HOOKS = ("before_step", "after_step")
 
 
 @dataclass(slots=True)
 class RecordState:
-    """What the execution workflow knows about the record it is running for."""
+    """What the execution workflow knows about the record it is running for (instrumented path)."""
 
     record: InputRecord
-    vector: np.ndarray | None  # the input row; None when the batch set it aside
+    vector: np.ndarray | None
     computed: np.ndarray | None = None  # precomputed network output for this record
     compute_error: AfError | None = None
     argmax: int | None = None  # of ``computed``
     peak: float | None = None  # ``computed[argmax]``
     received: bool = False
     output: np.ndarray | None = None
-    published: bytes | None = None  # the output line, once send_output ran
-    sent: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (topic, output) to publish
+    sent: list[str] = field(default_factory=list)  # topics send_output published it on
+    filtered: str | None = None  # the send_output step whose guard was false for it
     error: AfError | None = None
 
 
 @dataclass(slots=True)
-class Results:
-    """The outcomes of a batch of records, in record order: one output line per record.
-
-    Args:
-        seqs, ids: the records' sequence numbers and ids.
-        lines: each record's output or error line, as `af run` writes it.
-        agent: the agent id of the replica that ran them.
-        outputs: row ``i`` is record ``i``'s output, unless ``i`` is in ``errors``.
-        errors: record index -> (code, message) of the records that failed.
-    """
-
-    seqs: list[int]
-    ids: list[Any]
-    lines: list[bytes]
-    agent: str | None = None
-    outputs: np.ndarray | None = None
-    errors: dict[int, tuple[str, str]] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-    def __iter__(self) -> Iterator[Result]:
-        for i, (seq, rid, line) in enumerate(zip(self.seqs, self.ids, self.lines)):
-            error = self.errors.get(i)
-            if error is None:
-                yield Result(seq, rid, line, self.outputs[i], self.agent)
-            else:
-                yield Result(seq, rid, line, error=error)
-
-    @classmethod
-    def of(cls, results: Sequence[Result], agent: str | None = None) -> Results:
-        """Gather per-record results (in record order) into one `Results`."""
-        errors = {i: r.error for i, r in enumerate(results) if r.error is not None}
-        outputs = None
-        if len(errors) < len(results):
-            width = next(len(r.output) for r in results if r.error is None)
-            outputs = np.zeros((len(results), width), np.float32)
-            for i, r in enumerate(results):
-                if r.error is None:
-                    outputs[i] = r.output
-        return cls([r.seq for r in results], [r.id for r in results], [r.line for r in results],
-                   agent, outputs, errors)
-
-
-@dataclass(slots=True)
 class BatchState:
-    """What the batch forms of the execution steps know about a batch of records.
+    """What the batch forms of the execution steps know about a block of records.
 
     ``alive`` lists the records still running, in order: a record leaves it when one of its steps
-    fails (`fail`), and the later steps skip it, as in the record-by-record path.
+    fails (`fail`), and the later steps skip it, as in the instrumented path.
     """
 
     block: RecordBlock
@@ -138,11 +85,10 @@ class BatchState:
     received: bool = False
     output: bool = False  # process_neural_network ran: ``computed`` is every alive record's output
     failed: dict[int, AfError] = field(default_factory=dict)
-    lines: list[bytes | None] = field(default_factory=list)  # output lines of the published records
     sent: list[tuple[str, list[int]]] = field(default_factory=list)  # (topic, records) to publish
 
     def fail(self, index: int, error: AfError) -> None:
-        """Stop record ``index`` with ``error`` (the caller removes it from ``alive``)."""
+        """Stop record ``index`` with ``error`` (`prune` removes it from ``alive``)."""
         self.failed[index] = error
 
     def prune(self) -> None:
@@ -163,8 +109,7 @@ class AgentContext:
         swarm: the swarm's name.
         disk_bytes: the ``disk_mb`` budget of ``save_state`` in bytes, or None.
         bucket: rate-limits what the replica publishes, or None.
-        instrument: an object with the optional hooks ``before_step``, ``after_step``,
-            ``message_sent`` and ``trap``, or None.
+        instrument: an `afrt.Instrument` (or several, as `Instruments`), or None.
     """
 
     agent: Any
@@ -180,33 +125,36 @@ class AgentContext:
     connected: bool = False
     memory: dict[str, Any] | None = None
     restored: dict[str, Any] | None = None
-    outbox: list[Message] = field(default_factory=list)
-    #: results waiting for the next flush, per topic: (ids, output rows); one message per topic
+    #: lifecycle events to publish after the current step or block: (topic, event)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: results to publish after the current block, per topic: (ids, output rows); one message per topic
     results_outbox: dict[str, tuple[list[Any], list[np.ndarray]]] = field(default_factory=dict)
+    #: checkpoints made during the current block, written once its outcomes are (see `afrt.swarm`)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
     #: counters reported in the run summary
     stats: dict[str, int] = field(
-        default_factory=lambda: {"records": 0, "published": 0, "unpublished": 0, "errors": 0, "checkpoints": 0}
+        default_factory=lambda: {"records": 0, "published": 0, "unpublished": 0, "errors": 0, "filtered": 0,
+                                 "checkpoints": 0}
     )
     #: messages for the user, each said once (e.g. "the execution workflow has no send_output")
     notices: list[str] = field(default_factory=list)
     closed: bool = False
     #: True once the initialization workflow completed (only then does shutdown run)
     initialized: bool = False
+    #: defer checkpoints made while records run until their outcomes are written (set by the swarm)
+    defer_checkpoints: bool = False
 
     @property
     def agent_id(self) -> str:
         """Return the replica's agent id."""
         return self.identity.agent_id
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Queue a message; the runner sends the outbox after the step's workflow pass."""
-        self.outbox.append(Message(topic, self.agent_id, payload))
+    def publish(self, topic: str, event: dict[str, Any]) -> None:
+        """Queue an event; the runner publishes it after the step (lifecycle) or the block."""
+        self.events.append((topic, event))
 
     def publish_results(self, topic: str, ids: Sequence[Any], outputs: np.ndarray) -> None:
-        """Queue results (``outputs`` rows, in the order of ``ids``) for one message on ``topic``.
-
-        The results of one batch travel together (`afrt.records.encode_results`).
-        """
+        """Queue results (``outputs`` rows, in the order of ``ids``) for one message on ``topic``."""
         pending = self.results_outbox.get(topic)
         if pending is None:
             pending = self.results_outbox[topic] = ([], [])
@@ -225,92 +173,121 @@ class WorkflowRunner:
     Args:
         ctx: the replica's context.
         workflows: name -> parsed steps, as in the bundle's manifest.
-        executor: where backend calls run (a thread pool), or None for the loop's default.
+        executor: where long backend calls run (a thread pool), or None for the loop's default.
+
+    Raises:
+        ExecutionError: AF5203 for a step the runtime does not implement, AF5208 for a step in a
+            workflow where it cannot run (the compiler reports both first, as AF2020/AF2023).
     """
 
     def __init__(self, ctx: AgentContext, workflows: Mapping[str, Sequence[Step]], *, executor=None) -> None:
-        from .steps import BATCH_STEPS, RECORD_STEPS, STEPS, ensure_known
+        from .steps import BATCH_STEPS, STEPS, ensure_known
 
+        if ctx.instrument is not None and not isinstance(ctx.instrument, Instruments):
+            ctx.instrument = Instruments([ctx.instrument])
         self.ctx = ctx
         self.workflows = {name: tuple(steps) for name, steps in workflows.items()}
-        for steps in self.workflows.values():
+        for name, steps in self.workflows.items():
             for step in steps:
                 ensure_known(step)
+                _ensure_in_place(name, step, ctx.agent_id)
         self._steps = STEPS
-        self._record_steps = RECORD_STEPS
         self._executor = executor
         # seconds per record of recent backend calls (a moving average); the first call runs inline
         self._per_record: float | None = None
         execution = self.workflows.get("execution", ())
         guarded = any(s.guard is not None for s in execution)
-        # (function, step) pairs of an execution workflow without guards, for the fast path
-        self._plain = None if guarded else [(STEPS[s.name], s) for s in execution]
-        # the batch forms, when every step has one (see the module docstring)
+        # the batch forms, when every step has one and no guard needs the memory record by record
         self._batched = None if guarded or any(s.name not in BATCH_STEPS for s in execution) else [
             (BATCH_STEPS[s.name], s) for s in execution
         ]
         self.computes = any(s.name == "process_neural_network" for s in execution)
         self.publishes = any(s.name == "send_output" for s in execution)
+        #: "batched" or "instrumented": the path the last block took
+        self.path_taken: str | None = None
         if execution and not self.publishes:
             ctx.notice("the execution workflow has no send_output: no result is published (AF5210 for every record)")
 
+    @property
+    def instrument(self) -> Instruments | None:
+        """Return the context's instruments, or None when nothing observes this replica."""
+        instrument = self.ctx.instrument
+        return instrument if instrument else None
+
+    def takes_batched_path(self) -> bool:
+        """Return whether `run_block` runs the batch forms (see the module docstring)."""
+        instrument = self.instrument
+        return self._batched is not None and not (
+            instrument is not None and any(instrument.wants(h) for h in PER_STEP_HOOKS))
+
     async def run_lifecycle(self, name: str) -> None:
-        """Run ``initialization`` or ``shutdown`` once (no record), then send its messages.
+        """Run ``initialization`` or ``shutdown`` once (no record), publishing after each step.
 
         Raises:
             ExecutionError: the first step that fails (the workflow stops there).
         """
         for step in self.workflows.get(name, ()):
-            if step.name in self._record_steps:
-                raise ExecutionError(
-                    f"step `{step.name}` needs an input record: it belongs in the execution workflow",
-                    code="AF5208",
-                    agent=self.ctx.agent_id,
-                    span=_span(step),
-                )
-            if self._before(name, step, None) and self._call(name, step, None):
+            started = time.perf_counter()
+            try:
+                ran = self._run_step(name, step, None)
+            except AfError:
+                self._hook("step_timed", name, step, 0, 0, 1, time.perf_counter() - started)
+                raise
+            self._hook("step_timed", name, step, int(ran), int(not ran), 0, time.perf_counter() - started)
+            if ran:
                 await self.flush()
 
-    async def run_block(self, block: RecordBlock) -> Results:
+    async def run_block(self, block: RecordBlock) -> Outcomes:
         """Run the execution workflow once per record of ``block``, with one backend call.
 
         Returns:
             The outcome of every record, in block order.
         """
+        instrument = self.instrument
+        if instrument is not None:
+            instrument.block_start(self.ctx, block)
         batch = await self._compute(block)
-        ctx = self.ctx
-        if self._batched is not None and not ctx.instrument:
-            ctx.stats["records"] += len(block)
-            results = self._run_batched(batch)
+        if self.takes_batched_path():
+            self.path_taken = "batched"
+            outcomes = self._run_batched(batch)
         else:
-            results = Results.of([self._run_record(state) for state in _record_states(batch)], ctx.agent_id)
+            self.path_taken = "instrumented"
+            outcomes = self._run_records(batch)
         await self.flush()
-        return results
+        if instrument is not None:
+            instrument.block_end(self.ctx, block, outcomes)
+        return outcomes
 
-    async def run_batch(self, records: Sequence[InputRecord]) -> list[Result]:
-        """Run the execution workflow once per record, in order, with one backend call for the batch.
-
-        Records whose values are not finite numbers fail with their AF5231/AF5233 error.
+    async def run_records(self, records: Sequence[InputRecord]) -> list[Any]:
+        """Run the execution workflow for ``records`` (lists of values), in order: a convenience for
+        tools and tests. Records whose values are not finite numbers fail with AF5231/AF5233.
 
         Returns:
-            One `Result` per record, in the order of ``records``.
+            One `afrt.outcomes.Outcome` per record, in the order of ``records``.
         """
         block, bad = RecordBlock.from_records(records, self.ctx.agent.input_size)
-        results = list(await self.run_block(block)) if len(block) else []
+        found = list(await self.run_block(block)) if len(block) else []
         if bad:
+            from .outcomes import Outcome
+
             for err in bad:
                 self.ctx.stats["records"] += 1
-                results.append(self._failure(err.seq, err.id, ExecutionError(err.message, code=err.code)))
+                found.append(Outcome(err.seq, err.id, error=self._failure(ExecutionError(err.message, code=err.code))))
             order = {r.seq: i for i, r in enumerate(records)}
-            results.sort(key=lambda r: order[r.seq])
-        return results
+            found.sort(key=lambda o: order[o.seq])
+        return found
 
-    def _run_batched(self, batch: BatchState) -> Results:
+    # the batched path ------------------------------------------------------------------------
+
+    def _run_batched(self, batch: BatchState) -> Outcomes:
         """Run each step's batch form over the records still alive (see the module docstring)."""
-        ctx = self.ctx
+        ctx, instrument = self.ctx, self.instrument
+        ctx.stats["records"] += len(batch.block)
         for fn, step in self._batched:
             if not batch.alive:
                 break
+            started = time.perf_counter() if instrument is not None else 0.0
+            count, failed_before = len(batch.alive), len(batch.failed)
             try:
                 fn(ctx, step, batch)
             except AfError as exc:  # the step fails for every record it ran for
@@ -318,28 +295,28 @@ class WorkflowRunner:
                 for i in batch.alive:
                     batch.fail(i, exc)
                 batch.alive = []
+                self._trap(exc)
             else:
                 for i in batch.alive:
                     if i in batch.failed:
                         self._locate(batch.failed[i], step)
+                        self._trap(batch.failed[i])
                 batch.prune()
+            if instrument is not None:
+                failed = len(batch.failed) - failed_before
+                instrument.step_timed(ctx, "execution", step, count - failed, 0, failed, time.perf_counter() - started)
         self._publish_batch(batch)
-        block, lines = batch.block, batch.lines
-        if not batch.failed and len(batch.alive) == len(block) and all([line is not None for line in lines]):
-            return Results(block.seqs, block.ids, lines, ctx.agent_id, batch.computed)
-        errors: dict[int, tuple[str, str]] = {}
-        out: list[bytes] = []
-        for i, line in enumerate(lines):
-            error = batch.failed.get(i)
-            if error is None and line is None:
-                error = self._unpublished()
-            if error is None:
-                out.append(line)
-                continue
-            result = self._failure(block.seqs[i], block.ids[i], error)
-            errors[i] = result.error
-            out.append(result.line)
-        return Results(block.seqs, block.ids, out, ctx.agent_id, batch.computed, errors)
+        block, failed = batch.block, batch.failed
+        outcomes = Outcomes(block.seqs, block.ids, ctx.agent_id, batch.computed)
+        if not failed and len(batch.sent) == 1 and len(batch.sent[0][1]) == len(block):
+            return outcomes  # the common case: every record published
+        published = {i for _, records in batch.sent for i in records}
+        for i in range(len(block)):
+            if i in failed:
+                outcomes.errors[i] = self._failure(failed[i])
+            elif i not in published:
+                outcomes.errors[i] = self._failure(self._unpublished())
+        return outcomes
 
     def _publish_batch(self, batch: BatchState) -> None:
         """Publish what send_output sent, but not for records that failed in a later step."""
@@ -353,32 +330,120 @@ class WorkflowRunner:
                 ctx.publish_results(topic, [ids[i] for i in sent], outputs[sent])
             ctx.stats["published"] += len(sent)
 
-    def _failure(self, seq: int, rid: Any, error: AfError) -> Result:
-        """Count a failed record and return its error result."""
+    # the instrumented path -------------------------------------------------------------------
+
+    def _run_records(self, batch: BatchState) -> Outcomes:
+        ctx = self.ctx
+        block = batch.block
+        # a published output is always the record's row of ``computed`` (process_neural_network takes it)
+        outcomes = Outcomes(block.seqs, block.ids, ctx.agent_id, batch.computed)
+        for i, state in enumerate(_record_states(batch)):
+            self._run_record(state)
+            if state.error is not None:
+                outcomes.errors[i] = self._failure(state.error)
+            elif state.sent:
+                for topic in state.sent:  # only now: a record that failed later publishes nothing
+                    ctx.publish_results(topic, [state.record.id], state.output[None, :])
+                ctx.stats["published"] += len(state.sent)
+            elif state.filtered is not None:
+                outcomes.filtered[i] = state.filtered
+                ctx.stats["filtered"] += 1
+            else:
+                outcomes.errors[i] = self._failure(self._unpublished())
+        return outcomes
+
+    def _run_record(self, state: RecordState) -> None:
+        ctx, instrument = self.ctx, self.instrument
+        ctx.stats["records"] += 1  # before the steps: save_state(every=N) counts this record
+        for step in self.workflows.get("execution", ()):
+            started = time.perf_counter() if instrument is not None else 0.0
+            try:
+                ran = self._run_step("execution", step, state)
+            except AfError as exc:
+                state.error = exc
+                if instrument is not None:
+                    instrument.step_timed(ctx, "execution", step, 0, 0, 1, time.perf_counter() - started)
+                return
+            if not ran and step.name == "send_output" and not state.sent:
+                state.filtered = step.source or step.name
+            if instrument is not None:
+                instrument.step_timed(ctx, "execution", step, int(ran), int(not ran), 0, time.perf_counter() - started)
+
+    def _run_step(self, workflow: str, step: Step, state: RecordState | None) -> bool:
+        """Run one step (hooks, guard, step); return False when its guard skipped it.
+
+        Raises:
+            AfError: the step or its guard failed (located at the step, reported to ``trap``).
+        """
+        ctx, instrument = self.ctx, self.instrument
+        if instrument is not None:
+            instrument.before_step(ctx, workflow, step, state)
+        try:
+            if step.guard is not None and not self._guard(step, state):
+                return False
+            self._steps[step.name](ctx, step, state)
+        except AfError as exc:
+            self._locate(exc, step)
+            self._trap(exc)
+            raise
+        if instrument is not None:
+            instrument.after_step(ctx, workflow, step, state)
+        return True
+
+    def _guard(self, step: Step, state: RecordState | None) -> bool:
+        from .steps import resolve_field
+
+        try:
+            return bool(evaluate(step.guard, lambda root, path: resolve_field(self.ctx, state, root, path)))
+        except ExecutionError as exc:
+            raise ExecutionError(
+                f"guard of `{step.source}`: {exc.message}", code=exc.code, hint=exc.hint,
+                agent=self.ctx.agent_id, span=_span(step),
+            ) from None
+
+    # outcomes -----------------------------------------------------------------------------------
+
+    def _failure(self, error: AfError) -> RecordError:
+        """Count a failed record and return its error."""
         ctx = self.ctx
         ctx.stats["errors"] += 1
         if ctx.memory is not None:
             ctx.memory["errors"] += 1
-        err = ErrorRecord(seq, rid, error.code, error.message)
-        return Result(seq, rid, err.encode(), error=(err.code, err.message))
+        return RecordError(error.code, error.message)
 
     def _unpublished(self) -> ExecutionError:
         """Return the AF5210 error of a record that ran but whose result was not published."""
         ctx = self.ctx
         ctx.stats["unpublished"] += 1
-        if not self.publishes:
-            why = "the execution workflow has no send_output"
-        elif not ctx.connected:
-            why = "the agent is not connected to a swarm (no connect_to_swarm)"
-        else:
-            why = "send_output did not run for it (a guard was false)"
+        why = ("the execution workflow has no send_output" if not self.publishes
+               else "the agent is not connected to a swarm (no connect_to_swarm)")
         return ExecutionError(f"result not published: {why}", code="AF5210")
+
+    def _locate(self, exc: AfError, step: Step | None) -> None:
+        if isinstance(exc, ExecutionError) and exc.span is None and step is not None:
+            exc.span = _span(step)
+            exc.agent = exc.agent or self.ctx.agent_id
+
+    def _trap(self, exc: AfError) -> None:
+        if self.instrument is not None:
+            self.instrument.trap(self.ctx, exc)
+
+    def _hook(self, name: str, *args: Any) -> None:
+        instrument = self.instrument
+        if instrument is not None:
+            getattr(instrument, name)(self.ctx, *args)
+
+    # the backend --------------------------------------------------------------------------------
 
     async def _compute(self, block: RecordBlock) -> BatchState:
         n = len(block)
-        batch = BatchState(block, None, None, [], [], list(range(n)), lines=[None] * n)
+        batch = BatchState(block, None, None, [], [], list(range(n)))
         if self.computes and self.ctx.network_ready and n:
             outputs, batch.compute_errors = await self._infer(block.array)
+            finite = np.isfinite(outputs).all(axis=1)
+            if not finite.all():
+                batch.compute_errors = _not_finite(finite, batch.compute_errors)
+                outputs = np.where(finite[:, None], outputs, np.float32(0))
             # One vectorized pass for the statistics update_memory keeps (numpy per row costs ~1 µs).
             argmaxes = outputs.argmax(axis=1)
             batch.peaks = outputs[np.arange(n), argmaxes].tolist()
@@ -389,20 +454,29 @@ class WorkflowRunner:
     async def _call_backend(self, array: np.ndarray) -> np.ndarray:
         """Run one backend call, inline when it is quick, else in a worker thread."""
         estimate = self._per_record
-        if estimate is None or estimate * len(array) < INLINE_CALL_SECONDS:
-            out, seconds = self._timed(array)
-        else:
-            loop = asyncio.get_running_loop()
-            out, seconds = await loop.run_in_executor(self._executor, self._timed, array)
+        started = time.perf_counter()
+        try:
+            if estimate is None or estimate * len(array) < INLINE_CALL_SECONDS:
+                out, seconds, fuel = self._timed(array)
+            else:
+                loop = asyncio.get_running_loop()
+                out, seconds, fuel = await loop.run_in_executor(self._executor, self._timed, array)
+        except AfError:
+            self._hook("backend_call", len(array), time.perf_counter() - started, None)
+            raise
         per_record = seconds / len(array)
         self._per_record = per_record if estimate is None else 0.8 * estimate + 0.2 * per_record
+        self._hook("backend_call", len(array), seconds, fuel)
         return out
 
-    def _timed(self, array: np.ndarray) -> tuple[np.ndarray, float]:
-        # Timed where it runs, so that the thread handoff does not count as backend time.
+    def _timed(self, array: np.ndarray) -> tuple[np.ndarray, float, int | None]:
+        # Timed where it runs, so that the thread handoff does not count as backend time; the fuel
+        # is read right after the call, in the same thread (each replica has its own store).
+        agent = self.ctx.agent
         started = time.perf_counter()
-        out = self.ctx.agent.infer(array)
-        return out, time.perf_counter() - started
+        out = agent.infer(array)
+        seconds = time.perf_counter() - started
+        return out, seconds, getattr(agent, "fuel_used", None) if self.instrument is not None else None
 
     async def _infer(self, array: np.ndarray) -> tuple[np.ndarray, list[AfError | None] | None]:
         """Return the outputs and, when some record failed, each record's error (None for the others)."""
@@ -422,108 +496,53 @@ class WorkflowRunner:
                 self._trap(exc)
         return outs, errors
 
-    def _run_record(self, state: RecordState) -> Result:
-        ctx = self.ctx
-        ctx.stats["records"] += 1  # before the steps: save_state(every=N) counts this record
-        if state.error is None and not ctx.instrument and self._plain is not None:
-            # Fast path (no guards, no instrument): the same steps in the same order, minus the hooks.
-            step = None
-            try:
-                for fn, step in self._plain:
-                    fn(ctx, step, state)
-            except AfError as exc:
-                self._locate(exc, step)
-                state.error = exc
-        elif state.error is None:
-            for step in self.workflows.get("execution", ()):
-                try:
-                    self._before("execution", step, state) and self._call("execution", step, state)
-                except AfError as exc:
-                    state.error = exc
-                    break
-        return self._result(state)
-
-    def _result(self, state: RecordState) -> Result:
-        rec = state.record
-        if state.error is None and state.published is None:
-            state.error = self._unpublished()
-        if state.error is not None:
-            return self._failure(rec.seq, rec.id, state.error)
-        for topic, output in state.sent:  # only now: a record that failed later publishes nothing
-            self.ctx.publish_results(topic, [rec.id], output[None, :])
-        self.ctx.stats["published"] += len(state.sent)
-        return Result(rec.seq, rec.id, state.published, output=state.output, agent=self.ctx.agent_id)
-
-    def _guard(self, step: Step, state: RecordState | None) -> bool:
-        try:
-            return bool(evaluate(step.guard, self._resolver(state)))
-        except ExecutionError as exc:
-            raise ExecutionError(
-                f"guard of `{step.source}`: {exc.message}", code=exc.code, hint=exc.hint,
-                agent=self.ctx.agent_id, span=_span(step),
-            ) from None
-
-    def _resolver(self, state: RecordState | None) -> Callable[[str, tuple], Any]:
-        from .steps import resolve_field
-
-        return lambda root, path: resolve_field(self.ctx, state, root, path)
-
-    def _before(self, workflow: str, step: Step, state: RecordState | None) -> bool:
-        """Call the before_step hook, then return whether the step's guard lets it run."""
-        if self.ctx.instrument:
-            _hook(self.ctx.instrument, "before_step", self.ctx, workflow, step, state)
-        if step.guard is None:
-            return True
-        try:
-            return self._guard(step, state)
-        except AfError as exc:
-            self._trap(exc)
-            raise
-
-    def _call(self, workflow: str, step: Step, state: RecordState | None) -> bool:
-        instrument = self.ctx.instrument
-        try:
-            self._steps[step.name](self.ctx, step, state)
-        except AfError as exc:
-            self._locate(exc, step)
-            self._trap(exc)
-            raise
-        if instrument:
-            _hook(instrument, "after_step", self.ctx, workflow, step, state)
-        return True
-
-    def _locate(self, exc: AfError, step: Step | None) -> None:
-        if isinstance(exc, ExecutionError) and exc.span is None and step is not None:
-            exc.span = _span(step)
-            exc.agent = exc.agent or self.ctx.agent_id
-
-    def _trap(self, exc: AfError) -> None:
-        if self.ctx.instrument:
-            _hook(self.ctx.instrument, "trap", self.ctx, exc)
+    # publishing ---------------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Publish the queued messages in order, honouring the bandwidth limit and backpressure."""
+        """Publish the queued events and results in order, honouring the bandwidth limit and backpressure."""
         ctx = self.ctx
+        outbox = [Message(topic, ctx.agent_id, encode_event(event)) for topic, event in ctx.events]
+        ctx.events = []
         if ctx.results_outbox:
             for topic, (ids, rows) in ctx.results_outbox.items():
                 outputs = rows[0] if len(rows) == 1 else np.concatenate(rows)
-                ctx.outbox.append(Message(topic, ctx.agent_id, encode_results(ids, outputs)))
+                outbox.append(Message(topic, ctx.agent_id, encode_results(ids, outputs)))
             ctx.results_outbox = {}
-        if not ctx.outbox:
-            return
-        outbox, ctx.outbox = ctx.outbox, []
-        if ctx.bus is None or not ctx.connected:
+        if not outbox or ctx.bus is None or not ctx.connected:
             return
         if ctx.bucket is not None:
             await ctx.bucket.consume(sum([len(m.payload) for m in outbox]))
         await ctx.bus.publish_many(outbox)
-        if ctx.instrument:
+        if self.instrument is not None:
             for message in outbox:
-                _hook(ctx.instrument, "message_sent", ctx, message)
+                self.instrument.message_sent(ctx, message)
+
+
+def _ensure_in_place(workflow: str, step: Step, agent_id: str) -> None:
+    definition = STEP_DEFS[step.name]
+    if workflow in WORKFLOWS and workflow not in definition.workflows:
+        places = " or ".join(sorted(definition.workflows))
+        raise ExecutionError(
+            f"step `{step.name}` cannot run in the `{workflow}` workflow: it belongs in {places}",
+            code="AF5208", agent=agent_id, span=_span(step),
+            hint="recompile the agent: `af validate` reports this as AF2023",
+        )
+
+
+def _not_finite(finite: np.ndarray, errors: list[AfError | None] | None) -> list[AfError | None]:
+    """Mark the records whose output holds NaN or infinity (they never reach memory or a checkpoint)."""
+    errors = list(errors) if errors is not None else [None] * len(finite)
+    for i in np.flatnonzero(~finite).tolist():
+        if errors[i] is None:
+            errors[i] = ExecutionError(
+                "the network's output for this record is not finite (NaN or infinity)", code="AF5211",
+                hint="check the weights for NaN or huge values and the scale of the input",
+            )
+    return errors
 
 
 def _record_states(batch: BatchState) -> Iterator[RecordState]:
-    """Yield one `RecordState` per record of ``batch``, in order (for the record-by-record path)."""
+    """Yield one `RecordState` per record of ``batch``, in order (for the instrumented path)."""
     block, computed, errors = batch.block, batch.computed, batch.compute_errors
     for i in range(len(block)):
         state = RecordState(block.record(i), block.array[i])
@@ -532,12 +551,6 @@ def _record_states(batch: BatchState) -> Iterator[RecordState]:
         elif computed is not None:
             state.computed, state.argmax, state.peak = computed[i], batch.argmaxes[i], batch.peaks[i]
         yield state
-
-
-def _hook(instrument: Any, name: str, *args: Any) -> None:
-    hook = getattr(instrument, name, None)
-    if hook is not None:
-        hook(*args)
 
 
 def _span(step: Step):
@@ -549,3 +562,4 @@ def _span(step: Step):
         return Span.from_json(dict(step.span))
     except (KeyError, TypeError, ValueError):
         return None
+

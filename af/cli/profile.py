@@ -77,7 +77,7 @@ def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str]
     sink: IO[bytes] | Any = None
     try:
         sink = open_stream(output_path, "wb", sys.stdout) if output_path else _Discard()
-        summary = run_stream(profiler.wrap(agent), source, sink, instrument=profiler, **options)
+        summary = run_stream(agent, source, sink, instrument=profiler.watching(agent), **options)
     finally:
         close_streams(source, sink if output_path else None)
     baseline = _baseline(spare, input_path, options) if spare is not None and not summary.interrupted else None

@@ -55,16 +55,20 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
     from ._load import close_streams, load_agent, open_stream, run_stream
 
     source = open_stream(input_path, "rb", sys.stdin)
-    sink = None
+    opened: list = []
+
+    def open_output():  # called once the agents have started: a refused run truncates nothing
+        opened.append(open_stream(output_path, "wb", sys.stdout))
+        return opened[0]
+
     try:
         agent = load_agent(bundle, backend, fuel)
         if input_path == "-" and sys.stdin.isatty():
             say("reading records from stdin (Ctrl-D to end)")
-        sink = open_stream(output_path, "wb", sys.stdout)  # after loading: a bad bundle truncates nothing
-        summary = run_stream(agent, source, sink, replicas=replicas, swarm=swarm, state_dir=state_dir,
+        summary = run_stream(agent, source, open_output, replicas=replicas, swarm=swarm, state_dir=state_dir,
                              max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     finally:
-        close_streams(source, sink)
+        close_streams(source, *opened)
     _report(summary, json_summary)
     if summary.interrupted:
         raise click.exceptions.Exit(SIGNAL_EXIT.get(summary.interrupted, 130))
@@ -88,12 +92,15 @@ def _report(summary: RunSummary, as_json: bool) -> None:
     data = summary.to_json()
     rate = f", {data['records_per_second']:.0f} records/s" if data["records_per_second"] else ""
     codes = ", ".join(f"{code} x{n}" for code, n in sorted(summary.error_codes.items()))
+    filtered = f", {summary.filtered} filtered" if summary.filtered else ""
     say(f"{summary.records} records: {summary.results} results, {summary.errors} errors"
-        + (f" ({codes})" if codes else "") + f" in {summary.seconds:.2f}s{rate}")
+        + (f" ({codes})" if codes else "") + filtered + f" in {summary.seconds:.2f}s{rate}")
     if data["bandwidth_wait_seconds"]:
         say(f"publishing was held back {data['bandwidth_wait_seconds']:.2f}s by network_bandwidth_mbps")
     if summary.interrupted:
         say(f"stopped by {summary.interrupted}: the rest of the input was not read")
+    if summary.unwritten:
+        say(f"{summary.written} records written, {summary.unwritten} not written: the output did not take them")
     agents = summarise_list(list(summary.agents))
     say(f"agents: {agents}" + (" (ephemeral identities: no --state-dir)" if summary.ephemeral else ""))
     restored = list(summary.restored.items())

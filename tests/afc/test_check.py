@@ -154,6 +154,75 @@ class TestSteps:
         assert [d.code for d in info.value.diagnostics] == ["AF2001", "AF2010", "AF2020"]
 
 
+class TestStepPlacesAndGuards:
+    """What `afcore.steps.STEP_DEFS` knows is reported at validate, not as a failure of every record."""
+
+    def with_execution(self, *lines, extra=""):
+        steps = "".join(f"    - {line}\n" for line in lines)
+        return build(HEADER.replace("    - receive_input\n    - process_neural_network\n    - send_output\n",
+                                    steps) + extra)
+
+    def test_record_step_in_initialization(self):
+        text = HEADER + "  initialization:\n    - send_output\n"
+        (diag,) = diags(build(text))
+        assert diag.code == "AF2023" and "`initialization`" in diag.message and "`execution`" in diag.help
+        assert (diag.span.line, diag.span.column, diag.span.end_column) == (21, 7, 18)
+
+    @pytest.mark.parametrize("step", ["cleanup_resources", "initialize_memory", "connect_to_swarm"])
+    def test_lifecycle_step_in_execution(self, step):
+        (diag,) = diags(self.with_execution("receive_input", "process_neural_network", step, "send_output"))
+        assert diag.code == "AF2023"
+
+    def test_save_state_may_stand_anywhere(self):
+        text = HEADER + "  initialization:\n    - save_state\n  shutdown:\n    - save_state\n"
+        assert diags(build(text.replace("- send_output", "- send_output\n    - save_state(every=5)"))) == []
+
+    def test_misspelt_field_did_you_mean(self):
+        (diag,) = diags(self.with_execution("receive_input", "process_neural_network",
+                                            "send_output when output.mx > 0.9"))
+        assert diag.code == "AF2024" and diag.help == "did you mean `output.max`?"
+        assert (diag.span.column, diag.span.end_column) == (24, 33)
+
+    @pytest.mark.parametrize("guard", ["memory.nope > 1", "input.what == 1", "output.max.x > 1", "memory.count.x > 1"])
+    def test_fields_that_do_not_exist(self, guard):
+        (diag,) = diags(self.with_execution("receive_input", "process_neural_network", f"send_output when {guard}"))
+        assert diag.code == "AF2024"
+
+    def test_output_before_process(self):
+        (diag,) = diags(self.with_execution("receive_input", "update_memory when output.max > 0.5",
+                                            "process_neural_network", "send_output"))
+        assert diag.code == "AF2025" and "before `process_neural_network`" in diag.message
+
+    def test_input_in_a_lifecycle_workflow(self):
+        text = HEADER + "  shutdown:\n    - save_state when input.size > 1\n"
+        (diag,) = diags(build(text))
+        assert diag.code == "AF2025" and "`shutdown`" in diag.message
+
+    @pytest.mark.parametrize("guard", ['memory.count > "a"', 'output.max + "x" > 1', '-"a" == 1',
+                                       "memory.class_counts > 3", "output.max >= null"])
+    def test_incompatible_types(self, guard):
+        (diag,) = diags(self.with_execution("receive_input", "process_neural_network", f"send_output when {guard}"))
+        assert diag.code == "AF2026"
+
+    @pytest.mark.parametrize("guard", ['input.id == "a1"', "input.id > 3", 'memory.last_id == 7',
+                                       "memory.count % 100 == 0 and not output.argmax == 3",
+                                       "memory.class_counts.seven > 10", "memory.last_output[2] > 0.5",
+                                       "(output.max > 0.5) + 1 > 1", "input[3] * -2 < output[0]"])
+    def test_compatible_types(self, guard):
+        assert diags(self.with_execution("receive_input", "process_neural_network", f"send_output when {guard}")) == []
+
+    @pytest.mark.parametrize("step", ["update_memory(window=0)", "save_state(every=-1)", 'send_output(topic="")'])
+    def test_arguments_out_of_range(self, step):
+        found = diags(self.with_execution("receive_input", "process_neural_network", step))
+        assert [d.code for d in found] == ["AF2027"]
+
+    def test_every_step_name_agrees_with_the_runtime(self):
+        from afcore.steps import STEP_DEFS
+        from afrt.steps import STEPS
+
+        assert set(STEP_DEFS) == set(STEPS)
+
+
 def load_error(data: bytes):
     with pytest.raises(SourceError) as info:
         load_agent_bytes(data, path="c.af")

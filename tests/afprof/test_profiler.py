@@ -59,36 +59,54 @@ class TestDistribution:
 
 
 class TestHooks:
-    def test_step_times_skips_and_runs(self):
+    def test_step_times_skips_and_blocks(self):
         profiler = Profiler(clock=Clock(1.0))
         ctx = SimpleNamespace(agent=object())
         recv, send = _step("receive_input", 10), _step("send_output", 11)
-        for seq in range(3):
-            rec = _record(seq)
-            profiler.before_step(ctx, "execution", recv, rec)  # t
-            profiler.after_step(ctx, "execution", recv, rec)  # t + 1
-            profiler.before_step(ctx, "execution", send, rec)
-            if seq != 1:  # record 1: the guard was false, so no after_step
-                profiler.after_step(ctx, "execution", send, rec)
+        block = SimpleNamespace(seqs=[0, 1, 2, 3])
+        profiler.block_start(ctx, block)  # t = 1
+        profiler.step_timed(ctx, "execution", recv, 4, 0, 0, 2.0)  # one call over the block: 0.5 per record
+        profiler.step_timed(ctx, "execution", send, 3, 1, 0, 1.5)
+        profiler.block_end(ctx, [0, 1, 2, 3], None)  # t = 2
         report = profiler.report()
         by_name = {s.step: s for s in report.steps}
         assert [s.step for s in report.steps] == ["receive_input", "send_output"]  # declared (line) order
-        assert (by_name["receive_input"].calls, by_name["receive_input"].skipped) == (3, 0)
-        assert (by_name["send_output"].calls, by_name["send_output"].skipped) == (2, 1)
-        assert by_name["send_output"].seconds.mean == 1.0 and by_name["send_output"].line == 11
+        assert (by_name["receive_input"].calls, by_name["receive_input"].skipped) == (4, 0)
+        assert by_name["receive_input"].seconds.mean == 0.5 and by_name["receive_input"].seconds.total == 2.0
+        assert (by_name["send_output"].calls, by_name["send_output"].skipped) == (3, 1)
+        assert by_name["send_output"].line == 11
         (execution,) = report.workflows
-        assert execution.runs == 3
-        # a run lasts from its first before_step to its last hook: 3 ticks, or 2 when its last step was skipped
-        assert execution.seconds.total == 3 + 2 + 3
+        assert execution.runs == 4 and execution.seconds.total == 1.0  # the block lasted one tick
 
-    def test_traps_counted_once_per_error_and_close_the_step(self):
+    def test_backend_time_shows_under_process_neural_network(self):
+        profiler = Profiler()
+        ctx = SimpleNamespace(agent=object())
+        process = _step("process_neural_network", 12)
+        profiler.backend_call(ctx, 2, 0.4, None)
+        profiler.step_timed(ctx, "execution", process, 2, 0, 0, 0.2)
+        report = profiler.report()
+        (stats,) = report.steps
+        assert stats.seconds.total == pytest.approx(0.6) and report.backend_seconds_per_record.total == 0.4
+
+    def test_lifecycle_runs_and_warm_up(self):
+        profiler = Profiler()
+        a, b = SimpleNamespace(agent=object()), SimpleNamespace(agent=object())
+        load, mem = _step("load_neural_network", 3), _step("initialize_memory", 4)
+        for ctx in (a, b):
+            profiler.step_timed(ctx, "initialization", load, 1, 0, 0, 1.0)
+            profiler.step_timed(ctx, "initialization", mem, 1, 0, 0, 0.5)
+        report = profiler.report()
+        (init,) = report.workflows
+        assert (init.runs, init.seconds.total) == (2, 3.0) and report.warmup_calls == 2
+
+    def test_traps_counted_once_per_error_and_per_step(self):
         profiler = Profiler(clock=Clock())
         ctx = SimpleNamespace(agent=object())
         step = _step("process_neural_network", 5)
         error = AgentTrap("out of fuel", code="AF5010")
         profiler.trap(ctx, error)  # the batch retried record by record
-        profiler.before_step(ctx, "execution", step, _record(0))
         profiler.trap(ctx, error)  # the step re-raises the same error
+        profiler.step_timed(ctx, "execution", step, 0, 0, 1, 0.0)
         profiler.trap(ctx, AgentTrap("trap", code="AF5001"))
         report = profiler.report()
         assert report.traps == {"AF5010": 1, "AF5001": 1}
@@ -101,6 +119,13 @@ class TestHooks:
         for topic in ("task.completion", "agent.lifecycle", "task.completion"):
             profiler.message_sent(ctx, SimpleNamespace(topic=topic))
         assert profiler.report().messages == {"agent.lifecycle": 1, "task.completion": 2}
+
+    def test_the_profiler_never_asks_for_per_step_hooks(self):
+        # so that a profiled run takes the path `af run` takes
+        from afrt import Instruments
+
+        instruments = Instruments([Profiler()])
+        assert not instruments.wants("before_step") and not instruments.wants("after_step")
 
 
 def _xor_source(guarded: bool) -> bytes:
@@ -151,8 +176,8 @@ def _profile(data: bytes, backend: str, x: np.ndarray, max_batch: int) -> tuple:
     profiler = Profiler()
     source = io.BytesIO(b"".join(orjson.dumps({"id": i, "input": row.tolist()}) + b"\n" for i, row in enumerate(x)))
     sink = io.BytesIO()
-    options = afrt.RunOptions(instrument=profiler, max_batch=max_batch)
-    summary = asyncio.run(afrt.run_jsonl(profiler.wrap(agent), source, sink, options))
+    summary = asyncio.run(afrt.run_jsonl(agent, source, sink, afrt.RunOptions(instrument=profiler.watching(agent),
+                                                                              max_batch=max_batch)))
     return profiler.report(summary), [orjson.loads(line) for line in sink.getvalue().splitlines()], agent
 
 
@@ -165,6 +190,7 @@ class TestProfiledRun:
         steps = {s.step: s for s in report.steps if s.workflow == "execution"}
         assert steps["receive_input"].calls == 40 and steps["process_neural_network"].calls == 40
         assert (steps["send_output"].calls, steps["send_output"].skipped) == (sent, 40 - sent)
+        assert sum(r.get("filtered", {}).get("step") == "send_output when output.max > 0.5" for r in records) == 40 - sent
         # The results of one backend batch (at most 8 records here) travel in one message.
         assert -(-sent // 8) <= report.messages["task.completion"] <= 40 // 8
         assert sum("output" in r for r in records) == sent
@@ -187,3 +213,19 @@ class TestProfiledRun:
         assert report.fuel_per_record.max == max(expected)
         assert report.fuel_budget == afrt.load(data, backend="wasm").fuel_per_record > max(expected)
         assert report.to_json()["fuel_per_record"]["count"] == len(x)
+
+
+def test_a_profiled_run_takes_the_batched_path(monkeypatch):
+    """The profile measures what `af run` runs: no per-record step call on an unguarded workflow."""
+    import afrt.steps as impl
+
+    def refuse(*args):
+        raise AssertionError("a per-record step ran: the profiler forced the instrumented path")
+
+    for name in impl.BATCH_STEPS:
+        monkeypatch.setitem(impl.STEPS, name, refuse)
+    x = np.array(CORNERS * 4, dtype=np.float32)
+    report, records, _ = _profile(_xor_source(guarded=False), "onnx", x, max_batch=4)
+    assert len(records) == 16 and all("output" in r for r in records)
+    steps = {s.step: s for s in report.steps if s.workflow == "execution"}
+    assert steps["send_output"].calls == 16 and report.backend_seconds_per_record.count == 16

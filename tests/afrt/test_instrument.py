@@ -35,7 +35,11 @@ class TestInstrument:
         assert base.after_step("ctx", "execution", step, None) is None
         assert base.message_sent("ctx", object()) is None
         assert base.trap("ctx", AgentTrap("x")) is None
-        assert HOOKS == ("before_step", "after_step", "message_sent", "trap")
+        assert base.block_start("ctx", object()) is None and base.block_end("ctx", object(), object()) is None
+        assert base.backend_call("ctx", 3, 0.1, None) is None
+        assert base.step_timed("ctx", "execution", step, 1, 0, 0, 0.1) is None
+        assert set(HOOKS) == {"block_start", "block_end", "backend_call", "step_timed", "before_step", "after_step",
+                              "message_sent", "trap"}
 
 
 class TestInstruments:

@@ -45,7 +45,7 @@ class Harness:
             await self.runner.run_lifecycle("initialization")
             out = []
             for b in batches:
-                out += await self.runner.run_batch(b)
+                out += await self.runner.run_records(b)
             if shutdown:
                 await self.runner.run_lifecycle("shutdown")
             return out
@@ -93,9 +93,8 @@ class TestSendOutput:
         published = h.drain_results(h.completion)
         assert [rid for rid, _ in published] == [0, 1, 2]
         for result, (rid, output) in zip(results, published):
-            line = orjson.loads(result.line)
-            assert line["id"] == rid and line["agent"] == h.ctx.agent_id
-            assert np.array(line["output"], np.float32).tobytes() == output.tobytes()
+            assert result.id == rid and result.agent == h.ctx.agent_id
+            assert result.output.tobytes() == output.tobytes()
 
     def test_topic_argument(self):
         h = Harness(execution=["receive_input", "process_neural_network", Step("send_output", {"topic": "custom.out"})])

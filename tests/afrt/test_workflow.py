@@ -1,17 +1,19 @@
-"""The workflow runner: declared order, guards per record, micro-batching that keeps per-record semantics."""
+"""The workflow runner: declared order, guards per record, micro-batching that keeps per-record
+semantics, outcomes as values, and the dispatch between its two paths."""
 
 from __future__ import annotations
 
 import asyncio
 
 import numpy as np
-import orjson
 import pytest
 from swarm_testkit import FakeAgent, steps
 
 from afcore.steps import Binary, Const, Field, Step
 from afrt.bus import MemoryBus
-from afrt.records import InputRecord
+from afrt.jsonl import encode_outcomes
+from afrt.outcomes import Outcomes
+from afrt.records import InputRecord, RecordBlock
 from afrt.state import Identity
 from afrt.workflow import AgentContext, WorkflowRunner
 
@@ -34,7 +36,7 @@ def run(runner, batches):
         await runner.run_lifecycle("initialization")
         out = []
         for batch in batches:
-            out += await runner.run_batch(batch)
+            out += await runner.run_records(batch)
         return out
 
     return asyncio.run(main())
@@ -68,7 +70,7 @@ class TestOrderAndHooks:
         got = np.array([r.output for r in results])
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
         assert agent.calls[-1] == 10  # one backend call for the batch
-        assert all(orjson.loads(r.line)["agent"] == ctx.agent_id for r in results)
+        assert all(r.agent == ctx.agent_id for r in results)
 
 
 def guard(op, field, value):
@@ -84,15 +86,17 @@ class TestGuards:
         _, _, single = make(steps({"e": execution})["e"])
         in_one = run(batched, [records(6)])
         one_by_one = run(single, [[r] for r in records(6)])
-        assert [r.error is None for r in in_one] == [False, True, False, True, False, True]
-        assert [r.error is None for r in in_one] == [r.error is None for r in one_by_one]
-        assert in_one[0].error[0] == "AF5210"
+        assert [r.output is not None for r in in_one] == [False, True, False, True, False, True]
+        assert [r.output is not None for r in in_one] == [r.output is not None for r in one_by_one]
+        # a guard that holds a record back filters it: its own outcome, not an error
+        assert in_one[0].error is None and in_one[0].filtered == "send_output"
 
     def test_output_and_input_guards(self):
         send = Step("send_output", guard=guard(">", ("input", (0,)), 2.5))
         _, _, runner = make(["receive_input", "process_neural_network", send])
         results = run(runner, [records(5)])
-        assert [r.error is None for r in results] == [False, False, False, True, True]
+        assert [r.output is not None for r in results] == [False, False, False, True, True]
+        assert [r.filtered is not None for r in results] == [True, True, True, False, False]
 
     def test_guard_on_missing_field_fails_that_record(self):
         send = Step("send_output", guard=guard(">", ("output", ("nope",)), 1), source="send_output when output.nope > 1")
@@ -148,10 +152,11 @@ class TestMissingSteps:
         assert all(r.error[0] == "AF5210" for r in results)
         assert any("connect_to_swarm" in n for n in ctx.notices)
 
-    def test_record_step_in_lifecycle_workflow_is_refused(self):
-        _, _, runner = make(EXEC, init=["send_output"])
+    @pytest.mark.parametrize("init, execution", [(["send_output"], EXEC), (INIT, EXEC + ["cleanup_resources"])])
+    def test_step_out_of_place_is_refused_before_anything_runs(self, init, execution):
+        # the compiler reports it first (AF2023); a bundle from elsewhere is refused at start
         with pytest.raises(Exception) as info:
-            run(runner, [])
+            make(execution, init=init)
         assert info.value.code == "AF5208"
 
     def test_unknown_step_is_refused(self):
@@ -184,8 +189,8 @@ class TestBatchForms:
 
     def _pair(self, execution, init):
         batched_agent, batched_ctx, batched = make(execution, init=init)
-        # An instrument with no hooks forces the record-by-record path.
-        general_agent, general_ctx, general = make(execution, init=init, instrument=object())
+        # An instrument with a per-step hook forces the instrumented path.
+        general_agent, general_ctx, general = make(execution, init=init, instrument=StepCounter())
         general_ctx.identity = batched_ctx.identity
         general_agent.weight = batched_agent.weight
         return (batched_ctx, batched), (general_ctx, general)
@@ -202,16 +207,17 @@ class TestBatchForms:
         return results, sent
 
     @pytest.mark.parametrize("case", list(BATCH_CASES))
-    def test_same_results_memory_and_messages(self, case):
+    def test_same_outcomes_memory_and_messages(self, case):
         execution, init = BATCH_CASES[case]
         (bctx, batched), (gctx, general) = self._pair(execution, init)
-        assert batched._batched is not None
+        assert batched.takes_batched_path() and not general.takes_batched_path()
         batch = records(9)
         batch[4] = InputRecord(4, "trap", [666.0] * 4, 5)
         batch[6] = InputRecord(6, "str", ["x", 1, 2, 3], 7)
         got, got_sent = self._messages(bctx, batched, [batch[:5], batch[5:]])
         want, want_sent = self._messages(gctx, general, [batch[:5], batch[5:]])
-        assert [r.line for r in got] == [r.line for r in want]
+        assert batched.path_taken == "batched" and general.path_taken == "instrumented"
+        assert [lines(r) for r in got] == [lines(r) for r in want]
         assert [r.error for r in got] == [r.error for r in want]
         assert got_sent == want_sent
         assert bctx.stats == gctx.stats and bctx.notices == gctx.notices
@@ -230,15 +236,136 @@ class TestBatchForms:
         (bctx, batched), (gctx, general) = self._pair(EXEC, INIT)
         batch = [InputRecord(i, f"s{i}", ["x", 1, 2, 3], i + 1) for i in range(3)]
         got, want = run(batched, [batch]), run(general, [batch])
-        assert [r.line for r in got] == [r.line for r in want]
+        assert [lines(r) for r in got] == [lines(r) for r in want]
         assert [r.error[0] for r in got] == ["AF5233"] * 3
         assert bctx.stats == gctx.stats
 
     def test_guards_or_steps_without_batch_form_run_record_by_record(self):
         guarded = Step("send_output", guard=Binary(">", Field("output", ("max",)), Const(0.5)))
-        assert make(["receive_input", "process_neural_network", guarded])[2]._batched is None
-        assert make(EXEC + [Step("save_state", {"every": 2})])[2]._batched is None
+        assert not make(["receive_input", "process_neural_network", guarded])[2].takes_batched_path()
+        assert not make(EXEC + [Step("save_state", {"every": 2})])[2].takes_batched_path()
 
+
+def lines(outcome) -> bytes:
+    """The output line `af run` writes for one outcome."""
+    block = Outcomes([outcome.seq], [outcome.id], outcome.agent,
+                     outcome.output[None, :] if outcome.output is not None else None,
+                     {0: outcome.error} if outcome.error else {}, {0: outcome.filtered} if outcome.filtered else {})
+    return encode_outcomes(block)[0]
+
+
+class StepCounter:
+    """An instrument with the per-step hooks: counts them."""
+
+    def __init__(self):
+        self.before = self.after = 0
+
+    def before_step(self, ctx, workflow, step, record):
+        self.before += 1
+
+    def after_step(self, ctx, workflow, step, record):
+        self.after += 1
+
+
+class BlockCounter:
+    """An instrument with only the cheap hooks: counts them."""
+
+    def __init__(self):
+        self.blocks = self.ends = self.calls = 0
+        self.steps = []
+
+    def block_start(self, ctx, block):
+        self.blocks += 1
+
+    def block_end(self, ctx, block, outcomes):
+        self.ends += 1
+
+    def backend_call(self, ctx, records, seconds, fuel):
+        self.calls += 1
+
+    def step_timed(self, ctx, workflow, step, ran, skipped, failed, seconds):
+        self.steps.append((workflow, step.name, ran, skipped, failed))
+
+
+class TestDispatch:
+    """Which of the two paths runs is decided in one place; these tests fail when it is decided wrong."""
+
+    @staticmethod
+    def count_calls(monkeypatch):
+        import afrt.steps as impl
+
+        calls = {"per_record": 0, "batch": 0}
+        for name in ("receive_input", "process_neural_network", "update_memory", "send_output"):
+            per_record, batch = impl.STEPS[name], impl.BATCH_STEPS[name]
+
+            def counted_one(ctx, step, state, _fn=per_record):
+                calls["per_record"] += 1
+                return _fn(ctx, step, state)
+
+            def counted_batch(ctx, step, batch_, _fn=batch):
+                calls["batch"] += 1
+                return _fn(ctx, step, batch_)
+
+            monkeypatch.setitem(impl.STEPS, name, counted_one)
+            monkeypatch.setitem(impl.BATCH_STEPS, name, counted_batch)
+        return calls
+
+    def test_no_instrument_runs_each_step_once_per_block(self, monkeypatch):
+        calls = self.count_calls(monkeypatch)
+        _, _, runner = make(EXEC)
+        run(runner, [records(10), records(6, start=10)])
+        assert calls == {"per_record": 0, "batch": 4 * 2} and runner.path_taken == "batched"
+
+    def test_cheap_hooks_keep_the_batched_path_and_see_every_block(self, monkeypatch):
+        calls = self.count_calls(monkeypatch)
+        counter = BlockCounter()
+        _, _, runner = make(EXEC, instrument=counter)
+        run(runner, [records(10), records(6, start=10)])
+        assert calls == {"per_record": 0, "batch": 8}
+        assert (counter.blocks, counter.ends, counter.calls) == (2, 2, 2)
+        execution = [s for s in counter.steps if s[0] == "execution"]
+        assert execution == [("execution", n, 10, 0, 0) for n in EXEC] + [("execution", n, 6, 0, 0) for n in EXEC]
+
+    def test_per_step_hooks_take_the_instrumented_path(self, monkeypatch):
+        calls = self.count_calls(monkeypatch)
+        counter = StepCounter()
+        _, _, runner = make(EXEC, instrument=counter)
+        run(runner, [records(10)])
+        assert calls == {"per_record": 4 * 10, "batch": 0} and runner.path_taken == "instrumented"
+        assert counter.after == len(INIT) + 4 * 10
+
+    def test_guards_take_the_instrumented_path_without_hooks(self, monkeypatch):
+        calls = self.count_calls(monkeypatch)
+        send = Step("send_output", guard=guard(">", ("input", (0,)), -1.0))
+        _, _, runner = make(["receive_input", "process_neural_network", "update_memory", send])
+        run(runner, [records(5)])
+        assert calls == {"per_record": 4 * 5, "batch": 0}
+
+
+class TestOutcomes:
+    def test_outcomes_are_values_not_lines(self):
+        _, ctx, runner = make(EXEC)
+
+        async def main():
+            await runner.run_lifecycle("initialization")
+            recs = records(3)
+            block, _ = RecordBlock.from_records(recs, 4)
+            return await runner.run_block(block)
+
+        outcomes = asyncio.run(main())
+        assert isinstance(outcomes, Outcomes) and outcomes.all_outputs and outcomes.ids == ["r0", "r1", "r2"]
+        assert outcomes.outputs.dtype == np.float32 and outcomes.agent == ctx.agent_id
+
+    @pytest.mark.parametrize("counter", [None, StepCounter()], ids=["batched", "instrumented"])
+    def test_a_non_finite_output_is_an_error_and_never_reaches_memory(self, counter):
+        agent, ctx, runner = make(EXEC, instrument=counter)
+        agent.weight[:] = 1.0
+        recs = records(3)
+        recs[1] = InputRecord(1, "huge", [3e38] * 4, 2)  # float32 overflows to infinity in the backend
+        results = run(runner, [recs])
+        assert [r.error[0] if r.error else None for r in results] == [None, "AF5211", None]
+        assert ctx.memory["count"] == 2 and np.isfinite(ctx.memory["mean_max"])
+        assert np.isfinite(ctx.memory["last_max"]) and ctx.memory["last_id"] == "r2"
 
 class TestInstruments:
     def test_hooks_see_every_step_and_trap(self):
@@ -265,9 +392,9 @@ class TestInstruments:
         assert ("execution", "process_neural_network", "trap") not in seen
         assert ("sent", "task.completion", None) in seen
 
-    def test_empty_instruments_take_the_fast_path(self):
+    def test_empty_instruments_take_the_batched_path(self):
         from afrt.instrument import Instruments
 
         agent, _, runner = make(EXEC, instrument=Instruments())
         results = run(runner, [records(3)])
-        assert all(r.error is None for r in results)
+        assert all(r.error is None for r in results) and runner.path_taken == "batched"

@@ -41,7 +41,7 @@ class TestProfileCommand:
         result = profile(XOR, "--input", inputs, "--backend", "wasm", "--max-batch", 4, "--json")
         assert result.exit_code == 0, result.stderr
         report = json.loads(result.stdout)
-        assert report["records"] == 20 and report["backend"] == "wasm" and "fast path" in report["header"]
+        assert report["records"] == 20 and report["backend"] == "wasm" and "the path af run takes" in report["header"]
         steps = {(s["workflow"], s["step"]): s for s in report["steps"]}
         assert steps[("execution", "send_output")]["calls"] == 20
         assert steps[("initialization", "load_neural_network")]["calls"] == 1
@@ -62,7 +62,7 @@ class TestProfileCommand:
         result = profile(XOR, "--input", write_inputs(tmp_path / "in.jsonl", X))
         assert result.exit_code == 0, result.stderr
         assert result.stdout == ""
-        assert "batched fast path" in result.stderr
+        assert "the path af run takes" in result.stderr
         for name in ("initialization", "receive_input", "process_neural_network", "cleanup_resources"):
             assert name in result.stderr  # the table shows names uncut, even 80 columns wide
         assert re.search(r"messages sent: agent.lifecycle x3, task.completion x\d+\n", result.stderr)
