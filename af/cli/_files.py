@@ -2,7 +2,8 @@
 
 A kind is decided by the first bytes, never by the extension: a bundle is a zstd frame
 (``28 b5 2f fd``) holding a tar archive; an .af file is text (YAML, optionally followed by its
-sections). Every problem with a named path is a usage error (exit 2) of the AF09xx family with a
+sections). Files plainly of another kind are named: safetensors, an ONNX model, a Letta agent file
+(JSON that shares the .af extension), a tar archive, other binary data. Every problem with a named path is a usage error (exit 2) of the AF09xx family with a
 help line: AF0901 a file that cannot be read, AF0904 a file of another kind than the command
 takes, AF0905 an output path that names a directory, AF0906 an output that cannot be created.
 The error keeps the path (``error.path``) so that JSON output names it.
@@ -23,6 +24,8 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 SECTION_MARKER = b"---BINARY_SECTION:"
 #: the bytes text may hold: printable ASCII, tab, newline, form feed, carriage return, escape, and UTF-8 bytes
 _TEXT_BYTES = bytes([9, 10, 12, 13, 27, *range(32, 127), *range(128, 256)])
+#: the tags that may follow an ONNX ModelProto's ir_version (field 1): producer_name ... opset_import
+_ONNX_SECOND_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
 #: how many bytes `sniff_kind` looks at
 SNIFF_BYTES = 4096
 #: kind -> (what it is, which command takes it)
@@ -31,6 +34,9 @@ KINDS = {
     "bundle": ("a compiled bundle (zstd-compressed tar)", "`af inspect`, `af export` or `af run`"),
     "tar": ("an uncompressed tar archive, not a bundle", "`af compile` writes bundles from .af files"),
     "safetensors": ("a safetensors file", "`af pack --weights`"),
+    "onnx": ("an ONNX model", "onnxruntime or Netron (`af export` writes one from a bundle)"),
+    "letta": ("a Letta agent file (JSON with `agents`), a format that shares the .af extension",
+              "Letta; af agent files are YAML, see docs/format.md"),
     "binary": ("a binary file that is neither an .af file nor a bundle", "no af command"),
     "empty": ("an empty file", "no af command"),
 }
@@ -61,9 +67,15 @@ def sniff_kind(head: bytes) -> str:
         return "tar"
     if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 100 * 1024**2:
         return "safetensors"
+    if len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 32 and head[2] in _ONNX_SECOND_FIELDS:
+        return "onnx"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and b'"agents"' in head:
+        return "letta"
     marker = head.find(SECTION_MARKER)
     text = head[:marker] if marker != -1 else head  # raw (binary) sections follow their marker line
-    if text.translate(None, _TEXT_BYTES):
+    # A stray control byte in a text header is the reader's to report (with its line); binary data
+    # is full of them.
+    if len(text.translate(None, _TEXT_BYTES)) > max(1, len(text) // 20):
         return "binary"
     return "agent"
 

@@ -158,3 +158,17 @@ class TestFileKinds:
     def test_an_extension_decides_nothing(self, runner, tmp_path):
         path = write(tmp_path, name="AGENT.TXT")
         assert runner.invoke(app, ["validate", str(path)]).exit_code == 0
+
+    @pytest.mark.parametrize("content, said", [
+        (b'{"agents": [{"name": "helper"}], "blocks": [], "tools": [], "mcp_servers": []}', "a Letta agent file"),
+        ((12).to_bytes(8, "little") + b'{"x": "y"}  ', "a safetensors file"),
+        (b"\x08\x0a\x12\x02af\x1a\x050.1.0:\x80", "an ONNX model"),
+        (b"\x00\x01\x02\x03binary", "a binary file"),
+    ])
+    def test_other_kinds_are_named_in_one_diagnostic(self, runner, tmp_path, content, said):
+        path = tmp_path / "agent.af"
+        path.write_bytes(content)
+        result = runner.invoke(app, ["validate", str(path), "--format", "json"])
+        assert result.exit_code == 2
+        [record] = json.loads(result.stdout)
+        assert record["code"] == "AF0904" and said in record["message"] and record["hint"]
