@@ -24,7 +24,7 @@ from ._output import say
 @click.option("--trace", is_flag=True, help="Show each step as it runs, with its source line.")
 @click.option("--backend", type=click.Choice(BACKENDS),
               help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)  [default: onnx if the bundle has it]")
-@click.option("--fuel", type=click.IntRange(min=1), help="WASM fuel per record (default: from the network's size).")
+@click.option("--fuel", type=click.IntRange(min=1), help="WASM fuel per record, wasm backend only (default: from the network's size).")
 def debug_command(bundle: Path, *, input_path: str, output_path: str, breaks: tuple[str, ...], trace: bool,
                   backend: Optional[str], fuel: Optional[int]) -> None:
     """Debug an agent: one replica, batches of one record, breakpoints and a step trace.

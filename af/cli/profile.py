@@ -49,7 +49,7 @@ class _Discard:
               help="Replicas sharing the work (at most 10,000 in one process).")
 @click.option("--max-batch", default=64, show_default=True, type=click.IntRange(min=1),
               help="Most records per backend call.")
-@click.option("--fuel", type=click.IntRange(min=1), help="WASM fuel per record (default: from the network's size).")
+@click.option("--fuel", type=click.IntRange(min=1), help="WASM fuel per record, wasm backend only (default: from the network's size).")
 @click.option("--overhead", is_flag=True, help="Run the input a second time without the profiler and report the ratio.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
 def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str], backend: Optional[str],

@@ -38,7 +38,7 @@ AGENTS_SHOWN = 4
               help="Most records per backend call.")
 @click.option("--batch-wait-ms", default=2.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Longest wait for more records.")
-@click.option("--fuel", type=click.IntRange(min=1), help="WASM fuel per record (default: from the network's size).")
+@click.option("--fuel", type=click.IntRange(min=1), help="WASM fuel per record, wasm backend only (default: from the network's size).")
 @click.option("--fail-on-error", is_flag=True, help="Exit 1 when any record failed.")
 @click.option("--json", "json_summary", is_flag=True, help="Print the summary as one JSON object on stderr.")
 def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: int, backend: Optional[str],
