@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import click
 
 from ._app import command
-from ._output import emit, report_error, say
+from ._output import emit, print_table, report_error, say
 from .validate import DEFAULT_MAX_SECTION_BYTES, FORMATS
 
 if TYPE_CHECKING:
@@ -88,26 +88,19 @@ def _write(spec: AgentSpec, lowered: Lowered, destination: Path) -> dict[str, An
     }
 
 
+def print_layers(title: str, layers: list[dict[str, Any]], parameters: int) -> None:
+    """Print the layer table of `af compile` and `af inspect` (manifest ``network.layers`` entries)."""
+    rows = [[str(layer["index"]), f"{layer['in']} -> {layer['out']}", layer["activation"], f"{layer['parameters']:,}"]
+            for layer in layers]
+    rows.append(["", "", "total", f"{parameters:,}"])
+    print_table(title, ("layer", "shape", "activation", "parameters"), rows, left=("shape", "activation"))
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from ._output import console
-
-    layers = Table(title=f"{summary['agent']['name']} {summary['agent']['version']}", title_justify="left")
-    for column in ("layer", "shape", "activation", "parameters"):
-        layers.add_column(column, justify="right" if column in ("layer", "parameters") else "left")
-    for layer in summary["layers"]:
-        layers.add_row(str(layer["index"]), f"{layer['in']} -> {layer['out']}", layer["activation"],
-                       f"{layer['parameters']:,}")
-    layers.add_row("", "", "total", f"{summary['parameters']:,}")
-    members = Table(show_header=True)
-    members.add_column("member")
-    members.add_column("bytes", justify="right")
-    for member in summary["members"]:
-        members.add_row(member["name"], f"{member['size']:,}")
-    out = console()
-    out.print(layers)
-    out.print(members)
+    print_layers(f"{summary['agent']['name']} {summary['agent']['version']}", summary["layers"],
+                 summary["parameters"])
+    print_table("members", ("member", "bytes"), [[m["name"], f"{m['size']:,}"] for m in summary["members"]],
+                left=("member",))
     say(f"wrote {summary['bundle']} ({summary['size']:,} bytes, targets {','.join(summary['targets'])}) "
         f"in {summary['seconds']:.3f} s\nsha256 {summary['sha256']}")
 

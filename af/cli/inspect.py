@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ._app import command
-from ._output import emit, say
+from ._output import emit, print_table, say
 
 _RUN_ORDER = ("initialization", "execution", "shutdown")
 
@@ -43,9 +43,7 @@ def inspect_command(path: Path, *, as_json: bool) -> None:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from ._output import console
+    from .compile import print_layers
 
     manifest = report["manifest"]
     agent, source, network = manifest.get("agent", {}), manifest.get("source", {}), manifest.get("network", {})
@@ -58,21 +56,10 @@ def _print_report(report: dict[str, Any]) -> None:
         f"targets   {', '.join(manifest.get('targets', []))}" + _target_details(manifest),
     ]
     say("\n".join(lines))
-    layers = Table(title="network", title_justify="left")
-    for column in ("layer", "shape", "activation", "parameters"):
-        layers.add_column(column, justify="right" if column in ("layer", "parameters") else "left")
-    for layer in network.get("layers", []):
-        layers.add_row(str(layer["index"]), f"{layer['in']} -> {layer['out']}", layer["activation"],
-                       f"{layer['parameters']:,}")
-    layers.add_row("", "", "total", f"{network.get('parameters', 0):,}")
-    members = Table(title="members", title_justify="left")
-    for column in ("member", "bytes", "sha256"):
-        members.add_column(column, justify="right" if column == "bytes" else "left")
-    for member in manifest["members"]:
-        members.add_row(member["name"], f"{member['size']:,}", member["sha256"])
-    out = console()
-    out.print(layers)
-    out.print(members)
+    print_layers("network", network.get("layers", []), network.get("parameters", 0))
+    rows = [[m["name"], f"{m['size']:,}", m["sha256"]] for m in manifest["members"]]
+    # the digest goes before the name when the terminal is too narrow for both: it is in --json
+    print_table("members", ("member", "bytes", "sha256"), rows, left=("member", "sha256"), drop_order=("sha256",))
     say(_workflows_text(manifest.get("workflows", {})))
 
 

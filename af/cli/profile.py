@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Optional, Sequence
+from typing import IO, TYPE_CHECKING, Any, Optional
 
 import click
 
 from ._app import command
 from ._load import BACKENDS, MAX_REPLICAS
-from ._output import emit, say
+from ._output import emit, print_table, say
 
 if TYPE_CHECKING:
     from afprof import Distribution, ProfileReport
@@ -123,9 +123,6 @@ def _us(value: Optional[float]) -> str:
 def _print(report: ProfileReport) -> None:
     from afprof.report import HEADER
 
-    from ._output import console
-
-    out = console()
     say(f"note: {HEADER}")
     rate = report.records_per_second
     line = f"{report.records} records in {report.seconds:.3f}s" + (f", {rate:,.0f} records/s" if rate else "")
@@ -136,52 +133,13 @@ def _print(report: ProfileReport) -> None:
     workflows = [[w.workflow, str(w.runs), _us(w.seconds.total), *_dist(w.seconds)] for w in report.workflows]
     steps = [[s.workflow, s.step, str(s.line or "-"), str(s.calls), str(s.skipped), str(s.traps),
               _us(s.seconds.total), *_dist(s.seconds)] for s in report.steps]
-    print_table(out, "workflows (wall time per run, µs)", WORKFLOW_COLUMNS, workflows, WORKFLOW_DROP_ORDER)
-    print_table(out, "steps (wall time per call, µs)", STEP_COLUMNS, steps, STEP_DROP_ORDER)
+    print_table("workflows (wall time per run, µs)", WORKFLOW_COLUMNS, workflows, left=_TEXT_COLUMNS,
+                drop_order=WORKFLOW_DROP_ORDER)
+    print_table("steps (wall time per call, µs)", STEP_COLUMNS, steps, left=_TEXT_COLUMNS, drop_order=STEP_DROP_ORDER)
     _print_backend(report)
     for title, counts in (("messages sent", report.messages), ("traps", report.traps)):
         if counts:
             say(f"{title}: " + ", ".join(f"{k} x{n}" for k, n in sorted(counts.items())))
-
-
-def fit_columns(columns: Sequence[str], rows: list[list[str]], drop_order: Sequence[str], width: int) -> list[str]:
-    """Return the columns to show so that the table fits in ``width`` without wrapping a cell.
-
-    Columns are left out in ``drop_order`` until the table fits; an empty list means that even
-    the fewest columns do not fit (the caller prints the rows stacked instead).
-    """
-    def table_width(shown: list[str]) -> int:
-        widths = [max([len(c), *(len(row[columns.index(c)]) for row in rows)]) for c in shown]
-        return sum(widths) + 3 * len(shown) + 1  # a space either side of each cell, a border between
-
-    shown = list(columns)
-    for column in (None, *drop_order):
-        if column is not None:
-            shown.remove(column)
-        if table_width(shown) <= width:
-            return shown
-    return []
-
-
-def print_table(out: Any, title: str, columns: Sequence[str], rows: list[list[str]], drop_order: Sequence[str]) -> None:
-    """Print ``rows`` as a table that fits the console's width: columns left out, or rows stacked, never cut."""
-    from rich.table import Table
-
-    shown = fit_columns(columns, rows, drop_order, out.width)
-    if not shown:
-        say(title)
-        for row in rows:
-            say("  " + ", ".join(f"{c} {v}" for c, v in zip(columns, row)))
-        return
-    left_out = [c for c in columns if c not in shown]
-    table = Table(title=title)
-    for column in shown:
-        table.add_column(column, justify="left" if column in _TEXT_COLUMNS else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*(row[columns.index(c)] for c in shown))
-    out.print(table)
-    if left_out:
-        say(f"(left out to fit: {', '.join(left_out)}; --json has every column)")
 
 
 def _dist(d: Distribution) -> list[str]:
