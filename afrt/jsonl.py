@@ -68,12 +68,16 @@ class _PipeProtocol(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self.lost: Exception | None = None
         self.closed = False
+        self.paused_at: float | None = None  # loop time since which the kernel takes nothing more
 
     def pause_writing(self) -> None:
         if self._waiter is None or self._waiter.done():
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            self.paused_at = loop.time()
 
     def resume_writing(self) -> None:
+        self.paused_at = None
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -179,7 +183,7 @@ class JsonlWriter:
             try:
                 await self._write(b"".join(parts))
             except OSError as exc:  # e.g. `af run ... | head`, or a full disk
-                self.write_error = exc
+                self.write_error = self.write_error or exc
             else:
                 self.written += count
         self._settle_acks()
@@ -208,6 +212,11 @@ class JsonlWriter:
             else:
                 keep.append((last, future))
         self._acks = keep
+
+    def stalled_for(self) -> float:
+        """Return for how many seconds the output has taken nothing (0 when it is not stalled)."""
+        paused_at = self._protocol.paused_at if self._protocol is not None else None
+        return 0.0 if paused_at is None else asyncio.get_running_loop().time() - paused_at
 
     def abandon(self, why: str = "the output stalled") -> None:
         """Stop writing now (a stop request met a reader that does not read): nothing more is written."""

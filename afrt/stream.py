@@ -27,7 +27,7 @@ from .jsonl import JsonlWriter
 from .records import ErrorRecord, RecordBlock, may_spell_booleans, parse_block
 from .swarm import Swarm
 
-__all__ = ["RunOptions", "RunSummary", "run_jsonl"]
+__all__ = ["RunOptions", "RunProgress", "RunSummary", "run_jsonl"]
 
 #: bytes read at a time (a pipe returns what it has, up to this); the lines of a chunk are held
 #: at once, so a larger chunk falls out of the CPU caches (1 MiB was ~5% slower in `af run`)
@@ -52,6 +52,22 @@ class RunOptions:
     max_batch: int = 64
     batch_wait_ms: float = 2.0
     instrument: Any = None
+    #: counters the run keeps up to date, for a progress display (None: not kept)
+    progress: RunProgress | None = None
+
+
+@dataclass
+class RunProgress:
+    """How far a run has come, updated as it goes (read it from another task to show progress).
+
+    ``bytes_total`` is the input's size when it is a file (None for a pipe or a terminal).
+    """
+
+    records: int = 0
+    written: int = 0
+    bytes_read: int = 0
+    bytes_total: int | None = None
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -73,6 +89,7 @@ class RunSummary:
     notices: list[str] = field(default_factory=list)
     shutdown_errors: list[str] = field(default_factory=list)
     ephemeral: bool = True
+    progress: RunProgress | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """Return the summary as plain JSON data."""
@@ -253,18 +270,19 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[]
         await swarm.stop()
         raise
     stop = stop or asyncio.Event()
-    consuming = asyncio.ensure_future(_consume(swarm, writer, stop))
-    stalled = None
+    progress = options.progress
+    if progress is not None:
+        progress.bytes_total = _file_size(source)
+        summary.progress = progress
+    consuming = asyncio.ensure_future(_consume(swarm, writer, stop, progress))
+    watchdog = asyncio.ensure_future(_abandon_when_stalled(writer, stop))
     try:
         await _pump(group, source, writer, summary, agent.input_size, stop, options.max_batch)
     finally:
-        if stop.is_set():  # a reader that does not read must not hold the stop up for ever
-            stalled = asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, writer.abandon)
         await swarm.drain()
         await consuming
         await writer.close()
-        if stalled is not None:
-            stalled.cancel()
+        watchdog.cancel()
         # only now: the shutdown workflow's checkpoint counts records whose outputs are written
         errors = await swarm.stop()
         _summarize(summary, writer, group, errors, time.perf_counter() - started)
@@ -277,11 +295,22 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[]
     return summary
 
 
-async def _consume(swarm: Swarm, writer: JsonlWriter, stop: asyncio.Event) -> None:
+async def _abandon_when_stalled(writer: JsonlWriter, stop: asyncio.Event) -> None:
+    """After a stop request, give up an output that has taken nothing for `STOP_GRACE_SECONDS`:
+    a reader that stopped reading must not keep the run (and its shutdown workflows) waiting."""
+    await stop.wait()
+    while writer.stalled_for() < STOP_GRACE_SECONDS:
+        await asyncio.sleep(0.1)
+    writer.abandon()
+
+
+async def _consume(swarm: Swarm, writer: JsonlWriter, stop: asyncio.Event, progress: RunProgress | None) -> None:
     """Write the outcomes as they come; after a write failed, take the rest without writing it."""
     async for outcomes in swarm.results():
         writer.add(outcomes)
         await writer.flush()
+        if progress is not None:
+            progress.written = writer.written
         if writer.write_error is not None:
             stop.set()  # e.g. `af run ... | head`: stop reading
 
@@ -296,6 +325,15 @@ def _summarize(summary: RunSummary, writer: JsonlWriter, group: Any, errors: lis
     summary.stats = group.stats()
     summary.notices = group.notices()
     summary.restored = {c.agent_id: c.restored for c in group.contexts if c.restored}
+
+
+def _file_size(stream: IO[bytes]) -> int | None:
+    """Return the size of a regular file (what a progress display's ETA needs), else None."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _input_kind(stream: IO[bytes]) -> str:
@@ -336,6 +374,8 @@ async def _pump_file(group: Any, source: IO[bytes], parser: _Parser, writer: Jso
             chunk = read(READ_CHUNK)
         except OSError as exc:
             raise ExecutionError(f"cannot read the input: {exc}", code="AF5236") from None
+        if summary.progress is not None:
+            summary.progress.bytes_read += len(chunk)
         await _dispatch(group, parser.feed(chunk, hold=True), writer, summary)
         if not chunk:
             return
@@ -410,6 +450,8 @@ async def _pump_pipe(group: Any, source: IO[bytes], parser: _Parser, writer: Jso
             if pipe.error is not None:
                 raise ExecutionError(f"cannot read the input: {pipe.error}", code="AF5236") from pipe.error
             # All that has arrived is parsed at once: every complete line goes out without waiting.
+            if summary.progress is not None:
+                summary.progress.bytes_read += len(chunk)
             await _dispatch(group, parser.feed(chunk), writer, summary)
             if not chunk:
                 return
@@ -452,6 +494,8 @@ async def _dispatch(group: Any, parsed: tuple[list[RecordBlock], list[ErrorRecor
                     writer: JsonlWriter, summary: RunSummary) -> None:
     blocks, errors = parsed
     summary.records += len(errors) + sum([len(b) for b in blocks])
+    if summary.progress is not None:
+        summary.progress.records = summary.records
     if errors:
         for error in errors:
             writer.add_error(error.seq, error.id, error.code, error.message)

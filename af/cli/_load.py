@@ -120,16 +120,18 @@ def _read_ahead(path: Path) -> Callable[[], Any]:
     return future.result
 
 
-def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
-               on_start: Optional[Callable[[asyncio.Event], None]] = None, **options: Any) -> RunSummary:
+def run_stream(agent: Any, source: IO[bytes], sink: Any, *,
+               on_start: Optional[Callable[[asyncio.Event], None]] = None, progress: bool = False,
+               **options: Any) -> RunSummary:
     """Run ``source`` through a swarm of ``agent`` (`afrt.run_jsonl`), stopping on SIGINT/SIGTERM.
 
     Args:
         agent: the loaded agent.
         source: JSON Lines input.
-        sink: where output records go.
+        sink: where output records go, or a function that opens it once the agents started.
         on_start: called with the run's stop event before the run starts (a debugger's ``quit``
             sets it).
+        progress: draw a progress line on stderr while the run goes (for a terminal).
         options: `afrt.RunOptions` fields.
 
     Returns:
@@ -139,8 +141,11 @@ def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
     import atexit
     import gc
     import signal
+    import sys
 
-    from afrt import RunOptions, run_jsonl
+    from afrt import RunOptions, RunProgress, run_jsonl
+
+    from ._progress import show_progress
 
     # The one GC measure of `af`: interpreter shutdown would run a full collection over every
     # object the run left behind; frozen objects are left to the OS. Measured on `af run` of one
@@ -160,9 +165,14 @@ def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
                 loop.add_signal_handler(sig, lambda s=sig: (caught.append(s.name), stop.set()))
             except (RuntimeError, ValueError):  # not the main thread: no handlers, Ctrl-C still ends it
                 pass
+        counters = RunProgress() if progress else None
+        drawing = asyncio.ensure_future(show_progress(counters, sys.stderr)) if counters is not None else None
         try:
-            summary = await run_jsonl(agent, source, sink, RunOptions(**options), stop=stop)
+            summary = await run_jsonl(agent, source, sink, RunOptions(progress=counters, **options), stop=stop)
         finally:
+            if drawing is not None:
+                drawing.cancel()
+                await asyncio.gather(drawing, return_exceptions=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         if caught:

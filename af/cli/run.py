@@ -41,9 +41,10 @@ AGENTS_SHOWN = 4
 @click.option("--fuel", type=click.IntRange(min=1), help="WASM fuel per record, wasm backend only (default: from the network's size).")
 @click.option("--fail-on-error", is_flag=True, help="Exit 1 when any record failed.")
 @click.option("--json", "json_summary", is_flag=True, help="Print the summary as one JSON object on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary (errors still show).")
 def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: int, backend: Optional[str],
                 swarm: str, state_dir: Optional[Path], max_batch: int, batch_wait_ms: float, fuel: Optional[int],
-                fail_on_error: bool, json_summary: bool) -> None:
+                fail_on_error: bool, json_summary: bool, quiet: bool) -> None:
     """Run an agent on JSON Lines records: one output or error record per input record, in input order.
 
     BUNDLE is a bundle (.afb) or an .af file, compiled in memory first (told apart by content).
@@ -63,13 +64,15 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
 
     try:
         agent = load_agent(bundle, backend, fuel)
-        if input_path == "-" and sys.stdin.isatty():
+        if input_path == "-" and sys.stdin.isatty() and not quiet:
             say("reading records from stdin (Ctrl-D to end)")
         summary = run_stream(agent, source, open_output, replicas=replicas, swarm=swarm, state_dir=state_dir,
-                             max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+                             max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                             progress=not quiet and sys.stderr.isatty())
     finally:
         close_streams(source, *opened)
-    _report(summary, json_summary)
+    if not quiet or json_summary:
+        _report(summary, json_summary)
     if summary.interrupted:
         raise click.exceptions.Exit(SIGNAL_EXIT.get(summary.interrupted, 130))
     if fail_on_error and summary.errors:

@@ -45,6 +45,13 @@ class TestEvaluate:
             evaluate(Binary("%", Const(1), Const(0)), resolve)
         assert info.value.code == "AF5202"
 
+    @pytest.mark.parametrize("left, op, right", [(1.5, "*", 10**400), (10**400, "+", 0.5), (10**400, "/", 3),
+                                                 (2.0, "%", 10**400)])
+    def test_overflowing_arithmetic_is_a_guard_error_not_a_crash(self, left, op, right):
+        with pytest.raises(ExecutionError) as info:
+            evaluate(Binary(op, Const(left), Const(right)), resolve)
+        assert info.value.code == "AF5202" and "cannot apply" in info.value.message
+
     def test_type_mismatch_is_an_execution_error(self):
         with pytest.raises(ExecutionError):
             evaluate(Binary("<", Const("a"), Const(1)), resolve)

@@ -393,3 +393,19 @@ class TestNewUserBugs:
         assert result.exit_code == 2 and result.stdout == ""
         [error] = json.loads(result.stderr)
         assert error["code"] == "AF0901" and error["path"] == str(tmp_path / "missing.afb")
+
+    def test_quiet_keeps_the_terminal_note_off_too(self, example_bundles):
+        import os
+        import pty
+
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([AF, "run", str(example_bundles["xor"]), "--quiet"], stdin=follower,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.close(follower)
+        try:
+            os.write(leader, b"[0, 1]\n\x04")
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(leader)
+            proc.kill()
+        assert proc.returncode == 0 and err == b"" and len(read_output(out)) == 1
