@@ -6,22 +6,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-import typer
+import click
 
-from ._app import command, console, stdout
+from ._app import command
+from ._output import emit, print_table, say
 
 _RUN_ORDER = ("initialization", "execution", "shutdown")
 
 
 @command("inspect")
-def inspect_command(
-    path: Path = typer.Argument(..., metavar="BUNDLE", help="The .afb bundle to inspect.", dir_okay=False),
-    as_json: bool = typer.Option(False, "--json", help="Print {bundle, size, sha256, manifest} as JSON on stdout."),
-) -> None:
-    """Verify a bundle and show its manifest, layers, members, sizes, digests and workflows."""
+@click.argument("path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print {bundle, size, sha256, manifest} as JSON on stdout.")
+def inspect_command(path: Path, *, as_json: bool) -> None:
+    """Verify a bundle and show its manifest, layers, members, sizes, digests and workflows.
+
+    With --json, errors too are JSON on stdout.
+    """
     from afcore.bundle import read_bundle
 
-    data = _read(path)
+    from ._files import read_checked
+
+    data = read_checked(path, ("bundle",), "af inspect")
     bundle = read_bundle(data)
     from afc.emit import check_manifest
 
@@ -32,23 +37,13 @@ def inspect_command(
         check_model_bytes(bundle.members["model.onnx"])
     report = {"bundle": str(path), "size": len(data), "sha256": bundle.digest, "manifest": bundle.manifest}
     if as_json:
-        stdout.print(json.dumps(report, indent=2, sort_keys=True), markup=False, highlight=False)
+        emit(json.dumps(report, indent=2, sort_keys=True))
     else:
         _print_report(report)
 
 
-def _read(path: Path) -> bytes:
-    from afcore.errors import BundleError
-
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise BundleError(f"cannot read bundle `{path}`: {exc.strerror or exc}", code="AF4015",
-                          hint="check the path and its permissions") from None
-
-
 def _print_report(report: dict[str, Any]) -> None:
-    from rich.table import Table
+    from .compile import print_layers
 
     manifest = report["manifest"]
     agent, source, network = manifest.get("agent", {}), manifest.get("source", {}), manifest.get("network", {})
@@ -60,22 +55,12 @@ def _print_report(report: dict[str, Any]) -> None:
         f"compiler  {manifest.get('compiler', {}).get('name')} {manifest.get('compiler', {}).get('version')}",
         f"targets   {', '.join(manifest.get('targets', []))}" + _target_details(manifest),
     ]
-    console.print("\n".join(lines), markup=False, highlight=False)
-    layers = Table(title="network", title_justify="left")
-    for column in ("layer", "shape", "activation", "parameters"):
-        layers.add_column(column, justify="right" if column in ("layer", "parameters") else "left")
-    for layer in network.get("layers", []):
-        layers.add_row(str(layer["index"]), f"{layer['in']} -> {layer['out']}", layer["activation"],
-                       f"{layer['parameters']:,}")
-    layers.add_row("", "", "total", f"{network.get('parameters', 0):,}")
-    members = Table(title="members", title_justify="left")
-    for column in ("member", "bytes", "sha256"):
-        members.add_column(column, justify="right" if column == "bytes" else "left")
-    for member in manifest["members"]:
-        members.add_row(member["name"], f"{member['size']:,}", member["sha256"])
-    console.print(layers)
-    console.print(members)
-    console.print(_workflows_text(manifest.get("workflows", {})), markup=False, highlight=False)
+    say("\n".join(lines))
+    print_layers("network", network.get("layers", []), network.get("parameters", 0))
+    rows = [[m["name"], f"{m['size']:,}", m["sha256"]] for m in manifest["members"]]
+    # the digest goes before the name when the terminal is too narrow for both: it is in --json
+    print_table("members", ("member", "bytes", "sha256"), rows, left=("member", "sha256"), drop_order=("sha256",))
+    say(_workflows_text(manifest.get("workflows", {})))
 
 
 def _target_details(manifest: dict[str, Any]) -> str:

@@ -7,55 +7,48 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-import typer
+import click
 
-from ._app import command, console, stdout
+from ._app import command
+from ._output import emit, say
+from .validate import DEFAULT_MAX_SECTION_BYTES, FORMATS
 
 if TYPE_CHECKING:
     from afc.reader import Container
 
-#: what `--max-section-bytes` defaults to (afc.reader.DEFAULT_MAX_SECTION_BYTES, repeated to keep `--help` light)
-_DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
-
-
 @command("pack")
-def pack_command(
-    path: Path = typer.Argument(..., metavar="PATH", help="The .af file whose sections to replace or add.", dir_okay=False),
-    weights: Optional[Path] = typer.Option(
-        None, "--weights", help="A safetensors file to store as the `neural_weights` section.", dir_okay=False
-    ),
-    training_data: Optional[Path] = typer.Option(
-        None, "--training-data", help="A safetensors file to store as the `training_data` section.", dir_okay=False
-    ),
-    raw: bool = typer.Option(False, "--raw", help="Store the packed sections as raw zstd bytes instead of base64 text."),
-    output: Optional[Path] = typer.Option(
-        None, "-o", "--output", help="Write here instead of replacing PATH in place.", dir_okay=False
-    ),
-    fmt: str = typer.Option("full", "--format", help="Diagnostics as full, concise or json (json: a summary on stdout)."),
-    max_section_bytes: int = typer.Option(
-        _DEFAULT_MAX_SECTION_BYTES, "--max-section-bytes", min=1, help="Refuse any section larger than this once decompressed."
-    ),
-) -> None:
+@click.argument("path", metavar="PATH", type=click.Path(path_type=Path))
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="A safetensors file to store as the `neural_weights` section.")
+@click.option("--training-data", type=click.Path(path_type=Path),
+              help="A safetensors file to store as the `training_data` section.")
+@click.option("--raw", is_flag=True, help="Store the packed sections as raw zstd bytes instead of base64 text.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here instead of replacing PATH in place.")
+@click.option("--format", "fmt", default="full", show_default=True, type=click.Choice(FORMATS),
+              help="Diagnostics as full, concise or json (json: a summary on stdout).")
+@click.option("--max-section-bytes", default=DEFAULT_MAX_SECTION_BYTES, show_default=True,
+              type=click.IntRange(min=1), help="Refuse any section larger than this once decompressed.")
+def pack_command(path: Path, *, weights: Optional[Path], training_data: Optional[Path], raw: bool,
+                 output: Optional[Path], fmt: str, max_section_bytes: int) -> None:
     """Replace or add the neural_weights and training_data sections of an .af file.
 
     The header text and the other sections are kept. The new file must validate, or nothing is
     written; it replaces PATH atomically (or goes to -o). Exit 0 when written, 1 when the result
     would be invalid, 2 for a usage error (bad flags, unreadable file).
     """
-    from afc.agentfile import load_agent_bytes, read_agent_bytes
+    from afc.agentfile import load_agent_bytes
     from afc.reader import read_container
     from afc.writer import write_container
-    from afcore.errors import UsageError
 
-    if fmt not in ("full", "concise", "json"):
-        raise UsageError(f"unknown format `{fmt}`", code="AF0900", hint="use --format full, concise or json")
+    from ._files import check_output, read_checked
+
     new = _new_payloads(weights, training_data)
-    data = read_agent_bytes(path)
+    data = read_checked(path, ("agent",), "af pack")
     container = read_container(data, path=str(path), max_section_bytes=max_section_bytes, skip_payloads=new)
     sections = _merge(container, new)
     raw_names = {n for n, _ in sections if (n in new and raw) or (n not in new and _encoding(container, n) == "raw")}
     result = write_container(container.header_text, sections, raw=raw_names, newline=container.newline, bom=container.bom)
-    target = output or path
+    target = check_output(output, create_parents=False) if output is not None else path
     load_agent_bytes(result, path=str(target), max_section_bytes=max_section_bytes)  # refuse to write an invalid file
     _write(target, result)
     _report(target, new, raw, len(result), fmt)
@@ -75,11 +68,12 @@ def _write(target: Path, data: bytes) -> None:
 
 def _new_payloads(weights: Path | None, training_data: Path | None) -> dict[str, bytes]:
     """Read and check the given safetensors files; return their bytes by section name."""
-    from afc.agentfile import read_agent_bytes
     from afcore.errors import UsageError
 
+    from ._files import read_input
+
     given = {"neural_weights": weights, "training_data": training_data}
-    new = {name: read_agent_bytes(file) for name, file in given.items() if file is not None}
+    new = {name: read_input(file) for name, file in given.items() if file is not None}
     if not new:
         raise UsageError("nothing to pack", code="AF0912", hint="give --weights FILE and/or --training-data FILE")
     for name, payload in new.items():
@@ -116,7 +110,7 @@ def _encoding(container: Container, name: str) -> str | None:
 def _report(target: Path, new: dict[str, bytes], raw: bool, size: int, fmt: str) -> None:
     if fmt == "json":
         summary = {"path": str(target), "bytes": size, "sections": sorted(new), "encoding": "raw" if raw else "base64"}
-        stdout.print(json.dumps(summary), markup=False, highlight=False)
+        emit(json.dumps(summary))
         return
     names = ", ".join(sorted(new))
-    console.print(f"packed {names} into {target} ({size} bytes)", markup=False, highlight=False)
+    say(f"packed {names} into {target} ({size} bytes)")

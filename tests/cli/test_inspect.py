@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from afcore.bundle import read_bundle, write_bundle
 
 runner = CliRunner()
+XOR = Path(__file__).resolve().parents[2] / "examples" / "xor.af"
 
 
 class TestInspect:
@@ -42,11 +44,37 @@ class TestInspect:
 
 
 class TestBrokenBundles:
-    def test_not_a_bundle(self, tmp_path):
+    def test_zstd_that_is_not_a_bundle(self, tmp_path):
+        import zstandard
+
+        path = tmp_path / "x.afb"
+        path.write_bytes(zstandard.ZstdCompressor().compress(b"hello"))
+        result = runner.invoke(app, ["inspect", str(path)])
+        assert result.exit_code == 1 and "AF400" in result.stderr
+
+    def test_a_text_file_is_said_to_be_one_whatever_its_name(self, tmp_path):
         path = tmp_path / "x.afb"
         path.write_bytes(b"hello")
         result = runner.invoke(app, ["inspect", str(path)])
-        assert result.exit_code == 1 and "AF4001" in result.stderr
+        assert result.exit_code == 2 and "AF0904" in result.stderr
+        assert "is an .af agent file (text)" in result.stderr and "af validate" in result.stderr
+
+    def test_an_agent_file_gets_the_command_that_takes_it(self):
+        result = runner.invoke(app, ["inspect", str(XOR)])
+        assert result.exit_code == 2 and "AF0904" in result.stderr
+        assert "= help: for this file use `af validate`, `af compile` or `af run`" in result.stderr
+
+    def test_json_stays_json_on_failure(self, tmp_path):
+        fake = tmp_path / "fake.afb"
+        fake.write_bytes(b"\x00\x01 not a bundle")
+        result = runner.invoke(app, ["inspect", "--json", str(fake)])
+        assert result.exit_code == 2
+        [record] = json.loads(result.stdout)
+        assert record["code"] == "AF0904" and record["path"] == str(fake) and record["hint"]
+        corrupt = tmp_path / "cut.afb"
+        corrupt.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 20)
+        result = runner.invoke(app, ["inspect", "--json", str(corrupt)])
+        assert result.exit_code == 1 and json.loads(result.stdout)[0]["code"].startswith("AF40")
 
     def test_truncated(self, example_bundles, tmp_path):
         path = tmp_path / "cut.afb"
@@ -78,4 +106,4 @@ class TestBrokenBundles:
 
     def test_missing_file(self, tmp_path):
         result = runner.invoke(app, ["inspect", str(tmp_path / "none.afb")])
-        assert result.exit_code == 1 and "AF4015" in result.stderr
+        assert result.exit_code == 2 and "AF0901" in result.stderr and "= help: " in result.stderr
