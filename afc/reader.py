@@ -30,7 +30,7 @@ from afcore.diagnostics import Diagnostic
 from afcore.errors import ParseError
 from afcore.spans import SourceFile, Span
 
-from .sniff import ZSTD_MAGIC, identify_foreign, is_skippable_frame
+from afcore.sniff import ZSTD_MAGIC, identify_foreign, is_skippable_frame
 
 __all__ = [
     "DEFAULT_MAX_SECTION_BYTES",

@@ -18,14 +18,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from afcore.errors import UsageError
 
-#: the first bytes of a zstd frame: a bundle is a zstd-compressed tar archive
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-#: what starts a section of an .af file (afc.reader.MARKER_PREFIX; a raw section's bytes follow it)
-SECTION_MARKER = b"---BINARY_SECTION:"
-#: the bytes text may hold: printable ASCII, tab, newline, form feed, carriage return, escape, and UTF-8 bytes
-_TEXT_BYTES = bytes([9, 10, 12, 13, 27, *range(32, 127), *range(128, 256)])
-#: the tags that may follow an ONNX ModelProto's ir_version (field 1): producer_name ... opset_import
-_ONNX_SECOND_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
 #: how many bytes `sniff_kind` looks at
 SNIFF_BYTES = 4096
 #: kind -> (what it is, which command takes it)
@@ -37,6 +29,7 @@ KINDS = {
     "onnx": ("an ONNX model", "onnxruntime or Netron (`af export` writes one from a bundle)"),
     "letta": ("a Letta agent file (JSON with `agents`), a format that shares the .af extension",
               "Letta; af agent files are YAML, see docs/format.md"),
+    "json": ("a JSON document without the keys of an af agent file", "no af command (docs/format.md)"),
     "binary": ("a binary file that is neither an .af file nor a bundle", "no af command"),
     "empty": ("an empty file", "no af command"),
 }
@@ -54,30 +47,14 @@ def usage_error(message: str, code: str, hint: str, path: Any) -> UsageError:
 
 
 def sniff_kind(head: bytes) -> str:
-    """Return the kind of a file from its first bytes: a key of `KINDS`.
+    """Return the kind of a file from its first bytes: a key of `KINDS` (`afcore.sniff.file_kind`).
 
     Args:
-        head: the file's first bytes (`SNIFF_BYTES` are enough).
+        head: the file's first bytes (`SNIFF_BYTES` are enough), or all of them.
     """
-    if not head:
-        return "empty"
-    if head.startswith(ZSTD_MAGIC):
-        return "bundle"
-    if head[257:262] == b"ustar":
-        return "tar"
-    if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 100 * 1024**2:
-        return "safetensors"
-    if len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 32 and head[2] in _ONNX_SECOND_FIELDS:
-        return "onnx"
-    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and b'"agents"' in head:
-        return "letta"
-    marker = head.find(SECTION_MARKER)
-    text = head[:marker] if marker != -1 else head  # raw (binary) sections follow their marker line
-    # A stray control byte in a text header is the reader's to report (with its line); binary data
-    # is full of them.
-    if len(text.translate(None, _TEXT_BYTES)) > max(1, len(text) // 20):
-        return "binary"
-    return "agent"
+    from afcore.sniff import file_kind
+
+    return file_kind(head)
 
 
 def read_head(path: Path) -> bytes:
@@ -158,5 +135,5 @@ def read_checked(path: Path, wanted: tuple[str, ...], command: str) -> bytes:
         UsageError: AF0901 or AF0904, as `read_input` and `ensure_kind`.
     """
     data = read_input(path)
-    ensure_kind(path, sniff_kind(data[:SNIFF_BYTES]), wanted, command)
+    ensure_kind(path, sniff_kind(data), wanted, command)
     return data

@@ -69,7 +69,7 @@ def _validate(path: Path, max_section_bytes: int) -> tuple[list[Diagnostic], byt
 
     try:
         data = read_input(path)
-        ensure_kind(path, sniff_kind(data[:SNIFF_BYTES]), ("agent",), "af validate")
+        ensure_kind(path, sniff_kind(data), ("agent",), "af validate")
     except UsageError as error:
         return [Diagnostic(error.code, "error", error.message, help=error.hint)], b"", error.exit_code
     diagnostics = validate_bytes(data, path=str(path), max_section_bytes=max_section_bytes)

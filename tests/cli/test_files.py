@@ -33,7 +33,8 @@ class TestSniffKind:
         (b"name: x\x07y\nversion: 1\n", "agent"),  # a stray control byte: the reader reports it with its line
         (zstandard.ZstdCompressor().compress(b"anything"), "bundle"),
         (_tar(), "tar"),
-        ((2).to_bytes(8, "little") + b'{"}', "safetensors"),
+        ((2).to_bytes(8, "little") + b'{}', "safetensors"),
+        ((5000).to_bytes(8, "little") + b'{"layers.0.weight": {"dtype"', "safetensors"),
         (b"\x08\x07\x12\x07pytorch\x1a\x032.0:", "onnx"),
         (b'{\n  "agents": [], "blocks": []\n}', "letta"),
         (bytes(range(256)), "binary"),
@@ -60,7 +61,7 @@ class TestNamedPaths:
 
     def test_wrong_kind_names_the_command_that_takes_it(self, tmp_path):
         path = tmp_path / "w.bin"
-        path.write_bytes((2).to_bytes(8, "little") + b'{"}')
+        path.write_bytes((2).to_bytes(8, "little") + b'{}')
         with pytest.raises(UsageError) as caught:
             check_input(path, ("agent", "bundle"), "af run")
         assert caught.value.code == "AF0904"

@@ -1,4 +1,8 @@
-"""Tell an af agent file from the other files that reach `af validate` by mistake, by their content.
+"""Tell the files that reach `af` apart by their content: the one place that knows the kinds.
+
+`file_kind` names what a file is (an .af agent file, a bundle, or a kind `af` does not take) for
+the command line, which refuses a file of the wrong kind (AF0904); `identify_foreign` says why a
+file is not an af agent file, for the reader's diagnostic (AF0023).
 
 Letta's agent files share the `.af` extension (JSON with `agents`, `blocks`, `tools`,
 `mcp_servers`), a bundle (`.afb`) is easily passed for its source, and ONNX or safetensors files
@@ -14,7 +18,7 @@ import json
 import struct
 from dataclasses import dataclass
 
-__all__ = ["ZSTD_MAGIC", "ForeignFile", "identify_foreign", "is_skippable_frame"]
+__all__ = ["ZSTD_MAGIC", "ForeignFile", "file_kind", "identify_foreign", "is_skippable_frame"]
 
 #: the four bytes every zstd frame starts with (RFC 8878)
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -78,6 +82,43 @@ def identify_foreign(data: bytes) -> ForeignFile | None:
     return _json_kind(data)
 
 
+#: the bytes text may hold: tab, newline, form feed, carriage return, escape, printable ASCII and UTF-8
+_TEXT_BYTES = bytes([9, 10, 12, 13, 27, *range(32, 127), *range(128, 256)])
+#: what starts a section of an .af file (`afc.reader`); a raw section's bytes follow its marker line
+_SECTION_MARKER = b"---BINARY_SECTION:"
+
+
+def file_kind(data: bytes) -> str:
+    """Return what a file is, from its first bytes (or all of them).
+
+    Args:
+        data: the file's start (4 KiB are enough for all but a JSON document, which is named only
+            when it is whole).
+
+    Returns:
+        ``agent`` (text: an .af file, or something its own checks will refuse), ``bundle`` (zstd
+        data: the bundle reader says if it is not one), ``empty``, ``tar``, or one of the kinds of
+        `identify_foreign`: ``letta``, ``onnx``, ``safetensors``, ``json``, ``binary``.
+    """
+    if not data:
+        return "empty"
+    if data[257:262] == b"ustar":
+        return "tar"
+    foreign = identify_foreign(data)
+    if foreign is not None:
+        return "bundle" if foreign.kind == "zstd" else foreign.kind
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and b'"agents"' in data[:4096]:
+        return "letta"  # a Letta file too long to be parsed from its start
+    head = data[:4096]
+    marker = head.find(_SECTION_MARKER)
+    text = head[:marker] if marker != -1 else head
+    # A stray control byte in a text header is the reader's to report (with its line); binary data
+    # is full of them.
+    if len(text.translate(None, _TEXT_BYTES)) > max(1, len(text) // 20):
+        return "binary"
+    return "agent"
+
+
 def is_skippable_frame(head: bytes) -> bool:
     """Whether ``head`` starts a zstd skippable frame (magic 0x184D2A50-0x184D2A5F, RFC 8878 §3.1.2)."""
     return len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18"
@@ -110,8 +151,10 @@ def _is_safetensors(data: bytes) -> bool:
     if len(data) < 10:
         return False
     (size,) = struct.unpack_from("<Q", data)
-    if not 2 <= size <= min(len(data) - 8, _MAX_JSON_BYTES) or data[8:9] != b"{":
+    if not 2 <= size <= _MAX_JSON_BYTES or data[8:10] not in (b'{"', b"{}"):
         return False
+    if size > len(data) - 8:
+        return True  # only the start of a long header is here (a command sniffs the first 4 KiB)
     return data[8 : 8 + size].rstrip(b" ").endswith(b"}")  # the writer pads the header with spaces
 
 

@@ -1,4 +1,4 @@
-"""afc.sniff: files that are plainly not af agent files are named by their content (issue 9, Letta)."""
+"""afcore.sniff: files that are plainly not af agent files are named by their content (issue 9, Letta)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import afc
-from afc.sniff import identify_foreign
+from afcore.sniff import identify_foreign
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD = ROOT / "tests" / "corpus" / "bad"
