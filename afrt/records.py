@@ -67,7 +67,7 @@ FLOAT32_LIMIT = 2.0**128 - 2.0**103
 #: integer ids are 64-bit (what the output encoder writes): from -2**63 to 2**64 - 1
 _ID_MIN, _ID_MAX = -(2**63), 2**64 - 1
 #: a byte order mark, accepted at the start of the input only
-UTF8_BOM = b"\xef\xbb\xbf"
+_UTF8_BOM = b"\xef\xbb\xbf"
 #: what a blank line may hold (JSON whitespace)
 _BLANK = b" \t\r\n"
 
@@ -232,7 +232,8 @@ def _malformed(raw: bytes, exc: msgspec.DecodeError) -> tuple[str, str]:
     at = _AT_BYTE.search(detail)
     if at is not None:
         start = int(at[1])
-        start -= start > 0 and raw[start - 1 : start] == b"-"
+        if raw[start - 1 : start] == b"-":  # msgspec points past the sign of -Infinity
+            start -= 1
         token = _NON_FINITE.match(raw, start)
         if token is not None:
             return "AF5231", f"non-finite value `{token[0].decode()}` in `{_quote(raw)}`"
@@ -272,8 +273,12 @@ def _read_input(raw: bytes, elements: list | None, input_size: int) -> tuple[lis
         return None, _element_problem(elements)
     bad = _first_non_float32(values)
     if bad is not None:
-        return None, ("AF5231", f"input[{bad}] = {values[bad]!r} is not a finite float32")
+        return None, ("AF5231", _not_float32(bad, repr(values[bad])))
     return values, None
+
+
+def _not_float32(index: int, value: str) -> str:
+    return f"input[{index}] = {value} is not a finite float32"
 
 
 def _element_problem(elements: list) -> tuple[str, str]:
@@ -283,9 +288,9 @@ def _element_problem(elements: list) -> tuple[str, str]:
             _NUMBER.decode(element)
         except _ValidationError as exc:
             if "out of range" in str(exc):  # a literal beyond the float range (1e999, 400 digits)
-                return "AF5231", f"input[{i}] = {_quote(bytes(element))} is not a finite float32"
+                return "AF5231", _not_float32(i, _quote(bytes(element)))
             return "AF5233", f"input[{i}] is {_found(exc)}, not a number"
-    raise AssertionError("an element failed as a list but not alone")  # pragma: no cover
+    return "AF5233", "input holds a value that is not a number"  # never seen: each alone decoded
 
 
 def _found(exc: msgspec.ValidationError) -> str:
@@ -361,7 +366,7 @@ def check_numbers(record: InputRecord) -> ErrorRecord | None:
     bad = _first_non_float32(record.values)
     if bad is not None:
         value = record.values[bad]
-        return ErrorRecord(record.seq, record.id, "AF5231", f"line {record.line}: input[{bad}] = {value!r} is not a finite float32")
+        return ErrorRecord(record.seq, record.id, "AF5231", f"line {record.line}: {_not_float32(bad, repr(value))}")
     return None
 
 
@@ -527,7 +532,7 @@ def _stack(seqs: list[int], ids: list[Any], numbers: list[int], rows: list[list]
     good = finite.all(axis=1)
     for i in np.flatnonzero(~good).tolist():
         bad = _first_non_float32(rows[i])
-        message = f"line {numbers[i]}: input[{bad}] = {rows[i][bad]!r} is not a finite float32"
+        message = f"line {numbers[i]}: {_not_float32(bad, repr(rows[i][bad]))}"
         errors.append(ErrorRecord(seqs[i], ids[i], "AF5231", message, numbers[i]))
     errors.sort(key=lambda e: e.seq)
     keep = np.flatnonzero(good).tolist()
@@ -629,11 +634,11 @@ class LineParser:
     def _skip_bom(self, chunk: bytes) -> bytes:
         """Return ``chunk`` without a BOM that starts the input; b"" while the first bytes may still be one."""
         head = self.head + chunk
-        if chunk and len(head) < len(UTF8_BOM) and UTF8_BOM.startswith(head):
+        if chunk and len(head) < len(_UTF8_BOM) and _UTF8_BOM.startswith(head):
             self.head = head
             return b""
         self.head = None
-        return head[len(UTF8_BOM):] if head.startswith(UTF8_BOM) else head
+        return head[len(_UTF8_BOM):] if head.startswith(_UTF8_BOM) else head
 
     def _parse(self, lines: list) -> tuple[list[RecordBlock], list[ErrorRecord]]:
         # Parsed and converted a group of lines at a time, while their floats are still in the cache.

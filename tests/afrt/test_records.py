@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from afrt.records import (
-    ErrorRecord, InputRecord, LineParser, RecordBlock, check_numbers, decode_results, encode_error, encode_output,
+    FLOAT32_LIMIT, ErrorRecord, InputRecord, LineParser, RecordBlock, check_numbers, decode_results, encode_error, encode_output,
     encode_results, parse_block, parse_line, parse_lines, to_float32,
 )
 
@@ -351,8 +351,10 @@ class TestHostileLines:
 
     def test_float32_range_is_what_rounds_to_a_finite_float32(self):
         # The reference is numpy's cast of the nearest double; every path agrees with it, alone or
-        # beside a bad record.
-        limit = 2.0**128 - 2.0**103
+        # beside a bad record, and FLOAT32_LIMIT is where it changes.
+        limit = FLOAT32_LIMIT
+        with np.errstate(over="ignore"):
+            assert np.isfinite(np.float32(np.nextafter(limit, 0))) and not np.isfinite(np.float32(limit))
         rng = np.random.default_rng(9)
         values = [FLT_MAX, limit, np.nextafter(limit, 0), np.nextafter(limit, np.inf), 3.4028236e38, 1e39, 2.0**128,
                   1.4e-45, 1e-46, 0.1] + list(rng.uniform(FLT_MAX * 0.999, limit * 1.001, 40))
