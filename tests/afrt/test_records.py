@@ -373,6 +373,24 @@ class TestHostileLines:
                     assert alone == beside == ("AF5231", None), x
                     assert plain.code == "AF5231" and "input[0]" in plain.message
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False).map(repr),
+        st.integers(-(10**45), 10**45).map(str),
+        st.tuples(st.integers(-(10**20), 10**20), st.integers(-330, 330)).map(lambda t: f"{t[0]}e{t[1]}"),
+        st.decimals(allow_nan=False, allow_infinity=False, places=30).map(str),
+    ), min_size=4, max_size=4))
+    def test_numbers_read_as_the_stdlib_reads_them_then_rounded_to_float32(self, texts):
+        # Independent reference: json.loads (stdlib), then numpy's float32 cast.
+        line = ("[" + ", ".join(texts) + "]").encode()
+        with np.errstate(over="ignore"):
+            want = [np.float32(float(json.loads(t))) for t in texts]
+        rec = _stream(line + b"\n", len(line) + 1, size=4)[0]
+        if all(np.isfinite(want)):
+            assert rec[0] == "ok" and rec[4] == tuple(float(w) for w in want), texts
+        else:
+            assert rec[0] == "error" and rec[4] == "AF5231", texts
+
     @pytest.mark.parametrize("literal", [b"1" + b"0" * 400, b"-1" + b"0" * 400, b"1e999", b"123456789e300"])
     def test_numbers_beyond_double_are_out_of_range_and_keep_the_id(self, literal):
         # Before: AF5230 "malformed JSON" and the id lost.
