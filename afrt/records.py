@@ -127,6 +127,13 @@ class _Record(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     id: Union[str, int, msgspec.UnsetType] = msgspec.UNSET
 
 
+class _OpenRecord(msgspec.Struct, gc=False):
+    """The record type with unknown fields ignored: the plain path's, once the nesting is bounded."""
+
+    input: list[float]
+    id: Union[str, int, msgspec.UnsetType] = msgspec.UNSET
+
+
 class _AnyRecord(msgspec.Struct, gc=False):
     """Any object, its ``id`` and ``input`` kept raw so that each is checked on its own."""
 
@@ -135,6 +142,7 @@ class _AnyRecord(msgspec.Struct, gc=False):
 
 
 _RECORD = msgspec.json.Decoder(Union[_Record, list[float]])
+_OPEN_RECORD = msgspec.json.Decoder(Union[_OpenRecord, list[float]])
 _SHAPE = msgspec.json.Decoder(Union[_AnyRecord, list[msgspec.Raw]])
 _ID = msgspec.json.Decoder(Union[str, int])
 _NUMBERS = msgspec.json.Decoder(list[float])
@@ -178,15 +186,42 @@ def parse_line(line: bytes, *, seq: int, line_no: int, input_size: int) -> Input
     """
     raw = bytes(line)
     problem = _check_text(raw)
-    if problem is None:
-        try:
-            data = _SHAPE.decode(raw)
-        except _ValidationError as exc:
-            problem = ("AF5234", f"expected an object or an array, found {_found(exc)}")
-        except _DecodeError as exc:
-            problem = _malformed(raw, exc)
     if problem is not None:
         return ErrorRecord(seq, None, problem[0], f"line {line_no}: {problem[1]}", line_no)
+    try:
+        rid, values = _take(_OPEN_RECORD.decode(raw), line_no, input_size)
+    except _DecodeError:
+        values = None
+    if values is None:
+        return _explain(raw, seq=seq, line_no=line_no, input_size=input_size)
+    bad = _first_non_float32(values)
+    if bad is not None:
+        return ErrorRecord(seq, rid, "AF5231", f"line {line_no}: {_not_float32(bad, repr(values[bad]))}", line_no)
+    return InputRecord(seq, rid, values, line_no)
+
+
+def _take(data: Any, line_no: int, input_size: int) -> tuple[Any, list | None]:
+    """Return (id, values) of a decoded record; values are None when the record cannot be taken
+    as decoded (a wrong length, an id beyond 64 bits): then the plain path says why."""
+    if type(data) is list:
+        return line_no, (data if len(data) == input_size else None)
+    rid, values = data.id, data.input
+    if rid is msgspec.UNSET:
+        rid = line_no
+    elif type(rid) is int and not _ID_MIN <= rid <= _ID_MAX:
+        return rid, None
+    return rid, (values if len(values) == input_size else None)
+
+
+def _explain(raw: bytes, *, seq: int, line_no: int, input_size: int) -> InputRecord | ErrorRecord:
+    """Read a line the record type refused piece by piece, and say what is wrong with it."""
+    try:
+        data = _SHAPE.decode(raw)
+    except _ValidationError as exc:
+        return ErrorRecord(seq, None, "AF5234", f"line {line_no}: expected an object or an array, found {_found(exc)}", line_no)
+    except _DecodeError as exc:
+        code, message = _malformed(raw, exc)
+        return ErrorRecord(seq, None, code, f"line {line_no}: {message}", line_no)
     if type(data) is list:
         rid: Any = line_no
         values, problem = _read_input(raw, data, input_size)
@@ -480,7 +515,7 @@ def parse_block(lines: Sequence[bytes], *, seq: int, line_no: int,
         (the block of good records or None, the error records in input order, the ``seq`` of
         the next record).
     """
-    decode, record_type, unset = _RECORD.decode, _Record, msgspec.UNSET
+    decode, take = _RECORD.decode, _take
     seqs: list[int] = []
     ids: list[Any] = []
     numbers: list[int] = []
@@ -488,18 +523,10 @@ def parse_block(lines: Sequence[bytes], *, seq: int, line_no: int,
     errors: list[ErrorRecord] = []
     for line in lines:
         try:
-            data = decode(line)
+            rid, values = take(decode(line), line_no, input_size)
         except _DecodeError:
-            data = values = None
-        if type(data) is record_type:
-            rid, values = data.id, data.input
-            if rid is unset:
-                rid = line_no
-            elif type(rid) is int and not _ID_MIN <= rid <= _ID_MAX:
-                values = None
-        elif data is not None:
-            rid, values = line_no, data
-        if values is None or len(values) != input_size:
+            values = None
+        if values is None:
             if not bytes(line).strip(_BLANK):  # blank lines hold no record
                 line_no += 1
                 continue
