@@ -157,6 +157,8 @@ _AT_BYTE = re.compile(r"\(byte (\d+)\)")
 _NON_FINITE = re.compile(rb"-?(?:NaN|Infinity)")
 #: a JSON string, or an unterminated one to the end of the line (its brackets are no nesting)
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
+#: bytes scanned at a time for the nesting depth
+_SCAN_BYTES = 1 << 20
 _NESTING_STEP = np.zeros(256, np.int8)
 _NESTING_STEP[[ord("["), ord("{")]] = 1
 _NESTING_STEP[[ord("]"), ord("}")]] = -1
@@ -257,8 +259,14 @@ def _too_deep(raw: bytes) -> bool:
     """
     if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:  # the usual case: a few brackets at most
         return False
-    steps = _NESTING_STEP[np.frombuffer(_STRING.sub(b"", raw), np.uint8)]
-    return steps.size > 0 and int(np.cumsum(steps, dtype=np.int64).max()) > MAX_DEPTH
+    bare, depth = _STRING.sub(b"", raw), 0
+    for start in range(0, len(bare), _SCAN_BYTES):  # a slice at a time: memory stays small on 16 MiB
+        part = np.frombuffer(bare, np.uint8, count=min(_SCAN_BYTES, len(bare) - start), offset=start)
+        levels = np.cumsum(_NESTING_STEP[part], dtype=np.int32) + depth
+        if int(levels.max()) > MAX_DEPTH:
+            return True
+        depth = int(levels[-1])
+    return False
 
 
 def _malformed(raw: bytes, exc: msgspec.DecodeError) -> tuple[str, str]:
