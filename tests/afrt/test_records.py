@@ -336,6 +336,12 @@ class TestHostileLines:
             assert [(g[0], g[2], g[4]) for g in got] == [
                 ("ok", "before", (1.0, 2.0, 3.0)), ("error", None, "AF5239"), ("ok", "after", (4.0, 5.0, 6.0))]
 
+    @pytest.mark.parametrize("last, code", [(28, "AF5230"), (29, "AF5239")])
+    def test_nesting_is_counted_across_the_scan_slices(self, last, code):
+        # 100 levels, 1.2 MB of numbers (past a 1 MiB slice), then more levels: 128 is the limit.
+        line = b"[" * 100 + b"0," * 600_000 + b"[" * last
+        assert parse(line).code == code
+
     def test_nesting_limit_is_counted_outside_strings(self):
         many = json.dumps({"id": "[" * 500 + "{" * 500, "input": [1, 2, 3]}).encode()
         assert parse(many).id == "[" * 500 + "{" * 500
