@@ -78,10 +78,10 @@ class TestEndToEnd:
         assert len(records) == 10_000
         errors = {i: r["error"] for i, r in enumerate(records) if "error" in r}
         assert sorted(errors) == [10, 20, 30]
-        assert records[10]["id"] == 11 and errors[10]["code"] == "AF5230" and "line 11" in errors[10]["message"]
+        assert records[10]["id"] is None and errors[10]["code"] == "AF5230" and "line 11" in errors[10]["message"]
         assert '{"id": "broken"' in errors[10]["message"]
         assert records[20]["id"] == "short" and errors[20]["code"] == "AF5232"
-        assert records[30]["id"] == 31 and errors[30]["code"] == "AF5231"
+        assert records[30]["id"] is None and errors[30]["code"] == "AF5231"
         good = [i for i in range(10_000) if i not in errors]
         got = np.array([records[i]["output"] for i in good], dtype=np.float64)
         np.testing.assert_allclose(got, forward64(network, x[good]), rtol=1e-5, atol=1e-5)
