@@ -208,8 +208,7 @@ def write_bundle_file(
     Raises:
         LoweringError: AF3006 when the file cannot be written; nothing is replaced then.
     """
-    import tempfile
-
+    from afcore import fsutil
     from afcore.bundle import iter_bundle, member_size
 
     from .emit import build_manifest, build_members
@@ -218,37 +217,29 @@ def write_bundle_file(
     chunks = iter_bundle(build_manifest(spec, lowered), members, digests=lowered.digests)
     direct = sum(member_size(data) for data in members.values()) >= DIRECT_IO_BYTES
     destination = Path(destination)
-    temp = None
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)  # `-o build/agent.afb` from a clean clone
-        fd, temp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-        with _open_output(fd, temp, direct=direct) as out:
-            size, digest = _write_hashed(chunks, out, sync_bytes=0 if isinstance(out, _DirectFile) else SYNC_BYTES)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, destination)
+        with fsutil.atomic_output(destination, mode=0o666 & ~_umask()) as temp:
+            with _open_output(temp.fd, temp.path, direct=direct) as out:
+                size, digest = _write_hashed(chunks, out, sync_bytes=0 if isinstance(out, _DirectFile) else SYNC_BYTES)
+                out.flush()
     except OSError as exc:
-        if temp is not None:
-            Path(temp).unlink(missing_ok=True)
         raise LoweringError(f"cannot write `{destination}`: {exc.strerror or exc}", code="AF3006",
                             hint="check that the path is a writable directory") from None
     return size, digest, {name: member_size(data) for name, data in members.items()}
 
 
-def _open_output(fd: int, temp: str, *, direct: bool) -> BinaryIO | _DirectFile:
-    """The temporary file ``fd`` (at ``temp``) as a buffered file, or reopened with O_DIRECT when asked
-    and the platform and file system allow it."""
+def _open_output(fd: int, temp: Path, *, direct: bool) -> BinaryIO | _DirectFile:
+    """A file writing to the temporary file ``fd`` (at ``temp``): buffered over a duplicate of ``fd``, or
+    the file reopened with O_DIRECT when asked and the platform and file system allow it. Either is
+    closed by its ``with`` block; ``fd`` stays open for `afcore.fsutil.atomic_output` to fsync and close."""
     flag = getattr(os, "O_DIRECT", 0)
     if direct and flag:
         try:
-            direct_fd = os.open(temp, os.O_WRONLY | flag)
+            return _DirectFile(os.open(temp, os.O_WRONLY | flag))
         except OSError:  # e.g. a file system without direct I/O
             pass
-        else:
-            os.close(fd)
-            return _DirectFile(direct_fd)
-    return os.fdopen(fd, "wb")
+    return os.fdopen(os.dup(fd), "wb")
 
 
 class _DirectFile:
