@@ -235,6 +235,7 @@ def load(
     fuel_per_record: int | None = None,
     threads: int | None = None,
     cache_dir: Path | str | None = None,
+    max_total_bytes: int | None = None,
 ) -> Agent:
     """Load a bundle into an agent on one backend.
 
@@ -245,6 +246,8 @@ def load(
             (`afrt.sandbox.fuel_per_record`).
         threads: onnxruntime intra-op threads; default ``ceil(resources.limits.cpu_cores)``.
         cache_dir: the compiled-module cache (wasm); default ``$XDG_CACHE_HOME/af/modules``.
+        max_total_bytes: cap on what the bundle may decompress to (`afcore.bundle.MAX_TOTAL_BYTES`,
+            1 GiB, when None); raise it for a trusted bigger bundle.
 
     Returns:
         The `Agent`.
@@ -256,7 +259,7 @@ def load(
         ResourceLimitError: AF5012 when the module cannot start within ``memory_mb``.
     """
     _check_options(backend, fuel_per_record, threads)
-    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle)
+    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle, max_total_bytes=max_total_bytes)
     if backend == "wasm":
         engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None)
     else:

@@ -111,7 +111,7 @@ def _emit_intermediate(spec: AgentSpec, form: str) -> None:
     if form == "spec":
         from afc.emit import Lowered, build_manifest
 
-        text = json.dumps(build_manifest(spec, Lowered()), indent=2, sort_keys=True)
+        text = json.dumps(build_manifest(spec, Lowered()).to_json(), indent=2, sort_keys=True)
     elif form == "onnx":
         from afc.lower_onnx import lower_network, model_text
 
