@@ -39,19 +39,15 @@ if TYPE_CHECKING:
     from .spec import AgentSpec, NetworkSpec
 
 __all__ = [
-    "MANIFEST_SCHEMA_FILE",
     "Lowered",
     "build_manifest",
     "build_members",
-    "check_manifest",
     "emit_bundle",
     "network_info",
     "safetensors_parts",
     "weights_member",
 ]
 
-#: the manifest's JSON schema, package data of ``afcore.schemas``
-MANIFEST_SCHEMA_FILE = "afb-manifest-1.0.schema.json"
 
 
 @dataclass(frozen=True)
@@ -218,27 +214,3 @@ def emit_bundle(spec: AgentSpec, lowered: Lowered, *, extra: Mapping[str, Any] |
     if extra:
         manifest = replace(manifest, extra={**manifest.extra, **extra})
     return write_bundle(manifest, build_members(spec, lowered), digests=lowered.digests)
-
-
-def check_manifest(manifest: Mapping[str, Any]) -> None:
-    """Check a manifest read from a bundle against ``schemas/afb-manifest-1.0.schema.json``.
-
-    `afcore.bundle.read_bundle` checks only what it needs (format, version, members); tools that
-    show or use the rest call this first.
-
-    Raises:
-        BundleError: AF4018 naming the first field that breaks the schema.
-    """
-    import json
-    from importlib import resources
-
-    import jsonschema
-
-    from afcore.errors import BundleError
-
-    schema = json.loads(resources.files("afcore.schemas").joinpath(MANIFEST_SCHEMA_FILE).read_text("utf-8"))
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
-        raise BundleError(f"manifest.json: `{where}`: {error.message}", code="AF4018",
-                          hint="the bundle was not written by this af, or was edited; compile the .af again")

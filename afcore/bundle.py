@@ -468,18 +468,56 @@ class _Archive:
             self._reader.close()
 
 
-def _header(archive: _Archive) -> tarfile.TarInfo | None:
-    """Return the next member's header, None at the end of the archive."""
-    block = archive.read(tarfile.BLOCKSIZE, eof_ok=True)
-    if not len(block) or not any(bytes(block)):
+@dataclass(frozen=True)
+class _Header:
+    """The fields of a tar header that the reader looks at."""
+
+    name: str
+    size: int
+    type: bytes
+    linkname: str
+
+
+#: tar type flags of a regular file: "0", the old "\0", and "7" (contiguous)
+_REGULAR_TYPES = (b"0", b"\0", b"7")
+_LINK_TYPES = (b"1", b"2")
+
+
+def _header(archive: _Archive) -> _Header | None:
+    """Return the next member's header, None at the end of the archive.
+
+    Parsed here rather than by `tarfile.TarInfo.frombuf`, which took ~15 us a header (1.5 s of a
+    100,000-member bundle); only USTAR (what af writes) and the fields below are read.
+    """
+    block = bytes(archive.read(tarfile.BLOCKSIZE, eof_ok=True))
+    if not block or block == _ZERO_BLOCK:
         return None  # end-of-archive marker, or the end of the data at a header boundary
     try:
-        return tarfile.TarInfo.frombuf(bytes(block), "utf-8", "surrogateescape")
-    except tarfile.HeaderError as exc:
-        raise BundleError(f"the bundle's tar archive is corrupt: {exc}", code="AF4001") from None
+        checksum = int(block[148:156].rstrip(b" \0").decode("ascii") or "x", 8)
+        size_field = block[124:136]
+        size = int.from_bytes(size_field[1:], "big") if size_field[0] & 0x80 else int(
+            size_field.rstrip(b" \0").decode("ascii") or "0", 8)
+    except (ValueError, UnicodeDecodeError):
+        raise BundleError("the bundle's tar archive is corrupt: a member header is malformed", code="AF4001") from None
+    if checksum != sum(block) - sum(block[148:156]) + 8 * 32:
+        raise BundleError("the bundle's tar archive is corrupt: a member header fails its checksum", code="AF4001")
+    name = _text(block[0:100])
+    if block[257:262] == b"ustar" and block[345] != 0:
+        name = f"{_text(block[345:500])}/{name}"
+    kind = block[156:157]
+    if kind == b"5" or (kind == b"\0" and name.endswith("/")):  # a directory, named "dir/" (as tarfile reads it)
+        kind, name = b"5", name.rstrip("/")
+    return _Header(name, size, kind, _text(block[157:257]))
 
 
-def _refuse_member(info: tarfile.TarInfo) -> None:
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+
+
+def _refuse_member(info: _Header) -> None:
     name = info.name
     if not _is_safe_name(name):
         raise BundleError(
@@ -487,12 +525,12 @@ def _refuse_member(info: tarfile.TarInfo) -> None:
             code="AF4004",
             hint="bundle members have relative names without `..`; this bundle was not written by af",
         )
-    if info.issym() or info.islnk():
+    if info.type in _LINK_TYPES:
         raise BundleError(f"member {name!r} is a link (to {info.linkname!r})", code="AF4005",
                           hint="bundles hold regular files only; this bundle was not written by af")
-    if not info.isreg() or info.type == tarfile.GNUTYPE_SPARSE:
-        raise BundleError(f"member {name!r} is not a regular file (tar type {info.type!r})", code="AF4006",
-                          hint="bundles hold regular files only; this bundle was not written by af")
+    if info.type not in _REGULAR_TYPES:
+        raise BundleError(f"member {name!r} is not a regular file (tar type {info.type.decode('latin-1')!r})",
+                          code="AF4006", hint="bundles hold regular files only; this bundle was not written by af")
 
 
 def _read_manifest(archive: _Archive) -> tuple[dict, dict[str, MemberEntry]]:

@@ -43,6 +43,17 @@ class TestManifest:
             data = read_bundle(path).manifest
             assert Manifest.from_json(data).to_json() == data
 
+    def test_compiled_manifests_follow_the_schema(self, example_bundles):
+        # the schema documents the format; Manifest.from_json is what checks it at run time
+        import json
+        from importlib import resources
+
+        import jsonschema
+
+        schema = json.loads(resources.files("afcore.schemas").joinpath("afb-manifest-1.0.schema.json").read_text())
+        for path in example_bundles.values():
+            jsonschema.validate(read_bundle(path).manifest, schema)
+
     def test_typed_fields(self):
         manifest = Manifest.from_json(minimal())
         assert manifest.network.input == TensorInfo("input", 3)
