@@ -79,6 +79,8 @@ class Agent:
         self.max_batch: int = getattr(engine, "max_batch", ONNX_MAX_BATCH)
         self._engine: Backend | None = engine
         self._run: Callable[[np.ndarray], np.ndarray] = engine.run
+        #: what loading adjusted and the user should hear of (e.g. inference threads capped at the CPUs)
+        self.notices: list[str] = list(getattr(engine, "notices", ()))
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} {self.version} backend={self.backend}>"
@@ -213,7 +215,7 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
 
 
 def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Backend:
-    from .inference import OnnxModel, ensure_safe_onnx, session_threads
+    from .inference import OnnxModel, ensure_safe_onnx, session_threads, threads_notice
 
     model_bytes = bundle.member("onnx")
     ensure_safe_onnx(model_bytes)
@@ -225,6 +227,8 @@ def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Backend:
         threads=session_threads(bundle.limit("cpu_cores"), threads),
     )
     model.ensure_signature(bundle.input_size, bundle.output_size)
+    notice = threads_notice(bundle.limit("cpu_cores"), threads)
+    model.notices = [notice] if notice else []
     return model
 
 
