@@ -11,6 +11,7 @@ import hashlib
 import os
 import queue
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Sequence
 
@@ -22,10 +23,25 @@ from .reader import DEFAULT_MAX_SECTION_BYTES
 if TYPE_CHECKING:
     from .spec import AgentSpec
 
-__all__ = ["DEFAULT_TARGETS", "compile_agent", "compile_file", "lower_agent", "parse_targets", "write_bundle_file"]
+__all__ = [
+    "DEFAULT_TARGETS",
+    "EMIT_FORMS",
+    "CompileResult",
+    "compile_agent",
+    "compile_file",
+    "compile_spec",
+    "default_output",
+    "emit_intermediate",
+    "ensure_emit_form",
+    "lower_agent",
+    "parse_targets",
+    "write_bundle_file",
+]
 
 #: the targets compiled when none are given
 DEFAULT_TARGETS = ("onnx", "wasm")
+#: the intermediate forms `emit_intermediate` gives (``af compile --emit``); ``bundle`` writes the bundle
+EMIT_FORMS = ("spec", "onnx", "wat", "bundle")
 #: the batch size the WebAssembly module is built for (the runtime's micro-batches stay within it)
 WASM_MAX_BATCH = 64
 #: networks with at least this many bytes of weights are lowered and hashed in threads (below it,
@@ -161,6 +177,66 @@ def default_output(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".afb")
 
 
+@dataclass(frozen=True)
+class CompileResult:
+    """A bundle written by `compile_spec`.
+
+    Attributes:
+        path: where it was written.
+        size: its size in bytes.
+        sha256: the sha256 (hex) of its bytes.
+        spec: the agent compiled.
+        targets: the targets compiled, in canonical order.
+        member_sizes: member name -> size in bytes (``manifest.json`` excluded).
+    """
+
+    path: Path
+    size: int
+    sha256: str
+    spec: AgentSpec
+    targets: tuple[str, ...]
+    member_sizes: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the summary `af compile --json` prints: bundle, size, sha256, agent, targets, network, members."""
+        from .emit import network_info
+
+        network = network_info(self.spec.network).to_json()
+        return {
+            "bundle": str(self.path),
+            "size": self.size,
+            "sha256": self.sha256,
+            "agent": {"name": self.spec.name, "version": str(self.spec.version)},
+            "targets": list(self.targets),
+            "parameters": network["parameters"],
+            "layers": network["layers"],
+            "members": [{"name": name, "size": self.member_sizes[name]} for name in sorted(self.member_sizes)],
+        }
+
+
+def compile_spec(
+    spec: AgentSpec, *, output: str | os.PathLike, targets: Sequence[str] = DEFAULT_TARGETS
+) -> CompileResult:
+    """Lower an agent and write its bundle atomically.
+
+    Args:
+        spec: the agent (``afc.load_agent_file(path).spec()``).
+        output: the bundle path; missing parent directories are created.
+        targets: ``onnx`` and/or ``wasm``.
+
+    Returns:
+        The `CompileResult`.
+
+    Raises:
+        LoweringError: AF30xx/AF31xx from the backends; AF3006 when the bundle cannot be written.
+        UsageError: AF3004 for an unknown target.
+    """
+    lowered = lower_agent(spec, targets=targets)
+    size, digest, member_sizes = write_bundle_file(output, spec, lowered)
+    compiled = tuple(t for t in TARGETS if getattr(lowered, t) is not None)
+    return CompileResult(Path(output), size, digest, spec, compiled, member_sizes)
+
+
 def compile_file(
     path: str | os.PathLike,
     *,
@@ -187,9 +263,45 @@ def compile_file(
     from . import load_agent_file
 
     spec = load_agent_file(path, max_section_bytes=max_section_bytes).spec()
-    destination = Path(output) if output is not None else default_output(path)
-    write_bundle_file(destination, spec, lower_agent(spec, targets=targets))
-    return destination
+    return compile_spec(spec, output=output if output is not None else default_output(path), targets=targets).path
+
+
+def emit_intermediate(spec: AgentSpec, form: str) -> str:
+    """Return an intermediate form of an agent as text (``af compile --emit``).
+
+    Args:
+        spec: the agent.
+        form: ``spec`` (the manifest, JSON), ``onnx`` (the model as text) or ``wat`` (the module as text).
+
+    Returns:
+        The text.
+
+    Raises:
+        UsageError: AF3005 for another form.
+    """
+    import json
+
+    if form == "spec":
+        from .emit import Lowered, build_manifest
+
+        return json.dumps(build_manifest(spec, Lowered()).to_json(), indent=2, sort_keys=True)
+    if form == "onnx":
+        from .lower_onnx import lower_network, model_text
+
+        return model_text(lower_network(spec.network, graph_name=spec.name))
+    ensure_emit_form(form)
+    if form == "bundle":
+        raise UsageError("`bundle` is written by compile_spec, not emitted as text", code="AF3005",
+                         hint="use spec, onnx or wat")
+    from .lower_wasm import lower_network as lower_wasm
+
+    return lower_wasm(spec.network, max_batch=WASM_MAX_BATCH).wat
+
+
+def ensure_emit_form(form: str) -> None:
+    """Raise `UsageError` AF3005 unless ``form`` is one of `EMIT_FORMS`."""
+    if form not in EMIT_FORMS:
+        raise UsageError(f"unknown --emit form `{form}`", code="AF3005", hint=f"use one of {', '.join(EMIT_FORMS)}")
 
 
 def write_bundle_file(

@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import typer
 
 from ._app import command, console, report_error, stdout
 
-if TYPE_CHECKING:
-    from afc.emit import Lowered
-    from afc.spec import AgentSpec
-
-#: the intermediate forms `--emit` can print instead of writing the bundle
-EMIT_FORMS = ("spec", "onnx", "wat", "bundle")
 _DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
 
 
@@ -35,50 +29,26 @@ def compile_command(
 
     Invalid sources get the diagnostics of `af validate` and exit 1.
     """
-    from afc import load_agent_file
-    from afc.compile import default_output, lower_agent, parse_targets
-    from afcore.errors import SourceError, UsageError
+    import afc
+    from afcore.errors import SourceError
 
-    if emit not in EMIT_FORMS:
-        raise UsageError(f"unknown --emit form `{emit}`", code="AF3005", hint=f"use one of {', '.join(EMIT_FORMS)}")
-    targets = parse_targets(target)
+    afc.ensure_emit_form(emit)
+    targets = afc.parse_targets(target)
     started = time.perf_counter()
     try:
-        spec = load_agent_file(path, max_section_bytes=max_section_bytes).spec()
+        spec = afc.load_agent_file(path, max_section_bytes=max_section_bytes).spec()
     except SourceError as error:
         # `--json` callers read stdout: give them the diagnostics there too
         raise typer.Exit(report_error(error, "json" if json_summary else fmt)) from None
     if emit != "bundle":
-        _emit_intermediate(spec, emit)
+        stdout.print(afc.emit_intermediate(spec, emit), markup=False, highlight=False)
         return
-    lowered = lower_agent(spec, targets=targets)
-    destination = Path(output) if output is not None else default_output(path)
-    summary = _write(spec, lowered, destination)
-    summary["seconds"] = round(time.perf_counter() - started, 4)
+    result = afc.compile_spec(spec, output=output if output is not None else afc.default_output(path), targets=targets)
+    summary = {**result.to_json(), "seconds": round(time.perf_counter() - started, 4)}
     if json_summary:
         stdout.print(json.dumps(summary, indent=2, sort_keys=True), markup=False, highlight=False)
     else:
         _print_summary(summary)
-
-
-def _write(spec: AgentSpec, lowered: Lowered, destination: Path) -> dict[str, Any]:
-    from afc.compile import write_bundle_file
-
-    size, sha256, members = write_bundle_file(destination, spec, lowered)
-    network = spec.network
-    last = len(network.layers) - 1
-    return {
-        "bundle": str(destination),
-        "size": size,
-        "sha256": sha256,
-        "agent": {"name": spec.name, "version": str(spec.version)},
-        "targets": [t for t in ("onnx", "wasm") if getattr(lowered, t) is not None],
-        "parameters": network.parameters,
-        "layers": [{"index": layer.index, "in": layer.in_size, "out": layer.out_size,
-                    "activation": network.output_activation if layer.index == last else layer.activation,
-                    "parameters": layer.parameters} for layer in network.layers],
-        "members": [{"name": name, "size": members[name]} for name in sorted(members)],
-    }
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -103,21 +73,3 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"in {summary['seconds']:.3f} s\nsha256 {summary['sha256']}",
         markup=False, highlight=False,
     )
-
-
-def _emit_intermediate(spec: AgentSpec, form: str) -> None:
-    from afc.compile import WASM_MAX_BATCH
-
-    if form == "spec":
-        from afc.emit import Lowered, build_manifest
-
-        text = json.dumps(build_manifest(spec, Lowered()).to_json(), indent=2, sort_keys=True)
-    elif form == "onnx":
-        from afc.lower_onnx import lower_network, model_text
-
-        text = model_text(lower_network(spec.network, graph_name=spec.name))
-    else:
-        from afc.lower_wasm import lower_network as lower_wasm
-
-        text = lower_wasm(spec.network, max_batch=WASM_MAX_BATCH).wat
-    stdout.print(text, markup=False, highlight=False)
