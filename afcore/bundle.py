@@ -621,7 +621,8 @@ def _read_source(source: bytes | str | os.PathLike, limit: int) -> bytes:
                 raise _too_big(limit, f"{os.fspath(source)!r} is bigger than any bundle that decompresses to")
             return handle.read()
     except OSError as exc:
-        raise BundleError(f"cannot read bundle {os.fspath(source)!r}: {exc.strerror}", code="AF4015") from None
+        raise BundleError(f"cannot read bundle {os.fspath(source)!r}: {exc.strerror}", code="AF4015",
+                          hint="check the path and its permissions") from None
 
 
 def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX_TOTAL_BYTES) -> Bundle:
