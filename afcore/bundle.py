@@ -502,7 +502,7 @@ def _header(archive: _Archive) -> _Header | None:
     if checksum != sum(block) - sum(block[148:156]) + 8 * 32:
         raise BundleError("the bundle's tar archive is corrupt: a member header fails its checksum", code="AF4001")
     name = _text(block[0:100])
-    if block[257:262] == b"ustar" and block[345] != 0:
+    if block[257:263] == b"ustar\0" and block[345] != 0:  # POSIX ustar: the name may have a prefix
         name = f"{_text(block[345:500])}/{name}"
     kind = block[156:157]
     if kind == b"5" or (kind == b"\0" and name.endswith("/")):  # a directory, named "dir/" (as tarfile reads it)
