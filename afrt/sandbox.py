@@ -25,7 +25,7 @@ import wasmtime
 from afcore.errors import BundleError, InferenceError, SandboxViolation
 
 from ._errormap import WasmCallErrors, map_wasm_instantiate_errors
-from ._fastcall import FastFunc, memory_view
+from ._fastcall import fast_func, memory_view
 
 __all__ = [
     "ABI_VERSION",
@@ -76,13 +76,12 @@ class SandboxPolicy:
     """What a sandboxed agent module may use: the allow-list checked by `ensure_policy`.
 
     Attributes:
-        allowed_imports: (module, name) pairs a module may import; empty: no host functions at all.
-        wasi: whether WASI is linked; never for agents.
+        allowed_imports: (module, name) pairs a module may import; empty: no host functions at all
+            (and so no WASI: nothing is ever linked).
         exports: export name -> ("memory",) or ("func", params, results) as wasm type names.
     """
 
     allowed_imports: frozenset[tuple[str, str]] = frozenset()
-    wasi: bool = False
     exports: Mapping[str, tuple] = field(
         default_factory=lambda: {
             "memory": ("memory",),
@@ -246,7 +245,7 @@ class WasmInstance:
             self.max_batch: int = exports["max_batch"](store)
             input_ptr, output_ptr = exports["input_ptr"](store), exports["output_ptr"](store)
         self.store, self.memory = store, exports["memory"]
-        self._infer = FastFunc(store, exports["infer"])
+        self._infer = fast_func(store, exports["infer"])
         self._input, self._output = self._views(input_ptr, output_ptr)
         self._errors = WasmCallErrors(limits.agent, limits.memory_limit, self.memory_pages)
         self._errors.start_pages = self.memory_pages()

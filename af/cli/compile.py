@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import click
 
@@ -13,11 +13,7 @@ from ._app import command
 from ._output import emit, print_table, report_error, say
 from .validate import DEFAULT_MAX_SECTION_BYTES, FORMATS
 
-if TYPE_CHECKING:
-    from afc.emit import Lowered
-    from afc.spec import AgentSpec
-
-#: the intermediate forms `--emit` can print instead of writing the bundle
+#: the intermediate forms `--emit` can print instead of writing the bundle (afc.EMIT_FORMS)
 EMIT_FORMS = ("spec", "onnx", "wat", "bundle")
 
 
@@ -41,51 +37,29 @@ def compile_command(path: Path, *, output: Optional[Path], target: str, as_json:
 
     Invalid sources get the diagnostics of `af validate` and exit 1.
     """
-    from afc import load_agent_file
-    from afc.compile import default_output, lower_agent, parse_targets
+    import afc
     from afcore.errors import SourceError
 
     from ._files import check_input, check_output
 
-    targets = parse_targets(target)
+    targets = afc.parse_targets(target)
     check_input(path, ("agent",), "af compile")
-    destination = check_output(output, create_parents=False) if output is not None else default_output(path)
+    destination = check_output(output, create_parents=False) if output is not None else afc.default_output(path)
     started = time.perf_counter()
     try:
-        spec = load_agent_file(path, max_section_bytes=max_section_bytes).spec()
+        spec = afc.load_agent_file(path, max_section_bytes=max_section_bytes).spec()
     except SourceError as error:
         # `--json` callers read stdout: give them the diagnostics there too
         raise click.exceptions.Exit(report_error(error, "json" if as_json else fmt)) from None
     if form != "bundle":
-        _emit_intermediate(spec, form)
+        emit(afc.emit_intermediate(spec, form))
         return
-    lowered = lower_agent(spec, targets=targets)
-    summary = _write(spec, lowered, destination)
-    summary["seconds"] = round(time.perf_counter() - started, 4)
+    result = afc.compile_spec(spec, output=destination, targets=targets)
+    summary = {**result.to_json(), "seconds": round(time.perf_counter() - started, 4)}
     if as_json:
         emit(json.dumps(summary, indent=2, sort_keys=True))
     elif not quiet:
         _print_summary(summary)
-
-
-def _write(spec: AgentSpec, lowered: Lowered, destination: Path) -> dict[str, Any]:
-    from afc.compile import write_bundle_file
-
-    size, sha256, members = write_bundle_file(destination, spec, lowered)
-    network = spec.network
-    last = len(network.layers) - 1
-    return {
-        "bundle": str(destination),
-        "size": size,
-        "sha256": sha256,
-        "agent": {"name": spec.name, "version": str(spec.version)},
-        "targets": [t for t in ("onnx", "wasm") if getattr(lowered, t) is not None],
-        "parameters": network.parameters,
-        "layers": [{"index": layer.index, "in": layer.in_size, "out": layer.out_size,
-                    "activation": network.output_activation if layer.index == last else layer.activation,
-                    "parameters": layer.parameters} for layer in network.layers],
-        "members": [{"name": name, "size": members[name]} for name in sorted(members)],
-    }
 
 
 def print_layers(title: str, layers: list[dict[str, Any]], parameters: int) -> None:
@@ -103,21 +77,3 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 left=("member",))
     say(f"wrote {summary['bundle']} ({summary['size']:,} bytes, targets {','.join(summary['targets'])}) "
         f"in {summary['seconds']:.3f} s\nsha256 {summary['sha256']}")
-
-
-def _emit_intermediate(spec: AgentSpec, form: str) -> None:
-    from afc.compile import WASM_MAX_BATCH
-
-    if form == "spec":
-        from afc.emit import Lowered, build_manifest
-
-        text = json.dumps(build_manifest(spec, Lowered()), indent=2, sort_keys=True)
-    elif form == "onnx":
-        from afc.lower_onnx import lower_network, model_text
-
-        text = model_text(lower_network(spec.network, graph_name=spec.name))
-    else:
-        from afc.lower_wasm import lower_network as lower_wasm
-
-        text = lower_wasm(spec.network, max_batch=WASM_MAX_BATCH).wat
-    emit(text)
