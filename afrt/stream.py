@@ -186,6 +186,7 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[]
         # only now: the shutdown workflow's checkpoint counts records whose outputs are written
         errors = await swarm.stop()
         _summarize(summary, writer, group, errors, time.perf_counter() - started)
+        summary.notices[:0] = [n for n in getattr(agent, "notices", ()) if n not in summary.notices]
     failed = writer.write_error
     if isinstance(failed, BrokenPipeError):
         raise failed

@@ -6,6 +6,7 @@ importing the command modules stays cheap for `af --help`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
@@ -18,6 +19,36 @@ if TYPE_CHECKING:
 BACKENDS = ("onnx", "wasm")
 #: most replicas one process runs: each is an agent with its own task, memory and identity
 MAX_REPLICAS = 10_000
+
+
+def agent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options every command that loads an agent takes: --backend, --fuel, --max-bundle-mb."""
+    import click
+
+    for option in reversed((
+        click.option("--backend", type=click.Choice(BACKENDS),
+                     help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)  [default: onnx if the bundle has it]"),
+        click.option("--fuel", type=click.IntRange(min=1),
+                     help="WASM fuel per record, wasm backend only (default: from the network's size)."),
+        max_bundle_option,
+    )):
+        fn = option(fn)
+    return fn
+
+
+def max_bundle_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --max-bundle-mb: how much a bundle may decompress to (afcore.bundle.MAX_TOTAL_BYTES)."""
+    import click
+
+    return click.option("--max-bundle-mb", type=click.IntRange(min=1), default=None,
+                        help="Refuse a bundle that decompresses to more than this many MiB  [default: 1024]")(fn)
+
+
+def bundle_cap(max_bundle_mb: Optional[int]) -> int:
+    """Return the byte cap on what a bundle may decompress to, from ``--max-bundle-mb``."""
+    from afcore.bundle import MAX_TOTAL_BYTES
+
+    return MAX_TOTAL_BYTES if max_bundle_mb is None else max_bundle_mb << 20
 
 
 def ensure_fuel_applies(backend: Optional[str], fuel: Optional[int]) -> None:
@@ -60,7 +91,8 @@ def open_stream(path: str, mode: str, std: Any) -> IO[bytes]:
         raise error from None
 
 
-def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None, *, command: str = "af run") -> Any:
+def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None, *, command: str = "af run",
+               max_bundle_mb: Optional[int] = None) -> Any:
     """Load a bundle, or compile an .af file in memory first (like `go run`: nothing is written).
 
     The file's kind is read from its content, not its name.
@@ -70,6 +102,7 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         backend: ``onnx`` or ``wasm``; None picks the first of `BACKENDS` the bundle has.
         fuel: wasm fuel per record (None: derived from the network's size).
         command: the command, for messages.
+        max_bundle_mb: ``--max-bundle-mb`` (None: the default cap).
 
     Returns:
         The `afrt.Agent`.
@@ -90,8 +123,9 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         backend = backend or "onnx"
         targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
         data = compile_agent(load_agent_file(bundle).spec(), targets=targets)
-        return afrt.load(data, backend=backend, fuel_per_record=fuel)
-    read = _read_ahead(bundle)
+        # made here and now, from a file that validated: no cap on what it inflates to
+        return afrt.load(data, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize)
+    read = _read_ahead(bundle, bundle_cap(max_bundle_mb))
     import afrt
 
     loaded = read()
@@ -102,7 +136,7 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
     return afrt.load(loaded, backend=backend, fuel_per_record=fuel)
 
 
-def _read_ahead(path: Path) -> Callable[[], Any]:
+def _read_ahead(path: Path, max_total_bytes: int) -> Callable[[], Any]:
     """Start reading and verifying the bundle at ``path`` on a thread; return a function that waits for it.
 
     Decompressing and hashing a bundle (zstd and sha256, which release the GIL) then overlaps
@@ -115,7 +149,7 @@ def _read_ahead(path: Path) -> Callable[[], Any]:
     from afcore.bundle import read_bundle
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="af-read-bundle")
-    future = pool.submit(read_bundle, path)
+    future = pool.submit(read_bundle, path, max_total_bytes=max_total_bytes)
     pool.shutdown(wait=False)  # the one task still runs; the pool takes no more
     return future.result
 

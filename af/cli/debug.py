@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 import click
 
 from ._app import command
-from ._load import BACKENDS
+from ._load import agent_options
 from ._output import say
 
 
@@ -22,11 +22,9 @@ from ._output import say
 @click.option("--break", "-b", "breaks", multiple=True, metavar="STEP|STEP@N|record=ID",
               help="Stop before STEP, STEP@N (N-th record) or at record=ID; repeatable.")
 @click.option("--trace", is_flag=True, help="Show each step as it runs, with its source line.")
-@click.option("--backend", type=click.Choice(BACKENDS),
-              help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)  [default: onnx if the bundle has it]")
-@click.option("--fuel", type=click.IntRange(min=1), help="WASM fuel per record, wasm backend only (default: from the network's size).")
+@agent_options
 def debug_command(bundle: Path, *, input_path: str, output_path: str, breaks: tuple[str, ...], trace: bool,
-                  backend: Optional[str], fuel: Optional[int]) -> None:
+                  backend: Optional[str], fuel: Optional[int], max_bundle_mb: Optional[int]) -> None:
     """Debug an agent: one replica, batches of one record, breakpoints and a step trace.
 
     At a stop, commands are read from stdin: c|continue, s|step, p PATH (input, output, memory,
@@ -47,7 +45,7 @@ def debug_command(bundle: Path, *, input_path: str, output_path: str, breaks: tu
     if input_path == "-" and breakpoints:
         raise UsageError("`--input -` cannot be used with breakpoints: stdin carries the debugger's commands",
                          code="AF0952", hint="put the records in a file and pass --input FILE")
-    agent = load_agent(bundle, backend, fuel, command="af debug")
+    agent = load_agent(bundle, backend, fuel, command="af debug", max_bundle_mb=max_bundle_mb)
     ensure_breakpoints(breakpoints, agent.workflows)
     prompt = Prompt()
     debugger = Debugger(read=prompt.read, write=say, breakpoints=breakpoints, trace=trace,

@@ -8,6 +8,7 @@ from typing import Optional
 import click
 
 from ._app import command
+from ._load import max_bundle_option
 from ._output import say
 
 
@@ -15,21 +16,23 @@ from ._output import say
 @click.argument("path", metavar="BUNDLE", type=click.Path(path_type=Path))
 @click.option("--onnx", type=click.Path(path_type=Path), help="Write the ONNX model here.")
 @click.option("--wasm", type=click.Path(path_type=Path), help="Write the WebAssembly module here.")
-def export_command(path: Path, *, onnx: Optional[Path], wasm: Optional[Path]) -> None:
+@max_bundle_option
+def export_command(path: Path, *, onnx: Optional[Path], wasm: Optional[Path], max_bundle_mb: Optional[int]) -> None:
     """Verify a bundle and write its ONNX model (and/or WebAssembly module) to files, atomically."""
     from afc.writer import write_file_atomic
     from afcore.bundle import read_bundle
     from afcore.errors import BundleError, UsageError
 
-    from ._files import check_output, read_checked
+    from ._files import check_input, check_output
+    from ._load import bundle_cap
 
     if onnx is None and wasm is None:
         raise UsageError("nothing to export", code="AF3009", hint="give --onnx model.onnx and/or --wasm model.wasm")
-    data = read_checked(path, ("bundle",), "af export")
+    check_input(path, ("bundle",), "af export")
     for target in (onnx, wasm):
         if target is not None:
             check_output(target, create_parents=False)
-    bundle = read_bundle(data)
+    bundle = read_bundle(path, max_total_bytes=bundle_cap(max_bundle_mb))
     wanted = [(member, target) for member, target in (("model.onnx", onnx), ("model.wasm", wasm)) if target]
     for member, _ in wanted:
         if member not in bundle.members:

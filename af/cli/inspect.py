@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import click
 
 from ._app import command
+from ._load import max_bundle_option
 from ._output import emit, print_table, say
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ MAX_MEMBER_ROWS = 50
 @command("inspect")
 @click.argument("path", metavar="BUNDLE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print {bundle, size, sha256, manifest} as JSON on stdout.")
-def inspect_command(path: Path, *, as_json: bool) -> None:
+@max_bundle_option
+def inspect_command(path: Path, *, as_json: bool, max_bundle_mb: Optional[int]) -> None:
     """Verify a bundle and show its manifest, layers, members, sizes, digests and workflows.
 
     With --json, errors too are JSON on stdout.
@@ -29,11 +31,12 @@ def inspect_command(path: Path, *, as_json: bool) -> None:
     from afcore.bundle import read_bundle
     from afcore.manifest import Manifest
 
-    from ._files import read_checked
+    from ._files import check_input
+    from ._load import bundle_cap
 
-    data = read_checked(path, ("bundle",), "af inspect")
-    bundle = read_bundle(data)
-    size = len(data)
+    check_input(path, ("bundle",), "af inspect")
+    bundle = read_bundle(path, max_total_bytes=bundle_cap(max_bundle_mb))  # a file far past the cap is refused unread
+    size = path.stat().st_size
     manifest = Manifest.from_json(bundle.manifest)
     if "model.onnx" in bundle.members:
         from afc.lower_onnx import check_model_bytes

@@ -9,7 +9,7 @@ from typing import IO, TYPE_CHECKING, Any, Optional
 import click
 
 from ._app import command
-from ._load import BACKENDS, MAX_REPLICAS
+from ._load import MAX_REPLICAS, agent_options
 from ._output import emit, print_table, say
 
 if TYPE_CHECKING:
@@ -43,17 +43,16 @@ class _Discard:
               help="JSON Lines input ('-' for stdin).")
 @click.option("--output", "-o", "output_path", type=click.Path(allow_dash=True),
               help="Also write the output records here ('-' for stdout, not with --json).")
-@click.option("--backend", type=click.Choice(BACKENDS),
-              help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)  [default: onnx if the bundle has it]")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, MAX_REPLICAS),
               help="Replicas sharing the work (at most 10,000 in one process).")
 @click.option("--max-batch", default=64, show_default=True, type=click.IntRange(min=1),
               help="Most records per backend call.")
-@click.option("--fuel", type=click.IntRange(min=1), help="WASM fuel per record, wasm backend only (default: from the network's size).")
 @click.option("--overhead", is_flag=True, help="Run the input a second time without the profiler and report the ratio.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
+@agent_options
 def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str], backend: Optional[str],
-                    replicas: int, max_batch: int, fuel: Optional[int], overhead: bool, as_json: bool) -> None:
+                    replicas: int, max_batch: int, fuel: Optional[int], overhead: bool, as_json: bool,
+                    max_bundle_mb: Optional[int]) -> None:
     """Profile an agent on JSON Lines records: step and workflow times, backend time and fuel per record,
     messages per topic, traps per code, records/s.
 
@@ -68,7 +67,7 @@ def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str]
     if output_path == "-" and as_json:
         raise UsageError("`--output -` and `--json` would both write to stdout", code="AF0908",
                          hint="write the records to a file (-o FILE), or drop --json (the tables go to stderr)")
-    agent = load_agent(bundle, backend, fuel, command="af profile")
+    agent = load_agent(bundle, backend, fuel, command="af profile", max_bundle_mb=max_bundle_mb)
     options = {"replicas": replicas, "max_batch": max_batch}
     profiler = Profiler()
     # cleanup_resources closes the agent at the end of a run: the baseline gets its own replica

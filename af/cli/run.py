@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional
 import click
 
 from ._app import command
-from ._load import BACKENDS, MAX_REPLICAS
+from ._load import MAX_REPLICAS, agent_options
 from ._output import say
 
 if TYPE_CHECKING:
@@ -29,8 +29,6 @@ AGENTS_SHOWN = 4
               help="JSON Lines output ('-' for stdout); missing directories are created.")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, MAX_REPLICAS),
               help="Replicas sharing the work (at most 10,000 in one process).")
-@click.option("--backend", type=click.Choice(BACKENDS),
-              help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)  [default: onnx if the bundle has it]")
 @click.option("--swarm", default="default", show_default=True, help="The swarm's name.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep identities and checkpoints here.")
@@ -38,13 +36,13 @@ AGENTS_SHOWN = 4
               help="Most records per backend call.")
 @click.option("--batch-wait-ms", default=2.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Longest wait for more records.")
-@click.option("--fuel", type=click.IntRange(min=1), help="WASM fuel per record, wasm backend only (default: from the network's size).")
 @click.option("--fail-on-error", is_flag=True, help="Exit 1 when any record failed.")
 @click.option("--json", "json_summary", is_flag=True, help="Print the summary as one JSON object on stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary (errors still show).")
+@agent_options
 def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: int, backend: Optional[str],
                 swarm: str, state_dir: Optional[Path], max_batch: int, batch_wait_ms: float, fuel: Optional[int],
-                fail_on_error: bool, json_summary: bool, quiet: bool) -> None:
+                fail_on_error: bool, json_summary: bool, quiet: bool, max_bundle_mb: Optional[int]) -> None:
     """Run an agent on JSON Lines records: one output or error record per input record, in input order.
 
     BUNDLE is a bundle (.afb) or an .af file, compiled in memory first (told apart by content).
@@ -63,7 +61,7 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
         return opened[0]
 
     try:
-        agent = load_agent(bundle, backend, fuel)
+        agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb)
         if input_path == "-" and sys.stdin.isatty() and not quiet:
             say("reading records from stdin (Ctrl-D to end)")
         summary = run_stream(agent, source, open_output, replicas=replicas, swarm=swarm, state_dir=state_dir,

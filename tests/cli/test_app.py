@@ -148,3 +148,10 @@ def test_ctrl_c_exits_130(temporary_command):
 
     result = runner.invoke(app, ["boom-interrupt"])
     assert result.exit_code == 130 and "Traceback" not in result.output
+
+
+def test_emit_forms_of_the_command_are_the_compilers():
+    import afc
+    from af.cli.compile import EMIT_FORMS
+
+    assert EMIT_FORMS == afc.EMIT_FORMS
