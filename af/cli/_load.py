@@ -117,8 +117,7 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
     ensure_fuel_applies(backend, fuel)
     if check_input(bundle, ("agent", "bundle"), command) == "agent":
         import afrt
-        from afc import load_agent_file
-        from afc.compile import compile_agent
+        from afc import compile_agent, load_agent_file
 
         backend = backend or "onnx"
         targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")

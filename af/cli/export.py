@@ -19,7 +19,7 @@ from ._output import say
 @max_bundle_option
 def export_command(path: Path, *, onnx: Optional[Path], wasm: Optional[Path], max_bundle_mb: Optional[int]) -> None:
     """Verify a bundle and write its ONNX model (and/or WebAssembly module) to files, atomically."""
-    from afc.writer import write_file_atomic
+    from afcore.fsutil import write_file_atomic
     from afcore.bundle import read_bundle
     from afcore.errors import BundleError, UsageError
 
@@ -39,7 +39,7 @@ def export_command(path: Path, *, onnx: Optional[Path], wasm: Optional[Path], ma
             raise BundleError(f"the bundle holds no {member}", code="AF4017",
                               hint=f"compile the .af with `--target {member.split('.')[1]}`")
     if onnx is not None:
-        from afc.lower_onnx import check_model_bytes
+        from afc import check_model_bytes
 
         check_model_bytes(bundle.members["model.onnx"])
     for member, target in wanted:

@@ -115,7 +115,7 @@ def default_output_activation(output_size: int) -> str:
 
 def _write(target: Path, data: bytes) -> None:
     """Write the file atomically, creating missing directories; a place that cannot be written is AF0906."""
-    from afc.writer import write_file_atomic
+    from afcore.fsutil import write_file_atomic
 
     from ._files import check_output, usage_error
 
@@ -138,9 +138,7 @@ def build_scaffold(header: str, sizes: list[int], *, seed: int, raw: bool, path:
     """
     import numpy as np
 
-    from afc.agentfile import load_agent_bytes
-    from afc.tensors import encode_tensors
-    from afc.writer import write_container
+    from afc import encode_tensors, load_agent_bytes, write_container
     from afcore.errors import InternalError, SourceError
 
     rng = np.random.default_rng(seed)

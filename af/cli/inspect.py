@@ -39,7 +39,7 @@ def inspect_command(path: Path, *, as_json: bool, max_bundle_mb: Optional[int]) 
     size = path.stat().st_size
     manifest = Manifest.from_json(bundle.manifest)
     if "model.onnx" in bundle.members:
-        from afc.lower_onnx import check_model_bytes
+        from afc import check_model_bytes
 
         check_model_bytes(bundle.members["model.onnx"])
     if as_json:

@@ -29,9 +29,8 @@ def unpack_command(path: Path, *, outdir: Path, force: bool, fmt: str, max_secti
     a file with schema or shape errors can still be unpacked. Refuses a non-empty OUTDIR unless
     --force. Exit 0 when written, 1 when the container is broken, 2 for a usage error.
     """
-    from afc.reader import read_container
-    from afc.tensors import TENSOR_SECTIONS
-    from afc.writer import write_file_atomic
+    from afc import TENSOR_SECTIONS, read_container
+    from afcore.fsutil import write_file_atomic
     from afcore.errors import UsageError
 
     from ._files import read_checked

@@ -61,7 +61,7 @@ def _validate(path: Path, max_section_bytes: int) -> tuple[list[Diagnostic], byt
     A file that cannot be read, or is not an .af file, gets one diagnostic (AF0901, AF0904) and
     the exit code of a usage error (2).
     """
-    from afc.agentfile import validate_bytes
+    from afc import validate_bytes
     from afcore.diagnostics import Diagnostic
     from afcore.errors import UsageError
 
