@@ -112,6 +112,7 @@ class TestFuel:
         with pytest.raises(ResourceLimitError) as info:
             agent.infer(records(1.0))
         assert info.value.code == "AF5010"
+        assert "budget of" in info.value.message and "it needed more than" in info.value.message
         assert isinstance(info.value.__cause__, wasmtime.Trap)
         assert agent.fuel_used == agent.fuel_per_record + sandbox.FUEL_PER_CALL
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -239,7 +240,10 @@ class TestResources:
         row = "[" + ",".join(["0.5"] * 784) + "]\n"
         result = run_cli(example_bundles["classification-agent"], "--backend", "wasm", "--fuel", 10, input=row * 3)
         assert result.exit_code == 0, result.stderr
-        assert [r["error"]["code"] for r in read_output(result.stdout_bytes)] == ["AF5010"] * 3
+        errors = [r["error"] for r in read_output(result.stdout_bytes)]
+        assert [e["code"] for e in errors] == ["AF5010"] * 3
+        # it says what the call had and what it needed (measured once more with 10x the budget)
+        assert re.search(r"budget of [\d,]+ fuel \(10 per record\); it needed more than [\d,]+", errors[0]["message"])
 
 
 class TestStateAcrossRestarts:
