@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import posixpath
-import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence, Union
 
@@ -49,6 +48,8 @@ __all__ = [
 
 #: name of the first member
 MANIFEST_NAME = "manifest.json"
+#: the tar block size (tarfile.BLOCKSIZE: tarfile itself is imported only to write)
+BLOCK = 512
 #: default cap on the decompressed size of a whole bundle (tar stream), in bytes: 1 GiB. A valid bundle
 #: costs its own size in memory; this caps what a small file may make af allocate. Bigger bundles
 #: (networks of more than ~80 M parameters, whose weights the bundle holds two or three times) need
@@ -132,7 +133,9 @@ def encode_manifest(manifest: Mapping[str, Any]) -> bytes:
     return (json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+def _tar_info(name: str, size: int) -> Any:
+    import tarfile  # writing only: reading parses the headers itself (`_read_header`)
+
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
@@ -194,8 +197,10 @@ def _digests(chunked: Mapping[str, list[Any]], known: Mapping[str, str]) -> dict
 
 
 def _tar_member(name: str, chunks: list[Any], size: int) -> list[Any]:
+    import tarfile
+
     header = _tar_info(name, size).tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
-    padding = -size % tarfile.BLOCKSIZE
+    padding = -size % BLOCK
     return [header, *chunks, bytes(padding)]
 
 
@@ -249,7 +254,7 @@ def iter_bundle(
     parts = _tar_member(MANIFEST_NAME, [manifest_bytes], len(manifest_bytes))
     for name in sorted(members, key=_member_key):
         parts += _tar_member(name, chunked[name], sizes[name])
-    parts.append(bytes(2 * tarfile.BLOCKSIZE))  # end-of-archive marker
+    parts.append(bytes(2 * BLOCK))  # end-of-archive marker
     return _compress_parts(parts)
 
 
@@ -489,7 +494,7 @@ def _header(archive: _Archive) -> _Header | None:
     Parsed here rather than by `tarfile.TarInfo.frombuf`, which took ~15 us a header (1.5 s of a
     100,000-member bundle); only USTAR (what af writes) and the fields below are read.
     """
-    block = bytes(archive.read(tarfile.BLOCKSIZE, eof_ok=True))
+    block = bytes(archive.read(BLOCK, eof_ok=True))
     if not block or block == _ZERO_BLOCK:
         return None  # end-of-archive marker, or the end of the data at a header boundary
     try:
@@ -514,7 +519,7 @@ def _text(field: bytes) -> str:
     return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+_ZERO_BLOCK = bytes(BLOCK)
 
 
 def _refuse_member(info: _Header) -> None:
@@ -547,21 +552,21 @@ def _read_manifest(archive: _Archive) -> tuple[dict, dict[str, MemberEntry]]:
         raise BundleError(f"manifest.json is {info.size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a manifest may be",
                           code="AF4023", hint="this bundle was not written by af")
     data = bytes(archive.read(info.size))
-    archive.read(-info.size % tarfile.BLOCKSIZE)
+    archive.read(-info.size % BLOCK)
     try:
         manifest = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"manifest.json is not valid JSON: {exc}", code="AF4009") from None
     check_format(manifest)
     listed = {entry.name: entry for entry in parse_members(manifest)}
-    archived = archive.pos + sum(tarfile.BLOCKSIZE + _padded(e.size) for e in listed.values()) + 2 * tarfile.BLOCKSIZE
+    archived = archive.pos + sum(BLOCK + _padded(e.size) for e in listed.values()) + 2 * BLOCK
     if archived > archive.limit:
         raise _too_big(archive.limit, "the members listed in manifest.json add up to")
     return manifest, listed
 
 
 def _padded(size: int) -> int:
-    return size + (-size % tarfile.BLOCKSIZE)
+    return size + (-size % BLOCK)
 
 
 def _next_member(archive: _Archive, listed: Mapping[str, MemberEntry], seen: set[str]) -> MemberEntry | None:
@@ -606,7 +611,7 @@ def _read_members(archive: _Archive, listed: Mapping[str, MemberEntry], *, keep:
             members[entry.name] = data
         elif archive.digest(entry.size) != entry.sha256:
             raise _mismatch(entry.name)
-        archive.read(-entry.size % tarfile.BLOCKSIZE)
+        archive.read(-entry.size % BLOCK)
     archive.drain()
     return members
 

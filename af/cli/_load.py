@@ -112,8 +112,15 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
             ``--fuel`` on onnx.
         AfError: the file does not compile, or the bundle cannot be loaded.
     """
+    import gc
+
     from ._files import check_input
 
+    # The one GC measure of `af` (its second half is in `run_stream`): importing afrt, numpy and
+    # onnxruntime and loading the bundle make ~50k objects that live until exit and hardly any
+    # garbage, so the collections they set off free nothing. Collection is off until the run
+    # starts. Measured on `af run` of one record of the example (alternating rounds, 2 vCPUs):
+    # see docs/cli.md ("Start-up"). (Compiling an .af in memory makes garbage: it runs collected.)
     ensure_fuel_applies(backend, fuel)
     if check_input(bundle, ("agent", "bundle"), command) == "agent":
         import afrt
@@ -124,6 +131,7 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         data = compile_agent(load_agent_file(bundle).spec(), targets=targets)
         # made here and now, from a file that validated: no cap on what it inflates to
         return afrt.load(data, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize)
+    gc.disable()
     read = _read_ahead(bundle, bundle_cap(max_bundle_mb))
     import afrt
 
@@ -180,11 +188,11 @@ def run_stream(agent: Any, source: IO[bytes], sink: Any, *,
 
     from ._progress import show_progress
 
-    # The one GC measure of `af`: interpreter shutdown would run a full collection over every
-    # object the run left behind; frozen objects are left to the OS. Measured on `af run` of one
-    # record of the example (25 alternating rounds, 2-vCPU machine): CPU median 294 ms without,
-    # 270 ms with (-24 ms, ~8%). Files are closed explicitly before (close_streams); at exit this
-    # only skips that scan.
+    # The second half of the GC measure (see `load_agent`): what loading made lives until exit, so
+    # it is frozen (never scanned again, also not by the collection at interpreter shutdown) and
+    # collection comes back on for the run, and stays on for what it makes.
+    gc.freeze()
+    gc.enable()
     atexit.register(gc.freeze)
 
     async def main() -> RunSummary:
