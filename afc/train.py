@@ -463,7 +463,8 @@ def train_network(network: NetworkSpec, dataset: Dataset, options: TrainOptions 
     run = _Run(network, params, opts, dataset.inputs[train_rows], dataset.targets[train_rows],
                dataset.inputs[val_rows], dataset.targets[val_rows])
     started = time.perf_counter()
-    history, stopped = run.loop(rng, progress)
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported as AF6030, not as warnings
+        history, stopped = run.loop(rng, progress)
     best = min(history, key=lambda s: run.monitored(s)) if stopped == "patience" else history[-1]
     tensors = {}
     for i, (weight, bias) in enumerate(run.best_params.layers if stopped == "patience" else params.layers):
