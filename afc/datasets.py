@@ -234,7 +234,9 @@ def _read_fann(data: bytes, path: str, input_size: int, output_size: int) -> Dat
               f"{input_size} and {output_size}", Span(path, 1, 1), "the first line is `N num_input num_output`")
     width = n_in + n_out
     if len(numbers) != count * width:
-        line = token_lines[min(count * width, len(numbers)) - 1] if numbers else 1
+        # too few: point at the last number there is; too many: at the first one left over
+        at = count * width if len(numbers) > count * width else len(numbers) - 1
+        line = int(token_lines[at]) if at >= 0 else 1
         _fail("AF6007", f"`{path}` declares {count} records of {width} numbers ({count * width}) but holds "
               f"{len(numbers)}", Span(path, line, 1), "each record is its inputs then its outputs")
     table = numbers.reshape(count, width)
