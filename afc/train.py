@@ -29,6 +29,9 @@ import numpy as np
 from afcore.diagnostics import Diagnostic
 from afcore.errors import CheckError, ExecutionError, InternalError, SourceError, UsageError
 
+# Numerical Recipes' erfc fit (fractional error < 1.2e-7), the one the WebAssembly backend uses too.
+from ._wasm_math import ERFC_P as _ERFC_P
+
 if TYPE_CHECKING:
     from .agentfile import AgentFile
     from .datasets import Dataset
@@ -43,8 +46,10 @@ __all__ = [
     "TrainResult",
     "activate",
     "activation_gradient",
+    "ensure_targets_fit",
     "loss_and_delta",
     "loss_and_gradients",
+    "render_trained",
     "train_file",
     "train_network",
 ]
@@ -67,9 +72,6 @@ RPROP_STEP_LIMITS = (1e-6, 50.0)
 EVAL_CHUNK = 4096
 #: how far a softmax target row's sum may be from 1
 SOFTMAX_SUM_TOLERANCE = 1e-3
-
-# Numerical Recipes' erfc fit (fractional error < 1.2e-7), the one the WebAssembly backend uses too.
-from ._wasm_math import ERFC_P as _ERFC_P  # noqa: E402
 
 
 # --- activations -------------------------------------------------------------------------------

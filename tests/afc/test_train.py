@@ -271,3 +271,16 @@ class TestRefuses:
         with pytest.raises(UsageError) as info:
             train_file(fresh_xor, epochs=1, seed=0, output=tmp_path / "no" / "such" / "dir.af")
         assert info.value.code == "AF6031"
+
+
+def test_the_header_record_fits_the_schema_proposed_in_docs_training_md(fresh_xor):
+    import json
+    import re
+
+    import jsonschema
+
+    text = (ROOT / "docs" / "training.md").read_text()
+    proposal = json.loads(re.search(r"```json\n(.*?)```", text, re.S).group(1))["training"]
+    jsonschema.Draft202012Validator.check_schema(proposal)
+    result = train_file(fresh_xor, epochs=2, seed=3, optimizer="adam", validation_split=0.25)
+    jsonschema.validate(result.header_record(), proposal)
