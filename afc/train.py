@@ -436,7 +436,7 @@ def _rounded(value: float) -> float:
 # --- training ----------------------------------------------------------------------------------
 
 
-def train_network(network: NetworkSpec, dataset: Dataset, options: TrainOptions = TrainOptions(), *,
+def train_network(network: NetworkSpec, dataset: Dataset, *, options: TrainOptions = TrainOptions(),
                   progress: Callable[[EpochStats], object] | None = None
                   ) -> tuple[dict[str, np.ndarray], TrainResult]:
     """Train ``network`` (its weights are the starting point) on ``dataset``; write nothing.
@@ -647,7 +647,7 @@ def train_file(
     network = agent.spec().network
     dataset = _dataset(agent, data, network)
     options = TrainOptions(epochs, batch_size, optimizer, learning_rate, validation_split, seed, target_loss, patience)
-    tensors, result = train_network(network, dataset, options, progress=progress)
+    tensors, result = train_network(network, dataset, options=options, progress=progress)
     target = Path(output) if output is not None else Path(path)
     _write(target, render_trained(agent, tensors, target=str(target)))
     return replace(result, path=target)
@@ -677,6 +677,13 @@ def render_trained(agent: AgentFile, tensors: dict[str, np.ndarray], *, target: 
     """Return the bytes of ``agent`` with ``tensors`` as its `neural_weights` and `modified` set to ``now``.
 
     The header keeps its comments and key order (ruamel round trip); every other section is kept.
+    ``agent`` itself is edited (its sections and header tree), as `afc.write_agent_file` expects.
+
+    Args:
+        agent: the loaded file.
+        tensors: the new ``layers.<i>.weight``/``layers.<i>.bias`` arrays.
+        target: the path diagnostics name when the result is checked.
+        now: the RFC 3339 time for `modified`; None is the current UTC time.
 
     Raises:
         InternalError: when the result would not load (a bug in training or writing).

@@ -57,7 +57,7 @@ def he_network() -> NetworkSpec:
 def af_side(x: np.ndarray, labels: np.ndarray) -> Callable[[], None]:
     network, dataset = he_network(), Dataset(x, np.eye(10, dtype=np.float32)[labels], "bench", "")
     options = TrainOptions(epochs=1, batch_size=BATCH, optimizer="adam", learning_rate=RATE, seed=0)
-    return lambda: train_network(network, dataset, options)
+    return lambda: train_network(network, dataset, options=options)
 
 
 def sklearn_side(x: np.ndarray, labels: np.ndarray) -> Callable[[], None]:

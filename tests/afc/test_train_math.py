@@ -150,7 +150,7 @@ def sklearn_after_steps(model, network, x, y, classes=None):
 def af_after_steps(network, x, t, optimizer, rate, batch):
     dataset = Dataset(x.astype(np.float32), t.astype(np.float32), "test", "0" * 64)
     options = TrainOptions(epochs=1, batch_size=batch, optimizer=optimizer, learning_rate=rate, seed=0, shuffle=False)
-    tensors, _ = train_network(network, dataset, options)
+    tensors, _ = train_network(network, dataset, options=options)
     return tensors
 
 
@@ -202,7 +202,7 @@ class TestRprop:
         x, t = rng.standard_normal((8, 3)), rng.standard_normal((8, 2))
         network = make_network([3, 4, 2], "tanh", "linear", seed=11)
         dataset = Dataset(x.astype(np.float32), t.astype(np.float32), "test", "0" * 64)
-        tensors, _ = train_network(network, dataset, TrainOptions(epochs=3, optimizer="rprop", learning_rate=0.05,
+        tensors, _ = train_network(network, dataset, options=TrainOptions(epochs=3, optimizer="rprop", learning_rate=0.05,
                                                                   seed=0, shuffle=False))
         # the reference: float64, one Python scalar per weight, written from Igel & Huesken's iRprop-
         layers = [[layer.weight.astype(np.float64), layer.bias.astype(np.float64)] for layer in network.layers]
