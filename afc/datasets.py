@@ -246,25 +246,30 @@ def _read_fann(data: bytes, path: str, input_size: int, output_size: int) -> Dat
 
 
 def _fann_tokens(text: str, path: str) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
-    """Return the header counts, every number after them as float32, and each number's line."""
+    """Return the header counts, every number after them as float32, and each number's line.
+
+    libfann reads the file with ``fscanf``, so only the order of the numbers matters, not the lines.
+    """
     rows = text.splitlines()
-    head = rows[0].split() if rows else []
+    token_lines = np.repeat(np.arange(1, len(rows) + 1), [len(row.split()) for row in rows])
+    tokens = text.split()
+    head = tokens[:3]
     if len(head) != 3 or not all(t.isdigit() for t in head) or int(head[0]) == 0:
-        _fail("AF6007", f"the first line of `{path}` is not `N num_input num_output`", Span(path, 1, 1),
+        _fail("AF6007", f"`{path}` does not start with `N num_input num_output`", Span(path, 1, 1),
               "a FANN .data file starts with three positive integers")
-    counts = [len(row.split()) for row in rows[1:]]
-    tokens = " ".join(rows[1:]).split()
     try:
-        numbers = np.array(tokens, dtype=np.float64)
+        numbers = np.array(tokens[3:], dtype=np.float64)
     except ValueError:
-        _bad_fann_token(rows, path)
-    token_lines = np.repeat(np.arange(2, len(rows) + 1), counts)
-    return (int(head[0]), int(head[1]), int(head[2])), numbers.astype(np.float32), token_lines
+        _bad_fann_token(rows, path, skip=3)
+    return (int(head[0]), int(head[1]), int(head[2])), numbers.astype(np.float32), token_lines[3:]
 
 
-def _bad_fann_token(rows: list[str], path: str) -> NoReturn:
-    for number, row in enumerate(rows[1:], start=2):
+def _bad_fann_token(rows: list[str], path: str, *, skip: int) -> NoReturn:
+    for number, row in enumerate(rows, start=1):
         for match in _NUMBER.finditer(row):
+            if skip:
+                skip -= 1
+                continue
             try:
                 float(match.group())
             except ValueError:

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -95,38 +95,47 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
-#: activation -> (forward f(z), derivative f'(z) given z and a = f(z)); written from docs/format.md
-ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray, np.ndarray], np.ndarray]]] = {
-    "relu": (lambda z: np.maximum(z, 0), lambda z, a: (z > 0).astype(z.dtype)),
-    "leaky_relu": (lambda z: np.where(z > 0, z, z * 0.01), lambda z, a: np.where(z > 0, 1.0, 0.01).astype(z.dtype)),
-    "sigmoid": (_sigmoid, lambda z, a: a * (1 - a)),
-    "tanh": (np.tanh, lambda z, a: 1 - a * a),
-    "linear": (lambda z: z, lambda z, a: np.ones_like(z)),
-    "elu": (lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))), lambda z, a: np.where(z > 0, 1, a + 1)),
-    "gelu": (lambda z: 0.5 * z * (1 + _erf(z * _INV_SQRT2)),
-             lambda z, a: 0.5 * (1 + _erf(z * _INV_SQRT2)) + z * _INV_SQRT_2PI * np.exp(-0.5 * z * z)),
-    "softplus": (lambda z: np.logaddexp(0, z), lambda z, a: _sigmoid(z)),
+
+def _times(grad: np.ndarray, factor: Any) -> np.ndarray:
+    grad *= factor
+    return grad
+
+
+class _Activation(NamedTuple):
+    """``forward(z)``; ``backward(z, a, grad)`` returns ``grad * f'(z)`` (overwriting ``grad``), given
+    ``a = f(z)`` and, when ``needs_input``, ``z`` (else None: the derivative is read from ``a``)."""
+
+    forward: Callable[[np.ndarray], np.ndarray]
+    backward: Callable[[Any, np.ndarray, np.ndarray], np.ndarray]
+    needs_input: bool
+
+
+#: hidden activation -> forward and backward, written from the definitions in docs/format.md
+ACTIVATIONS: dict[str, _Activation] = {
+    "relu": _Activation(lambda z: np.maximum(z, 0), lambda z, a, g: _times(g, a > 0), False),
+    "leaky_relu": _Activation(lambda z: np.where(z > 0, z, z * 0.01),
+                              lambda z, a, g: _times(g, np.where(a > 0, 1.0, 0.01)), False),
+    "sigmoid": _Activation(_sigmoid, lambda z, a, g: _times(g, a * (1 - a)), False),
+    "tanh": _Activation(np.tanh, lambda z, a, g: _times(g, 1 - a * a), False),
+    "linear": _Activation(lambda z: z, lambda z, a, g: g, False),
+    # elu: f'(z) = e^z = a + 1 where z <= 0
+    "elu": _Activation(lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))),
+                       lambda z, a, g: _times(g, np.where(a > 0, 1, a + 1)), False),
+    "gelu": _Activation(lambda z: 0.5 * z * (1 + _erf(z * _INV_SQRT2)),
+                        lambda z, a, g: _times(g, 0.5 * (1 + _erf(z * _INV_SQRT2))
+                                               + z * _INV_SQRT_2PI * np.exp(-0.5 * z * z)), True),
+    "softplus": _Activation(lambda z: np.logaddexp(0, z), lambda z, a, g: _times(g, _sigmoid(z)), True),
 }
-#: activations whose derivative the backward pass multiplies in place (cheaper than the table's form)
-_IN_PLACE = ("relu", "tanh", "sigmoid", "linear")
 
 
 def activate(name: str, z: np.ndarray) -> np.ndarray:
     """Return activation ``name`` (a hidden activation of docs/format.md) applied to ``z``, in z's dtype."""
-    return ACTIVATIONS[name][0](z).astype(z.dtype, copy=False)
+    return ACTIVATIONS[name].forward(z).astype(z.dtype, copy=False)
 
 
 def activation_gradient(name: str, z: np.ndarray, a: np.ndarray, grad: np.ndarray) -> np.ndarray:
-    """Return ``grad * f'(z)`` for activation ``name``, where ``a = f(z)``; ``grad`` may be overwritten."""
-    if name == "relu":
-        grad *= z > 0
-    elif name == "tanh":
-        grad *= 1 - a * a
-    elif name == "sigmoid":
-        grad *= a * (1 - a)
-    elif name != "linear":
-        grad *= ACTIVATIONS[name][1](z, a)
-    return grad
+    """Return ``grad * f'(z)`` for activation ``name``, where ``a = f(z)``; ``grad`` is overwritten."""
+    return ACTIVATIONS[name].backward(z, a, grad)
 
 
 # --- losses ------------------------------------------------------------------------------------
@@ -173,7 +182,7 @@ def _forward(layers: Sequence[tuple[np.ndarray, np.ndarray]], hidden: str, x: np
             return z, inputs + [h] if keep else inputs, pre
         if keep:
             inputs.append(h)
-            pre.append(z if hidden in ("gelu", "softplus", "elu", "leaky_relu") else None)
+            pre.append(z if ACTIVATIONS[hidden].needs_input else None)
         h = activate(hidden, z)
     raise InternalError("a network without layers")  # pragma: no cover - NetworkSpec always has one
 
@@ -189,8 +198,7 @@ def _backprop(layers: Sequence[tuple[np.ndarray, np.ndarray]], grads: Sequence[t
         np.sum(delta, axis=0, out=grad_b)
         if i:
             # inputs[i] is layer i-1's activation a; pre[i-1] its pre-activation (kept where f' needs it)
-            a = inputs[i]
-            delta = activation_gradient(hidden, pre[i - 1] if pre[i - 1] is not None else a, a, delta @ layers[i][0])
+            delta = activation_gradient(hidden, pre[i - 1], inputs[i], delta @ layers[i][0])
     return loss
 
 

@@ -45,6 +45,11 @@ class TestFormats:
         np.testing.assert_array_equal(dataset.targets, [[1], [0]])
         assert dataset.lines == (2, 3)
 
+    def test_fann_data_on_one_line_as_fscanf_reads_it(self, tmp_path):
+        dataset = load_dataset(write(tmp_path, "x.data", FANN_XOR.replace("\n", " ")), input_size=2, output_size=1)
+        np.testing.assert_array_equal(dataset.inputs, 2 * XOR_X - 1)
+        assert dataset.lines == (1, 1, 1, 1)
+
     def test_jsonl_with_lists_and_class_indices(self, tmp_path):
         text = '{"input": [0.5, 1], "target": 2}\n\n{"input": [1, 2e-1], "target": [0, 1, 0], "id": "x"}\n'
         dataset = load_dataset(write(tmp_path, "d.jsonl", text), input_size=2, output_size=3)
@@ -127,6 +132,8 @@ class TestFaultsNameTheFileAndLine:
     @pytest.mark.parametrize("text, code, line", [
         ("two 2 1\n0 1\n1\n", "AF6007", 1),   # header not three integers
         ("2 2 1\n0 1\n1\n1 1\n", "AF6007", 4),  # one number short
+        ("2 -2 1\n0 1\n1\n", "AF6007", 1),   # not a count
+        ("2 2\n", "AF6007", 1),                # header cut short
         ("1 2 1\n0 1\n1\n1\n", "AF6007", 4),    # one too many
         ("1 3 1\n0 1 1\n1\n", "AF6004", 1),     # the network has 2 inputs
         ("1 2 1\n0 nan\n1\n", "AF6008", 2),     # not finite
