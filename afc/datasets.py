@@ -27,7 +27,7 @@ from afcore.diagnostics import Diagnostic
 from afcore.errors import CheckError, UsageError
 from afcore.spans import Span
 
-__all__ = ["DATA_FORMATS", "Dataset", "dataset_from_tensors", "load_dataset"]
+__all__ = ["DATA_FORMATS", "Dataset", "dataset_from_tensors", "ensure_finite", "load_dataset"]
 
 #: file suffix -> data format that `load_dataset` reads
 DATA_FORMATS = {".safetensors": "safetensors", ".jsonl": "jsonl", ".ndjson": "jsonl", ".data": "fann"}
@@ -130,7 +130,11 @@ def dataset_from_tensors(tensors: Mapping[str, np.ndarray], *, source: str, sha2
 
 
 def ensure_finite(dataset: Dataset) -> None:
-    """Raise `CheckError` AF6008 naming the first record with a NaN or infinite value."""
+    """Check that every input and target is finite.
+
+    Raises:
+        CheckError: AF6008, naming the first record (and its line, for text files) with a NaN or infinity.
+    """
     for array in (dataset.inputs, dataset.targets):
         bad = ~np.isfinite(array).all(axis=1)
         if bad.any():

@@ -129,12 +129,30 @@ ACTIVATIONS: dict[str, _Activation] = {
 
 
 def activate(name: str, z: np.ndarray) -> np.ndarray:
-    """Return activation ``name`` (a hidden activation of docs/format.md) applied to ``z``, in z's dtype."""
+    """Apply a hidden activation element-wise.
+
+    Args:
+        name: a key of `ACTIVATIONS` (the hidden activations of docs/format.md).
+        z: pre-activations, float32 or float64.
+
+    Returns:
+        ``f(z)`` in z's dtype.
+    """
     return ACTIVATIONS[name].forward(z).astype(z.dtype, copy=False)
 
 
-def activation_gradient(name: str, z: np.ndarray, a: np.ndarray, grad: np.ndarray) -> np.ndarray:
-    """Return ``grad * f'(z)`` for activation ``name``, where ``a = f(z)``; ``grad`` is overwritten."""
+def activation_gradient(name: str, z: np.ndarray | None, a: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Chain a gradient through a hidden activation.
+
+    Args:
+        name: a key of `ACTIVATIONS`.
+        z: the pre-activations (may be None unless ``ACTIVATIONS[name].needs_input``).
+        a: ``f(z)``.
+        grad: dloss/da; overwritten.
+
+    Returns:
+        dloss/dz, that is ``grad * f'(z)`` (the ``grad`` array itself).
+    """
     return ACTIVATIONS[name].backward(z, a, grad)
 
 
@@ -142,11 +160,19 @@ def activation_gradient(name: str, z: np.ndarray, a: np.ndarray, grad: np.ndarra
 
 
 def loss_and_delta(output_activation: str, z: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
-    """Return the loss of pre-activations ``z`` [N, out] against ``targets`` and dloss/dz.
+    """Compute the loss of a batch from the output layer's pre-activations, and its derivative.
 
     softmax: cross-entropy ``-sum(t log softmax(z)) / N``; sigmoid: binary cross-entropy, summed over
     outputs and averaged over records; linear: ``sum((z - t)^2) / (2 N)`` (scikit-learn's squared loss
     for one output). The derivative is ``(f(z) - t) / N`` in all three.
+
+    Args:
+        output_activation: ``softmax``, ``sigmoid`` or ``linear`` (picks the loss, `LOSSES`).
+        z: the output layer's pre-activations [N, out].
+        targets: [N, out], of a range the loss takes (`ensure_targets_fit`).
+
+    Returns:
+        The loss (a Python float, summed in float64) and dloss/dz in z's dtype.
     """
     n = z.shape[0]
     if output_activation == "softmax":
@@ -498,10 +524,17 @@ def _split(records: int, fraction: float, rng: np.random.Generator) -> tuple[np.
 
 
 def ensure_targets_fit(output_activation: str, dataset: Dataset) -> None:
-    """Raise `CheckError` AF6010 naming the first record whose target the output's loss cannot take.
+    """Check that the output's loss can take every target.
 
     softmax: each target row is a distribution (values >= 0 summing to 1, e.g. one-hot); sigmoid: each
     value is in [0, 1]; linear: anything finite.
+
+    Args:
+        output_activation: the network's output activation.
+        dataset: the records.
+
+    Raises:
+        CheckError: AF6010, naming the first record (and its line, for text files) that does not fit.
     """
     t = dataset.targets
     if output_activation == "softmax":
