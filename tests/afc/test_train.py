@@ -151,6 +151,14 @@ class TestWrites:
         text = load_agent_file(path).header_text
         assert text.startswith("# Agent File Format v1.0\r\n") and "\n" not in text.replace("\r\n", "")
 
+    def test_raw_sections_stay_raw(self, fresh_xor):
+        agent = load_agent_file(fresh_xor)
+        fresh_xor.write_bytes(write_container(agent.header_text, [(n, s.payload) for n, s in agent.sections.items()],
+                                              raw=["neural_weights"]))
+        train_file(fresh_xor, epochs=2, seed=0)
+        sections = load_agent_file(fresh_xor).sections
+        assert (sections["neural_weights"].encoding, sections["training_data"].encoding) == ("raw", "base64")
+
     def test_a_missing_modified_key_is_added_after_created(self, tmp_path):
         agent = load_agent_file(ROOT / "examples" / "xor.af")
         header = "\n".join(line for line in agent.header_text.splitlines() if not line.startswith("modified:")) + "\n"
