@@ -19,6 +19,7 @@ from afcore.diagnostics import Diagnostic, sort_diagnostics
 from afcore.errors import CheckError, ParseError, SchemaError, SourceError, UsageError
 
 from . import check
+from .check_network import check_backends, check_network_size, check_output_activation
 from .reader import DEFAULT_MAX_SECTION_BYTES, Container, RawSection, read_container
 from .validate import report_header
 from .yamlload import YamlDocument, dump_round_trip, load_yaml
@@ -161,8 +162,11 @@ def load_agent_bytes(data: bytes, *, path: str, max_section_bytes: int = DEFAULT
     schema = report_header(document)
     workflows, syntax = check.parse_workflows(document)
     sections = {s.name: s for s in container.sections}
-    tensors, found = _decode_tensor_sections(sections)
     valid = schema.is_valid
+    found = check_network_size(document, valid=valid) + check_output_activation(document, valid=valid)
+    found += check_backends(document, valid=valid)
+    tensors, decoded = _decode_tensor_sections(sections)
+    found += decoded
     found += check.check_weights(document, sections.get("neural_weights"), tensors.get("neural_weights"), valid=valid)
     found += check.check_training_data(document, sections.get("training_data"), tensors.get("training_data"),
                                        valid=valid)

@@ -21,6 +21,8 @@ from onnx import TensorProto, helper
 from afcore import __version__
 from afcore.errors import BundleError, LoweringError
 
+from .spec import ONNX_MAX_MODEL_BYTES, onnx_model_bytes
+
 if TYPE_CHECKING:
     from .spec import LayerSpec, NetworkSpec
 
@@ -45,8 +47,8 @@ INPUT_NAME = "input"
 BATCH_DIM = "batch"
 #: name of the graph output
 OUTPUT_NAME = "output"
-#: the largest serialized model protobuf can hold
-MAX_MODEL_BYTES = (2 << 30) - 1
+#: the largest serialized model protobuf can hold (defined in `afc.spec`, which validation reads)
+MAX_MODEL_BYTES = ONNX_MAX_MODEL_BYTES
 
 #: activation -> (ONNX op, attributes); definitions in docs/format.md ("linear" adds no node)
 ACTIVATION_OPS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -232,7 +234,7 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
 
 def _ensure_size(model: onnx.ModelProto) -> None:
     # the initializers dominate; ByteSize() or len(raw_data) would each cost a copy of every weight
-    size = sum(4 * math.prod(t.dims) for t in model.graph.initializer) + 65536
+    size = onnx_model_bytes(sum(math.prod(t.dims) for t in model.graph.initializer))
     if size > MAX_MODEL_BYTES:
         raise LoweringError(
             f"the ONNX model would take about {size} bytes, more than protobuf's 2 GiB",

@@ -23,7 +23,7 @@ from ._wasm_math import ACTIVATION_FUNCS, MATH_WAT, f32x4
 if TYPE_CHECKING:
     from .spec import LayerSpec, NetworkSpec
 
-__all__ = ["ABI_VERSION", "WasmModule", "lower_network"]
+__all__ = ["ABI_VERSION", "WasmModule", "lower_network", "plan_memory_pages"]
 
 #: the version of the host <-> module contract documented in docs/bundle.md
 ABI_VERSION = 1
@@ -127,6 +127,26 @@ class _Layout:
     scratch: int  # the last layer's padded output when it cannot write the output directly, else 0
     splat: int  # TILE_SAMPLES * widest input * 16 bytes: the current rows' inputs, each splatted to 4 lanes
     pages: int
+
+
+def plan_memory_pages(network: NetworkSpec, *, max_batch: int) -> int:
+    """Return the 64 KiB pages of linear memory the module of ``network`` starts with.
+
+    Only the layers' sizes and activations are read, so validation can ask before any weight is
+    decoded (with a stand-in that has ``input_size``, ``output_size``, the activations, and
+    ``layers`` of ``index``, ``in_size`` and ``out_size``).
+
+    Args:
+        network: the network, or a stand-in with its shapes.
+        max_batch: the batch the module is built for (`afc.compile.WASM_MAX_BATCH` by default).
+
+    Returns:
+        The pages `lower_network` gives the module (``WasmModule.memory_pages``).
+
+    Raises:
+        LoweringError: AF3101 when the memory would exceed wasm32's 4 GiB.
+    """
+    return _plan_layout(network, max_batch).pages
 
 
 def _plan_layout(network: NetworkSpec, max_batch: int) -> _Layout:

@@ -2,7 +2,7 @@
 
 `train_file` loads the .af (`afc.agentfile`), reads the records (`afc.datasets`), runs
 `train_network` and writes the new `neural_weights` back through `afc.agentfile.render_agent_file`
-and `afc.writer.write_file_atomic`, the writers `af pack` uses: header comments and key order are
+and `afcore.fsutil.write_file_atomic`, the writers `af pack` uses: header comments and key order are
 kept, `modified` is updated, the other sections are kept, and the result must load as a valid file
 before it replaces anything. Nothing is written until training has finished, so an interrupt
 (Ctrl-C) leaves the file as it was.
@@ -758,10 +758,10 @@ def _utc_now() -> str:
 
 
 def _write(target: Path, data: bytes) -> None:
-    from .writer import write_file_atomic
+    from afcore import fsutil
 
     try:
-        write_file_atomic(target, data)
+        fsutil.write_file_atomic(target, data)
     except OSError as exc:
         raise UsageError(f"cannot write `{target}`: {exc.strerror or exc}", code="AF6031",
                          hint="check that the directory exists and is writable") from None

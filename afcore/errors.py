@@ -10,7 +10,7 @@ AfError                      root; never raised directly
 ├── BundleError              corrupt/incompatible bundle (AF4xxx)
 ├── ExecutionError           .span, .agent (AF5xxx)
 │   ├── AgentTrap            .trap_code, .frames → spans
-│   ├── ResourceLimitError   fuel/epoch/memory/disk exhausted
+│   ├── ResourceLimitError   fuel/memory/disk exhausted
 │   ├── SandboxViolation     undeclared host call or capability
 │   ├── InferenceError
 │   ├── StateError           corrupt or unreadable checkpoint

@@ -84,11 +84,15 @@ def ensure_breakpoints(breakpoints: Sequence[Breakpoint], workflows: Any) -> Non
     Raises:
         UsageError: AF0951 for a step no workflow has (the hint lists the steps).
     """
+    import difflib
+
     names = {step.name for steps in workflows.values() for step in steps}
     for bp in breakpoints:
         if bp.step is not None and bp.step not in names:
+            close = difflib.get_close_matches(bp.step, sorted(names), n=1)
+            guess = f"did you mean `{close[0]}`? " if close else ""
             raise UsageError(f"breakpoint `{bp}`: no workflow has a step `{bp.step}`", code="AF0951",
-                             hint="the agent's steps: " + ", ".join(sorted(names)))
+                             hint=guess + "the agent's steps: " + ", ".join(sorted(names)))
 
 
 def parse_field(text: str) -> Field:
@@ -137,6 +141,7 @@ class Debugger(Instrument):
         self.stepping = False
         self.quitted = False
         self.stops = 0
+        self._hits = {bp: 0 for bp in self.breakpoints}
         self._last_seq: Optional[int] = None  # the record whose steps run now (one replica: in order)
 
     # hooks -------------------------------------------------------------------------------------
@@ -152,6 +157,10 @@ class Debugger(Instrument):
         hit = self._hit(workflow, step, record, first)
         if hit is not None or self.stepping:
             self._stop(ctx, workflow, step, record, hit)
+
+    def unmatched(self) -> list[Breakpoint]:
+        """Return the breakpoints that never stopped the run (e.g. a ``record=ID`` no record has)."""
+        return [bp for bp, hits in self._hits.items() if not hits]
 
     def trap(self, ctx: Any, error: AfError) -> None:
         if self.trace:
@@ -171,6 +180,8 @@ class Debugger(Instrument):
     def _stop(self, ctx: Any, workflow: str, step: Step, record: Any, hit: Optional[Breakpoint]) -> None:
         self.stops += 1
         self.stepping = False
+        if hit is not None:
+            self._hits[hit] += 1
         why = f"breakpoint {hit}" if hit is not None else "step"
         self._write(f"stopped ({why}) before {workflow}/{step.source or step.name}{_record_text(record)}")
         if not self.trace:
@@ -272,16 +283,23 @@ def _resolve(ctx: Any, record: Any, root: str, path: tuple) -> Any:
     return {"id": record.record.id, "line": record.record.line, "values": record.record.values}
 
 
+#: numeric lists longer than this are shown as a summary by `p` (`p input[N]` shows one value)
+WIDE = 16
+#: how many leading values a summary shows
+WIDE_HEAD = 5
+
+
 def _format(value: Any) -> str:
+    """Return a value as JSON text; a numeric list longer than `WIDE` as ``<N values: min, max, first [...]>``."""
     import json
 
-    def plain(v: Any) -> Any:
-        if hasattr(v, "tolist"):
-            return v.tolist()
-        if isinstance(v, dict):
-            return {str(k): plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-
-    return json.dumps(plain(value), default=repr)
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_format(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        if len(value) > WIDE and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            head = ", ".join(json.dumps(x) for x in value[:WIDE_HEAD])
+            return f"<{len(value)} values: min {min(value)!r}, max {max(value)!r}, first [{head}, ...]>"
+        return "[" + ", ".join(_format(v) for v in value) + "]"
+    return json.dumps(value, default=repr)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from afcore.errors import AfError
     from afcore.steps import Step
 
-__all__ = ["Profiler"]
+__all__ = ["Profiler", "TraceRecorder"]
 
 #: workflows in the order they run (the report's order)
 WORKFLOW_ORDER = ("initialization", "execution", "shutdown")
@@ -59,10 +59,13 @@ class Profiler(Instrument):
 
     Args:
         clock: the time source in seconds (default `time.perf_counter`), for the block times.
+        trace: also record every block, backend call and step as a span (`trace_json`).
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.perf_counter, trace: bool = False) -> None:
         self._clock = clock
+        #: Chrome trace events when ``trace`` (see `trace_json`), else None
+        self.trace: TraceRecorder | None = TraceRecorder(clock) if trace else None
         self._steps: dict[tuple[str, str, int | None], _StepStats] = {}
         self._lifecycle: dict[tuple[int, str], float] = {}  # (id(ctx), workflow) -> seconds of its steps
         self._blocks: dict[int, float] = {}  # id(ctx) -> when its current block started
@@ -96,6 +99,8 @@ class Profiler(Instrument):
 
     def step_timed(self, ctx: Any, workflow: str, step: Step, ran: int, skipped: int, failed: int,
                    seconds: float) -> None:
+        if self.trace is not None:
+            self.trace.step(ctx, workflow, step, ran, skipped, failed, seconds)
         stats = self._stats(workflow, step)
         if ran:
             stats.chunks.append((ran, seconds))
@@ -113,10 +118,27 @@ class Profiler(Instrument):
     def block_end(self, ctx: Any, block: Any, outcomes: Any) -> None:
         started = self._blocks.pop(id(ctx), None)
         if started is not None and len(block):
-            self._execution.append((len(block), self._clock() - started))
+            ended = self._clock()
+            self._execution.append((len(block), ended - started))
+            if self.trace is not None:
+                self.trace.span(ctx, "execution", "workflow", started, ended, records=len(block))
 
     def backend_call(self, ctx: Any, records: int, seconds: float, fuel: int | None) -> None:
         self._calls.append((records, seconds, fuel))
+        if self.trace is not None:
+            ended = self._clock()
+            self.trace.span(ctx, f"backend ({self._backend})", "backend", ended - seconds, ended, records=records,
+                            fuel=fuel)
+
+    def trace_json(self) -> dict[str, Any]:
+        """Return the recorded spans as a Chrome trace (open it in Perfetto or chrome://tracing).
+
+        Raises:
+            ValueError: when the profiler was made without ``trace=True``.
+        """
+        if self.trace is None:
+            raise ValueError("this profiler records no trace: make it with trace=True")
+        return self.trace.to_json()
 
     def message_sent(self, ctx: Any, message: Any) -> None:
         self.messages[message.topic] = self.messages.get(message.topic, 0) + 1
@@ -197,6 +219,60 @@ class Profiler(Instrument):
         if self._backend != "wasm":
             return None
         return Distribution.of([fuel / n for n, _, fuel in self._calls if fuel is not None for _ in range(n)])
+
+
+class TraceRecorder:
+    """Spans of one run, per replica (one trace thread each), in Chrome's trace event format.
+
+    Lifecycle workflows become a span from their first step's start to their last step's end;
+    each block of records is an ``execution`` span holding its backend call and its steps.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._origin = clock()
+        self.events: list[dict[str, Any]] = []
+        self._threads: dict[int, int] = {}  # id(ctx) -> trace thread id
+        self._lifecycle: dict[tuple[int, str], list[float]] = {}  # (tid, workflow) -> [start, end]
+
+    def _tid(self, ctx: Any) -> int:
+        tid = self._threads.get(id(ctx))
+        if tid is None:
+            tid = self._threads[id(ctx)] = len(self._threads) + 1
+            name = getattr(ctx, "agent_id", None) or f"replica {tid}"
+            self.events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}})
+        return tid
+
+    def span(self, ctx: Any, name: str, category: str, started: float, ended: float, **args: Any) -> None:
+        """Record a span from ``started`` to ``ended`` (clock seconds) on the replica's thread."""
+        self.events.append(self._event(name, category, self._tid(ctx), started, ended,
+                                       {k: v for k, v in args.items() if v is not None}))
+
+    def _event(self, name: str, category: str, tid: int, started: float, ended: float,
+               args: dict[str, Any]) -> dict[str, Any]:
+        # Both ends are rounded the same way, so a child that ends before its parent still does.
+        ts, end = (round((t - self._origin) * 1e6, 3) for t in (started, max(started, ended)))
+        return {"name": name, "cat": category, "ph": "X", "pid": 1, "tid": tid, "ts": ts,
+                "dur": round(end - ts, 3), "args": args}
+
+    def step(self, ctx: Any, workflow: str, step: Step, ran: int, skipped: int, failed: int, seconds: float) -> None:
+        """Record a step that just ended (a `step_timed` event)."""
+        ended = self._clock()
+        started = ended - seconds
+        self.span(ctx, step.name, "step", started, ended, workflow=workflow, ran=ran, skipped=skipped, failed=failed,
+                  source=step.source or None)
+        if workflow != "execution":
+            bounds = self._lifecycle.setdefault((self._tid(ctx), workflow), [started, ended])
+            bounds[0], bounds[1] = min(bounds[0], started), max(bounds[1], ended)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return ``{"traceEvents": [...], "displayTimeUnit": "ms"}``, parents before children."""
+        events = list(self.events)
+        for (tid, workflow), (started, ended) in self._lifecycle.items():
+            events.append(self._event(workflow, "workflow", tid, started, ended, {}))
+        # Viewers nest spans of one thread by time; a parent listed first when two start together.
+        events.sort(key=lambda e: (e.get("tid", 0), e.get("ts", -1), -e.get("dur", 0)))
+        return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
 def _workflow_rank(name: str) -> int:

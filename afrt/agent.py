@@ -79,6 +79,8 @@ class Agent:
         self.max_batch: int = getattr(engine, "max_batch", ONNX_MAX_BATCH)
         self._engine: Backend | None = engine
         self._run: Callable[[np.ndarray], np.ndarray] = engine.run
+        #: what loading adjusted and the user should hear of (e.g. inference threads capped at the CPUs)
+        self.notices: list[str] = list(getattr(engine, "notices", ()))
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} {self.version} backend={self.backend}>"
@@ -213,7 +215,7 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
 
 
 def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Backend:
-    from .inference import OnnxModel, ensure_safe_onnx, session_threads
+    from .inference import OnnxModel, ensure_safe_onnx, session_threads, threads_notice
 
     model_bytes = bundle.member("onnx")
     ensure_safe_onnx(model_bytes)
@@ -225,6 +227,8 @@ def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Backend:
         threads=session_threads(bundle.limit("cpu_cores"), threads),
     )
     model.ensure_signature(bundle.input_size, bundle.output_size)
+    notice = threads_notice(bundle.limit("cpu_cores"), threads)
+    model.notices = [notice] if notice else []
     return model
 
 
@@ -235,6 +239,7 @@ def load(
     fuel_per_record: int | None = None,
     threads: int | None = None,
     cache_dir: Path | str | None = None,
+    max_total_bytes: int | None = None,
 ) -> Agent:
     """Load a bundle into an agent on one backend.
 
@@ -245,6 +250,8 @@ def load(
             (`afrt.sandbox.fuel_per_record`).
         threads: onnxruntime intra-op threads; default ``ceil(resources.limits.cpu_cores)``.
         cache_dir: the compiled-module cache (wasm); default ``$XDG_CACHE_HOME/af/modules``.
+        max_total_bytes: cap on what the bundle may decompress to (`afcore.bundle.MAX_TOTAL_BYTES`,
+            1 GiB, when None); raise it for a trusted bigger bundle.
 
     Returns:
         The `Agent`.
@@ -256,7 +263,7 @@ def load(
         ResourceLimitError: AF5012 when the module cannot start within ``memory_mb``.
     """
     _check_options(backend, fuel_per_record, threads)
-    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle)
+    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle, max_total_bytes=max_total_bytes)
     if backend == "wasm":
         engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None)
     else:

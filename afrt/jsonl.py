@@ -35,9 +35,19 @@ def encode_output(rid: Union[str, int], output: np.ndarray, agent: str | None) -
     return orjson.dumps({"id": rid, "output": output, "agent": agent}, option=_DUMPS_OPTS)
 
 
-def encode_error(rid: Union[str, int], code: str, message: str) -> bytes:
-    """Return the error line ``{"id", "error": {"code", "message"}}``."""
-    return orjson.dumps({"id": rid, "error": {"code": code, "message": message}}, option=_DUMPS_OPTS)
+def encode_error(rid: Union[str, int, None], code: str, message: str, *, line: int | None = None) -> bytes:
+    """Return the error line ``{"id", "error": {"code", "message"[, "line"]}}``.
+
+    Args:
+        rid: the record's id; None (``null``) when its line has no readable id.
+        code: the error code.
+        message: what is wrong.
+        line: the input line, for errors found while reading it.
+    """
+    error: dict[str, Any] = {"code": code, "message": message}
+    if line is not None:
+        error["line"] = line
+    return orjson.dumps({"id": rid, "error": error}, option=_DUMPS_OPTS)
 
 
 def encode_filtered(rid: Union[str, int], step: str) -> bytes:
@@ -158,10 +168,10 @@ class JsonlWriter:
         for code, _ in outcomes.errors.values():
             self._count_error(code)
 
-    def add_error(self, seq: int, rid: Any, code: str, message: str) -> None:
-        """Take the error of a record that never reached a replica (it did not parse)."""
-        self.held[seq] = (1, encode_error(rid, code, message))
-        self._count_error(code)
+    def add_error(self, error: Any) -> None:
+        """Take the error of a record that never reached a replica (an `afrt.records.ErrorRecord`)."""
+        self.held[error.seq] = (1, encode_error(error.id, error.code, error.message, line=error.line))
+        self._count_error(error.code)
 
     def _count_error(self, code: str) -> None:
         self.errors += 1

@@ -24,7 +24,7 @@ from typing import IO, Any, Callable
 from afcore.errors import ExecutionError
 
 from .jsonl import JsonlWriter
-from .records import ErrorRecord, RecordBlock, may_spell_booleans, parse_block
+from .records import ErrorRecord, LineParser, RecordBlock
 from .swarm import Swarm
 
 __all__ = ["RunOptions", "RunProgress", "RunSummary", "run_jsonl"]
@@ -32,10 +32,6 @@ __all__ = ["RunOptions", "RunProgress", "RunSummary", "run_jsonl"]
 #: bytes read at a time (a pipe returns what it has, up to this); the lines of a chunk are held
 #: at once, so a larger chunk falls out of the CPU caches (1 MiB was ~5% slower in `af run`)
 READ_CHUNK = 1 << 17
-#: lines parsed and converted to float32 together
-PARSE_GROUP = 64
-#: the longest input line accepted (longer ones become an AF5237 error record)
-MAX_LINE_BYTES = 16 << 20
 #: chunks read ahead of the replicas (bounds memory when the input is faster than the agents)
 READ_AHEAD = 8
 #: after a stop request, how long the output may take to accept what is finished before it is abandoned
@@ -138,102 +134,6 @@ class _Reader(threading.Thread):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, exc)
 
 
-class _Parser:
-    """Splits raw chunks into lines and parses them, numbering records and lines.
-
-    A line longer than ``max_line`` bytes becomes an AF5237 error record and is skipped to its
-    end, so that input without newlines cannot grow memory without bound.
-
-    Args:
-        input_size: the length every input vector must have.
-        block_rows: the most records in one block (the replicas' ``max_batch``).
-    """
-
-    def __init__(self, input_size: int, block_rows: int = PARSE_GROUP) -> None:
-        self.input_size = input_size
-        self.group = max(1, min(PARSE_GROUP, block_rows))
-        self.max_line = max(MAX_LINE_BYTES, 64 * input_size)
-        self.seq = 0
-        self.line_no = 1
-        self.tail = b""
-        self.skipping = False  # inside an over-long line, already reported
-        self.pending: list = []  # complete lines held back to fill a block (``hold``)
-        self.pending_suspect = False
-
-    def feed(self, chunk: bytes, *, hold: bool = False) -> tuple[list[RecordBlock], list[ErrorRecord]]:
-        """Parse the complete lines in ``chunk`` (all the rest when ``chunk`` is empty).
-
-        Args:
-            chunk: the next bytes of the input; empty at its end.
-            hold: keep back the lines that do not fill a whole block, to parse them with the next
-                chunk (for files, where waiting for more costs nothing): full blocks are what
-                the replicas batch best.
-
-        Returns:
-            (blocks of good records, at most ``block_rows`` each; the error records).
-        """
-        lines = _split_lines(chunk)
-        # the chunk and the tail from the last chunk make the lines parsed now
-        suspect = may_spell_booleans(chunk) or may_spell_booleans(self.tail)
-        if self.tail:  # only the first line needs the tail: no copy of the whole chunk
-            lines[0] = self.tail + lines[0]
-        if self.skipping:
-            if len(lines) == 1:
-                self.tail = b""
-                return [], []
-            del lines[0]
-            self.skipping = False
-            self.line_no += 1
-        self.tail = lines.pop() if chunk else b""
-        too_long = len(self.tail) > self.max_line
-        if too_long:
-            self.tail, self.skipping = b"", True
-        if self.pending:
-            lines = self.pending + lines
-            suspect = suspect or self.pending_suspect
-            self.pending = []
-        if hold and chunk and not too_long:
-            whole = len(lines) - len(lines) % self.group
-            self.pending, self.pending_suspect = lines[whole:], suspect
-            del lines[whole:]
-        blocks, errors = self._parse(lines, suspect)
-        if too_long:  # reported after the complete lines before it, in input order
-            line = self.line_no
-            errors.append(ErrorRecord(self.seq, line, "AF5237", f"line {line}: longer than {self.max_line} bytes, skipped"))
-            self.seq += 1
-        return blocks, errors
-
-    def _parse(self, lines: list, suspect: bool) -> tuple[list[RecordBlock], list[ErrorRecord]]:
-        # Parsed and converted a group of lines at a time, while their floats are still in the cache.
-        blocks: list[RecordBlock] = []
-        errors: list[ErrorRecord] = []
-        group = self.group
-        for start in range(0, len(lines), group):
-            part = lines[start : start + group]
-            block, bad, self.seq = parse_block(part, seq=self.seq, line_no=self.line_no,
-                                               input_size=self.input_size, suspect=suspect)
-            self.line_no += len(part)
-            if block is not None:
-                blocks.append(block)
-            errors += bad
-        return blocks, errors
-
-
-def _split_lines(chunk: bytes) -> list:
-    """Split like ``chunk.split(b"\\n")``, but the complete lines are memoryviews into ``chunk``.
-
-    Views copy nothing: copying every line of a chunk (~5 KB each for the reference agent)
-    costs memory bandwidth that the bare parse loop does not pay.
-    """
-    view, find, lines, start = memoryview(chunk), chunk.find, [], 0
-    append = lines.append
-    while (end := find(b"\n", start)) >= 0:
-        append(view[start:end])
-        start = end + 1
-    append(chunk[start:])  # the partial last line, kept as bytes (it becomes the tail)
-    return lines
-
-
 async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[], IO[bytes]], options: RunOptions,
                     *, stop: asyncio.Event | None = None) -> RunSummary:
     """Run every record of ``source`` through a swarm of ``agent`` replicas; write to ``sink``.
@@ -286,6 +186,7 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[]
         # only now: the shutdown workflow's checkpoint counts records whose outputs are written
         errors = await swarm.stop()
         _summarize(summary, writer, group, errors, time.perf_counter() - started)
+        summary.notices[:0] = [n for n in getattr(agent, "notices", ()) if n not in summary.notices]
     failed = writer.write_error
     if isinstance(failed, BrokenPipeError):
         raise failed
@@ -351,7 +252,7 @@ def _input_kind(stream: IO[bytes]) -> str:
 
 async def _pump(group: Any, source: IO[bytes], writer: JsonlWriter, summary: RunSummary,
                 input_size: int, stop: asyncio.Event, max_batch: int) -> None:
-    parser = _Parser(input_size, max_batch)
+    parser = LineParser(input_size, max_batch)
     kind = _input_kind(source)
     if kind == "file":
         # A file never blocks: read it here, sparing the GIL handoffs of a reader thread.
@@ -363,7 +264,7 @@ async def _pump(group: Any, source: IO[bytes], writer: JsonlWriter, summary: Run
         await _pump_stream(group, source, parser, writer, summary, stop)
 
 
-async def _pump_file(group: Any, source: IO[bytes], parser: _Parser, writer: JsonlWriter, summary: RunSummary,
+async def _pump_file(group: Any, source: IO[bytes], parser: LineParser, writer: JsonlWriter, summary: RunSummary,
                      stop: asyncio.Event) -> None:
     read = getattr(source, "read1", source.read)
     while True:
@@ -434,7 +335,7 @@ class _PipeInput(asyncio.Protocol):
         return data
 
 
-async def _pump_pipe(group: Any, source: IO[bytes], parser: _Parser, writer: JsonlWriter, summary: RunSummary,
+async def _pump_pipe(group: Any, source: IO[bytes], parser: LineParser, writer: JsonlWriter, summary: RunSummary,
                      stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     pipe = _PipeInput(stop)
@@ -460,7 +361,7 @@ async def _pump_pipe(group: Any, source: IO[bytes], parser: _Parser, writer: Jso
         transport.close()
 
 
-async def _pump_stream(group: Any, source: IO[bytes], parser: _Parser, writer: JsonlWriter, summary: RunSummary,
+async def _pump_stream(group: Any, source: IO[bytes], parser: LineParser, writer: JsonlWriter, summary: RunSummary,
                        stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -498,7 +399,7 @@ async def _dispatch(group: Any, parsed: tuple[list[RecordBlock], list[ErrorRecor
         summary.progress.records = summary.records
     if errors:
         for error in errors:
-            writer.add_error(error.seq, error.id, error.code, error.message)
+            writer.add_error(error)
         await writer.flush()
     if blocks:
         await group.send.send_many(blocks)

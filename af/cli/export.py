@@ -5,32 +5,41 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import typer
+import click
 
-from ._app import command, console
+from ._app import command
+from ._load import max_bundle_option
+from ._output import say
 
 
 @command("export")
-def export_command(
-    path: Path = typer.Argument(..., metavar="BUNDLE", help="The .afb bundle to export from.", dir_okay=False),
-    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Write the ONNX model here.", dir_okay=False),
-    wasm: Optional[Path] = typer.Option(None, "--wasm", help="Write the WebAssembly module here.", dir_okay=False),
-) -> None:
+@click.argument("path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--onnx", type=click.Path(path_type=Path), help="Write the ONNX model here.")
+@click.option("--wasm", type=click.Path(path_type=Path), help="Write the WebAssembly module here.")
+@max_bundle_option
+def export_command(path: Path, *, onnx: Optional[Path], wasm: Optional[Path], max_bundle_mb: Optional[int]) -> None:
     """Verify a bundle and write its ONNX model (and/or WebAssembly module) to files, atomically."""
-    from afc.writer import write_file_atomic
+    from afcore.fsutil import write_file_atomic
     from afcore.bundle import read_bundle
     from afcore.errors import BundleError, UsageError
 
+    from ._files import check_input, check_output
+    from ._load import bundle_cap
+
     if onnx is None and wasm is None:
         raise UsageError("nothing to export", code="AF3009", hint="give --onnx model.onnx and/or --wasm model.wasm")
-    bundle = read_bundle(path)
+    check_input(path, ("bundle",), "af export")
+    for target in (onnx, wasm):
+        if target is not None:
+            check_output(target, create_parents=False)
+    bundle = read_bundle(path, max_total_bytes=bundle_cap(max_bundle_mb))
     wanted = [(member, target) for member, target in (("model.onnx", onnx), ("model.wasm", wasm)) if target]
     for member, _ in wanted:
         if member not in bundle.members:
             raise BundleError(f"the bundle holds no {member}", code="AF4017",
                               hint=f"compile the .af with `--target {member.split('.')[1]}`")
     if onnx is not None:
-        from afc.lower_onnx import check_model_bytes
+        from afc import check_model_bytes
 
         check_model_bytes(bundle.members["model.onnx"])
     for member, target in wanted:
@@ -39,4 +48,4 @@ def export_command(
         except OSError as exc:
             raise UsageError(f"cannot write `{target}`: {exc.strerror or exc}", code="AF3010",
                              hint="check that the directory exists and is writable") from None
-        console.print(f"wrote {target} ({len(bundle.members[member]):,} bytes)", markup=False, highlight=False)
+        say(f"wrote {target} ({len(bundle.members[member]):,} bytes)")

@@ -6,13 +6,22 @@ import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Optional
 
-import typer
+import click
 
-from ._app import command, console, stdout
-from ._load import MAX_REPLICAS
+from ._app import command
+from ._load import MAX_REPLICAS, agent_options
+from ._output import emit, print_table, say
 
 if TYPE_CHECKING:
     from afprof import Distribution, ProfileReport
+
+#: the step table's columns, and which to leave out first when the terminal is too narrow
+STEP_COLUMNS = ("workflow", "step", "line", "calls", "skipped", "traps", "total", "mean", "p50", "p95")
+STEP_DROP_ORDER = ("total", "line", "skipped", "traps", "p95", "mean")
+WORKFLOW_COLUMNS = ("workflow", "runs", "total", "mean", "p50", "p95")
+WORKFLOW_DROP_ORDER = ("total", "p95", "mean")
+#: columns whose cells are text (left-aligned); the others are numbers
+_TEXT_COLUMNS = ("workflow", "step")
 
 
 class _Discard:
@@ -29,29 +38,36 @@ class _Discard:
 
 
 @command("profile")
-def profile_command(
-    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle (.afb) to profile, or an .af file to compile in memory first."),
-    input_path: str = typer.Option(..., "--input", "-i", help="JSON Lines input ('-' for stdin)."),
-    output_path: Optional[str] = typer.Option(None, "--output", "-o", help="Also write the output records here."),
-    backend: str = typer.Option("onnx", "--backend", help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)."),
-    replicas: int = typer.Option(1, "--replicas", min=1, max=MAX_REPLICAS, help="Replicas sharing the work (at most 10,000 in one process)."),
-    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most records per backend call."),
-    fuel: Optional[int] = typer.Option(None, "--fuel", min=1, help="WASM fuel per record (default: from the network's size)."),
-    overhead: bool = typer.Option(False, "--overhead", help="Run the input a second time without the profiler and report the ratio."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object on stdout."),
-) -> None:
+@click.argument("bundle", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--input", "-i", "input_path", required=True, type=click.Path(allow_dash=True),
+              help="JSON Lines input ('-' for stdin).")
+@click.option("--output", "-o", "output_path", type=click.Path(allow_dash=True),
+              help="Also write the output records here ('-' for stdout, not with --json).")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, MAX_REPLICAS),
+              help="Replicas sharing the work (at most 10,000 in one process).")
+@click.option("--max-batch", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Most records per backend call.")
+@click.option("--overhead", is_flag=True, help="Run the input a second time without the profiler and report the ratio.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
+@agent_options
+def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str], backend: Optional[str],
+                    replicas: int, max_batch: int, fuel: Optional[int], overhead: bool, as_json: bool,
+                    max_bundle_mb: Optional[int]) -> None:
     """Profile an agent on JSON Lines records: step and workflow times, backend time and fuel per record,
     messages per topic, traps per code, records/s.
 
     Exit codes: 0 the input was consumed; 1 the bundle cannot be loaded or an agent cannot start;
     2 usage error; 130/143 stopped by SIGINT/SIGTERM (the report covers what ran).
     """
+    from afcore.errors import UsageError
     from afprof import Profiler
 
-    from ._load import close_streams, ensure_backend, load_agent, open_stream, run_stream
+    from ._load import close_streams, load_agent, open_stream, run_stream
 
-    ensure_backend(backend)
-    agent = load_agent(bundle, backend, fuel)
+    if output_path == "-" and as_json:
+        raise UsageError("`--output -` and `--json` would both write to stdout", code="AF0908",
+                         hint="write the records to a file (-o FILE), or drop --json (the tables go to stderr)")
+    agent = load_agent(bundle, backend, fuel, command="af profile", max_bundle_mb=max_bundle_mb)
     options = {"replicas": replicas, "max_batch": max_batch}
     profiler = Profiler()
     # cleanup_resources closes the agent at the end of a run: the baseline gets its own replica
@@ -68,13 +84,13 @@ def profile_command(
     if as_json:
         import json
 
-        stdout.print(json.dumps(report.to_json(), sort_keys=True), markup=False, highlight=False)
+        emit(json.dumps(report.to_json(), sort_keys=True))
     else:
         _print(report)
     if summary.interrupted:
         from .run import SIGNAL_EXIT
 
-        raise typer.Exit(SIGNAL_EXIT.get(summary.interrupted, 130))
+        raise click.exceptions.Exit(SIGNAL_EXIT.get(summary.interrupted, 130))
 
 
 def _baseline(agent: Any, input_path: str, options: dict[str, Any]) -> Optional[float]:
@@ -82,7 +98,7 @@ def _baseline(agent: Any, input_path: str, options: dict[str, Any]) -> Optional[
     from ._load import close_streams, open_stream, run_stream
 
     if input_path == "-":
-        console.print("note: --overhead needs a file --input (stdin cannot be read twice)", markup=False)
+        say("note: --overhead needs a file --input (stdin cannot be read twice)")
         return None
     source = open_stream(input_path, "rb", sys.stdin)
     try:
@@ -92,54 +108,37 @@ def _baseline(agent: Any, input_path: str, options: dict[str, Any]) -> Optional[
     return summary.records / summary.seconds if summary.seconds > 0 and summary.records else None
 
 
+def overhead_text(overhead: float) -> str:
+    """Say how the profiler changed the run's speed, the right way round (a ratio below 1 is noise)."""
+    if overhead >= 1.0:
+        return f"profiling made the run {overhead:.2f}x slower"
+    return f"the profiled run was {1 / overhead:.2f}x faster: run-to-run noise, profiling costs nothing measurable here"
+
+
 def _us(value: Optional[float]) -> str:
     return "-" if value is None else f"{value * 1e6:,.1f}"
 
 
 def _print(report: ProfileReport) -> None:
-    from rich.measure import Measurement
-    from rich.table import Table
-
     from afprof.report import HEADER
 
-    console.print(f"note: {HEADER}", markup=False)
+    say(f"note: {HEADER}")
     rate = report.records_per_second
     line = f"{report.records} records in {report.seconds:.3f}s" + (f", {rate:,.0f} records/s" if rate else "")
-    console.print(line + f" (backend {report.backend})", markup=False)
+    say(line + f" (backend {report.backend})")
     if report.overhead is not None:
-        console.print(f"without the profiler: {report.baseline_records_per_second:,.0f} records/s "
-                      f"(profiling made the run {report.overhead:.2f}x slower)", markup=False)
-    for table in (_workflow_table(report, Table), _step_table(report, Table)):
-        # at its natural width: names cut to "exec…" would defeat the table (a pipe or CI log is 80 wide)
-        natural = Measurement.get(console, console.options.update(max_width=1000), table).maximum
-        width, console.width = console.width, max(console.width, natural)
-        try:
-            console.print(table)
-        finally:
-            console.width = width
+        say(f"without the profiler: {report.baseline_records_per_second:,.0f} records/s "
+            f"({overhead_text(report.overhead)})")
+    workflows = [[w.workflow, str(w.runs), _us(w.seconds.total), *_dist(w.seconds)] for w in report.workflows]
+    steps = [[s.workflow, s.step, str(s.line or "-"), str(s.calls), str(s.skipped), str(s.traps),
+              _us(s.seconds.total), *_dist(s.seconds)] for s in report.steps]
+    print_table("workflows (wall time per run, µs)", WORKFLOW_COLUMNS, workflows, left=_TEXT_COLUMNS,
+                drop_order=WORKFLOW_DROP_ORDER)
+    print_table("steps (wall time per call, µs)", STEP_COLUMNS, steps, left=_TEXT_COLUMNS, drop_order=STEP_DROP_ORDER)
     _print_backend(report)
     for title, counts in (("messages sent", report.messages), ("traps", report.traps)):
         if counts:
-            console.print(f"{title}: " + ", ".join(f"{k} x{n}" for k, n in sorted(counts.items())), markup=False)
-
-
-def _workflow_table(report: ProfileReport, table_type: Any) -> Any:
-    table = table_type(title="workflows (wall time per run, µs)")
-    for column in ("workflow", "runs", "total", "mean", "p50", "p95"):
-        table.add_column(column, justify="left" if column == "workflow" else "right")
-    for w in report.workflows:
-        table.add_row(w.workflow, str(w.runs), _us(w.seconds.total), *_dist(w.seconds))
-    return table
-
-
-def _step_table(report: ProfileReport, table_type: Any) -> Any:
-    table = table_type(title="steps (wall time per call, µs)")
-    for column in ("workflow", "step", "line", "calls", "skipped", "traps", "total", "mean", "p50", "p95"):
-        table.add_column(column, justify="left" if column in ("workflow", "step") else "right")
-    for s in report.steps:
-        table.add_row(s.workflow, s.step, str(s.line or "-"), str(s.calls), str(s.skipped), str(s.traps),
-                      _us(s.seconds.total), *_dist(s.seconds))
-    return table
+            say(f"{title}: " + ", ".join(f"{k} x{n}" for k, n in sorted(counts.items())))
 
 
 def _dist(d: Distribution) -> list[str]:
@@ -148,9 +147,9 @@ def _dist(d: Distribution) -> list[str]:
 
 def _print_backend(report: ProfileReport) -> None:
     b = report.backend_seconds_per_record
-    console.print(f"backend: {report.backend_calls} calls for records (+{report.warmup_calls} warm-up); per record "
-                  f"mean {_us(b.mean)} µs, p50 {_us(b.p50)} µs, p95 {_us(b.p95)} µs", markup=False)
+    say(f"backend: {report.backend_calls} calls for records (+{report.warmup_calls} warm-up); per record "
+        f"mean {_us(b.mean)} µs, p50 {_us(b.p50)} µs, p95 {_us(b.p95)} µs")
     f = report.fuel_per_record
     if f is not None and f.count:
-        console.print(f"fuel per record: mean {f.mean:,.0f}, p50 {f.p50:,.0f}, p95 {f.p95:,.0f}, max {f.max:,.0f} "
-                      f"of a budget of {report.fuel_budget:,}", markup=False)
+        say(f"fuel per record: mean {f.mean:,.0f}, p50 {f.p50:,.0f}, p95 {f.p95:,.0f}, max {f.max:,.0f} "
+            f"of a budget of {report.fuel_budget:,}")

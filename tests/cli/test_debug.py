@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from float64_reference import forward64
@@ -97,3 +97,137 @@ class TestDebugCommand:
         assert proc.returncode == 0, proc.stderr
         value = re.search(rb"^output\.max = (\S+)$", proc.stderr, re.M).group(1)
         assert float(value) == pytest.approx(xor_reference(X[3:4]).max(), rel=1e-5, abs=1e-6)
+
+
+class TestNewUserBugs:
+    """Issue 9, the bugs a new user hits with `af debug`."""
+
+    def test_a_misspelt_step_gets_did_you_mean(self, inputs):
+        result = debug(XOR, "--input", inputs, "--break", "send_otput")
+        assert result.exit_code == 2 and "AF0951" in result.stderr
+        assert "= help: did you mean `send_output`?" in result.stderr
+
+    def test_a_breakpoint_that_never_matched_is_said(self, inputs):
+        result = debug(XOR, "--input", inputs, "--break", "record=nope", "--break", "send_output@2", commands="c\n")
+        assert result.exit_code == 0, result.stderr
+        assert "note: breakpoint record=nope never matched" in result.stderr
+        assert "send_output@2 never" not in result.stderr
+
+    def test_p_input_summarises_wide_inputs(self, example_bundles, tmp_path):
+        row = [0.0] * 780 + [0.25, 0.5, 1.0, -2.0]
+        path = tmp_path / "wide.jsonl"
+        path.write_bytes(orjson.dumps({"id": "w", "input": row}) + b"\n")
+        result = debug(example_bundles["classification-agent"], "--input", path, "--break", "send_output",
+                       commands="p input\np input[782]\nc\n")
+        assert result.exit_code == 0, result.stderr
+        line = next(line for line in result.stderr.splitlines() if line.startswith("input = "))
+        assert line == ('input = {"id": "w", "line": 1, "values": <784 values: min -2.0, max 1.0, '
+                        'first [0.0, 0.0, 0.0, 0.0, 0.0, ...]>}')
+        assert "input[782] = 1.0" in result.stderr
+
+
+def _debug_on_a_terminal(inputs: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    """Start `af debug` with a pseudo-terminal as stdin and controlling terminal (so ^C sends SIGINT)."""
+    import fcntl
+    import os
+    import pty
+    import termios
+
+    leader, follower = pty.openpty()
+
+    def take_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([AF, "debug", str(XOR), "--input", str(inputs), *args], stdin=follower,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=take_terminal)
+    os.close(follower)
+    return proc, leader
+
+
+def _read_until(proc: subprocess.Popen, text: bytes, timeout: float = 60) -> bytes:
+    import os
+    import select
+    import time
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if ready:
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+    assert text in seen, seen.decode(errors="replace")
+    return seen
+
+
+class TestAtATerminal:
+    def test_ctrl_c_at_the_prompt_ends_the_run_as_sigint_does(self, inputs):
+        import os
+
+        proc, leader = _debug_on_a_terminal(inputs, "--break", "update_memory", "--trace")
+        try:
+            before = _read_until(proc, b"(afdb) ")
+            os.write(leader, b"\x03")  # Ctrl-C, through the terminal's line discipline
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(leader)
+            proc.kill()
+        err = (before + err).decode()
+        assert proc.returncode == 130, err
+        after = err.split("(afdb) ", 1)[1]
+        assert after.startswith("\n")  # the next message starts its own line
+        assert "shutdown: save_state" in after and "shutdown: cleanup_resources" in after
+        assert "stopped by SIGINT" in after and "Traceback" not in err
+        # the records already read (here the whole small file) were finished and written, in order
+        assert [orjson.loads(line)["id"] for line in out.splitlines()] == ["r0", "r1", "r2", "r3"][:len(out.splitlines())]
+
+    def test_ctrl_d_at_the_prompt_continues_on_a_new_line(self, inputs):
+        import os
+
+        proc, leader = _debug_on_a_terminal(inputs, "--break", "send_output@4")
+        try:
+            before = _read_until(proc, b"(afdb) ")
+            os.write(leader, b"\x04")  # Ctrl-D: no more commands, the run goes on
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(leader)
+            proc.kill()
+        err = (before + err).decode()
+        assert proc.returncode == 0, err
+        assert "(afdb) \n4 records: 4 results" in err
+        assert len(out.splitlines()) == 4
+
+    def test_the_prompt_has_line_editing_and_history(self, inputs, tmp_path):
+        import fcntl
+        import os
+        import pty
+        import termios
+
+        leader, follower = pty.openpty()
+
+        def take_terminal() -> None:
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        # stdin and stdout on the terminal: the prompt is read through readline
+        proc = subprocess.Popen([AF, "debug", str(XOR), "--input", str(inputs), "--break", "update_memory",
+                                 "-o", str(tmp_path / "out.jsonl")], stdin=follower, stdout=follower,
+                                stderr=subprocess.PIPE, preexec_fn=take_terminal)
+        os.close(follower)
+        try:
+            seen = _read_until(proc, b"(record 1,")
+            os.write(leader, b"p memory.cont\x1b[D\x1b[Du\n")  # typo fixed with the arrow keys
+            seen += _read_until(proc, b"memory.count = 0")
+            os.write(leader, b"c\n")
+            seen += _read_until(proc, b"(record 2,")
+            os.write(leader, b"\x1b[A\x1b[A\n")  # up twice: `p memory.count` from the history
+            seen += _read_until(proc, b"memory.count = 1")
+            os.write(leader, b"q\n")
+            _, err = proc.communicate(timeout=60)
+        finally:
+            os.close(leader)
+            proc.kill()
+        assert proc.returncode == 0, (seen + err).decode()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 import afc
 from af.cli import app
@@ -49,3 +49,18 @@ class TestExport:
         out = tmp_path / "no" / "such" / "dir" / "model.onnx"
         result = runner.invoke(app, ["export", str(example_bundles["xor"]), "--onnx", str(out)])
         assert result.exit_code == 2 and "AF3010" in result.stderr
+
+
+class TestNamedPaths:
+    def test_destination_naming_a_directory_writes_nothing_into_it(self, example_bundles, tmp_path):
+        result = runner.invoke(app, ["export", str(example_bundles["xor"]), "--onnx", str(tmp_path)])
+        assert result.exit_code == 2 and "AF0905" in result.stderr and list(tmp_path.iterdir()) == []
+
+    def test_missing_bundle_is_af0901_with_help(self, tmp_path):
+        result = runner.invoke(app, ["export", str(tmp_path / "nope.afb"), "--onnx", str(tmp_path / "m.onnx")])
+        assert result.exit_code == 2 and "AF0901" in result.stderr and "= help: " in result.stderr
+
+    def test_an_af_file_is_said_to_be_one(self, tmp_path):
+        xor = Path(__file__).resolve().parents[2] / "examples" / "xor.af"
+        result = runner.invoke(app, ["export", str(xor), "--onnx", str(tmp_path / "m.onnx")])
+        assert result.exit_code == 2 and "AF0904" in result.stderr and "af compile" in result.stderr

@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import orjson
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from float64_reference import forward64
@@ -91,5 +92,60 @@ class TestProfileCommand:
         assert missing.exit_code == 2 and "AF0934" in missing.stderr
 
     def test_bad_bundle_exits_1(self, tmp_path):
-        result = profile(tmp_path / "nope.afb", "--input", write_inputs(tmp_path / "in.jsonl", X))
+        bad = tmp_path / "bad.afb"
+        bad.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 20)
+        result = profile(bad, "--input", write_inputs(tmp_path / "in.jsonl", X))
         assert result.exit_code == 1 and "Traceback" not in result.stderr
+
+    def test_missing_bundle_is_a_usage_error(self, tmp_path):
+        result = profile(tmp_path / "nope.afb", "--input", write_inputs(tmp_path / "in.jsonl", X))
+        assert result.exit_code == 2 and "AF0901" in result.stderr
+
+
+class TestNewUserBugs:
+    """Issue 9, the bugs a new user hits with `af profile`."""
+
+    def test_records_and_json_report_cannot_share_stdout(self, tmp_path):
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        result = profile(XOR, "--input", inputs, "-o", "-", "--json")
+        assert result.exit_code == 2
+        [error] = json.loads(result.stdout)  # --json: the error too is JSON, and no record went out
+        assert error["code"] == "AF0908" and error["hint"]
+
+    def test_records_on_stdout_with_the_table_on_stderr(self, tmp_path):
+        result = profile(XOR, "--input", write_inputs(tmp_path / "in.jsonl", X), "-o", "-")
+        assert result.exit_code == 0, result.stderr
+        assert len([orjson.loads(line) for line in result.stdout.splitlines()]) == len(X)
+
+    def test_fuel_on_onnx_is_a_usage_error(self, tmp_path):
+        result = profile(XOR, "--input", write_inputs(tmp_path / "in.jsonl", X), "--backend", "onnx", "--fuel", 5)
+        assert result.exit_code == 2 and "AF0907" in result.stderr
+
+    def test_overhead_is_worded_the_right_way_round(self):
+        from af.cli.profile import overhead_text
+
+        assert overhead_text(1.25) == "profiling made the run 1.25x slower"
+        faster = overhead_text(0.8)
+        assert "slower" not in faster and "1.25x faster" in faster
+
+    @pytest.mark.parametrize("columns", [80, 60])
+    def test_tables_fit_the_terminal_without_cutting_a_cell(self, tmp_path, columns):
+        result = CliRunner().invoke(app, ["profile", str(XOR), "--input", str(write_inputs(tmp_path / "in.jsonl", X))],
+                                    env={"COLUMNS": str(columns)})
+        assert result.exit_code == 0, result.stderr
+        table_lines = [line for line in result.stderr.splitlines()
+                       if line.startswith(("workflow ", "initialization", "execution", "shutdown", "--"))]
+        assert len(table_lines) == 2 * 2 + 3 + 11  # two headers and rules, 3 workflows, 11 steps
+        assert all(len(line) <= columns for line in table_lines)
+        for name in ("process_neural_network", "cleanup_resources", "initialization"):
+            assert name in result.stderr  # whole, on one line
+        assert "left out to fit" in result.stderr
+
+    def test_fit_columns(self):
+        from af.cli._output import fit_columns
+
+        rows = [["execution", "process_neural_network", "12", "1,234.5"]]
+        columns = ("workflow", "step", "line", "total")
+        assert fit_columns(columns, rows, ("total", "line"), 200) == list(columns)
+        assert fit_columns(columns, rows, ("total", "line"), 45) == ["workflow", "step", "line"]
+        assert fit_columns(columns, rows, ("total", "line"), 10) == []
