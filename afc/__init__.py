@@ -24,6 +24,9 @@ from .packer import pack as pack
 from .reader import read_container as read_container
 from .tensors import TENSOR_SECTIONS as TENSOR_SECTIONS
 from .tensors import encode_tensors as encode_tensors
+from .train import EpochStats as EpochStats
+from .train import TrainResult as TrainResult
+from .train import train_file as train_file
 from .writer import write_container as write_container
 
 __all__ = [
@@ -31,8 +34,10 @@ __all__ = [
     "CompileResult",
     "DEFAULT_TARGETS",
     "EMIT_FORMS",
+    "EpochStats",
     "PackResult",
     "TENSOR_SECTIONS",
+    "TrainResult",
     "check_model_bytes",
     "compile_agent",
     "compile_file",
@@ -46,6 +51,7 @@ __all__ = [
     "pack",
     "parse_targets",
     "read_container",
+    "train_file",
     "validate",
     "validate_bytes",
     "write_agent_file",
