@@ -690,7 +690,7 @@ def train_file(
     options = TrainOptions(epochs, batch_size, optimizer, learning_rate, validation_split, seed, target_loss, patience)
     tensors, result = train_network(network, dataset, options=options, progress=progress)
     target = Path(output) if output is not None else Path(path)
-    _write(target, render_trained(agent, tensors, target=str(target)))
+    _write(target, render_trained(agent, tensors, target=str(target), record=result.header_record()))
     return replace(result, path=target)
 
 
@@ -714,7 +714,7 @@ def _dataset(agent: AgentFile, data: str | Path | None, network: NetworkSpec) ->
 
 
 def render_trained(agent: AgentFile, tensors: dict[str, np.ndarray], *, target: str,
-                   now: str | None = None) -> bytes:
+                   now: str | None = None, record: dict[str, Any] | None = None) -> bytes:
     """Return the bytes of ``agent`` with ``tensors`` as its `neural_weights` and `modified` set to ``now``.
 
     The header keeps its comments and key order (ruamel round trip); every other section is kept.
@@ -725,6 +725,8 @@ def render_trained(agent: AgentFile, tensors: dict[str, np.ndarray], *, target: 
         tensors: the new ``layers.<i>.weight``/``layers.<i>.bias`` arrays.
         target: the path diagnostics name when the result is checked.
         now: the RFC 3339 time for `modified`; None is the current UTC time.
+        record: what made the weights (`TrainResult.header_record`), written as the optional
+            header field ``training`` (replacing an older one); None leaves the header's as it is.
 
     Raises:
         InternalError: when the result would not load (a bug in training or writing).
@@ -743,6 +745,8 @@ def render_trained(agent: AgentFile, tensors: dict[str, np.ndarray], *, target: 
         keys = list(tree)
         after = next((k for k in ("created", "author", "description", "name") if k in keys), keys[0])
         tree.insert(keys.index(after) + 1, "modified", stamp)
+    if record is not None:
+        tree["training"] = {key: value for key, value in record.items() if value is not None}
     data = render_agent_file(agent)
     try:
         load_agent_bytes(data, path=target)

@@ -106,9 +106,14 @@ class TestWrites:
         assert fresh_xor.read_bytes() == source  # -o leaves the input alone
         before, after = load_agent_file(fresh_xor), load_agent_file(out)
         old_lines, new_lines = before.header_text.splitlines(), after.header_text.splitlines()
+        # the old header stands as it was, but for `modified`; the provenance record follows it
         changed = [(a, b) for a, b in zip(old_lines, new_lines) if a != b]
-        assert len(old_lines) == len(new_lines) and len(changed) == 1
-        assert changed[0][1].startswith('modified: "') and changed[0][1].endswith('Z"')
+        assert len(changed) == 1 and changed[0][1].startswith('modified: "') and changed[0][1].endswith('Z"')
+        added = new_lines[len(old_lines):]
+        assert added[0] == "training:" and all(line.startswith("  ") for line in added[1:])
+        record = after.yaml["training"]
+        assert (record["optimizer"], record["epochs"], record["seed"]) == ("sgd", 3, 1)
+        assert record["data_sha256"] == result.header_record()["data_sha256"]
         assert after.sections["training_data"].payload == before.sections["training_data"].payload
         assert after.sections["neural_weights"].payload != before.sections["neural_weights"].payload
         assert list(after.sections) == list(before.sections)
