@@ -18,6 +18,7 @@ from .compile import compile_spec as compile_spec
 from .compile import default_output as default_output
 from .compile import emit_intermediate as emit_intermediate
 from .compile import ensure_emit_form as ensure_emit_form
+from .compile import lower_agent as lower_agent
 from .compile import parse_targets as parse_targets
 from .packer import PackResult as PackResult
 from .packer import pack as pack
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_TARGETS",
     "EMIT_FORMS",
     "EpochStats",
+    "ImportedNetwork",
     "PackResult",
     "TENSOR_SECTIONS",
     "TrainResult",
@@ -44,10 +46,16 @@ __all__ = [
     "compile_spec",
     "default_output",
     "emit_intermediate",
+    "agent_name",
     "encode_tensors",
     "ensure_emit_form",
+    "export_fann",
+    "from_sklearn",
+    "import_model",
+    "import_model_bytes",
     "load_agent_bytes",
     "load_agent_file",
+    "lower_agent",
     "pack",
     "parse_targets",
     "read_container",
@@ -59,7 +67,8 @@ __all__ = [
 ]
 
 #: names loaded on first use: they import onnx (~145 ms), which `af validate` never needs
-_LAZY = {"check_model_bytes": "lower_onnx"}
+_LAZY = {"check_model_bytes": "lower_onnx", "ImportedNetwork": "interop", "agent_name": "interop",
+         "export_fann": "fann", "from_sklearn": "interop", "import_model": "interop", "import_model_bytes": "interop"}
 
 
 def __getattr__(name: str) -> object:
