@@ -47,7 +47,7 @@ class _Graph:
     def const(self, node: Any, name: str) -> np.ndarray:
         if name not in self.constants:
             fail("AF6055", f"node {self.node_name(node)} reads `{name}`, which is not a constant",
-                 "af imports networks whose weights are initializers or Constant nodes", path=self.path)
+                 "af imports networks whose weights are initializers or Constant nodes")
         return self.constants[name]
 
     def other_input(self, node: Any, x: str) -> np.ndarray:
@@ -55,7 +55,7 @@ class _Graph:
         others = [name for name in node.input if name != x]
         if len(node.input) != 2 or len(others) != 1:
             fail("AF6055", f"node {self.node_name(node)} does not take `{x}` and one constant",
-                 "af maps elementwise nodes of the input with a constant", path=self.path)
+                 "af maps elementwise nodes of the input with a constant")
         return self.const(node, others[0])
 
     def next(self, x: str, *, branch_ends: bool = False) -> Any:
@@ -67,7 +67,7 @@ class _Graph:
         if len(readers) > 1:
             names = ", ".join(self.node_name(n) for n in readers)
             fail("AF6055", f"`{x}` is read by {len(readers)} nodes ({names}): the graph branches",
-                 "af imports a chain of dense layers; export the network part only", path=self.path)
+                 "af imports a chain of dense layers; export the network part only")
         return readers[0] if readers else None
 
 
@@ -238,6 +238,9 @@ def _bias(graph: _Graph, node: Any, value: np.ndarray, width: int) -> np.ndarray
 
 def _read_tail(graph: _Graph, x: str, visited: set[int]) -> tuple[Any, ...] | None:
     """Check that every node left derives labels from the network's output ``x``; return the class labels."""
+    readers = graph.consumers.get(x, [])
+    if len(readers) > 1 and any(node.op_type not in TAIL_OPS for node in readers):
+        graph.next(x)  # AF6055: the graph branches
     downstream, frontier = set(), {x}
     changed = True
     while changed:
