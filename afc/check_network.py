@@ -139,7 +139,9 @@ def _shape_network(document: YamlDocument, valid: Callable[[tuple], bool]) -> An
     layers = tuple(SimpleNamespace(index=i, in_size=a, out_size=b) for i, (a, b) in enumerate(zip(sizes, sizes[1:])))
     return SimpleNamespace(input_size=sizes[0], output_size=sizes[-1], layers=layers,
                            hidden_activation=config["activation_function"],
-                           output_activation=config.get("output_activation", "linear"))
+                           output_activation=config.get("output_activation", "linear"),
+                           # the memory plan reserves the normalisation's values when there is one
+                           input_mean=True if "input_normalization" in config else None)
 
 
 def _wasm_pages(network: Any, max_batch: int) -> int | None:

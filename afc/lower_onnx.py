@@ -125,7 +125,7 @@ def lower_network(network: NetworkSpec, *, graph_name: str = "agent", with_data:
     graph.output.append(
         helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, network.output_size])
     )
-    x = INPUT_NAME
+    x = _add_normalization(graph, network, with_data) if network.normalized else INPUT_NAME
     last = len(network.layers) - 1
     for layer in network.layers:
         activation = network.output_activation if layer.index == last else layer.activation
@@ -135,6 +135,22 @@ def lower_network(network: NetworkSpec, *, graph_name: str = "agent", with_data:
         _add_initializer(graph, f"layers.{layer.index}.bias", layer.bias, with_data)
         x = out
     return model
+
+
+def _add_normalization(graph: onnx.GraphProto, network: NetworkSpec, with_data: bool) -> str:
+    """Add ``(input - input.mean) / input.scale`` (a Sub and a Div, StandardScaler's arithmetic); return its output."""
+    graph.node.extend([
+        helper.make_node("Sub", [INPUT_NAME, "input.mean"], ["input.centred"], name="input.normalize.sub"),
+        helper.make_node("Div", ["input.centred", "input.scale"], ["input.normalized"], name="input.normalize.div"),
+    ])
+    _add_initializer(graph, "input.mean", network.input_mean, with_data)
+    _add_initializer(graph, "input.scale", network.input_scale, with_data)
+    return "input.normalized"
+
+
+def _normalization_arrays(network: NetworkSpec) -> list[Any]:
+    """The normalisation's initializers, in the order `lower_network` adds them (before the layers')."""
+    return [network.input_mean, network.input_scale] if network.normalized else []
 
 
 def _add_initializer(graph: onnx.GraphProto, name: str, array: Any, with_data: bool = True) -> None:
@@ -211,7 +227,7 @@ def network_model_bytes(network: NetworkSpec, *, graph_name: str = "agent") -> b
             when the model exceeds protobuf's 2 GiB, AF3003 when the checker refuses it.
     """
     skeleton = lower_network(network, graph_name=graph_name, with_data=False)
-    arrays = [array for layer in network.layers for array in (layer.weight, layer.bias)]
+    arrays = _normalization_arrays(network) + [array for layer in network.layers for array in (layer.weight, layer.bias)]
     _ensure_size(skeleton)
     return _check_bytes(b"".join(_model_parts(skeleton, arrays)), skeleton=skeleton)
 
@@ -250,7 +266,8 @@ def _check_bytes(data: bytes, *, skeleton: onnx.ModelProto | None = None) -> byt
     ``full_check`` is the checker plus strict shape inference (``InferShapes`` with check_type, strict
     errors, no data propagation), which copies the parsed model: 200 MB more fresh memory for a
     50M-parameter network. Shape inference reads initializers' types and dims, never their values
-    (Gemm and the activations take no constant inputs), so inferring on the skeleton decides the same.
+    (Gemm, the activations and the normalisation's Sub/Div use only the types and dims of their
+    constants), so inferring on the skeleton decides the same.
     """
     try:
         if skeleton is None:

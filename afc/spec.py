@@ -95,6 +95,16 @@ class NetworkSpec:
     output_activation: str = "linear"
     learning_rate: float | None = None
     span: Span | None = None
+    #: float32 [input_size] each, or None: the network sees ``(x - input_mean) / input_scale``
+    input_mean: np.ndarray | None = None
+    input_scale: np.ndarray | None = None
+    #: the class of each output (of 0 and 1 for one sigmoid output), or None
+    labels: tuple[str | int, ...] | None = None
+
+    @property
+    def normalized(self) -> bool:
+        """Return True when the network normalises its inputs first."""
+        return self.input_mean is not None
 
     @property
     def parameters(self) -> int:

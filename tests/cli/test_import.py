@@ -1,0 +1,65 @@
+"""`af import`: a model file becomes a valid .af file; what cannot be mapped is a diagnostic, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+import afc
+from af.cli import app
+from afc.fann import write_fann
+
+runner = CliRunner()
+XOR = Path(__file__).resolve().parents[2] / "examples" / "xor.af"
+
+
+def xor_net(tmp_path: Path) -> Path:
+    path = tmp_path / "xor model.net"
+    path.write_text(write_fann(afc.load_agent_file(XOR).spec().network))
+    return path
+
+
+class TestImport:
+    def test_fann_file_becomes_a_valid_af_with_the_same_weights(self, tmp_path):
+        out = tmp_path / "out" / "xor.af"
+        result = runner.invoke(app, ["import", str(xor_net(tmp_path)), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        agent = afc.load_agent_file(out)
+        assert agent.header["name"] == "xor-model" and agent.diagnostics == []
+        for name, array in afc.load_agent_file(XOR).weights.items():
+            np.testing.assert_array_equal(agent.weights[name], array)
+
+    def test_name_option(self, tmp_path):
+        out = tmp_path / "x.af"
+        assert runner.invoke(app, ["import", str(xor_net(tmp_path)), "-o", str(out), "--name", "gate"]).exit_code == 0
+        assert afc.load_agent_file(out).header["name"] == "gate"
+
+    def test_bad_name(self, tmp_path):
+        result = runner.invoke(app, ["import", str(xor_net(tmp_path)), "-o", str(tmp_path / "x.af"), "--name", "-x"])
+        assert result.exit_code == 2 and "AF6052" in result.stderr
+
+    def test_existing_output_needs_force(self, tmp_path):
+        out = tmp_path / "x.af"
+        out.write_text("keep")
+        result = runner.invoke(app, ["import", str(xor_net(tmp_path)), "-o", str(out)])
+        assert result.exit_code == 2 and "AF0902" in result.stderr and out.read_text() == "keep"
+        assert runner.invoke(app, ["import", str(xor_net(tmp_path)), "-o", str(out), "--force"]).exit_code == 0
+
+    def test_a_file_that_is_no_model(self, tmp_path):
+        junk = tmp_path / "junk.onnx"
+        junk.write_bytes(b"\xff\xff\xff not protobuf")
+        result = runner.invoke(app, ["import", str(junk), "-o", str(tmp_path / "x.af")])
+        assert result.exit_code == 1 and "AF6051" in result.stderr and "Traceback" not in result.output
+        assert not (tmp_path / "x.af").exists()
+
+    def test_a_missing_file(self, tmp_path):
+        result = runner.invoke(app, ["import", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "x.af")])
+        assert result.exit_code == 2 and "AF0901" in result.stderr
+
+    def test_a_malformed_fann_file(self, tmp_path):
+        bad = tmp_path / "bad.net"
+        bad.write_text("FANN_FLO_2.1\nnetwork_type=1\n")
+        result = runner.invoke(app, ["import", str(bad), "-o", str(tmp_path / "x.af")])
+        assert result.exit_code == 1 and "AF6060" in result.stderr
