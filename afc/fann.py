@@ -180,10 +180,20 @@ def _activations(layers: list[list[int]], path: str) -> tuple[str, str]:
 def export_fann(network: NetworkSpec) -> str:
     """Return the FANN_FLO_2.1 text of a network (see `write_fann`), its input normalisation folded in.
 
+    FANN's own input scaling (``fann_scale_input``) is not applied by ``fann_run``, so the
+    normalisation becomes part of the first layer: ``W ((x - m) / s) + b = (W / s) x + (b - (W / s) m)``,
+    computed in float64. Class labels have no place in a .net file and are left out.
+
     Raises:
         LoweringError: AF6065 for an activation libfann 2.2 lacks.
     """
-    return write_fann(network)
+    if not network.normalized:
+        return write_fann(network)
+    weights = [np.asarray(layer.weight, np.float64) for layer in network.layers]
+    biases = [np.asarray(layer.bias, np.float64) for layer in network.layers]
+    weights[0] = weights[0] / np.asarray(network.input_scale, np.float64)[None, :]
+    biases[0] = biases[0] - weights[0] @ np.asarray(network.input_mean, np.float64)
+    return write_fann(network, weights=weights, biases=biases)
 
 
 def write_fann(network: NetworkSpec, *, weights: list[np.ndarray] | None = None,

@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from .interop import ImportedNetwork, fail
+from .lower_onnx import LABELS_METADATA
 
 __all__ = ["read_onnx"]
 
@@ -40,6 +41,7 @@ class _Graph:
     constants: dict[str, np.ndarray]
     consumers: dict[str, list[Any]]
     outputs: set[str]
+    metadata: dict[str, str]
 
     def node_name(self, node: Any) -> str:
         return f"`{node.name or node.output[0]}` ({node.op_type})"
@@ -95,6 +97,10 @@ def read_onnx(data: bytes, *, path: str) -> ImportedNetwork:
     hidden, output = _activations(graph, layers)
     weights = tuple(w for w, _, _ in layers)
     biases = tuple(b for _, b, _ in layers)
+    # the graph multiplies by `scale`; af (as StandardScaler) divides (a zero factor is folded in later)
+    with np.errstate(divide="ignore"):
+        scale = None if scale is None else 1.0 / np.asarray(scale, np.float64)
+    labels = labels or _metadata_labels(graph)
     return ImportedNetwork(weights, biases, hidden, output, mean=mean, scale=scale, labels=labels,
                            source=f"ONNX ({graph.path.rsplit('/', 1)[-1]})")
 
@@ -123,7 +129,8 @@ def _load_graph(data: bytes, path: str) -> _Graph:
         for name in dict.fromkeys(node.input):
             if name and name not in constants:
                 consumers.setdefault(name, []).append(node)
-    return _Graph(path, nodes, constants, consumers, {o.name for o in model.graph.output})
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    return _Graph(path, nodes, constants, consumers, {o.name for o in model.graph.output}, metadata)
 
 
 def _the_input(graph: _Graph) -> str:
@@ -280,6 +287,17 @@ def _labels_of(graph: _Graph, node: Any) -> tuple[Any, ...] | None:
             if value:
                 return tuple(v.decode() if isinstance(v, bytes) else int(v) for v in value)
     return None
+
+
+def _metadata_labels(graph: _Graph) -> tuple[Any, ...] | None:
+    """The labels af writes into the models it compiles (metadata ``af.labels``, a JSON list), if any."""
+    import json
+
+    try:
+        labels = json.loads(graph.metadata.get(LABELS_METADATA, "null"))
+    except ValueError:
+        return None
+    return tuple(labels) if isinstance(labels, list) else None
 
 
 def _activations(graph: _Graph, layers: list[tuple[np.ndarray, np.ndarray, Any]]) -> tuple[str, str]:

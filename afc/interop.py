@@ -53,7 +53,7 @@ class ImportedNetwork:
         biases: one float64 ``[out]`` vector per layer.
         hidden_activation: af's name of the activation of every hidden layer (`HIDDEN_ACTIVATIONS`).
         output_activation: af's name of the output layer's activation (`OUTPUT_ACTIVATIONS`).
-        mean, scale: an input normalisation ``(x - mean) * scale`` per input, or None.
+        mean, scale: an input normalisation ``(x - mean) / scale`` per input (StandardScaler's), or None.
         labels: the class of each output (or of 0 and 1 for one sigmoid output), or None.
         source: what it was read from, for the file's description.
     """
@@ -73,19 +73,44 @@ class ImportedNetwork:
         """Return ``[input_size, *hidden_layers, output_size]``."""
         return [int(self.weights[0].shape[1]), *(int(w.shape[0]) for w in self.weights)]
 
+    def normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return ``(mean, scale)`` with one float64 value per input, or None without a normalisation."""
+        if self.mean is None and self.scale is None:
+            return None
+        n_in = self.weights[0].shape[1]
+        mean = np.zeros(n_in) if self.mean is None else np.asarray(self.mean, np.float64)
+        scale = np.ones(n_in) if self.scale is None else np.asarray(self.scale, np.float64)
+        return np.broadcast_to(mean, (n_in,)).copy(), np.broadcast_to(scale, (n_in,)).copy()
+
+    def declarable_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the normalisation when the header can declare it (finite, every scale > 0 in float32), else None."""
+        found = self.normalization()
+        if found is None:
+            return None
+        mean, scale = (np.asarray(a, np.float32) for a in found)
+        return found if np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all() else None
+
     def folded(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Return the layers with the input normalisation folded into the first one (float64).
 
-        ``W (x - m) * s + b = (W * s) x + (b - (W * s) m)``: the same function, one layer fewer to run.
+        ``W ((x - m) / s) + b = (W / s) x + (b - (W / s) m)``: the same function, for a normalisation
+        the header cannot declare (a negative or zero scale from a hand-made graph).
         """
         weights, biases = [np.array(w, np.float64) for w in self.weights], [np.array(b, np.float64) for b in self.biases]
-        if self.mean is not None or self.scale is not None:
-            n_in = weights[0].shape[1]
-            mean = np.zeros(n_in) if self.mean is None else np.broadcast_to(np.asarray(self.mean, np.float64), (n_in,))
-            scale = np.ones(n_in) if self.scale is None else np.broadcast_to(np.asarray(self.scale, np.float64), (n_in,))
-            weights[0] = weights[0] * scale[None, :]
+        found = self.normalization()
+        if found is not None:
+            mean, scale = found
+            weights[0] = weights[0] / scale[None, :]
             biases[0] = biases[0] - weights[0] @ mean
         return weights, biases
+
+    def declarable_labels(self) -> tuple[Any, ...] | None:
+        """Return the labels when there is one per output (two for one sigmoid output), else None."""
+        if not self.labels:
+            return None
+        outputs = self.sizes[-1]
+        wanted = 2 if outputs == 1 and self.output_activation == "sigmoid" else outputs
+        return tuple(_plain(label) for label in self.labels) if len(self.labels) == wanted else None
 
 
 def fail(code: str, message: str, hint: str) -> NoReturn:
@@ -201,7 +226,7 @@ def _sklearn_network(estimator: Any, scaler: Any) -> ImportedNetwork:
             raise UsageError(f"the scaler is a {type(scaler).__name__}, not a fitted StandardScaler", code="AF6070",
                              hint="other preprocessing comes in through ONNX (skl2onnx) and `af import`")
         mean = None if scaler.mean_ is None else np.asarray(scaler.mean_, np.float64)
-        scale = None if scaler.scale_ is None else 1.0 / np.asarray(scaler.scale_, np.float64)
+        scale = None if scaler.scale_ is None else np.asarray(scaler.scale_, np.float64)
     classes = getattr(estimator, "classes_", None)
     labels = tuple(_plain(c) for c in classes) if classes is not None and np.ndim(classes) == 1 else None
     return ImportedNetwork(
@@ -233,12 +258,17 @@ def render_imported(network: ImportedNetwork, *, name: str) -> bytes:
     from .writer import write_container
 
     _check_declarable(network)
-    weights, biases = network.folded()
+    normalization = network.declarable_normalization()
+    if normalization is None:
+        weights, biases = network.folded()
+    else:
+        weights, biases = [np.asarray(w) for w in network.weights], [np.asarray(b) for b in network.biases]
     tensors = {}
     for i, (w, b) in enumerate(zip(weights, biases)):
         tensors[f"layers.{i}.weight"] = np.ascontiguousarray(w, dtype=np.float32)
         tensors[f"layers.{i}.bias"] = np.ascontiguousarray(b, dtype=np.float32)
-    data = write_container(_header(network, name), [("neural_weights", encode_tensors(tensors))])
+    header = _header(network, name, normalization, network.declarable_labels())
+    data = write_container(header, [("neural_weights", encode_tensors(tensors))])
     try:
         load_agent_bytes(data, path=f"{name}.af")
     except SourceError as error:
@@ -263,7 +293,18 @@ def _check_declarable(network: ImportedNetwork) -> None:
         width = w.shape[0]
 
 
-def _header(network: ImportedNetwork, name: str) -> str:
+def _header(network: ImportedNetwork, name: str, normalization: tuple[np.ndarray, np.ndarray] | None,
+            labels: tuple[Any, ...] | None) -> str:
+    extra = ""
+    if normalization is not None:
+        extra += (f"  input_normalization:\n    mean: {sequence_of(normalization[0])}\n"
+                  f"    scale: {sequence_of(normalization[1])}\n")
+    if labels is not None:
+        extra += f"  labels: [{', '.join(json.dumps(label) for label in labels)}]\n"
+    return _header_text(network, name).replace("\n\nworkflows:", "\n" + extra + "\nworkflows:", 1)
+
+
+def _header_text(network: ImportedNetwork, name: str) -> str:
     sizes = network.sizes
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return _TEMPLATE.format(

@@ -11,6 +11,7 @@ The opset and IR version are pinned: onnx 1.23 writes IR 14 by default, which on
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INPUT_NAME",
     "IR_VERSION",
+    "LABELS_METADATA",
     "OPSET",
     "OUTPUT_NAME",
     "check_model_bytes",
@@ -47,6 +49,8 @@ INPUT_NAME = "input"
 BATCH_DIM = "batch"
 #: name of the graph output
 OUTPUT_NAME = "output"
+#: the model metadata key holding the network's class labels (a JSON list), when it has labels
+LABELS_METADATA = "af.labels"
 #: the largest serialized model protobuf can hold (defined in `afc.spec`, which validation reads)
 MAX_MODEL_BYTES = ONNX_MAX_MODEL_BYTES
 
@@ -125,6 +129,8 @@ def lower_network(network: NetworkSpec, *, graph_name: str = "agent", with_data:
     graph.output.append(
         helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, network.output_size])
     )
+    if network.labels:
+        model.metadata_props.add(key=LABELS_METADATA, value=json.dumps(list(network.labels)))
     x = _add_normalization(graph, network, with_data) if network.normalized else INPUT_NAME
     last = len(network.layers) - 1
     for layer in network.layers:
@@ -193,7 +199,9 @@ def _model_parts(skeleton: onnx.ModelProto, arrays: list[Any]) -> list[Any]:
     head.CopyFrom(skeleton)
     head.ClearField("graph")
     head.ClearField("opset_import")
-    rest.opset_import.extend(skeleton.opset_import)
+    head.ClearField("metadata_props")
+    rest.opset_import.extend(skeleton.opset_import)  # fields 8 and 14 come after the graph (7)
+    rest.metadata_props.extend(skeleton.metadata_props)
     graph_head, graph_rest = onnx.GraphProto(node=graph.node, name=graph.name), onnx.GraphProto()
     graph_rest.CopyFrom(graph)
     for name in ("node", "name", "initializer"):
