@@ -90,6 +90,7 @@ def network_info(network: NetworkSpec) -> NetworkInfo:
         output_activation=network.output_activation,
         parameters=network.parameters,
         learning_rate=network.learning_rate,
+        labels=network.labels,
     )
 
 

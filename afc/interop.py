@@ -334,10 +334,13 @@ neural_config:
 workflows:
   initialization:
     - load_neural_network
+    - connect_to_swarm
   execution:
     - receive_input
     - process_neural_network
     - send_output
+  shutdown:
+    - disconnect_from_swarm
 """
 
 

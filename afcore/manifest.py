@@ -194,10 +194,12 @@ class NetworkInfo:
     output_activation: str
     parameters: int
     learning_rate: float | None = None
+    #: the class of each output (two for one sigmoid output), from ``neural_config.labels``; None without
+    labels: tuple[str | int, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Return the manifest form."""
-        return {
+        """Return the manifest form (``labels`` only when there are labels, so older manifests are unchanged)."""
+        data = {
             "input": self.input.to_json(),
             "output": self.output.to_json(),
             "layers": [layer.to_json() for layer in self.layers],
@@ -206,6 +208,9 @@ class NetworkInfo:
             "parameters": self.parameters,
             "learning_rate": self.learning_rate,
         }
+        if self.labels is not None:
+            data["labels"] = list(self.labels)
+        return data
 
 
 @dataclass(frozen=True)
@@ -378,7 +383,17 @@ def _parse_network(data: Any) -> NetworkInfo:
         parameters=_int(_get(data, "network.parameters", int, "an integer", default=sum(l.parameters for l in layers)),
                         "network.parameters"),
         learning_rate=rate,
+        labels=_parse_labels(data),
     )
+
+
+def _parse_labels(data: Any) -> tuple[str | int, ...] | None:
+    labels = _get(data, "network.labels", (list, type(None)), "a list of strings or integers", default=None)
+    if labels is None:
+        return None
+    if not all(isinstance(label, (str, int)) and not isinstance(label, bool) for label in labels):
+        raise _malformed("network.labels", "a list of strings or integers")
+    return tuple(labels)
 
 
 def _parse_targets(data: Any) -> tuple[str, ...]:

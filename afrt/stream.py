@@ -164,7 +164,7 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[]
                   instrument=options.instrument, defer_checkpoints=True)
     try:
         group = await swarm.start(agent, replicas=options.replicas, state_dir=options.state_dir)
-        writer = JsonlWriter(sink() if callable(sink) else sink)
+        writer = JsonlWriter(sink() if callable(sink) else sink, labels=agent.bundle.info.network.labels)
         await writer.open()
     except BaseException:
         await swarm.stop()

@@ -28,6 +28,7 @@ neural_config:
   activation_function: "tanh"
   output_activation: "{output}"
 {extra}workflows:
+  initialization: [load_neural_network, connect_to_swarm]
   execution: [receive_input, process_neural_network, send_output]
 """
 
@@ -155,3 +156,49 @@ class TestKeptByImportAndExport:
         assert "input_normalization" not in back.header["neural_config"]
         x = (np.random.default_rng(5).normal(size=(20, 5)) * 15).astype(np.float32)
         np.testing.assert_allclose(numpy_forward(back, x), numpy_forward(normalized, x), atol=1e-5)
+
+
+class TestLabelsInRecords:
+    """`af run` output lines carry `label` when the network has labels (afrt.jsonl.encode_output), and only then."""
+
+    def run(self, data: bytes, rows: np.ndarray, tmp_path, backend="onnx") -> list[dict]:
+        import orjson
+        from click.testing import CliRunner
+
+        from af.cli import app
+
+        source = tmp_path / "labelled.af"
+        source.write_bytes(data)
+        text = "".join(orjson.dumps({"id": i, "input": row.tolist()}).decode() + "\n" for i, row in enumerate(rows))
+        result = CliRunner().invoke(app, ["run", str(source), "--backend", backend], input=text)
+        assert result.exit_code == 0, result.stderr
+        return [orjson.loads(line) for line in result.stdout_bytes.splitlines()]
+
+    @pytest.mark.parametrize("backend", ("onnx", "wasm"))
+    def test_the_label_of_the_largest_output(self, normalized, tmp_path, backend):
+        from afc.agentfile import render_agent_file
+
+        x = (np.random.default_rng(7).normal(size=(12, 5)) * 15).astype(np.float32)
+        records = self.run(render_agent_file(normalized), x, tmp_path, backend)
+        expected = [["cat", "dog", "eel"][k] for k in numpy_forward(normalized, x).argmax(axis=1)]
+        assert [r["label"] for r in records] == expected
+
+    def test_one_sigmoid_output_picks_by_one_half(self, tmp_path):
+        data = agent_bytes(n_out=1, output="sigmoid", labels=["no", "yes"], seed=3)
+        x = (np.random.default_rng(8).normal(size=(40, 5)) * 3).astype(np.float32)
+        records = self.run(data, x, tmp_path)
+        p = numpy_forward(afc.load_agent_bytes(data, path="b.af"), x)[:, 0]
+        assert {"no", "yes"} == {r["label"] for r in records}
+        assert [r["label"] for r in records] == ["yes" if v >= 0.5 else "no" for v in p]
+
+    def test_no_labels_no_key(self, tmp_path):
+        records = self.run(agent_bytes(), np.zeros((2, 5), np.float32), tmp_path)
+        assert all(set(r) == {"id", "output", "agent"} for r in records)
+
+    def test_the_manifest_carries_the_labels(self, normalized):
+        from afcore.bundle import read_bundle
+
+        manifest = read_bundle(compile_agent(normalized.spec())).manifest
+        assert manifest["network"]["labels"] == ["cat", "dog", "eel"]
+        plain = read_bundle(compile_agent(afc.load_agent_bytes(agent_bytes(), path="p.af").spec())).manifest
+        assert "labels" not in plain["network"]

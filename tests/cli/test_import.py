@@ -31,6 +31,17 @@ class TestImport:
         for name, array in afc.load_agent_file(XOR).weights.items():
             np.testing.assert_array_equal(agent.weights[name], array)
 
+    def test_the_imported_file_runs(self, tmp_path):
+        import orjson
+
+        out = tmp_path / "xor.af"
+        assert runner.invoke(app, ["import", str(xor_net(tmp_path)), "-o", str(out)]).exit_code == 0
+        result = runner.invoke(app, ["run", str(out)], input="[0, 1]\n[1, 1]\n")
+        assert result.exit_code == 0, result.stderr
+        outputs = [orjson.loads(line)["output"] for line in result.stdout_bytes.splitlines()]
+        source = runner.invoke(app, ["run", str(XOR)], input="[0, 1]\n[1, 1]\n")
+        assert outputs == [orjson.loads(line)["output"] for line in source.stdout_bytes.splitlines()]
+
     def test_name_option(self, tmp_path):
         out = tmp_path / "x.af"
         assert runner.invoke(app, ["import", str(xor_net(tmp_path)), "-o", str(out), "--name", "gate"]).exit_code == 0
