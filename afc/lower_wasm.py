@@ -124,6 +124,7 @@ class _Layout:
     layers: tuple[_LayerPlan, ...]
     normalization: int  # address of input_size means then input_size scales (float32), or 0 without
     input_ptr: int
+    # (with a normalisation, the first layer reads the normalised rows: ``layers[0].x``)
     output_ptr: int
     scratch: int  # the last layer's padded output when it cannot write the output directly, else 0
     splat: int  # TILE_SAMPLES * widest input * 16 bytes: the current rows' inputs, each splatted to 4 lanes
@@ -163,12 +164,15 @@ def _plan_layout(network: NetworkSpec, max_batch: int) -> _Layout:
     input_ptr = pos
     widest = max(-(-layer.out_size // 4) * 4 for layer in network.layers)
     ping = _align(input_ptr + max_batch * network.input_size * 4)
+    first_x = input_ptr
+    if normalization:  # the normalised rows get their own buffer: the input stays as the host wrote it
+        first_x, ping = ping, _align(ping + max_batch * network.input_size * 4)
     pong = ping + max_batch * widest * 4
     output_ptr = pong + max_batch * widest * 4
     splat = _align(output_ptr + max_batch * network.output_size * 4) + ACC_BYTES
     end = splat + TILE_SAMPLES * max(layer.in_size for layer in network.layers) * 16
     direct = network.output_size % 4 == 0 and network.output_activation != "softmax"
-    plans, x, x_stride = [], input_ptr, network.input_size
+    plans, x, x_stride = [], first_x, network.input_size
     for position, layer in enumerate(network.layers):
         blocks = -(-layer.out_size // 4)
         last = position == len(network.layers) - 1
@@ -412,20 +416,22 @@ def _softmax_row(width: int, blocks: int) -> str:
 
 
 def _normalize_function(network: NetworkSpec, layout: _Layout) -> str:
-    """WAT for ``$normalize``: ``x = (x - mean) / scale`` in place, per input, in scalar f32 (StandardScaler's
-    arithmetic, rounded as the ONNX model's Sub and Div round it). Without a normalisation it does nothing."""
+    """WAT for ``$normalize``: ``(x - mean) / scale`` per input, from the input rows into the first layer's
+    input buffer, in scalar f32 (StandardScaler's arithmetic, rounded as the ONNX model's Sub and Div round
+    it). Without a normalisation it does nothing."""
     if not layout.normalization:
         return "\n  (func $normalize (param $batch i32))"
     row = network.input_size * 4
+    shift = layout.layers[0].x - layout.input_ptr
     return f"""
   (func $normalize (param $batch i32) (local $p i32) (local $end i32) (local $i i32)
-    ;; means at {layout.normalization}, scales at {layout.normalization + row}
+    ;; means at {layout.normalization}, scales at {layout.normalization + row}; rows to {layout.layers[0].x}
     (local.set $p (i32.const {layout.input_ptr}))
     (local.set $end (i32.add (i32.const {layout.input_ptr}) (i32.mul (local.get $batch) (i32.const {row}))))
     (loop $rows
       (local.set $i (i32.const 0))
       (loop $inputs
-        (f32.store (i32.add (local.get $p) (local.get $i))
+        (f32.store offset={shift} (i32.add (local.get $p) (local.get $i))
           (f32.div (f32.sub (f32.load (i32.add (local.get $p) (local.get $i)))
                             (f32.load offset={layout.normalization} (local.get $i)))
                    (f32.load offset={layout.normalization + row} (local.get $i))))

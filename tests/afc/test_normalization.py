@@ -202,3 +202,28 @@ class TestLabelsInRecords:
         assert manifest["network"]["labels"] == ["cat", "dog", "eel"]
         plain = read_bundle(compile_agent(afc.load_agent_bytes(agent_bytes(), path="p.af").spec())).manifest
         assert "labels" not in plain["network"]
+
+
+class TestWasmModule:
+    def test_the_input_region_is_left_as_written(self, normalized):
+        """The normalised rows go to a buffer of their own: calling infer twice on one input gives one answer."""
+        import wasmtime
+
+        from afc.lower_wasm import lower_network
+
+        module = lower_network(normalized.spec().network, max_batch=4)
+        store = wasmtime.Store()
+        instance = wasmtime.Instance(store, wasmtime.Module(store.engine, module.wasm), [])
+        exports = instance.exports(store)
+        memory, start = exports["memory"], exports["input_ptr"](store)
+        x = (np.random.default_rng(9).normal(size=(3, 5)) * 15).astype("<f4")
+        memory.write(store, x.tobytes(), start)
+        assert exports["infer"](store, 3) == 0
+        assert bytes(memory.read(store, start, start + x.nbytes)) == x.tobytes()
+        out = np.frombuffer(bytes(memory.read(store, exports["output_ptr"](store),
+                                              exports["output_ptr"](store) + 3 * 3 * 4)), "<f4").reshape(3, 3)
+        assert exports["infer"](store, 3) == 0
+        again = np.frombuffer(bytes(memory.read(store, exports["output_ptr"](store),
+                                                exports["output_ptr"](store) + 3 * 3 * 4)), "<f4").reshape(3, 3)
+        np.testing.assert_array_equal(out, again)
+        np.testing.assert_allclose(out, numpy_forward(normalized, x), atol=1e-6)
