@@ -70,6 +70,7 @@ class Profiler(Instrument):
         self._lifecycle: dict[tuple[int, str], float] = {}  # (id(ctx), workflow) -> seconds of its steps
         self._blocks: dict[int, float] = {}  # id(ctx) -> when its current block started
         self._execution: list[tuple[int, float]] = []  # (records, seconds) per block
+        self._replicas: dict[str, int] = {}  # agent id -> records it ran
         self._calls: list[tuple[int, float, int | None]] = []  # (records, seconds, fuel) per backend call
         self._warmups = 0
         self._fuel_budget: int | None = None
@@ -117,6 +118,8 @@ class Profiler(Instrument):
 
     def block_end(self, ctx: Any, block: Any, outcomes: Any) -> None:
         started = self._blocks.pop(id(ctx), None)
+        agent_id = getattr(ctx, "agent_id", None) or f"replica {id(ctx)}"
+        self._replicas[agent_id] = self._replicas.get(agent_id, 0) + len(block)
         if started is not None and len(block):
             ended = self._clock()
             self._execution.append((len(block), ended - started))
@@ -191,6 +194,8 @@ class Profiler(Instrument):
             records=getattr(summary, "records", 0) if summary is not None else 0,
             seconds=getattr(summary, "seconds", 0.0) if summary is not None else 0.0,
             baseline_records_per_second=baseline_records_per_second,
+            replicas=dict(self._replicas),
+            latencies=tuple(_per_record(self._execution)),
         )
 
     def _workflows(self) -> list[WorkflowProfile]:

@@ -149,3 +149,46 @@ class TestNewUserBugs:
         assert fit_columns(columns, rows, ("total", "line"), 200) == list(columns)
         assert fit_columns(columns, rows, ("total", "line"), 45) == ["workflow", "step", "line"]
         assert fit_columns(columns, rows, ("total", "line"), 10) == []
+
+
+class TestReportContract:
+    """The --json report validates against schemas/profile-1.0.schema.json, its breakdown adds up to the
+    wall time, and --trace writes spans that nest (issue 13)."""
+
+    def test_json_validates_and_the_breakdown_adds_up(self, tmp_path):
+        import jsonschema
+
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        result = profile(XOR, "--input", inputs, "--json", "--replicas", 2, "--max-batch", 4)
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(result.stdout)
+        schema = json.loads((ROOT / "schemas" / "profile-1.0.schema.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(report)
+        parts = {p["part"]: p["seconds"] for p in report["breakdown"]}
+        assert sum(parts.values()) == pytest.approx(report["seconds"], rel=0.10)
+        assert parts["process_neural_network (line 44)"] > 0 and sum(report["replicas"].values()) == len(X)
+
+    def test_trace_is_json_with_nested_spans(self, tmp_path):
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        trace = tmp_path / "out" / "trace.json"
+        result = profile(XOR, "--input", inputs, "--trace", trace, "--backend", "wasm")
+        assert result.exit_code == 0, result.stderr
+        events = json.loads(trace.read_text())["traceEvents"]
+        spans = sorted((e for e in events if e["ph"] == "X"), key=lambda e: (e["tid"], e["ts"], -e["dur"]))
+        stack: list[dict] = []
+        for span in spans:
+            while stack and (stack[-1]["tid"] != span["tid"] or stack[-1]["ts"] + stack[-1]["dur"] <= span["ts"] + 0.002):
+                stack.pop()
+            if stack:
+                assert span["ts"] + span["dur"] <= stack[-1]["ts"] + stack[-1]["dur"] + 0.002, (span, stack[-1])
+            stack.append(span)
+        assert {"backend (wasm)", "process_neural_network", "execution", "initialization"} <= {e["name"] for e in spans}
+
+    def test_pictures_fit_80_columns(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("COLUMNS", "80")
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        result = profile(XOR, "--input", inputs, "--backend", "wasm")
+        assert result.exit_code == 0, result.stderr
+        for title in ("where the run's", "time per record in the execution workflow", "fuel per record against the budget"):
+            assert title in result.stderr
+        assert max(len(line) for line in result.stderr.splitlines()) <= 80
