@@ -233,6 +233,29 @@ class TestAtATerminal:
         assert proc.returncode == 0, (seen + err).decode()
 
 
+    def test_a_session_at_a_terminal(self, inputs):
+        """Break on a step with a guard, look inside the network, go to the next record, quit."""
+        import os
+
+        proc, leader = _debug_on_a_terminal(inputs, "--backend", "wasm", "--break", "send_output when input[0] > 0.5")
+        try:
+            seen = _read_until(proc, b"(afdb) ")
+            for command, answer in ((b"layers\n", b"layer 1 post"), (b"diff\n", b"largest absolute difference"),
+                                    (b"fuel\n", b"fuel: the last call used"),
+                                    (b"next\n", b"stopped (next record)"), (b"q\n", b"records:")):
+                os.write(leader, command)
+                seen += _read_until(proc, answer)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(leader)
+            proc.kill()
+        text = (seen + err).decode()
+        assert proc.returncode == 0, text
+        assert "stopped (breakpoint send_output when input[0] > 0.5) before execution/send_output (record 3, id 'r2')" in text
+        assert "stopped (next record) before execution/receive_input (record 4, id 'r3')" in text
+        assert "Traceback" not in text
+
+
 class TestInsideTheNetwork:
     """`layers`, `diff`, `fuel`, conditional breakpoints, `next` and `run N` through --commands (issue 13)."""
 
