@@ -119,6 +119,8 @@ class ProfileReport:
     replicas: dict[str, int] = field(default_factory=dict)
     #: the execution workflow's time of each record, in seconds (what the latency histogram counts)
     latencies: tuple[float, ...] = field(default=(), repr=False)
+    #: each network layer's kernel time (`afprof.layers.LayerProfile`), when measured
+    layers: list[Any] = field(default_factory=list)
 
     @property
     def records_per_second(self) -> float | None:
@@ -179,6 +181,7 @@ class ProfileReport:
             "traps": dict(sorted(self.traps.items())),
             "replicas": dict(sorted(self.replicas.items())),
             "breakdown": [{"part": name, "seconds": seconds} for name, seconds in self.breakdown()],
+            "layers": [layer.to_json() for layer in self.layers],
         }
 
 

@@ -135,7 +135,8 @@ class TestNewUserBugs:
         assert result.exit_code == 0, result.stderr
         table_lines = [line for line in result.stderr.splitlines()
                        if line.startswith(("workflow ", "initialization", "execution", "shutdown", "--"))]
-        assert len(table_lines) == 2 * 2 + 3 + 11  # two headers and rules, 3 workflows, 11 steps
+        # two headers and rules, 3 workflows, 11 steps, and the rule of the layers table
+        assert len(table_lines) == 2 * 2 + 3 + 11 + 1
         assert all(len(line) <= columns for line in table_lines)
         for name in ("process_neural_network", "cleanup_resources", "initialization"):
             assert name in result.stderr  # whole, on one line
@@ -192,3 +193,39 @@ class TestReportContract:
         for title in ("where the run's", "time per record in the execution workflow", "fuel per record against the budget"):
             assert title in result.stderr
         assert max(len(line) for line in result.stderr.splitlines()) <= 80
+
+
+class TestLayers:
+    """Time per layer: a separate pass with onnxruntime's profiler, and its events in the trace."""
+
+    @pytest.fixture
+    def digits(self, tmp_path):
+        rows = (ROOT / "examples" / "classification-inputs.jsonl").read_bytes().splitlines()[:200]
+        path = tmp_path / "in.jsonl"
+        path.write_bytes(b"\n".join(rows) + b"\n")
+        return path
+
+    def test_each_layer_has_its_kernel_time(self, digits):
+        result = profile(ROOT / "examples" / "classification-agent.af", "--input", digits, "--json")
+        assert result.exit_code == 0, result.stderr
+        layers = json.loads(result.stdout)["layers"]
+        assert [layer["layer"] for layer in layers] == [0, 1, 2, 3]
+        assert all(layer["calls"] >= 64 and layer["seconds"]["mean"] > 0 for layer in layers)
+        # 784x128 multiply-adds against 128x64: the first layer is the costly one, by far
+        assert layers[0]["seconds"]["mean"] > 2 * layers[1]["seconds"]["mean"]
+
+    def test_the_trace_holds_onnxruntime_layers_inside_backend_calls(self, digits, tmp_path):
+        trace = tmp_path / "trace.json"
+        result = profile(ROOT / "examples" / "classification-agent.af", "--input", digits, "--trace", trace)
+        assert result.exit_code == 0, result.stderr
+        events = json.loads(trace.read_text())["traceEvents"]
+        backend = [e for e in events if e.get("cat") == "backend"]
+        layers = [e for e in events if e.get("cat") == "layer" and e["tid"] != 0]  # tid 0: the warm-up call
+        assert len(layers) >= 4 * len(backend) // 2
+        for span in layers:
+            assert any(b["tid"] == span["tid"] and b["ts"] <= span["ts"] + 0.002
+                       and span["ts"] + span["dur"] <= b["ts"] + b["dur"] + 0.002 for b in backend), span
+
+    def test_wasm_says_it_has_no_layer_times(self, digits):
+        result = profile(ROOT / "examples" / "classification-agent.af", "--input", digits, "--backend", "wasm")
+        assert result.exit_code == 0 and "no time per layer" in " ".join(result.stderr.split())
