@@ -20,6 +20,7 @@ from .compile import emit_intermediate as emit_intermediate
 from .compile import ensure_emit_form as ensure_emit_form
 from .compile import lower_agent as lower_agent
 from .compile import parse_targets as parse_targets
+from .expr import parse_step as parse_step
 from .packer import PackResult as PackResult
 from .packer import pack as pack
 from .reader import read_container as read_container
@@ -57,6 +58,7 @@ __all__ = [
     "load_agent_file",
     "lower_agent",
     "pack",
+    "parse_step",
     "parse_targets",
     "read_container",
     "train_file",

@@ -2,7 +2,7 @@
 
 `train_file` loads the .af (`afc.agentfile`), reads the records (`afc.datasets`), runs
 `train_network` and writes the new `neural_weights` back through `afc.agentfile.render_agent_file`
-and `afcore.fsutil.write_file_atomic`, the writers `af pack` uses: header comments and key order are
+and `afc.writer.write_af_file`, the writers `af pack` uses: header comments and key order are
 kept, `modified` is updated, the other sections are kept, and the result must load as a valid file
 before it replaces anything. Nothing is written until training has finished, so an interrupt
 (Ctrl-C) leaves the file as it was.
@@ -31,6 +31,7 @@ from afcore.errors import CheckError, ExecutionError, InternalError, SourceError
 
 # Numerical Recipes' erfc fit (fractional error < 1.2e-7), the one the WebAssembly backend uses too.
 from ._wasm_math import ERFC_P as _ERFC_P
+from .writer import write_af_file
 
 if TYPE_CHECKING:
     from .agentfile import AgentFile
@@ -690,7 +691,8 @@ def train_file(
     options = TrainOptions(epochs, batch_size, optimizer, learning_rate, validation_split, seed, target_loss, patience)
     tensors, result = train_network(network, dataset, options=options, progress=progress)
     target = Path(output) if output is not None else Path(path)
-    _write(target, render_trained(agent, tensors, target=str(target), record=result.header_record()))
+    write_af_file(target, render_trained(agent, tensors, target=str(target), record=result.header_record()),
+                  code="AF6031")
     return replace(result, path=target)
 
 
@@ -759,13 +761,3 @@ def _utc_now() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _write(target: Path, data: bytes) -> None:
-    from afcore import fsutil
-
-    try:
-        fsutil.write_file_atomic(target, data)
-    except OSError as exc:
-        raise UsageError(f"cannot write `{target}`: {exc.strerror or exc}", code="AF6031",
-                         hint="check that the directory exists and is writable") from None
