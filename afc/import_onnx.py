@@ -27,6 +27,8 @@ __all__ = ["read_onnx"]
 #: ONNX activation op -> af activation (attributes are checked in `_activation`)
 ACTIVATIONS = {"Relu": "relu", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "elu",
                "Gelu": "gelu", "Softplus": "softplus", "Softmax": "softmax"}
+#: ops allowed in front of the first layer (Flatten(axis=1) and Identity change nothing on rows)
+_PREAMBLE_OPS = ("Cast", "Identity", "Flatten", "Scaler", "Sub", "Div", "Mul")
 #: ops allowed after the network's output: they derive labels from it
 TAIL_OPS = frozenset({"Identity", "ArgMax", "ArrayFeatureExtractor", "Reshape", "Cast", "ZipMap", "Sub", "Concat",
                       "Squeeze", "Unsqueeze", "Flatten"})
@@ -115,14 +117,19 @@ def _load_graph(data: bytes, path: str) -> _Graph:
     if not model.graph.node:
         fail("AF6051", f"`{path}` is neither an ONNX model nor a FANN .net file (no graph)",
              "af import reads ONNX models and FANN_FLO_2.1 .net files")
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    constants = {t.name: _tensor(t, path) for t in model.graph.initializer}
     nodes = []
     for node in model.graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             value = [a for a in node.attribute if a.name == "value"]
             if value:
-                constants[node.output[0]] = numpy_helper.to_array(value[0].t)
+                constants[node.output[0]] = _tensor(value[0].t, path)
                 continue
+        if node.op_type == "Transpose" and node.input[0] in constants:
+            # exporters may store a weight as [in, out] and transpose it in the graph: fold it here
+            perm = _attribute(node, "perm", None)
+            constants[node.output[0]] = np.transpose(constants[node.input[0]], perm)
+            continue
         nodes.append(node)
     consumers: dict[str, list[Any]] = {}
     for node in nodes:
@@ -131,6 +138,17 @@ def _load_graph(data: bytes, path: str) -> _Graph:
                 consumers.setdefault(name, []).append(node)
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     return _Graph(path, nodes, constants, consumers, {o.name for o in model.graph.output}, metadata)
+
+
+def _tensor(tensor: onnx.TensorProto, path: str) -> np.ndarray:
+    """A constant's values; external data (weights in another file) is refused, not looked for."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+        fail("AF6055", f"`{path}` keeps tensor `{tensor.name}` in an external file",
+             "save the model with its weights inside: onnx.save(model, path, save_as_external_data=False)")
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:  # noqa: BLE001 - onnx raises assorted errors for a malformed tensor
+        fail("AF6051", f"tensor `{tensor.name}` of `{path}` cannot be read ({exc})", "export the model again")
 
 
 def _the_input(graph: _Graph) -> str:
@@ -145,7 +163,10 @@ def _read_preamble(graph: _Graph, x: str) -> tuple[str, Any, Any, set[int]]:
     """Skip casts and read the normalisation in front of the first layer: (x, mean, scale, visited)."""
     mean = scale = None
     visited: set[int] = set()
-    while (node := graph.next(x)) is not None and node.op_type in ("Cast", "Identity", "Scaler", "Sub", "Div", "Mul"):
+    while (node := graph.next(x)) is not None and node.op_type in _PREAMBLE_OPS:
+        if node.op_type == "Flatten" and _attribute(node, "axis", 1) != 1:
+            fail("AF6054", f"node {graph.node_name(node)} flattens from axis {_attribute(node, 'axis', 1)}",
+                 "af's inputs are rows [batch, features]: only Flatten(axis=1) is a no-op on them")
         if node.op_type == "Cast" and _attribute(node, "to", onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT:
             fail("AF6054", f"node {graph.node_name(node)} casts the input to another type than float",
                  "af networks compute in float32")

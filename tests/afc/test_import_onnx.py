@@ -164,6 +164,33 @@ class TestHandmade:
         np.testing.assert_allclose(out, ReferenceEvaluator(model).run(None, {"input": x})[0], atol=1e-5)
 
 
+class TestExporterVariants:
+    def test_flatten_and_a_transposed_constant_weight(self, tmp_path):
+        """nn.Flatten in front, and a weight stored [in, out] then transposed in the graph."""
+        model = torch_style_mlp("Relu", None)
+        graph = model.graph
+        first = graph.node[0]
+        first.input[0] = "flat"
+        graph.node.insert(0, helper.make_node("Flatten", ["input"], ["flat"], name="/flatten/Flatten", axis=1))
+        weight = next(t for t in graph.initializer if t.name == "2.weight")
+        stored = numpy_helper.to_array(weight).T.copy()
+        weight.CopyFrom(numpy_helper.from_array(stored, "2.weight.t"))
+        graph.node.insert(1, helper.make_node("Transpose", ["2.weight.t"], ["2.weight"], name="/2/Transpose",
+                                              perm=[1, 0]))
+        onnx.checker.check_model(model, full_check=True)
+        x = np.random.default_rng(8).normal(size=(10, 4)).astype(np.float32)
+        out = run_agent(import_bytes(model), x, "onnx", tmp_path)
+        np.testing.assert_allclose(out, ReferenceEvaluator(model).run(None, {"input": x})[0], atol=1e-5)
+
+    def test_external_data_is_refused(self):
+        model = torch_style_mlp()
+        tensor = model.graph.initializer[0]
+        tensor.data_location = TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value="weights.bin")
+        error = refused(model)
+        assert codes(error) == ["AF6055"] and "external" in error.diagnostics[0].message
+
+
 class TestHeader:
     def test_the_file_declares_the_network(self):
         agent = afc.load_agent_bytes(import_bytes(torch_style_mlp("Tanh", "Softmax"), name="torch-net"), path="t.af")
