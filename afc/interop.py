@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Sequence
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ImportedNetwork",
     "agent_name",
+    "fail",
     "from_sklearn",
     "import_model",
     "import_model_bytes",
@@ -66,7 +67,6 @@ class ImportedNetwork:
     scale: np.ndarray | None = None
     labels: tuple[Any, ...] | None = None
     source: str = ""
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def sizes(self) -> list[int]:
@@ -297,8 +297,8 @@ def _header(network: ImportedNetwork, name: str, normalization: tuple[np.ndarray
             labels: tuple[Any, ...] | None) -> str:
     extra = ""
     if normalization is not None:
-        extra += (f"  input_normalization:\n    mean: {sequence_of(normalization[0])}\n"
-                  f"    scale: {sequence_of(normalization[1])}\n")
+        extra += (f"  input_normalization:\n    mean: {_sequence_of(normalization[0])}\n"
+                  f"    scale: {_sequence_of(normalization[1])}\n")
     if labels is not None:
         extra += f"  labels: [{', '.join(json.dumps(label) for label in labels)}]\n"
     return _header_text(network, name).replace("\n\nworkflows:", "\n" + extra + "\nworkflows:", 1)
@@ -344,6 +344,6 @@ workflows:
 """
 
 
-def sequence_of(values: Sequence[float]) -> str:
+def _sequence_of(values: Sequence[float]) -> str:
     """Return numbers as a YAML flow sequence that reads back to the same float32 values."""
     return "[" + ", ".join(repr(float(np.float32(v))) for v in values) + "]"

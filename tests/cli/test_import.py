@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 import afc
@@ -41,6 +42,30 @@ class TestImport:
         outputs = [orjson.loads(line)["output"] for line in result.stdout_bytes.splitlines()]
         source = runner.invoke(app, ["run", str(XOR)], input="[0, 1]\n[1, 1]\n")
         assert outputs == [orjson.loads(line)["output"] for line in source.stdout_bytes.splitlines()]
+
+    def test_onnx_model_with_scaler_and_classes(self, tmp_path):
+        import warnings
+
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        skl2onnx = pytest.importorskip("skl2onnx")
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(60, 3)).astype(np.float32) * 5 + 2
+        y = np.where(x[:, 0] > 2, "high", "low")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = make_pipeline(StandardScaler(), MLPClassifier((4,), max_iter=50, random_state=0)).fit(x, y)
+            model = skl2onnx.to_onnx(pipe, x[:1], options={id(pipe.steps[-1][1]): {"zipmap": False}})
+        source = tmp_path / "sk.onnx"
+        source.write_bytes(model.SerializeToString())
+        out = tmp_path / "sk.af"
+        result = runner.invoke(app, ["import", str(source), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        config = afc.load_agent_file(out).header["neural_config"]
+        assert config["labels"] == ["high", "low"] and config["output_activation"] == "sigmoid"
+        np.testing.assert_allclose(config["input_normalization"]["mean"], pipe.steps[0][1].mean_, rtol=1e-6)
 
     def test_name_option(self, tmp_path):
         out = tmp_path / "x.af"
