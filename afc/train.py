@@ -471,6 +471,14 @@ def _rounded(value: float) -> float:
 # --- training ----------------------------------------------------------------------------------
 
 
+def _network_inputs(network: NetworkSpec, inputs: np.ndarray) -> np.ndarray:
+    """What the first layer sees: the records, through the network's input normalisation when it has one
+    (``(x - mean) / scale`` in float32, as both backends compute it), so training learns what inference runs."""
+    if not network.normalized:
+        return inputs
+    return np.ascontiguousarray((inputs - network.input_mean) / network.input_scale, dtype=np.float32)
+
+
 def train_network(network: NetworkSpec, dataset: Dataset, *, options: TrainOptions = TrainOptions(),
                   progress: Callable[[EpochStats], object] | None = None
                   ) -> tuple[dict[str, np.ndarray], TrainResult]:
@@ -497,8 +505,9 @@ def train_network(network: NetworkSpec, dataset: Dataset, *, options: TrainOptio
     params = _Parameters([network.input_size, *(layer.out_size for layer in network.layers)], np.dtype(np.float32))
     for (weight, bias), layer in zip(params.layers, network.layers):
         weight[...], bias[...] = layer.weight, layer.bias
-    run = _Run(network, params, opts, dataset.inputs[train_rows], dataset.targets[train_rows],
-               dataset.inputs[val_rows], dataset.targets[val_rows])
+    inputs = _network_inputs(network, dataset.inputs)
+    run = _Run(network, params, opts, inputs[train_rows], dataset.targets[train_rows],
+               inputs[val_rows], dataset.targets[val_rows])
     started = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported as AF6030, not as warnings
         history, stopped = run.loop(rng, progress)

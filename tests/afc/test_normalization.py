@@ -227,3 +227,36 @@ class TestWasmModule:
                                                 exports["output_ptr"](store) + 3 * 3 * 4)), "<f4").reshape(3, 3)
         np.testing.assert_array_equal(out, again)
         np.testing.assert_allclose(out, numpy_forward(normalized, x), atol=1e-6)
+
+
+class TestTraining:
+    def test_training_sees_what_inference_runs(self):
+        """A normalised network trained by afc.train fits the data through af's own forward pass (which
+        normalises): trained on the raw records instead, the weights would be wrong for what inference runs."""
+        from afc.datasets import dataset_from_tensors
+        from afc.train import TrainOptions, train_network
+
+        rng = np.random.default_rng(10)
+        mean, scale = np.float32([100, -50, 3, 0, 7]), np.float32([20, 5, 0.1, 1, 3])
+        agent = afc.load_agent_bytes(agent_bytes(n_out=1, output="sigmoid", mean=mean, scale=scale), path="t.af")
+        x = (rng.normal(size=(200, 5)) * scale + mean).astype(np.float32)
+        y = (((x - mean) / scale)[:, :2].sum(axis=1, keepdims=True) > 0).astype(np.float32)
+        dataset = dataset_from_tensors({"inputs": x, "targets": y}, source="mem", sha256="0" * 64,
+                                       input_size=5, output_size=1)
+        tensors, result = train_network(agent.spec().network, dataset,
+                                         options=TrainOptions(epochs=30, optimizer="adam", learning_rate=0.05, seed=0))
+        trained = {**agent.weights, **tensors}
+        p = np.clip(numpy_forward(_with_weights(agent, trained), x)[:, 0], 1e-7, 1 - 1e-7)
+        loss = float(-np.mean(y[:, 0] * np.log(p) + (1 - y[:, 0]) * np.log(1 - p)))
+        accuracy = float(np.mean((p >= 0.5) == (y[:, 0] == 1)))
+        assert loss < 0.1 and accuracy >= 0.97 and result.loss < 0.1
+
+
+def _with_weights(agent, weights):
+    """A stand-in for numpy_forward: the agent's header with other weights."""
+
+    class Agent:
+        header = agent.header
+
+    Agent.weights = weights
+    return Agent
