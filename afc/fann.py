@@ -70,8 +70,12 @@ def read_fann(data: bytes, *, path: str) -> ImportedNetwork:
     if fields.get("network_type", "0") != "0":
         fail("AF6061", f"`{path}` is a shortcut network (network_type={fields['network_type']})",
              "af imports layered networks (fann_create_standard)")
-    neurons = [(int(a), int(b), float(c)) for a, b, c in _triples(fields, "neurons", path)]
-    connections = [(int(a), float(b)) for a, b, _ in _triples(fields, "connections", path)]
+    try:
+        neurons = [(int(a), int(b), float(c)) for a, b, c in _triples(fields, "neurons", path)]
+        connections = [(int(a), float(b)) for a, b, _ in _triples(fields, "connections", path)]
+    except ValueError:
+        fail("AF6060", f"`{path}` lists a neuron or a connection whose index or activation is not an integer",
+             "save the network again with libfann")
     if len(sizes) < 2 or any(size < 2 for size in sizes) or len(neurons) != sum(sizes):
         fail("AF6060", f"`{path}` declares layer_sizes {sizes} and {len(neurons)} neurons",
              "each layer counts its bias neuron; the neuron list has one entry per neuron")

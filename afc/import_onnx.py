@@ -46,7 +46,15 @@ class _Graph:
     metadata: dict[str, str]
 
     def node_name(self, node: Any) -> str:
-        return f"`{node.name or node.output[0]}` ({node.op_type})"
+        return f"`{_show(node.name or (node.output[0] if node.output else ''))}` ({_show(node.op_type)})"
+
+    def number(self, node: Any, name: str, default: float) -> float:
+        """A numeric attribute of ``node`` (``default`` when absent); any other kind of value is AF6054."""
+        value = _attribute(node, name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("AF6054", f"node {self.node_name(node)} has a `{name}` attribute that is not a number",
+                 "export the model again")
+        return value
 
     def const(self, node: Any, name: str) -> np.ndarray:
         if name not in self.constants:
@@ -127,8 +135,11 @@ def _load_graph(data: bytes, path: str) -> _Graph:
                 continue
         if node.op_type == "Transpose" and node.input[0] in constants:
             # exporters may store a weight as [in, out] and transpose it in the graph: fold it here
-            perm = _attribute(node, "perm", None)
-            constants[node.output[0]] = np.transpose(constants[node.input[0]], perm)
+            try:
+                constants[node.output[0]] = np.transpose(constants[node.input[0]], _attribute(node, "perm", None))
+            except (ValueError, TypeError) as exc:
+                fail("AF6055", f"node `{_show(node.name)}` (Transpose) cannot transpose its constant ({exc})",
+                     "export the model again")
             continue
         nodes.append(node)
     consumers: dict[str, list[Any]] = {}
@@ -138,6 +149,11 @@ def _load_graph(data: bytes, path: str) -> _Graph:
                 consumers.setdefault(name, []).append(node)
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     return _Graph(path, nodes, constants, consumers, {o.name for o in model.graph.output}, metadata)
+
+
+def _show(text: Any) -> str:
+    """A name for a message: protobuf hands out bytes for a string field that is not UTF-8."""
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
 
 
 def _tensor(tensor: onnx.TensorProto, path: str) -> np.ndarray:
@@ -154,7 +170,7 @@ def _tensor(tensor: onnx.TensorProto, path: str) -> np.ndarray:
 def _the_input(graph: _Graph) -> str:
     model_inputs = [name for name in graph.consumers if not any(name in n.output for n in graph.nodes)]
     if len(model_inputs) != 1:
-        fail("AF6055", f"the graph has {len(model_inputs)} inputs ({', '.join(model_inputs) or 'none'}), not one",
+        fail("AF6055", f"the graph has {len(model_inputs)} inputs ({', '.join(map(_show, model_inputs)) or 'none'}), not one",
              "af imports networks with one input of shape [batch, features]")
     return model_inputs[0]
 
@@ -164,15 +180,15 @@ def _read_preamble(graph: _Graph, x: str) -> tuple[str, Any, Any, set[int]]:
     mean = scale = None
     visited: set[int] = set()
     while (node := graph.next(x)) is not None and node.op_type in _PREAMBLE_OPS:
-        if node.op_type == "Flatten" and _attribute(node, "axis", 1) != 1:
+        if node.op_type == "Flatten" and graph.number(node, "axis", 1) != 1:
             fail("AF6054", f"node {graph.node_name(node)} flattens from axis {_attribute(node, 'axis', 1)}",
                  "af's inputs are rows [batch, features]: only Flatten(axis=1) is a no-op on them")
-        if node.op_type == "Cast" and _attribute(node, "to", onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT:
+        if node.op_type == "Cast" and graph.number(node, "to", onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT:
             fail("AF6054", f"node {graph.node_name(node)} casts the input to another type than float",
                  "af networks compute in float32")
         if node.op_type == "Scaler":
-            mean = _combine_mean(mean, scale, np.asarray(_attribute(node, "offset", [0.0]), np.float64))
-            scale = _combine_scale(scale, np.asarray(_attribute(node, "scale", [1.0]), np.float64))
+            mean = _combine_mean(mean, scale, _floats(graph, node, "offset", [0.0]))
+            scale = _combine_scale(scale, _floats(graph, node, "scale", [1.0]))
         elif node.op_type == "Sub":
             if node.input[0] != x:
                 fail("AF6054", f"node {graph.node_name(node)} subtracts the input from a constant",
@@ -187,6 +203,16 @@ def _read_preamble(graph: _Graph, x: str) -> tuple[str, Any, Any, set[int]]:
         visited.add(id(node))
         x = node.output[0]
     return x, mean, scale, visited
+
+
+def _floats(graph: _Graph, node: Any, name: str, default: list[float]) -> np.ndarray:
+    """A list-of-floats attribute (a Scaler's ``offset``, ``scale``); anything else is AF6054."""
+    value = _attribute(node, name, default)
+    try:
+        return np.asarray(value, np.float64).reshape(-1)
+    except (ValueError, TypeError):
+        fail("AF6054", f"node {graph.node_name(node)} has a `{name}` attribute that is not a list of numbers",
+             "export the model again")
 
 
 def _combine_mean(mean: Any, scale: Any, offset: np.ndarray) -> np.ndarray:
@@ -238,13 +264,13 @@ def _dense(graph: _Graph, node: Any, x: str) -> tuple[np.ndarray, np.ndarray, st
         fail("AF6055", f"node {graph.node_name(node)} has a weight of shape {list(b.shape)}, not a matrix",
              "af maps dense layers")
     if node.op_type == "Gemm":
-        if _attribute(node, "transA", 0):
+        if graph.number(node, "transA", 0):
             fail("AF6054", f"node {graph.node_name(node)} transposes its input (transA=1)",
                  "af maps Gemm with transA=0")
-        weight = (b if _attribute(node, "transB", 0) else b.T) * _attribute(node, "alpha", 1.0)
+        weight = (b if graph.number(node, "transB", 0) else b.T) * graph.number(node, "alpha", 1.0)
         bias = np.zeros(weight.shape[0])
         if len(node.input) > 2 and node.input[2]:
-            bias = _bias(graph, node, graph.const(node, node.input[2]), weight.shape[0]) * _attribute(node, "beta", 1.0)
+            bias = _bias(graph, node, graph.const(node, node.input[2]), weight.shape[0]) * graph.number(node, "beta", 1.0)
         return weight, bias, node.output[0], {id(node)}
     weight, out, used = b.T, node.output[0], {id(node)}
     add = graph.next(out, branch_ends=True)
@@ -343,13 +369,13 @@ def _activation(graph: _Graph, node: Any) -> str:
     if node is None:
         return "linear"
     expected = {"LeakyRelu": ("alpha", 0.01), "Elu": ("alpha", 1.0)}.get(node.op_type)
-    if expected and not np.isclose(_attribute(node, expected[0], expected[1]), expected[1], rtol=1e-6):
+    if expected and not np.isclose(graph.number(node, expected[0], expected[1]), expected[1], rtol=1e-6):
         fail("AF6054", f"node {graph.node_name(node)} has {expected[0]}={_attribute(node, expected[0], None)}",
              f"af's {ACTIVATIONS[node.op_type]} has {expected[0]}={expected[1]}")
     if node.op_type == "Gelu" and _attribute(node, "approximate", b"none") not in (b"none", "none"):
         fail("AF6054", f"node {graph.node_name(node)} is the tanh approximation of GELU",
              "af's gelu is the exact erf form")
-    if node.op_type == "Softmax" and _attribute(node, "axis", -1) not in (-1, 1):
+    if node.op_type == "Softmax" and graph.number(node, "axis", -1) not in (-1, 1):
         fail("AF6054", f"node {graph.node_name(node)} takes the softmax over axis {_attribute(node, 'axis', -1)}",
              "af's softmax runs over each row (axis -1)")
     return ACTIVATIONS[node.op_type]

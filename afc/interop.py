@@ -284,6 +284,10 @@ def _check_declarable(network: ImportedNetwork) -> None:
         fail("AF6053", f"the output activation `{network.output_activation}` is not one af has",
              f"af's output activations: {', '.join(OUTPUT_ACTIVATIONS)}")
     width = network.weights[0].shape[1]
+    for what, values in (("mean", network.mean), ("scale", network.scale)):
+        if values is not None and np.size(values) not in (1, width):
+            fail("AF6053", f"the input normalisation has {np.size(values)} {what} values for {width} inputs",
+                 "give one value per input (or one for all)")
     for i, (w, b) in enumerate(zip(network.weights, network.biases)):
         if w.ndim != 2 or w.shape[1] != width or b.shape != (w.shape[0],):
             fail("AF6053", f"layer {i} has weight {list(w.shape)} and bias {list(b.shape)}, which do not follow "
