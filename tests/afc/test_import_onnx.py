@@ -297,3 +297,29 @@ class TestFromSklearnRefusals:
         with pytest.raises(UsageError) as caught:
             af.from_sklearn(clf, MinMaxScaler().fit(x))
         assert caught.value.code == "AF6070"
+
+
+class TestDamagedFiles:
+    def test_a_damaged_model_is_a_diagnostic_never_a_traceback(self, make_network):
+        """Seeded byte mutations of ONNX and FANN files: every outcome is an af error or an import."""
+        import random
+
+        from afc.fann import write_fann
+        from afcore.errors import AfError
+
+        rng = random.Random(0)
+        seeds = [handmade_mlp().SerializeToString(), torch_style_mlp().SerializeToString(),
+                 write_fann(make_network([3, 4, 2], "tanh", "sigmoid")).encode()]
+        for _ in range(600):
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 4)):
+                k = rng.randrange(len(data))
+                if rng.random() < 0.5:
+                    data[k] = rng.randrange(256)
+                else:
+                    del data[k:k + rng.randint(1, 20)]
+            try:
+                with np.errstate(all="ignore"):
+                    afc.import_model_bytes(bytes(data), path="damaged", name="damaged")
+            except AfError:
+                pass
