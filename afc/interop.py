@@ -149,7 +149,7 @@ def import_model(path: str | Path, *, name: str | None = None) -> bytes:
 
     Raises:
         UsageError: AF6050 when the file cannot be read, AF6052 for a bad name.
-        CheckError: AF6051, AF6053-AF6059 (ONNX), AF6060-AF6064 (FANN): what cannot be mapped.
+        CheckError: AF6051, AF6053-AF6056 (ONNX), AF6060-AF6061 (FANN): what cannot be mapped.
     """
     try:
         data = Path(path).read_bytes()
@@ -160,7 +160,19 @@ def import_model(path: str | Path, *, name: str | None = None) -> bytes:
 
 
 def import_model_bytes(data: bytes, *, path: str, name: str) -> bytes:
-    """Return the .af bytes of a model given as bytes (see `import_model`)."""
+    """Return the .af bytes of a model given as bytes (see `import_model`).
+
+    Args:
+        data: the model file's bytes (``FANN_`` at the start: FANN; anything else is read as ONNX).
+        path: the file, named in diagnostics.
+        name: the agent's name (valid, see `agent_name`).
+
+    Returns:
+        A valid .af file.
+
+    Raises:
+        CheckError: as `import_model`.
+    """
     if data.lstrip()[:5] == b"FANN_":
         from .fann import read_fann
 
@@ -187,7 +199,8 @@ def from_sklearn(estimator: Any, scaler: Any = None, *, name: str = "sklearn-mlp
         The loaded agent file; ``render_agent_file(result)`` gives its bytes.
 
     Raises:
-        UsageError: AF6070 for an estimator or scaler that is not one of those, or not fitted.
+        UsageError: AF6070 for an estimator or scaler that is not one of those, or not fitted;
+            AF6052 for a bad name; AF6071 when ``output`` cannot be written.
     """
     from .agentfile import load_agent_bytes
 
@@ -198,7 +211,11 @@ def from_sklearn(estimator: Any, scaler: Any = None, *, name: str = "sklearn-mlp
     if output is not None:
         from afcore.fsutil import write_file_atomic
 
-        write_file_atomic(Path(output), data)
+        try:
+            write_file_atomic(Path(output), data)
+        except OSError as exc:
+            raise UsageError(f"cannot write `{output}`: {exc.strerror or exc}", code="AF6071",
+                             hint="check that the directory exists and is writable") from None
     return load_agent_bytes(data, path=str(output or f"{name}.af"))
 
 

@@ -289,6 +289,13 @@ class TestFromSklearnRefusals:
             af.from_sklearn(StandardScaler().fit([[0.0], [1.0]]))
         assert caught.value.code == "AF6070"
 
+    def test_an_output_that_cannot_be_written(self, data, tmp_path):
+        x, y = data
+        clf = fitted(MLPClassifier((3,), max_iter=20), x, y)
+        with pytest.raises(UsageError) as caught:
+            af.from_sklearn(clf, output=tmp_path / "no" / "such" / "dir" / "m.af")
+        assert caught.value.code == "AF6071"
+
     def test_another_scaler(self, data):
         from sklearn.preprocessing import MinMaxScaler
 
