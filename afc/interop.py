@@ -316,52 +316,44 @@ def _check_declarable(network: ImportedNetwork) -> None:
 
 def _header(network: ImportedNetwork, name: str, normalization: tuple[np.ndarray, np.ndarray] | None,
             labels: tuple[Any, ...] | None) -> str:
-    extra = ""
-    if normalization is not None:
-        extra += (f"  input_normalization:\n    mean: {_sequence_of(normalization[0])}\n"
-                  f"    scale: {_sequence_of(normalization[1])}\n")
-    if labels is not None:
-        extra += f"  labels: [{', '.join(json.dumps(label) for label in labels)}]\n"
-    return _header_text(network, name).replace("\n\nworkflows:", "\n" + extra + "\nworkflows:", 1)
-
-
-def _header_text(network: ImportedNetwork, name: str) -> str:
+    """The header of an imported file, line by line; strings are written as JSON (a subset of YAML's
+    double-quoted scalars), so no name or label can break the YAML."""
     sizes = network.sizes
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return _TEMPLATE.format(
-        name=json.dumps(name), description=json.dumps(f"imported from {network.source or 'another tool'}"), now=now, input_size=sizes[0], output_size=sizes[-1],
-        hidden=", ".join(map(str, sizes[1:-1])), activation=network.hidden_activation,
-        output_activation=network.output_activation,
-    )
+    now = json.dumps(datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    config = {
+        "network_type": '"feedforward"',
+        "input_size": sizes[0],
+        "output_size": sizes[-1],
+        "hidden_layers": f"[{', '.join(map(str, sizes[1:-1]))}]",
+        "activation_function": json.dumps(network.hidden_activation),
+        "output_activation": json.dumps(network.output_activation),
+    }
+    lines = [
+        "# Agent File Format v1.0 (written by `af import`; see docs/interop.md)",
+        'version: "1.0"',
+        f"name: {json.dumps(name)}",
+        f"description: {json.dumps('imported from ' + (network.source or 'another tool'))}",
+        'author: "af import"',
+        f"created: {now}",
+        f"modified: {now}",
+        "",
+        "neural_config:",
+        *(f"  {key}: {value}" for key, value in config.items()),
+    ]
+    if normalization is not None:
+        lines += ["  input_normalization:", f"    mean: {_sequence_of(normalization[0])}",
+                  f"    scale: {_sequence_of(normalization[1])}"]
+    if labels is not None:
+        lines.append(f"  labels: [{', '.join(json.dumps(label) for label in labels)}]")
+    return "\n".join(lines) + "\n\n" + _WORKFLOWS
 
 
-_TEMPLATE = """\
-# Agent File Format v1.0 (written by `af import`; see docs/interop.md)
-version: "1.0"
-name: {name}
-description: {description}
-author: "af import"
-created: "{now}"
-modified: "{now}"
-
-neural_config:
-  network_type: "feedforward"
-  input_size: {input_size}
-  output_size: {output_size}
-  hidden_layers: [{hidden}]
-  activation_function: "{activation}"
-  output_activation: "{output_activation}"
-
+#: the workflows of an imported agent: `af run` works on it as imported
+_WORKFLOWS = """\
 workflows:
-  initialization:
-    - load_neural_network
-    - connect_to_swarm
-  execution:
-    - receive_input
-    - process_neural_network
-    - send_output
-  shutdown:
-    - disconnect_from_swarm
+  initialization: [load_neural_network, connect_to_swarm]
+  execution: [receive_input, process_neural_network, send_output]
+  shutdown: [disconnect_from_swarm]
 """
 
 
