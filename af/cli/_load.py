@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional
+from typing import IO, TYPE_CHECKING, Any, Awaitable, Callable, Optional, TypeVar
 
 if TYPE_CHECKING:
     import asyncio
 
     from afrt import RunSummary
+
+T = TypeVar("T")
 
 #: the backends the run-like commands accept, the first preferred when a bundle has both
 BACKENDS = ("onnx", "wasm")
@@ -183,7 +185,6 @@ def run_stream(agent: Any, source: IO[bytes], sink: Any, *,
     import asyncio
     import atexit
     import gc
-    import signal
     import sys
 
     from afrt import RunOptions, RunProgress, run_jsonl
@@ -197,10 +198,35 @@ def run_stream(agent: Any, source: IO[bytes], sink: Any, *,
     gc.enable()
     atexit.register(gc.freeze)
 
-    async def main() -> RunSummary:
-        stop = asyncio.Event()
+    async def main(stop: asyncio.Event) -> RunSummary:
         if on_start is not None:
             on_start(stop)
+        counters = RunProgress() if progress else None
+        drawing = asyncio.ensure_future(show_progress(counters, sys.stderr)) if counters is not None else None
+        try:
+            return await run_jsonl(agent, source, sink, RunOptions(progress=counters, **options), stop=stop)
+        finally:
+            if drawing is not None:
+                drawing.cancel()
+                await asyncio.gather(drawing, return_exceptions=True)
+
+    summary, caught = run_with_signals(main)
+    if caught:
+        summary.interrupted = caught
+    return summary
+
+
+def run_with_signals(main: Callable[[asyncio.Event], Awaitable[T]]) -> tuple[T, Optional[str]]:
+    """Run ``main(stop)`` in a new event loop, where SIGINT and SIGTERM set ``stop``.
+
+    Returns:
+        What ``main`` returned, and the name of the first signal caught (None when none was).
+    """
+    import asyncio
+    import signal
+
+    async def guarded() -> tuple[T, Optional[str]]:
+        stop = asyncio.Event()
         caught: list[str] = []
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -208,21 +234,14 @@ def run_stream(agent: Any, source: IO[bytes], sink: Any, *,
                 loop.add_signal_handler(sig, lambda s=sig: (caught.append(s.name), stop.set()))
             except (RuntimeError, ValueError):  # not the main thread: no handlers, Ctrl-C still ends it
                 pass
-        counters = RunProgress() if progress else None
-        drawing = asyncio.ensure_future(show_progress(counters, sys.stderr)) if counters is not None else None
         try:
-            summary = await run_jsonl(agent, source, sink, RunOptions(progress=counters, **options), stop=stop)
+            result = await main(stop)
         finally:
-            if drawing is not None:
-                drawing.cancel()
-                await asyncio.gather(drawing, return_exceptions=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        if caught:
-            summary.interrupted = caught[0]
-        return summary
+        return result, (caught[0] if caught else None)
 
-    return asyncio.run(main())
+    return asyncio.run(guarded())
 
 
 def close_streams(*streams: Optional[IO[bytes]]) -> None:
