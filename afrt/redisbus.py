@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 from collections import deque
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -39,7 +39,21 @@ from afcore.errors import BusError, ChannelClosedError, MailboxFullError, UsageE
 from .bus import Bus, ChannelStatistics, Message, open_memory_channel
 from .records import RecordBlock
 
-__all__ = ["CONNECT_ATTEMPTS", "Keys", "RECONNECT_SECONDS", "RedisBus", "connect", "retrying"]
+__all__ = [
+    "CONNECT_ATTEMPTS",
+    "GROUP",
+    "Keys",
+    "PRIORITIES",
+    "RECONNECT_SECONDS",
+    "RESULTS_TTL",
+    "RedisBus",
+    "TASK_RECORDS",
+    "Task",
+    "connect",
+    "decode_task",
+    "retrying",
+    "stream_after",
+]
 
 #: attempts at the first connection before a URL counts as unreachable (AF5110)
 CONNECT_ATTEMPTS = 5
@@ -53,6 +67,71 @@ SUBSCRIPTION_TTL = 60
 POLL_MS = 200
 #: the consumer group every queue and task stream is read through
 GROUP = "workers"
+#: the priorities of a task stream, highest first (workers read them in this order)
+PRIORITIES = ("high", "normal", "low")
+#: the most records one task entry carries (one XADD and one XREADGROUP entry per this many records)
+TASK_RECORDS = 64
+#: seconds a results stream lives after its last write (what expires a submission nobody reads)
+RESULTS_TTL = 24 * 3600
+
+
+class Task(NamedTuple):
+    """One task entry: consecutive lines of a submission's input.
+
+    Args:
+        submission: the submission id.
+        index: the index (0-based) of its first record among the submission's records.
+        line: the 1-based line number of its first record (the id of a bare-array record).
+        count: how many records (non-blank lines) it holds.
+        data: the lines, blank ones included, joined by newlines.
+    """
+
+    submission: str
+    index: int
+    line: int
+    count: int
+    data: bytes
+
+    def fields(self) -> dict[str, Any]:
+        """Return the stream fields of the task (what XADD sends)."""
+        return {"s": self.submission, "n": self.index, "l": self.line, "c": self.count, "d": self.data}
+
+    def singles(self) -> list[Task]:
+        """Return one task per record (a task redelivered is split, so that a poison record is
+        dead-lettered alone, not with its neighbours)."""
+        out, r = [], 0
+        for k, text in enumerate(self.data.split(b"\n")):
+            if text.strip():
+                out.append(Task(self.submission, self.index + r, self.line + k, 1, text))
+                r += 1
+        return out
+
+    def record_ids(self) -> list[Any]:
+        """Return the ids of the task's records, in order: a record's ``id`` (string or integer),
+        else its line number, as `af run` numbers records that carry no usable id."""
+        ids = []
+        for k, text in enumerate(self.data.split(b"\n")):
+            if not text.strip():
+                continue
+            try:
+                value = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                value = None
+            rid = value.get("id") if isinstance(value, dict) else None
+            ids.append(rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else self.line + k)
+        return ids
+
+
+def decode_task(fields: dict[bytes, bytes]) -> Task:
+    """Return the task of a stream entry's fields.
+
+    Raises:
+        ValueError: when the fields are not those of a task.
+    """
+    try:
+        return Task(fields[b"s"].decode(), int(fields[b"n"]), int(fields[b"l"]), int(fields[b"c"]), fields[b"d"])
+    except (KeyError, UnicodeDecodeError, TypeError) as exc:
+        raise ValueError(f"not a task entry: {exc}") from None
 
 
 def check_url(url: str) -> str:
@@ -160,6 +239,12 @@ async def retrying(operation: Callable[[], Awaitable[Any]], *, what: str,
                 await asyncio.sleep(BACKOFF_BASE)
                 continue
             raise
+
+
+def stream_after(entry_id: bytes | str) -> str:
+    """Return the stream id just after ``entry_id`` (what MINID takes to keep nothing up to it)."""
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
 
 
 class Keys:
