@@ -209,6 +209,11 @@ class _Worker:
         await asyncio.gather(reading, reclaiming, return_exceptions=True)
         await self.swarm.drain()
         await asyncio.gather(consuming, return_exceptions=True)
+        for priority, stream in zip(PRIORITIES, self.streams):  # what this worker acknowledged last goes too
+            try:
+                await retrying(lambda: self._trim(priority, stream), what="trim a task stream", deadline=5)
+            except Exception:  # noqa: BLE001 - the next worker's trim removes it
+                pass
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
 

@@ -57,6 +57,7 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         """Start the server and wait until it answers."""
+        self.directory.mkdir(parents=True, exist_ok=True)
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory),
                 "--daemonize", "no", "--loglevel", "warning"]

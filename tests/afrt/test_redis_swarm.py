@@ -1,0 +1,304 @@
+"""Swarms across processes on Redis Streams: workers, submit, faults, dead letters, status, metrics.
+
+Every test starts its own redis-server on a free 127.0.0.1 port (tests/redis_server.py) and stops
+it. Workers and submits are separate processes (tests/afrt/redis_swarm_kit.py). Each run ends
+with the same checks: every id exactly once, in input order, outputs equal to the float64
+reference, and nothing left pending in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from redis_server import RedisServer, free_port
+from redis_swarm_kit import finish, lines_of, start_submit, start_worker, wait_for_lines, write_inputs
+
+from afcore.errors import BusError, UsageError
+from afrt.submit import status, submit
+from float64_reference import forward64
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = "xor-agent"
+SWARM = "test"
+
+
+@pytest.fixture(scope="module")
+def xor(example_bundles):
+    from afc import load_agent_file
+
+    return example_bundles["xor"], load_agent_file(ROOT / "examples" / "xor.af").spec().network
+
+
+@pytest.fixture
+def server(tmp_path):
+    with RedisServer(tmp_path / "redis", appendonly=True) as server:
+        yield server
+
+
+def check_output(path: Path, x: np.ndarray, network, *, dead: set[int] = frozenset()) -> list[dict]:
+    """Every id exactly once, in input order, outputs equal to the float64 reference."""
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [r["id"] for r in records] == [f"r{i}" for i in range(len(x))]
+    good = [i for i in range(len(x)) if i not in dead]
+    outputs = np.array([records[i]["output"] for i in good])
+    np.testing.assert_allclose(outputs, forward64(network, x[good]), rtol=1e-5, atol=1e-6)
+    return records
+
+
+def used_memory(server: RedisServer) -> int:
+    return int(server.cli("info", "memory").split("used_memory:")[1].split()[0])
+
+
+def nothing_pending(server: RedisServer) -> dict:
+    info = asyncio.run(status(server.url, SWARM))
+    for queue in info["queues"]:
+        assert (queue["length"], queue["pending"], queue["lag"]) == (0, 0, 0), queue
+    return info
+
+
+def stop_workers(*workers) -> list[dict]:
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    return [finish(worker, 60) for worker in workers]
+
+
+class TestSwarm:
+    def test_two_workers_20000_records_each_once_equal_to_reference(self, server, xor, tmp_path):
+        bundle, network = xor
+        x = write_inputs(tmp_path / "in.jsonl", 20_000, 2)
+        write_inputs(tmp_path / "warm.jsonl", 100, 2)
+        workers = [start_worker(server.url, bundle, SWARM) for _ in range(2)]
+        finish(start_submit(server.url, SWARM, AGENT, tmp_path / "warm.jsonl", tmp_path / "warm.out"))
+        before = used_memory(server)  # with both workers connected
+        summary = finish(start_submit(server.url, SWARM, AGENT, tmp_path / "in.jsonl", tmp_path / "out.jsonl"))
+        assert (summary["records"], summary["results"], summary["errors"]) == (20_000, 20_000, 0)
+        check_output(tmp_path / "out.jsonl", x, network)
+        info = nothing_pending(server)
+        assert sorted(m["state"] for m in info["members"]) == ["serving", "serving"]
+        # Streams stay bounded: acknowledged tasks are gone, the finished submission's results too.
+        time.sleep(1.5)  # a trim runs every second
+        assert used_memory(server) - before < 256 * 1024, (before, used_memory(server))
+        assert "results" not in server.cli("keys", "*")
+        done = stop_workers(*workers)
+        assert sum(d["records"] for d in done) == 20_100 and all(d["records"] > 0 for d in done)
+
+    def test_priority_high_is_served_before_low(self, server, xor, tmp_path):
+        bundle, _ = xor
+        write_inputs(tmp_path / "low.jsonl", 3000, 2)
+        write_inputs(tmp_path / "high.jsonl", 300, 2, seed=1)
+        low = start_submit(server.url, SWARM, AGENT, tmp_path / "low.jsonl", tmp_path / "low.out", priority="low")
+        wait_for_pending(server, 3000)
+        high = start_submit(server.url, SWARM, AGENT, tmp_path / "high.jsonl", tmp_path / "high.out",
+                            priority="high")
+        wait_for_pending(server, 3300)
+        worker = start_worker(server.url, bundle, SWARM, slow_ms=2)
+        finish(high)
+        assert lines_of(tmp_path / "low.out") < 3000  # high finished while low still ran
+        finish(low)
+        stop_workers(worker)
+
+
+def wait_for_pending(server: RedisServer, n: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(q["length"] for q in asyncio.run(status(server.url, SWARM))["queues"]) < n:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+class TestFaults:
+    """Each fault ends with every id exactly once and nothing left pending."""
+
+    N = 20_000
+
+    def run_with(self, server, xor, tmp_path, fault, *, slow_ms=1.0, workers=2, at=3000):
+        bundle, network = xor
+        x = write_inputs(tmp_path / "in.jsonl", self.N, 2)
+        procs = [start_worker(server.url, bundle, SWARM, slow_ms=slow_ms) for _ in range(workers)]
+        sub = start_submit(server.url, SWARM, AGENT, tmp_path / "in.jsonl", tmp_path / "out.jsonl")
+        wait_for_lines(tmp_path / "out.jsonl", at)
+        procs = fault(procs, bundle) or procs
+        summary = finish(sub)
+        assert summary["records"] == self.N and summary["errors"] == 0
+        check_output(tmp_path / "out.jsonl", x, network)
+        nothing_pending(server)
+        return summary, stop_workers(*[p for p in procs if p.poll() is None])
+
+    def test_kill_9_a_worker(self, server, xor, tmp_path):
+        def fault(procs, _):
+            procs[0].kill()
+            procs[0].wait()
+            return procs[1:]
+
+        summary, done = self.run_with(server, xor, tmp_path, fault)
+        assert done[0]["redeliveries"] >= 1  # the survivor took the dead worker's tasks
+
+    def test_sigstop_past_the_idle_bound_then_sigcont(self, server, xor, tmp_path):
+        def fault(procs, _):
+            procs[0].send_signal(signal.SIGSTOP)
+            time.sleep(2.5)  # idle bound 1 s, heartbeat TTL 3 s
+            members = asyncio.run(status(server.url, SWARM))["members"]
+            procs[0].send_signal(signal.SIGCONT)
+            assert "gone" in [m["state"] for m in members] or len(members) == 2
+
+        summary, done = self.run_with(server, xor, tmp_path, fault)
+        assert sum(d["redeliveries"] for d in done) >= 1
+
+    def test_restart_redis_with_appendonly(self, server, xor, tmp_path):
+        def fault(procs, _):
+            server.restart(down_seconds=1.0)
+
+        summary, done = self.run_with(server, xor, tmp_path, fault)
+        assert all(d["reconnects"] >= 1 for d in done)
+
+    def test_client_kill_every_connection(self, server, xor, tmp_path):
+        def fault(procs, _):
+            for _ in range(3):
+                server.cli("client", "kill", "type", "normal")
+                time.sleep(0.3)
+
+        summary, done = self.run_with(server, xor, tmp_path, fault)
+        assert all(d["records"] > 0 for d in done)  # both went on consuming after reconnecting
+
+    def test_add_a_worker_mid_run(self, server, xor, tmp_path):
+        def fault(procs, bundle):
+            return procs + [start_worker(server.url, bundle, SWARM, slow_ms=1.0)]
+
+        summary, done = self.run_with(server, xor, tmp_path, fault, workers=1, slow_ms=2.0, at=1000)
+        assert done[1]["records"] > 0  # the newcomer took work
+
+    def test_sigterm_drains_a_worker(self, server, xor, tmp_path):
+        drained = []
+
+        def fault(procs, _):
+            procs[0].send_signal(signal.SIGTERM)
+            drained.append(finish(procs[0], 60))  # exit 0 with what it held finished and acknowledged
+            return procs[1:]
+
+        self.run_with(server, xor, tmp_path, fault)
+        assert drained[0]["records"] > 0 and drained[0]["redeliveries"] == 0
+
+    def test_kill_9_submit_then_attach(self, server, xor, tmp_path):
+        bundle, network = xor
+        x = write_inputs(tmp_path / "in.jsonl", self.N, 2)
+        workers = [start_worker(server.url, bundle, SWARM, slow_ms=1.0) for _ in range(2)]
+        sid = "attachme"
+        sub = start_submit(server.url, SWARM, AGENT, tmp_path / "in.jsonl", tmp_path / "out.jsonl", submission=sid)
+        wait_for_total(server, sid)
+        wait_for_lines(tmp_path / "out.jsonl", 3000)
+        sub.kill()
+        sub.wait()
+        first = lines_of(tmp_path / "out.jsonl")
+        written = int(server.cli("hget", f"af:{SWARM}:submission:{sid}", "written"))
+        assert written <= first < self.N
+        # The killed submit wrote lines after it last recorded its progress: keep exactly those
+        # that Redis counts as written, as a wrapper that truncates its output would.
+        with open(tmp_path / "out.jsonl", "r+b") as f:
+            kept = b"".join(f.read().splitlines(keepends=True)[:written])
+            f.seek(0)
+            f.write(kept)
+            f.truncate()
+        summary = finish(start_submit(server.url, SWARM, AGENT, tmp_path / "in.jsonl", tmp_path / "out.jsonl",
+                                      attach=sid))
+        assert summary["records"] == self.N - written and not summary["incomplete"]
+        check_output(tmp_path / "out.jsonl", x, network)
+        nothing_pending(server)
+        stop_workers(*workers)
+
+    def test_a_poison_record_is_dead_lettered(self, server, xor, tmp_path):
+        bundle, network = xor
+        n, poison = 300, 150
+        x = write_inputs(tmp_path / "in.jsonl", n, 2, poison_at=poison)
+        workers = [start_worker(server.url, bundle, SWARM, idle_ms=500, poison=True) for _ in range(2)]
+        sub = start_submit(server.url, SWARM, AGENT, tmp_path / "in.jsonl", tmp_path / "out.jsonl")
+        deadline = time.monotonic() + 90
+        while sub.poll() is None:  # a supervisor: every worker the poison kills is started again
+            assert time.monotonic() < deadline
+            workers = [w if w.poll() is None else start_worker(server.url, bundle, SWARM, idle_ms=500, poison=True)
+                       for w in workers]
+            time.sleep(0.1)
+        summary = finish(sub)
+        assert summary["error_codes"] == {"AF5260": 1}
+        records = check_output(tmp_path / "out.jsonl", x, network, dead={poison})
+        assert records[poison]["error"]["code"] == "AF5260"
+        dead = server.cli("xrange", f"af:{SWARM}:dead:{AGENT}:normal", "-", "+")
+        assert "delivered 3 times" in dead and '"r150"' in dead  # alone: its neighbours got results
+        assert asyncio.run(status(server.url, SWARM))["queues"][1]["dead_letters"] == 1
+        nothing_pending(server)
+        stop_workers(*workers)
+
+
+def wait_for_total(server: RedisServer, sid: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while server.cli("hget", f"af:{SWARM}:submission:{sid}", "total").strip() in ("", "-1"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+class TestConnection:
+    def test_no_server_gives_af5110_after_bounded_retries(self, tmp_path):
+        started = time.monotonic()
+        with pytest.raises(BusError) as info:
+            asyncio.run(status(f"redis://127.0.0.1:{free_port()}/0", SWARM))
+        assert info.value.code == "AF5110" and "no Redis server answers" in info.value.message
+        assert time.monotonic() - started < 10
+
+    def test_password_in_the_url(self, tmp_path):
+        with RedisServer(tmp_path / "r", password="s3cret") as server:
+            assert asyncio.run(status(server.url, SWARM)) == {"swarm": SWARM, "members": [], "queues": []}
+            with pytest.raises(BusError) as info:
+                asyncio.run(status(f"redis://default:wrong@127.0.0.1:{server.port}/0", SWARM))
+            assert info.value.code == "AF5111"
+
+    def test_not_a_redis_url(self):
+        with pytest.raises(UsageError) as info:
+            asyncio.run(status("http://127.0.0.1:1/", SWARM))
+        assert info.value.code == "AF5112"
+
+    def test_unknown_priority_and_unknown_attach(self, server):
+        with pytest.raises(UsageError) as info:
+            asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(b""), sink=io.BytesIO(),
+                               priority="urgent"))
+        assert info.value.code == "AF5264"
+        with pytest.raises(BusError) as info:
+            asyncio.run(submit(url=server.url, swarm=SWARM, sink=io.BytesIO(), attach="nosuch"))
+        assert info.value.code == "AF5262"
+
+
+class TestStatusAndMetrics:
+    def test_status_shape_metrics_and_a_gone_member(self, server, xor, tmp_path):
+        bundle, _ = xor
+        port = free_port()
+        worker = start_worker(server.url, bundle, SWARM, metrics_port=port)
+        source = b'{"id": "a", "input": [0, 1]}\n[1, 1]\n{"id": "bad", "input": [1]}\n'
+        out = io.BytesIO()
+        summary = asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(source), sink=out,
+                                     timeout=60))
+        lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+        assert [r["id"] for r in lines] == ["a", 2, "bad"] and lines[2]["error"]["code"] == "AF5232"
+        assert (summary.records, summary.results, summary.errors) == (3, 2, 1)
+        info = asyncio.run(status(server.url, SWARM))
+        assert sorted(info) == ["members", "queues", "swarm"]
+        member = info["members"][0]
+        assert sorted(member) == sorted(["agent_id", "agent", "host", "pid", "replicas", "state", "last_heartbeat_s",
+                                         "processed", "errors"])
+        assert member["state"] == "serving" and member["pid"] == worker.pid
+        assert sorted(info["queues"][0]) == sorted(["agent", "priority", "length", "pending", "lag", "dead_letters"])
+        assert [q["priority"] for q in info["queues"]] == ["high", "normal", "low"]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'af_records_total{agent="xor-agent",outcome="output",replica="0",swarm="test"} 2.0' in text
+        assert 'af_task_latency_seconds_bucket{agent="xor-agent",le="1e-05",swarm="test"}' in text
+        assert "af_swarm_members" in text and "af_batch_size_bucket" in text
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        time.sleep(3.5)  # the heartbeat key lives 3 s
+        assert asyncio.run(status(server.url, SWARM))["members"][0]["state"] == "gone"
