@@ -151,6 +151,8 @@ class _Worker:
         self.owner: dict[int, _Held] = {}
         self.seq = 0
         self.stopping = False
+        self.alone = False  # a redelivered record runs: nothing else may share its fate
+        self.settled = asyncio.Event()  # set whenever this worker holds nothing
         self.state = "serving"
         self.client: Any = None
         self.swarm: Swarm | None = None
@@ -257,7 +259,7 @@ class _Worker:
         script = self.client.register_script(_READ_BY_PRIORITY)
         while not self.stopping:
             room = self.max_held - self.held_records
-            if room < self.max_batch:
+            if room < self.max_batch or self.alone:
                 self.room.clear()
                 await self.room.wait()
                 continue
@@ -363,6 +365,8 @@ class _Worker:
             self.summary.records += len(held.lines)
         self.summary.tasks += len(done)
         self.room.set()
+        if not self.held_records:
+            self.settled.set()
 
     async def _split(self, priority: str, entry_id: bytes, task: Task) -> None:
         """Replace a redelivered task by one task per record (so a poison record goes alone)."""
@@ -452,21 +456,45 @@ class _Worker:
                     await retrying(lambda: self._trim(priority, stream), what="trim a task stream")
 
     async def _reclaim(self, priority: str, stream: str) -> None:
-        """Claim tasks idle past ``idle_ms`` from workers that went quiet, and run them."""
-        if self.stopping:
-            return
-        reply = await self.client.xautoclaim(stream, GROUP, self.consumer, self.idle_ms, "0-0", count=16)
-        claimed = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
-        if not claimed:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for entry_id, _ in claimed:
-            pipe.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
-        counts = [(info[0]["times_delivered"] if info else 1) for info in await pipe.execute()]
-        for (entry_id, fields), deliveries in zip(claimed, counts):
+        """Claim tasks idle past ``idle_ms`` from workers that went quiet, one at a time, and run them.
+
+        XPENDING finds them and XCLAIM takes each just before it runs: claiming counts as a
+        delivery, so a batch claim (XAUTOCLAIM) would count one for tasks that this worker then
+        never runs if a poison record among them kills it.
+        """
+        client = self.client
+        stale = await client.xpending_range(stream, GROUP, min="-", max="+", count=16, idle=self.idle_ms)
+        for entry in stale:
+            if self.stopping:
+                return
+            claimed = await client.xclaim(stream, GROUP, self.consumer, self.idle_ms, [entry["message_id"]])
+            if not claimed or not claimed[0][1]:
+                continue  # another worker took it first, or its task was acknowledged and deleted
+            entry_id, fields = claimed[0]
+            deliveries = entry["times_delivered"] + 1
             self.summary.redeliveries += 1
             self.metrics.redeliveries.labels(self.name, self.agent.name).inc()
+            if fields.get(b"c") == b"1" and 1 < deliveries <= self.max_deliveries:
+                await self._run_alone(priority, entry_id, fields, deliveries)
+            else:
+                await self._dispatch(priority, entry_id, fields, deliveries)
+
+    async def _run_alone(self, priority: str, entry_id: bytes, fields: dict, deliveries: int) -> None:
+        """Run a redelivered record with nothing else in flight: if it kills the worker, it alone
+        is delivered again, and the records that happened to share its batch never reach
+        ``max_deliveries``."""
+        self.alone = True
+        try:
+            while self.held_records:
+                self.settled.clear()
+                await self.settled.wait()
             await self._dispatch(priority, entry_id, fields, deliveries)
+            while self.held_records:
+                self.settled.clear()
+                await self.settled.wait()
+        finally:
+            self.alone = False
+            self.room.set()
 
     async def _trim(self, priority: str, stream: str) -> None:
         """Trim below the oldest pending entry (MINID): never an unacknowledged task."""

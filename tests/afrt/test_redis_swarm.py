@@ -97,10 +97,10 @@ class TestSwarm:
         write_inputs(tmp_path / "low.jsonl", 3000, 2)
         write_inputs(tmp_path / "high.jsonl", 300, 2, seed=1)
         low = start_submit(server.url, SWARM, AGENT, tmp_path / "low.jsonl", tmp_path / "low.out", priority="low")
-        wait_for_pending(server, 3000)
+        wait_for_pending(server, 47)  # task entries of 64 records
         high = start_submit(server.url, SWARM, AGENT, tmp_path / "high.jsonl", tmp_path / "high.out",
                             priority="high")
-        wait_for_pending(server, 3300)
+        wait_for_pending(server, 52)
         worker = start_worker(server.url, bundle, SWARM, slow_ms=2)
         finish(high)
         assert lines_of(tmp_path / "low.out") < 3000  # high finished while low still ran
@@ -109,6 +109,7 @@ class TestSwarm:
 
 
 def wait_for_pending(server: RedisServer, n: int, timeout: float = 30) -> None:
+    """Wait until the task streams hold ``n`` entries."""
     deadline = time.monotonic() + timeout
     while sum(q["length"] for q in asyncio.run(status(server.url, SWARM))["queues"]) < n:
         assert time.monotonic() < deadline
