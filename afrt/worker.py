@@ -101,7 +101,7 @@ class _Held:
 
 
 async def serve(agent: Any, *, url: str, swarm: str, replicas: int = 1, max_batch: int = 64,
-                batch_wait_ms: float = 2.0, state_dir: Any = None, metrics_port: int | None = None,
+                batch_wait_ms: float = 0.0, state_dir: Any = None, metrics_port: int | None = None,
                 stop: asyncio.Event | None = None, max_deliveries: int = 3, idle_ms: int = DEFAULT_IDLE_MS,
                 heartbeat_seconds: float = HEARTBEAT_SECONDS) -> WorkerSummary:
     """Serve swarm ``swarm``'s tasks for ``agent`` until ``stop`` is set, then drain and leave.
@@ -112,7 +112,8 @@ async def serve(agent: Any, *, url: str, swarm: str, replicas: int = 1, max_batc
         swarm: the swarm name (``--swarm``).
         replicas: replicas of the agent in this worker (``--replicas``).
         max_batch: the most records a replica runs in one backend call.
-        batch_wait_ms: how long a replica waits for more records once it has one.
+        batch_wait_ms: how long a replica waits for more records once it has one; 0 by default,
+            since records come from Redis in blocks already and waiting would only add latency.
         state_dir: identities and checkpoints (``--state-dir``), or None.
         metrics_port: serve Prometheus metrics on this port (``--metrics-port``), or None.
         stop: set it (on SIGTERM/SIGINT) to drain and leave; None serves until cancelled.

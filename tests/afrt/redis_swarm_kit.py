@@ -8,6 +8,7 @@ summary as JSON; a submit prints its summary as JSON.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -98,6 +99,14 @@ def finish(process: subprocess.Popen, timeout: float = 120) -> dict:
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, err.decode()[-3000:]
     return orjson.loads(out.splitlines()[-1])
+
+
+def stop_workers(*workers: subprocess.Popen) -> list[dict]:
+    """SIGTERM the workers still running (they drain) and return every worker's summary."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    return [finish(worker, 60) for worker in workers]
 
 
 def write_inputs(path: Path, n: int, width: int, *, seed: int = 0, poison_at: int | None = None) -> np.ndarray:

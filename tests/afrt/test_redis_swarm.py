@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 import pytest
 from redis_server import RedisServer, free_port
-from redis_swarm_kit import finish, lines_of, start_submit, start_worker, wait_for_lines, write_inputs
+from redis_swarm_kit import finish, lines_of, start_submit, start_worker, stop_workers, wait_for_lines, write_inputs
 
 from afcore.errors import BusError, UsageError
 from afrt.submit import status, submit
@@ -63,13 +63,6 @@ def nothing_pending(server: RedisServer) -> dict:
     for queue in info["queues"]:
         assert (queue["length"], queue["pending"], queue["lag"]) == (0, 0, 0), queue
     return info
-
-
-def stop_workers(*workers) -> list[dict]:
-    for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-    return [finish(worker, 60) for worker in workers]
 
 
 class TestSwarm:

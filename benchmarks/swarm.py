@@ -1,0 +1,157 @@
+"""Swarm benchmarks of issue 10, measured in one run on the same input, each next to its target.
+
+(1) in-process `afrt.run_jsonl` (what `af run` does), records/s                     the baseline
+(2) `afrt.submit.submit` through a swarm of 1 worker, then 2 workers (processes)     target (2 workers) >= 0.5x (1)
+(3) the raw ceiling of redis-py: pipelined XADD of the same lines, 100 at a time     the transport's limit
+(4) the round trip of one record through an idle swarm (1 worker), p50 and p90      target p50 <= 2 ms
+
+The reference agent is examples/classification-agent.af (784 inputs), compiled into a temporary
+directory; the input cycles through examples/classification-inputs.jsonl with fresh ids. Redis is
+a private redis-server on a free 127.0.0.1 port (tests/redis_server.py), started and stopped here.
+Run: ``.venv/bin/python benchmarks/swarm.py [--records N]``. This machine is shared: quote ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT)]
+sys.path += [str(ROOT / "tests"), str(ROOT / "tests" / "afrt")]
+
+from redis_server import RedisServer  # noqa: E402
+from redis_swarm_kit import start_worker, stop_workers  # noqa: E402
+
+EXAMPLE = ROOT / "examples" / "classification-agent.af"
+INPUTS = ROOT / "examples" / "classification-inputs.jsonl"
+SWARM = "bench"
+
+
+def compile_reference(out_dir: Path) -> Path:
+    """Compile the reference example with the `af` command, as a user would."""
+    bundle = out_dir / "classification-agent.afb"
+    af = Path(sys.executable).parent / "af"
+    subprocess.run([str(af), "compile", str(EXAMPLE), "-o", str(bundle)], check=True, capture_output=True)
+    return bundle
+
+
+def make_input(n: int) -> bytes:
+    """Return ``n`` records cycling through the example inputs, with ids ``b<i>``."""
+    rows = [orjson.loads(line)["input"] for line in INPUTS.read_bytes().splitlines() if line.strip()]
+    return b"".join(orjson.dumps({"id": f"b{i}", "input": rows[i % len(rows)]}) + b"\n" for i in range(n))
+
+
+def in_process(bundle: Path, data: bytes) -> float:
+    import afrt
+
+    agent = afrt.load(bundle)
+    started = time.perf_counter()
+    summary = asyncio.run(afrt.run_jsonl(agent, io.BytesIO(data), io.BytesIO(), afrt.RunOptions()))
+    assert summary.results == data.count(b"\n"), summary
+    return time.perf_counter() - started
+
+
+async def wait_members(url: str, n: int) -> None:
+    from afrt.submit import status
+
+    while sum(m["state"] == "serving" for m in (await status(url, SWARM))["members"]) < n:
+        await asyncio.sleep(0.05)
+
+
+def through_swarm(server: RedisServer, bundle: Path, data: bytes, workers: int) -> float:
+    from afrt.submit import submit
+
+    procs = [start_worker(server.url, bundle, SWARM, idle_ms=30_000) for _ in range(workers)]
+    try:
+        asyncio.run(wait_members(server.url, workers))
+        out = io.BytesIO()
+        started = time.perf_counter()
+        summary = asyncio.run(submit(url=server.url, swarm=SWARM, agent="classification-agent",
+                                     source=io.BytesIO(data), sink=out))
+        seconds = time.perf_counter() - started
+        assert summary.results == data.count(b"\n"), summary.to_json()
+        return seconds
+    finally:
+        stop_workers(*procs)
+
+
+async def xadd_ceiling(url: str, data: bytes) -> float:
+    from afrt.redisbus import connect
+
+    client = await connect(url)
+    lines = data.splitlines()
+    started = time.perf_counter()
+    for start in range(0, len(lines), 100):
+        pipe = client.pipeline(transaction=False)
+        for line in lines[start:start + 100]:
+            pipe.xadd("bench:ceiling", {"d": line})
+        await pipe.execute()
+    seconds = time.perf_counter() - started
+    await client.delete("bench:ceiling")
+    await client.aclose()
+    return seconds
+
+
+async def round_trips(url: str, line: bytes, n: int) -> list[float]:
+    """Send one record at a time as a task and wait for its result (one connection, as a client would)."""
+    from afrt.redisbus import Keys, Task, connect
+
+    client, keys = await connect(url), Keys(SWARM)
+    times = []
+    for i in range(n):
+        results = keys.results(f"rt{i}")
+        started = time.perf_counter()
+        await client.xadd(keys.tasks("classification-agent", "normal"), Task(f"rt{i}", 0, 1, 1, line).fields())
+        reply = await client.xread({results: "0-0"}, count=1, block=5000)
+        times.append(time.perf_counter() - started)
+        assert reply, "no result"
+        await client.delete(results)
+    await client.aclose()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--round-trips", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="af-bench-swarm-") as tmp:
+        bundle = compile_reference(Path(tmp))
+        data = make_input(args.records)
+        n = args.records
+        base = in_process(bundle, data)
+        with RedisServer(Path(tmp) / "redis") as server:
+            one = through_swarm(server, bundle, data, 1)
+            two = through_swarm(server, bundle, data, 2)
+            ceiling = asyncio.run(xadd_ceiling(server.url, data))
+            procs = [start_worker(server.url, bundle, SWARM, idle_ms=30_000)]
+            try:
+                asyncio.run(wait_members(server.url, 1))
+                line = data.split(b"\n", 1)[0]
+                times = asyncio.run(round_trips(server.url, line, args.round_trips))[10:]  # after warm-up
+            finally:
+                stop_workers(*procs)
+    rate = {name: n / s for name, s in [("in-process", base), ("1 worker", one), ("2 workers", two),
+                                        ("XADD ceiling", ceiling)]}
+    print(f"{n} records of {EXAMPLE.name} (784 inputs), {len(data) / 1e6:.1f} MB of JSON Lines")
+    for name, value in rate.items():
+        print(f"  {name:<14} {value:>10,.0f} records/s   {value / rate['in-process']:.2f}x in-process")
+    print(f"  2 workers / in-process: {rate['2 workers'] / rate['in-process']:.2f}x   (target >= 0.5x)")
+    print(f"  2 workers / 1 worker:   {rate['2 workers'] / rate['1 worker']:.2f}x")
+    print(f"  2 workers / XADD ceiling: {rate['2 workers'] / rate['XADD ceiling']:.2f}x")
+    p50, p90 = statistics.median(times), statistics.quantiles(times, n=10)[-1]
+    print(f"  round trip of one record, idle swarm: p50 {p50 * 1e3:.2f} ms, p90 {p90 * 1e3:.2f} ms   (target p50 <= 2 ms)")
+
+
+if __name__ == "__main__":
+    main()
