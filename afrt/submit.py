@@ -29,10 +29,10 @@ __all__ = ["SubmitSummary", "new_submission_id", "status", "submit"]
 
 #: records sent ahead of those written (bounds what a submission holds in Redis at once)
 WINDOW_RECORDS = 16_384
-#: task entries sent in one pipeline
+#: task entries sent in one pipeline (fewer go out as soon as a read of the input is cut into tasks)
 SEND_BATCH = 16
 #: bytes read from the input at a time
-READ_CHUNK = 1 << 17
+READ_CHUNK = 1 << 20
 #: seconds between two records of progress in Redis (what ``attach`` resumes from)
 PROGRESS_SECONDS = 0.2
 #: the longest input line sent (a longer one is answered locally with AF5237, as `af run` does)
@@ -277,8 +277,9 @@ class _Sender:
             tail = lines.pop() if data else b""
             for line in lines:
                 self._add(line)
-            if len(self.batch) >= SEND_BATCH or not data:
-                self._cut()
+            if self.batch or not data:  # send what is cut at once: workers wait for it
+                if not data:
+                    self._cut()
                 await self._flush(final=not data)
             if not data:
                 return
@@ -318,14 +319,17 @@ class _Sender:
         for task in batch:
             receiver.tasks[task.index] = task
 
-        async def write() -> None:
+        async def write(tasks: list[Task], last: bool) -> None:
             pipe = self.client.pipeline(transaction=False)
-            for task in batch:
+            for task in tasks:
                 pipe.xadd(self.stream, task.fields())
-            pipe.hset(receiver.hash, mapping={"sent": sent, **({"total": sent} if final else {})})
+            if last:
+                pipe.hset(receiver.hash, mapping={"sent": sent, **({"total": sent} if final else {})})
             await pipe.execute()
 
-        await retrying(write, what="send tasks")
+        for start in range(0, max(len(batch), 1), SEND_BATCH):
+            tasks = batch[start:start + SEND_BATCH]
+            await retrying(lambda: write(tasks, start + SEND_BATCH >= len(batch)), what="send tasks")
         if final:
             receiver.total = sent
             receiver.progress.set()
