@@ -216,7 +216,8 @@ async def retrying(operation: Callable[[], Awaitable[Any]], *, what: str,
 
     Raises:
         BusError: AF5113 when Redis stays unreachable for ``deadline`` seconds; AF5111 when it
-            refuses the login after a restart.
+            refuses the login after a restart; AF5115 when it answers with an error (other than
+            NOGROUP and BUSYGROUP, which the caller handles as `redis.exceptions.ResponseError`).
     """
     backoff = FullJitterBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE)
     failures, give_up = 0, None
@@ -235,10 +236,15 @@ async def retrying(operation: Callable[[], Awaitable[Any]], *, what: str,
             await asyncio.sleep(backoff.compute(failures))
             failures += 1
         except ResponseError as exc:
-            if str(exc).startswith("LOADING"):  # Redis restarted and is reading its append-only file
+            text = str(exc)
+            if text.startswith("LOADING"):  # Redis restarted and is reading its append-only file
                 await asyncio.sleep(BACKOFF_BASE)
                 continue
-            raise
+            if text.startswith(("NOGROUP", "BUSYGROUP")):
+                raise  # the caller creates the consumer group (again)
+            raise BusError(f"Redis answered an error while trying to {what}: {text}", code="AF5115",
+                           hint="check the server's version (7.0 or later) and the user's ACL permissions",
+                           ) from None
 
 
 def stream_after(entry_id: bytes | str) -> str:

@@ -443,18 +443,28 @@ class _Worker:
             elif now - orjson.loads(raw).get("last_heartbeat", 0) > FORGET_SECONDS:
                 await self.client.hdel(self.keys.members, agent_id)
         self.metrics.members.labels(self.name).set(alive)
+        for stream in self.streams:  # consumers of workers long gone, holding nothing, are dropped
+            for consumer in await self.client.xinfo_consumers(stream, GROUP):
+                name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+                if not consumer["pending"] and consumer["idle"] > FORGET_SECONDS * 1000 and name != self.consumer:
+                    await self.client.xgroup_delconsumer(stream, GROUP, name)
         self.metrics.set_reconnects(Reconnects.count)
 
     async def _reclaim_loop(self) -> None:
         period, trimmed = max(self.idle_ms / 2000, 0.1), 0.0
         while True:
             await asyncio.sleep(period)
-            for priority, stream in zip(PRIORITIES, self.streams):
-                await retrying(lambda: self._reclaim(priority, stream), what="claim idle tasks")
-            if time.monotonic() - trimmed > 1.0:
-                trimmed = time.monotonic()
+            try:
                 for priority, stream in zip(PRIORITIES, self.streams):
-                    await retrying(lambda: self._trim(priority, stream), what="trim a task stream")
+                    await retrying(lambda: self._reclaim(priority, stream), what="claim idle tasks")
+                if time.monotonic() - trimmed > 1.0:
+                    trimmed = time.monotonic()
+                    for priority, stream in zip(PRIORITIES, self.streams):
+                        await retrying(lambda: self._trim(priority, stream), what="trim a task stream")
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis came back without its data: the read loop creates the groups again.
 
     async def _reclaim(self, priority: str, stream: str) -> None:
         """Claim tasks idle past ``idle_ms`` from workers that went quiet, one at a time, and run them.
