@@ -296,3 +296,40 @@ class TestStatusAndMetrics:
         worker.wait()
         time.sleep(3.5)  # the heartbeat key lives 3 s
         assert asyncio.run(status(server.url, SWARM))["members"][0]["state"] == "gone"
+
+
+class TestMembership:
+    def test_lifecycle_events_of_a_worker_reach_redis_subscribers(self, server, xor):
+        from afrt.redisbus import RedisBus
+
+        bundle, _ = xor
+
+        async def main():
+            bus = RedisBus(server.url, SWARM)
+            events = bus.subscribe("agent.lifecycle", max_buffer_size=100)
+            worker = start_worker(server.url, bundle, SWARM)
+            seen = []
+            while "join" not in seen:
+                seen.append(orjson.loads((await asyncio.wait_for(events.receive(), 30)).payload)["event"])
+            worker.send_signal(signal.SIGTERM)
+            while "leave" not in seen:
+                seen.append(orjson.loads((await asyncio.wait_for(events.receive(), 30)).payload)["event"])
+            await bus.aclose()
+            return seen, worker
+
+        seen, worker = asyncio.run(main())
+        finish(worker)
+        # connect_to_swarm and register_capabilities published through Redis, then the worker's join;
+        # disconnect_from_swarm in the shutdown workflow, then its leave.
+        assert seen.index("join") > 0 and seen[-1] == "leave" and len(seen) >= 4, seen
+
+    def test_redis_restarted_without_its_data_workers_go_on(self, tmp_path, xor):
+        bundle, network = xor
+        with RedisServer(tmp_path / "r", appendonly=False) as server:
+            worker = start_worker(server.url, bundle, SWARM)
+            x = write_inputs(tmp_path / "a.jsonl", 200, 2)
+            finish(start_submit(server.url, SWARM, AGENT, tmp_path / "a.jsonl", tmp_path / "a.out"))
+            server.restart(down_seconds=0.5)  # no persistence: the groups are gone
+            finish(start_submit(server.url, SWARM, AGENT, tmp_path / "a.jsonl", tmp_path / "b.out"))
+            check_output(tmp_path / "b.out", x, network)
+            assert stop_workers(worker)[0]["records"] == 400
