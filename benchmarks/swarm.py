@@ -4,6 +4,8 @@
 (2) `afrt.submit.submit` through a swarm of 1 worker, then 2 workers (processes)     target (2 workers) >= 0.5x (1)
 (3) the raw ceiling of redis-py: pipelined XADD of the same lines, 100 at a time     the transport's limit
 (4) the round trip of one record through an idle swarm (1 worker), p50 and p90      target p50 <= 2 ms
+(5) with ``--memory-records N`` (e.g. 1000000): Redis memory before and after N records of the
+    xor example through 2 workers                                                  target: back within a small bound
 
 The reference agent is examples/classification-agent.af (784 inputs), compiled into a temporary
 directory; the input cycles through examples/classification-inputs.jsonl with fresh ids. Redis is
@@ -120,11 +122,50 @@ async def round_trips(url: str, line: bytes, n: int) -> list[float]:
     return times
 
 
+def memory_check(tmp: Path, n: int) -> tuple[int, int, float]:
+    """Run ``n`` xor records through 2 workers; return Redis memory before and after, and the seconds."""
+    from afrt.submit import submit
+
+    xor = tmp / "xor.afb"
+    subprocess.run([str(Path(sys.executable).parent / "af"), "compile", str(ROOT / "examples" / "xor.af"), "-o",
+                    str(xor)], check=True, capture_output=True)
+    rows = b"".join(b'{"id":"m%d","input":[%d,%d]}\n' % (i, i & 1, (i >> 1) & 1) for i in range(n))
+    with RedisServer(tmp / "redis-memory") as server:
+        procs = [start_worker(server.url, xor, SWARM, idle_ms=30_000) for _ in range(2)]
+        try:
+            asyncio.run(wait_members(server.url, 2))
+            run = lambda data: asyncio.run(submit(url=server.url, swarm=SWARM, agent="xor-agent",  # noqa: E731
+                                                  source=io.BytesIO(data), sink=io.BytesIO()))
+            run(rows[:rows.index(b"\n", 0) + 1])  # warm-up: both workers connected and serving
+            time.sleep(1.5)
+            before = used_memory(server)
+            started = time.perf_counter()
+            summary = run(rows)
+            seconds = time.perf_counter() - started
+            assert summary.results == n, summary.to_json()
+            time.sleep(1.5)  # a trim runs every second
+            return before, used_memory(server), seconds
+        finally:
+            stop_workers(*procs)
+
+
+def used_memory(server: RedisServer) -> int:
+    return int(server.cli("info", "memory").split("used_memory:")[1].split()[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--round-trips", type=int, default=300)
+    parser.add_argument("--memory-records", type=int, default=0)
     args = parser.parse_args()
+    if args.memory_records:
+        with tempfile.TemporaryDirectory(prefix="af-bench-swarm-") as tmp:
+            before, after, seconds = memory_check(Path(tmp), args.memory_records)
+        print(f"{args.memory_records} xor records through 2 workers in {seconds:.1f} s "
+              f"({args.memory_records / seconds:,.0f} records/s): Redis used_memory {before:,} bytes before, "
+              f"{after:,} after ({after - before:+,})")
+        return
     with tempfile.TemporaryDirectory(prefix="af-bench-swarm-") as tmp:
         bundle = compile_reference(Path(tmp))
         data = make_input(args.records)
