@@ -201,8 +201,7 @@ class Reconnects:
     count = 0
 
 
-async def retrying(operation: Callable[[], Awaitable[Any]], *, what: str,
-                   deadline: float = RECONNECT_SECONDS) -> Any:
+async def retrying(operation: Callable[[], Awaitable[Any]], *, what: str, deadline: float | None = None) -> Any:
     """Run ``operation``; when the connection drops, retry with capped, jittered exponential backoff.
 
     Every retry counts in `Reconnects.count`. An operation that is retried must be safe to run
@@ -212,7 +211,7 @@ async def retrying(operation: Callable[[], Awaitable[Any]], *, what: str,
     Args:
         operation: makes and awaits the Redis call(s) afresh each time.
         what: what the operation does, for the error message.
-        deadline: seconds to keep trying after the first failure.
+        deadline: seconds to keep trying after the first failure (default `RECONNECT_SECONDS`).
 
     Raises:
         BusError: AF5113 when Redis stays unreachable for ``deadline`` seconds; AF5111 when it
@@ -221,6 +220,7 @@ async def retrying(operation: Callable[[], Awaitable[Any]], *, what: str,
     """
     backoff = FullJitterBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE)
     failures, give_up = 0, None
+    deadline = RECONNECT_SECONDS if deadline is None else deadline
     while True:
         try:
             return await operation()
@@ -390,6 +390,9 @@ class RedisBus(Bus):
         self._subscriptions: list[RedisSubscription] = []
         self._queues: dict[str, tuple[Any, Any]] = {}
         self._closed = False
+        #: how long a publish keeps reconnecting (None: `RECONNECT_SECONDS`); a worker whose Redis
+        #: is gone for good shortens it, so that its shutdown workflow does not wait that long again
+        self.reconnect_seconds: float | None = None
 
     @property
     def client(self) -> aredis.Redis:
@@ -424,7 +427,8 @@ class RedisBus(Bus):
             args += [m.topic, m.sender, m.payload]
         pause = 0.001
         while True:
-            done = await retrying(lambda: self._publish_script(keys=[], args=args), what="publish")
+            done = await retrying(lambda: self._publish_script(keys=[], args=args), what="publish",
+                                  deadline=self.reconnect_seconds)
             if done:
                 return
             if len(messages) > 1:  # some subscriber has room for fewer: one at a time, each waiting
@@ -686,9 +690,12 @@ class RedisQueueReceive:
             total += weight
         if ids:
             q = self._queue
-            pipe = q.bus.client.pipeline(transaction=True)
-            pipe.xack(q.stream, GROUP, *ids).xdel(q.stream, *ids).decrby(q.load, total)
-            await retrying(pipe.execute, what="acknowledge queue items")
+
+            def acknowledge() -> Any:  # a pipeline is emptied by a failed execute: build it afresh
+                pipe = q.bus.client.pipeline(transaction=True)
+                return pipe.xack(q.stream, GROUP, *ids).xdel(q.stream, *ids).decrby(q.load, total).execute()
+
+            await retrying(acknowledge, what="acknowledge queue items")
             self.received += len(taken)
         return taken
 

@@ -48,6 +48,8 @@ HEARTBEAT_SECONDS = 1.0
 FORGET_SECONDS = 300.0
 #: the dead-letter streams keep about this many entries (MAXLEN ~)
 DEAD_LETTER_MAXLEN = 10_000
+#: how long the last steps of leaving (trim, leave event) try to reach Redis (s)
+GIVE_UP_SECONDS = 2.0
 #: how long a blocking read waits before the worker looks at ``stop`` again (ms)
 READ_BLOCK_MS = 500
 
@@ -181,11 +183,18 @@ class _Worker:
         await self._join(bus)
         loops = [asyncio.ensure_future(c) for c in (self._read_loop(), self._consume(), self._heartbeat_loop(),
                                                     self._reclaim_loop())]
-        failure = await self._wait(stop, loops)
-        await self._drain(loops)
+        try:
+            failure = await self._wait(stop, loops)
+        except asyncio.CancelledError:
+            for loop in loops:
+                loop.cancel()
+            raise
+        if failure is not None:
+            bus.reconnect_seconds = GIVE_UP_SECONDS
+        await self._drain(loops, failed=failure is not None)
         errors = await self.swarm.stop()
         self.summary.shutdown_errors = [f"{e.code}: {e.message}" for e in errors]
-        await self._leave(bus)
+        await self._leave(bus, failed=failure is not None)
         await self._close(bus)
         self.summary.reconnects = Reconnects.count
         self.summary.seconds = time.perf_counter() - started
@@ -203,18 +212,28 @@ class _Worker:
                 return loop.exception()
         return None
 
-    async def _drain(self, loops: list[asyncio.Future]) -> None:
-        """Stop reading, let the replicas finish what this worker holds, acknowledge it."""
+    async def _drain(self, loops: list[asyncio.Future], *, failed: bool) -> None:
+        """Stop reading, let the replicas finish what this worker holds, acknowledge it.
+
+        After a failure (Redis gone for good) the reader may wait on a full queue that nobody
+        empties: it is cancelled, and what this worker holds stays pending for another worker.
+        """
         self.stopping, self.state = True, "draining"
         self.room.set()
         reading, consuming, beating, reclaiming = loops
         reclaiming.cancel()
+        if failed:
+            reading.cancel()
         await asyncio.gather(reading, reclaiming, return_exceptions=True)
-        await self.swarm.drain()
-        await asyncio.gather(consuming, return_exceptions=True)
-        for priority, stream in zip(PRIORITIES, self.streams):  # what this worker acknowledged last goes too
-            try:
-                await retrying(lambda: self._trim(priority, stream), what="trim a task stream", deadline=5)
+        draining = asyncio.ensure_future(self.swarm.drain())
+        await asyncio.wait([draining, consuming], return_when=asyncio.FIRST_COMPLETED)
+        if not draining.done():  # the consumer failed: let the replicas finish into a closed channel
+            self.swarm.group().outcomes_receive.close()
+        await asyncio.gather(draining, consuming, return_exceptions=True)
+        for priority, stream in zip(PRIORITIES, self.streams) if not failed else ():
+            try:  # what this worker acknowledged last goes too
+                await retrying(lambda: self._trim(priority, stream), what="trim a task stream",
+                               deadline=GIVE_UP_SECONDS)
             except Exception:  # noqa: BLE001 - the next worker's trim removes it
                 pass
         beating.cancel()
@@ -228,12 +247,17 @@ class _Worker:
         await self._beat()
         await bus.publish(Message(TOPIC_LIFECYCLE, self.consumer, encode_event(self._event("join"))))
 
-    async def _leave(self, bus: RedisBus) -> None:
+    async def _leave(self, bus: RedisBus, *, failed: bool) -> None:
+        if failed:
+            return  # Redis is gone: the heartbeat expires and the member shows as gone
+        bus.reconnect_seconds = GIVE_UP_SECONDS
         try:
             await bus.publish(Message(TOPIC_LIFECYCLE, self.consumer, encode_event(self._event("leave"))))
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hdel(self.keys.members, self.consumer).delete(self.keys.heartbeat(self.consumer))
-            await pipe.execute()
+            def forget() -> Any:
+                pipe = self.client.pipeline(transaction=True)
+                return pipe.hdel(self.keys.members, self.consumer).delete(self.keys.heartbeat(self.consumer)).execute()
+
+            await retrying(forget, what="leave the swarm", deadline=GIVE_UP_SECONDS)
         except Exception:  # noqa: BLE001 - leaving is best effort: the heartbeat expires anyway
             pass
 

@@ -23,9 +23,12 @@ WORKER = r"""
 import asyncio, os, signal, sys, time
 import orjson
 import afrt
+import afrt.redisbus
+from afcore.errors import AfError
 from afrt.worker import serve
 
-url, bundle, swarm, idle_ms, max_deliveries, metrics_port, slow_ms, poison, replicas = sys.argv[1:10]
+url, bundle, swarm, idle_ms, max_deliveries, metrics_port, slow_ms, poison, replicas, reconnect = sys.argv[1:11]
+afrt.redisbus.RECONNECT_SECONDS = float(reconnect)
 agent = afrt.load(bundle)
 infer = agent.infer
 def slow_infer(x):
@@ -46,7 +49,11 @@ async def main():
                           metrics_port=int(metrics_port) if metrics_port != "-" else None)
     sys.stdout.write(orjson.dumps(summary.to_json()).decode() + "\n")
 
-asyncio.run(main())
+try:
+    asyncio.run(main())
+except AfError as exc:  # what the CLI does with an af error: say it, exit 1
+    sys.stderr.write(f"error[{exc.code}]: {exc.message}\n")
+    sys.exit(1)
 """
 
 SUBMIT = r"""
@@ -78,10 +85,11 @@ def _env() -> dict[str, str]:
 
 def start_worker(url: str, bundle: Path | str, swarm: str, *, idle_ms: int = 1000, max_deliveries: int = 3,
                  metrics_port: int | None = None, slow_ms: float = 0.0, poison: bool = False,
-                 replicas: int = 1) -> subprocess.Popen:
+                 replicas: int = 1, reconnect_seconds: float = 60.0) -> subprocess.Popen:
     """Start a worker process (its stdout is a pipe that gets its summary)."""
     args = [url, str(bundle), swarm, str(idle_ms), str(max_deliveries),
-            str(metrics_port) if metrics_port else "-", str(slow_ms), "1" if poison else "0", str(replicas)]
+            str(metrics_port) if metrics_port else "-", str(slow_ms), "1" if poison else "0", str(replicas),
+            str(reconnect_seconds)]
     return subprocess.Popen([sys.executable, "-c", WORKER, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
 

@@ -71,6 +71,7 @@ class TestSwarm:
         x = write_inputs(tmp_path / "in.jsonl", 20_000, 2)
         write_inputs(tmp_path / "warm.jsonl", 100, 2)
         workers = [start_worker(server.url, bundle, SWARM) for _ in range(2)]
+        wait_for_members(server, 2)
         finish(start_submit(server.url, SWARM, AGENT, tmp_path / "warm.jsonl", tmp_path / "warm.out"))
         before = used_memory(server)  # with both workers connected
         summary = finish(start_submit(server.url, SWARM, AGENT, tmp_path / "in.jsonl", tmp_path / "out.jsonl"))
@@ -101,6 +102,14 @@ class TestSwarm:
         stop_workers(worker)
 
 
+def wait_for_members(server: RedisServer, n: int, timeout: float = 60) -> None:
+    """Wait until ``n`` workers serve (each loaded its agent and joined)."""
+    deadline = time.monotonic() + timeout
+    while sum(m["state"] == "serving" for m in asyncio.run(status(server.url, SWARM))["members"]) < n:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def wait_for_pending(server: RedisServer, n: int, timeout: float = 30) -> None:
     """Wait until the task streams hold ``n`` entries."""
     deadline = time.monotonic() + timeout
@@ -118,6 +127,7 @@ class TestFaults:
         bundle, network = xor
         x = write_inputs(tmp_path / "in.jsonl", self.N, 2)
         procs = [start_worker(server.url, bundle, SWARM, slow_ms=slow_ms) for _ in range(workers)]
+        wait_for_members(server, workers)
         sub = start_submit(server.url, SWARM, AGENT, tmp_path / "in.jsonl", tmp_path / "out.jsonl")
         wait_for_lines(tmp_path / "out.jsonl", at)
         procs = fault(procs, bundle) or procs
@@ -333,3 +343,17 @@ class TestMembership:
             finish(start_submit(server.url, SWARM, AGENT, tmp_path / "a.jsonl", tmp_path / "b.out"))
             check_output(tmp_path / "b.out", x, network)
             assert stop_workers(worker)[0]["records"] == 400
+
+
+class TestRedisGone:
+    def test_a_worker_whose_redis_never_comes_back_says_af5113_and_exits_1(self, tmp_path, xor):
+        bundle, _ = xor
+        with RedisServer(tmp_path / "r") as server:
+            worker = start_worker(server.url, bundle, SWARM, reconnect_seconds=2)
+            write_inputs(tmp_path / "a.jsonl", 300, 2)
+            finish(start_submit(server.url, SWARM, AGENT, tmp_path / "a.jsonl", tmp_path / "a.out"))
+            server.stop()
+            out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 1
+        assert "error[AF5113]: lost the connection to Redis" in err.decode()
+        assert "Traceback" not in err.decode()
