@@ -278,6 +278,17 @@ class TestConnection:
         assert info.value.code == "AF5262"
 
 
+class TestTimeout:
+    def test_no_worker_every_record_gets_af5261_with_its_id(self, server):
+        out = io.BytesIO()
+        source = b'{"id": "a", "input": [0, 1]}\n\n[1, 1]\n'
+        summary = asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(source), sink=out,
+                                     timeout=0.5))
+        lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+        assert [(r["id"], r["error"]["code"]) for r in lines] == [("a", "AF5261"), (3, "AF5261")]
+        assert (summary.timed_out, summary.error_codes) == (2, {"AF5261": 2})
+
+
 class TestStatusAndMetrics:
     def test_status_shape_metrics_and_a_gone_member(self, server, xor, tmp_path):
         bundle, _ = xor
