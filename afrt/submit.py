@@ -19,7 +19,7 @@ from typing import IO, Any
 import orjson
 from redis.exceptions import ResponseError
 
-from afcore.errors import BusError, UsageError
+from afcore.errors import BusError, ExecutionError, UsageError
 
 from .jsonl import encode_error
 from .redisbus import (GROUP, PRIORITIES, RESULTS_TTL, TASK_RECORDS, Keys, Task, connect, retrying,
@@ -92,6 +92,8 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
         UsageError: AF5264 for an unknown priority or a missing agent/source; AF5112 for a bad URL.
         BusError: AF5110/AF5111/AF5113 for Redis that cannot be reached; AF5262 when ``attach``
             names no submission.
+        ExecutionError: AF5236 when ``source`` cannot be read.
+        OSError: when ``sink`` cannot be written (BrokenPipeError when its reader went away).
     """
     if priority not in PRIORITIES:
         raise UsageError(f"unknown priority `{priority}`", code="AF5264", hint="use high, normal or low")
@@ -272,7 +274,10 @@ class _Sender:
         read = getattr(source, "read1", source.read)
         tail = b""
         while True:
-            data = await loop.run_in_executor(None, read, READ_CHUNK)  # a pipe may block: not in the loop
+            try:
+                data = await loop.run_in_executor(None, read, READ_CHUNK)  # a pipe may block: not in the loop
+            except OSError as exc:
+                raise ExecutionError(f"cannot read the input: {exc}", code="AF5236") from None
             lines = (tail + data).split(b"\n")
             tail = lines.pop() if data else b""
             for line in lines:

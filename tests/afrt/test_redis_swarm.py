@@ -22,7 +22,7 @@ import pytest
 from redis_server import RedisServer, free_port
 from redis_swarm_kit import finish, lines_of, start_submit, start_worker, stop_workers, wait_for_lines, write_inputs
 
-from afcore.errors import BusError, UsageError
+from afcore.errors import BusError, ExecutionError, UsageError
 from afrt.submit import status, submit
 from float64_reference import forward64
 
@@ -287,6 +287,15 @@ class TestTimeout:
         lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
         assert [(r["id"], r["error"]["code"]) for r in lines] == [("a", "AF5261"), (3, "AF5261")]
         assert (summary.timed_out, summary.error_codes) == (2, {"AF5261": 2})
+
+    def test_an_input_that_cannot_be_read_is_af5236(self, server):
+        class Broken(io.RawIOBase):
+            def read1(self, n):
+                raise OSError(5, "Input/output error")
+
+        with pytest.raises(ExecutionError) as info:
+            asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=Broken(), sink=io.BytesIO()))
+        assert info.value.code == "AF5236"
 
 
 class TestStatusAndMetrics:
