@@ -161,10 +161,6 @@ class _Receiver:
 
         await retrying(write, what="open the submission")
 
-    def local_error(self, index: int, line: bytes) -> None:
-        """Answer a record that is never sent (a line too long) here."""
-        self.held[index] = line
-
     async def run(self, timeout: float | None, sending: asyncio.Future | None = None) -> None:
         deadline = time.monotonic() + timeout if timeout is not None else None
         saved = time.monotonic()
@@ -264,7 +260,8 @@ class _Sender:
         self.client, self.stream, self.receiver = client, stream, receiver
         self.index = 0  # records so far
         self.line_no = 0
-        self.batch: list[Task] = []
+        self.batch: list[Any] = []  # tasks, and (index, line) of records answered here
+        self.covered = 0  # records up to here are in `batch` or sent
         self.lines: list[bytes] = []
         self.first: tuple[int, int] | None = None  # (index, line) of the current task's first record
         self.count = 0
@@ -298,11 +295,12 @@ class _Sender:
             if self.count:
                 self.lines.append(line)
             return
-        if len(line) > MAX_LINE_BYTES:
+        if len(line) > MAX_LINE_BYTES:  # answered here, through the results stream (attach sees it)
             self._cut()
-            self.receiver.local_error(self.index, encode_error(
-                self.line_no, "AF5237", f"line {self.line_no} is longer than {MAX_LINE_BYTES} bytes"))
+            self.batch.append((self.index, encode_error(
+                self.line_no, "AF5237", f"line {self.line_no} is longer than {MAX_LINE_BYTES} bytes")))
             self.index += 1
+            self.covered = self.index
             return
         if not self.count:
             self.first = (self.index, self.line_no)
@@ -316,18 +314,24 @@ class _Sender:
         if self.count:
             index, line = self.first
             self.batch.append(Task(self.receiver.sid, index, line, self.count, b"\n".join(self.lines)))
+            self.covered = index + self.count
         self.lines, self.count = [], 0
 
     async def _flush(self, *, final: bool) -> None:
-        batch, self.batch, sent = self.batch, [], self.index
+        # `sent` counts only records whose tasks (or answers) are in Redis: what an attach waits for
+        batch, self.batch, sent = self.batch, [], self.covered
         receiver = self.receiver
         for task in batch:
-            receiver.tasks[task.index] = task
+            if isinstance(task, Task):
+                receiver.tasks[task.index] = task
 
-        async def write(tasks: list[Task], last: bool) -> None:
+        async def write(tasks: list[Any], last: bool) -> None:
             pipe = self.client.pipeline(transaction=False)
             for task in tasks:
-                pipe.xadd(self.stream, task.fields())
+                if isinstance(task, Task):
+                    pipe.xadd(self.stream, task.fields())
+                else:
+                    pipe.xadd(receiver.results, {"n": task[0], "d": task[1]})
             if last:
                 pipe.hset(receiver.hash, mapping={"sent": sent, **({"total": sent} if final else {})})
             await pipe.execute()

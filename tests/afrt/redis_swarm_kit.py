@@ -44,6 +44,8 @@ async def main():
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGUSR1 shows where every task waits (what a test prints when a worker does not exit)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: [t.print_stack(file=sys.stderr) for t in asyncio.all_tasks()])
     summary = await serve(agent, url=url, swarm=swarm, replicas=int(replicas), stop=stop, idle_ms=int(idle_ms),
                           max_deliveries=int(max_deliveries),
                           metrics_port=int(metrics_port) if metrics_port != "-" else None)
@@ -57,12 +59,14 @@ except AfError as exc:  # what the CLI does with an af error: say it, exit 1
 """
 
 SUBMIT = r"""
-import asyncio, sys
+import asyncio, signal, sys
 import orjson
 from afrt.submit import submit
 
 url, swarm, agent, source, output, attach, submission, priority = sys.argv[1:9]
 async def main():
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, lambda: [t.print_stack(file=sys.stderr) for t in asyncio.all_tasks()])
     with open(output, "ab" if attach != "-" else "wb") as sink:
         if attach != "-":
             summary = await submit(url=url, swarm=swarm, sink=sink, attach=attach, timeout=120)
@@ -104,7 +108,14 @@ def start_submit(url: str, swarm: str, agent: str, source: Path, output: Path, *
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> dict:
     """Wait for a process to exit 0 and return the JSON summary it printed."""
-    out, err = process.communicate(timeout=timeout)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)  # a worker prints its tasks' stacks
+        time.sleep(1)
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"pid {process.pid} did not exit in {timeout} s:\n{err.decode()[-6000:]}") from None
     assert process.returncode == 0, err.decode()[-3000:]
     return orjson.loads(out.splitlines()[-1])
 

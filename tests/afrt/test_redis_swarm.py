@@ -298,6 +298,29 @@ class TestTimeout:
         assert info.value.code == "AF5236"
 
 
+class TestAttach:
+    def test_a_line_too_long_is_answered_through_the_results_stream(self, server, monkeypatch):
+        import afrt.submit
+
+        monkeypatch.setattr(afrt.submit, "MAX_LINE_BYTES", 40)
+        out = io.BytesIO()
+        source = b'{"id": "a", "input": [0, 1], "note": "longer than forty bytes"}\n'
+        summary = asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(source), sink=out,
+                                     timeout=5))
+        assert orjson.loads(out.getvalue())["error"]["code"] == "AF5237" and summary.timed_out == 0
+
+    def test_attach_to_a_submit_killed_before_it_sent_everything(self, server):
+        # What a submit killed between two sends leaves: 2 records sent (and answered), total unknown.
+        keys = f"af:{SWARM}:submission:half"
+        server.cli("hset", keys, "agent", AGENT, "priority", "normal", "sent", "2", "total", "-1", "written", "1")
+        lines = b'{"id":"a","output":[0.5],"agent":"w"}\n{"id":"b","output":[0.25],"agent":"w"}\n'
+        server.cli("xadd", f"af:{SWARM}:results:half", "*", "n", "0", "d", lines.decode())
+        out = io.BytesIO()
+        summary = asyncio.run(submit(url=server.url, swarm=SWARM, sink=out, attach="half", timeout=5))
+        assert out.getvalue() == lines.split(b"\n", 1)[1]  # the one not yet written, once
+        assert summary.incomplete and summary.records == 1
+
+
 class TestStatusAndMetrics:
     def test_status_shape_metrics_and_a_gone_member(self, server, xor, tmp_path):
         bundle, _ = xor
