@@ -227,6 +227,9 @@ async def retrying(operation: Callable[[], Awaitable[Any]], *, what: str, deadli
         except AuthenticationError as exc:
             raise BusError(f"Redis refused the login while trying to {what}: {exc}", code="AF5111") from None
         except (ConnectionError, TimeoutError, OSError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None  # a cancellation that redis-py turned into an error
             now = time.monotonic()
             give_up = give_up or now + deadline
             if now >= give_up:

@@ -154,6 +154,7 @@ class _Worker:
         self.owner: dict[int, _Held] = {}
         self.seq = 0
         self.stopping = False
+        self.leaving = False
         self.alone = False  # a redelivered record runs: nothing else may share its fate
         self.settled = asyncio.Event()  # set whenever this worker holds nothing
         self.state = "serving"
@@ -236,6 +237,7 @@ class _Worker:
                                deadline=GIVE_UP_SECONDS)
             except Exception:  # noqa: BLE001 - the next worker's trim removes it
                 pass
+        self.leaving = True
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
 
@@ -434,7 +436,7 @@ class _Worker:
     # membership, reclaiming, trimming -----------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self.leaving:
             await asyncio.sleep(self.heartbeat_seconds)
             try:
                 await self._beat()
@@ -476,7 +478,9 @@ class _Worker:
 
     async def _reclaim_loop(self) -> None:
         period, trimmed = max(self.idle_ms / 2000, 0.1), 0.0
-        while True:
+        # `stopping` ends the loop even if a cancellation is swallowed below (redis-py can turn one
+        # into a connection error while a command is on the wire)
+        while not self.stopping:
             await asyncio.sleep(period)
             try:
                 for priority, stream in zip(PRIORITIES, self.streams):
