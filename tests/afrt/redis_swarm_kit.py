@@ -61,6 +61,7 @@ except AfError as exc:  # what the CLI does with an af error: say it, exit 1
 SUBMIT = r"""
 import asyncio, signal, sys
 import orjson
+from afcore.errors import AfError
 from afrt.submit import submit
 
 url, swarm, agent, source, output, attach, submission, priority = sys.argv[1:9]
@@ -76,7 +77,11 @@ async def main():
                                        submission=submission, priority=priority)
     sys.stdout.write(orjson.dumps(summary.to_json()).decode() + "\n")
 
-asyncio.run(main())
+try:
+    asyncio.run(main())
+except AfError as exc:
+    sys.stderr.write(f"error[{exc.code}]: {exc.message}\n")
+    sys.exit(1)
 """
 
 
