@@ -34,8 +34,8 @@ from .jsonl import encode_error, encode_outcomes
 from .messages import encode_event
 from .metrics import WorkerMetrics
 from .records import parse_block
-from .redisbus import (GROUP, PRIORITIES, RESULTS_TTL, Keys, Reconnects, RedisBus, Task, connect, decode_task,
-                       retrying, stream_after)
+from .redisbus import (GROUP, PRIORITIES, RESULTS_TTL, TASK_RECORDS, Keys, Reconnects, RedisBus, Task, connect,
+                       decode_task, retrying, stream_after)
 from .swarm import Swarm
 
 __all__ = ["DEFAULT_IDLE_MS", "WorkerSummary", "serve"]
@@ -148,7 +148,7 @@ class _Worker:
         self.summary = WorkerSummary()
         self.metrics = WorkerMetrics(swarm, agent.name)
         # Records held at once: enough for every replica to have a block queued behind the one it runs.
-        self.max_held = max(4 * max_batch * replicas, 256)
+        self.max_held = max(4 * max_batch * replicas, 4 * TASK_RECORDS)
         self.held_records = 0
         self.room = asyncio.Event()
         self.owner: dict[int, _Held] = {}
@@ -286,11 +286,11 @@ class _Worker:
         script = self.client.register_script(_READ_BY_PRIORITY)
         while not self.stopping:
             room = self.max_held - self.held_records
-            if room < self.max_batch or self.alone:
+            if room < TASK_RECORDS or self.alone:
                 self.room.clear()
                 await self.room.wait()
                 continue
-            count = max(1, room // 64)
+            count = max(1, room // TASK_RECORDS)
             try:
                 entries = await retrying(lambda: self._read(script, count), what="read tasks")
             except ResponseError as exc:
