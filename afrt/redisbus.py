@@ -491,7 +491,23 @@ class RedisBus(Bus):
         self._sync.close()
 
 
-class RedisSubscription:
+class _Receiving:
+    """``async for`` over a receiving end: `receive` until the end of the channel."""
+
+    async def receive(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except ChannelClosedError:
+            raise StopAsyncIteration from None
+
+
+class RedisSubscription(_Receiving):
     """The receiving end of `RedisBus.subscribe`: a stream only this subscriber reads.
 
     It has the methods of `afrt.bus.MemoryReceiveChannel` that subscribers use.
@@ -561,15 +577,6 @@ class RedisSubscription:
             pipe.execute()
         except (ConnectionError, TimeoutError, OSError):
             pass  # the subscription expires on its own (SUBSCRIPTION_TTL)
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> Message:
-        try:
-            return await self.receive()
-        except ChannelClosedError:
-            raise StopAsyncIteration from None
 
 
 class _RedisQueue:
@@ -664,7 +671,7 @@ class RedisQueueSend:
             pass
 
 
-class RedisQueueReceive:
+class RedisQueueReceive(_Receiving):
     """The receiving end of a `RedisBus` queue; tasks of one process share it, and each item is
     taken once in the whole swarm (XREADGROUP; XACK and XDEL once taken)."""
 
@@ -735,12 +742,3 @@ class RedisQueueReceive:
     def close(self) -> None:
         """Close this end (items it read but did not hand out stay pending for the group)."""
         self._closed = True
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.receive()
-        except ChannelClosedError:
-            raise StopAsyncIteration from None
