@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.connection import parse_url
 from redis.backoff import FullJitterBackoff
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError, TimeoutError
 
@@ -140,18 +141,23 @@ def check_url(url: str) -> str:
     Raises:
         UsageError: AF5112 for anything but ``redis://`` and ``rediss://`` (and ``unix://``) URLs.
     """
+    hint = "use redis://[USER:PASSWORD@]HOST:PORT/DB, or rediss:// for TLS"
     scheme = urlsplit(url).scheme if isinstance(url, str) else ""
     if scheme not in ("redis", "rediss", "unix"):
-        raise UsageError(f"`{url}` is not a Redis URL", code="AF5112",
-                         hint="use redis://[USER:PASSWORD@]HOST:PORT/DB, or rediss:// for TLS")
+        raise UsageError(f"`{url}` is not a Redis URL", code="AF5112", hint=hint)
+    try:
+        urlsplit(url).port  # noqa: B018 - raises for a port that is not a number
+        parse_url(url)
+    except ValueError as exc:
+        raise UsageError(f"`{_where(url)}` is not a usable Redis URL: {exc}", code="AF5112", hint=hint) from None
     return url
 
 
 def _where(url: str) -> str:
-    """Return the URL without its password, for messages."""
+    """Return the URL without its user, password and options, for messages."""
     parts = urlsplit(url)
-    host = parts.hostname or parts.path or "?"
-    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path if parts.hostname else ''}"
+    netloc = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def _client(url: str, *, decode: bool = False) -> aredis.Redis:

@@ -38,21 +38,28 @@ class RedisServer:
         directory: where it keeps its files (the append-only file with ``appendonly``).
         appendonly: start it with ``--appendonly yes`` (and ``appendfsync always``).
         password: require this password (for the default user).
+        tls: serve TLS only (a self-signed certificate made with openssl); the URL is ``rediss://``.
     """
 
     def __init__(self, directory: Path | str | None = None, *, appendonly: bool = False,
-                 password: str | None = None, port: int | None = None) -> None:
+                 password: str | None = None, port: int | None = None, tls: bool = False) -> None:
         if REDIS_SERVER is None:
             pytest.fail("redis-server is not installed (apt-get install redis-server)")
         self.directory = Path(directory or tempfile.mkdtemp(prefix="af-redis-"))
-        self.appendonly, self.password = appendonly, password
+        self.appendonly, self.password, self.tls = appendonly, password, tls
         self.port = port or free_port()
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         """The URL of the server (with the password, if any)."""
-        auth = f":{self.password}@" if self.password else ""
+        return self.url_for(None, self.password)
+
+    def url_for(self, user: str | None, password: str | None) -> str:
+        """Return the URL that logs in as ``user`` with ``password``."""
+        auth = f"{user or ''}:{password}@" if password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.directory / 'cert.pem'}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
@@ -65,7 +72,15 @@ class RedisServer:
             args += ["--appendfsync", "always"]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls:
+            self._certificate()
+            d = self.directory
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(d / "cert.pem"),
+                         "--tls-key-file", str(d / "key.pem"), "--tls-ca-cert-file", str(d / "cert.pem"),
+                         "--tls-auth-clients", "no"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.tls:
+            return self._wait_with_cli()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -77,6 +92,21 @@ class RedisServer:
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def _certificate(self) -> None:
+        if not (self.directory / "cert.pem").exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                            "-keyout", str(self.directory / "key.pem"), "-out", str(self.directory / "cert.pem"),
+                            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                           check=True, capture_output=True)
+
+    def _wait_with_cli(self) -> "RedisServer":
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if "PONG" in self.cli("ping"):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on TLS port {self.port}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the server (SIGTERM: it writes its append-only file and exits)."""
@@ -98,6 +128,8 @@ class RedisServer:
     def cli(self, *args: str) -> str:
         """Run redis-cli against this server and return its output."""
         auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        if self.tls:
+            auth += ["--tls", "--cacert", str(self.directory / "cert.pem")]
         return subprocess.run(["redis-cli", "-p", str(self.port), *auth, *args], capture_output=True,
                               text=True, timeout=10).stdout
 

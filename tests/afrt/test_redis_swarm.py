@@ -263,9 +263,28 @@ class TestConnection:
                 asyncio.run(status(f"redis://default:wrong@127.0.0.1:{server.port}/0", SWARM))
             assert info.value.code == "AF5111"
 
-    def test_not_a_redis_url(self):
+    def test_rediss_with_an_acl_user(self, tmp_path, xor):
+        bundle, network = xor
+        with RedisServer(tmp_path / "tls", tls=True) as server:
+            server.cli("acl", "setuser", "alice", "on", ">wonder", "~*", "&*", "+@all")
+            url = server.url_for("alice", "wonder")
+            assert url.startswith("rediss://alice:wonder@")
+            worker = start_worker(url, bundle, SWARM)
+            x = write_inputs(tmp_path / "in.jsonl", 300, 2)
+            out = io.BytesIO()
+            with open(tmp_path / "in.jsonl", "rb") as source:
+                asyncio.run(submit(url=url, swarm=SWARM, agent=AGENT, source=source, sink=out, timeout=60))
+            (tmp_path / "out.jsonl").write_bytes(out.getvalue())
+            check_output(tmp_path / "out.jsonl", x, network)
+            assert stop_workers(worker)[0]["records"] == 300
+            with pytest.raises(BusError) as info:
+                asyncio.run(status(server.url_for("alice", "wrong"), SWARM))
+            assert info.value.code == "AF5111"
+
+    @pytest.mark.parametrize("url", ["http://127.0.0.1:1/", "redis://127.0.0.1:port/0", "redis://127.0.0.1:1/0?db=x"])
+    def test_not_a_redis_url(self, url):
         with pytest.raises(UsageError) as info:
-            asyncio.run(status("http://127.0.0.1:1/", SWARM))
+            asyncio.run(status(url, SWARM))
         assert info.value.code == "AF5112"
 
     def test_unknown_priority_and_unknown_attach(self, server):
