@@ -4,6 +4,7 @@
     af.validate("agent.af")                 # -> list[Diagnostic]
     bundle = af.compile("agent.af")          # -> Path of the written .afb
     agent = af.load(bundle)                  # -> afrt.Agent; agent.infer(array)
+    af.from_sklearn(mlp, scaler, output="mlp.af")   # a fitted scikit-learn MLP -> AgentFile
 
 Names are resolved on first use so that `import af` stays cheap.
 """
@@ -20,6 +21,7 @@ _EXPORTS = {
     "AgentFile": ("afc", "AgentFile"),
     "Swarm": ("afrt", "Swarm"),
     "compile": ("afc", "compile_file"),
+    "from_sklearn": ("afc", "from_sklearn"),
     "load": ("afrt", "load"),
     "load_agent_file": ("afc", "load_agent_file"),
     "validate": ("afc", "validate"),

@@ -19,6 +19,7 @@ from afcore.diagnostics import Diagnostic, sort_diagnostics
 from afcore.errors import CheckError, ParseError, SchemaError, SourceError, UsageError
 
 from . import check
+from .check_network import check_backends, check_network_size, check_output_activation
 from .reader import DEFAULT_MAX_SECTION_BYTES, Container, RawSection, read_container
 from .validate import report_header
 from .yamlload import YamlDocument, dump_round_trip, load_yaml
@@ -161,12 +162,16 @@ def load_agent_bytes(data: bytes, *, path: str, max_section_bytes: int = DEFAULT
     schema = report_header(document)
     workflows, syntax = check.parse_workflows(document)
     sections = {s.name: s for s in container.sections}
-    tensors, found = _decode_tensor_sections(sections)
     valid = schema.is_valid
+    found = check_network_size(document, valid=valid) + check_output_activation(document, valid=valid)
+    found += check_backends(document, valid=valid)
+    tensors, decoded = _decode_tensor_sections(sections)
+    found += decoded
     found += check.check_weights(document, sections.get("neural_weights"), tensors.get("neural_weights"), valid=valid)
     found += check.check_training_data(document, sections.get("training_data"), tensors.get("training_data"),
                                        valid=valid)
     found += check.check_resources(document, valid=valid)
+    found += check.check_interop_fields(document, valid=valid)
     found += check.check_steps(document, workflows)
     _raise_errors(syntax, schema.diagnostics, found)
     return AgentFile(path, container, document, sections, workflows, sort_diagnostics(found), tensors, data)
@@ -243,9 +248,9 @@ def write_agent_file(path: str | Path, agent_file: AgentFile, *, raw: bool | Non
         agent_file: what to write.
         raw: None keeps each section's encoding; True stores every section raw, False as base64.
     """
-    from .writer import write_file_atomic
+    from afcore import fsutil
 
-    write_file_atomic(Path(path), render_agent_file(agent_file, raw=raw))
+    fsutil.write_file_atomic(Path(path), render_agent_file(agent_file, raw=raw))
 
 
 def render_agent_file(agent_file: AgentFile, *, raw: bool | None = None) -> bytes:

@@ -60,6 +60,7 @@ def build_network(agent_file: AgentFile) -> NetworkSpec:
     """
     config = agent_file.header["neural_config"]
     hidden = [int(size) for size in config["hidden_layers"]]
+    normalization = config.get("input_normalization")
     weights = agent_file.weights
     layers = []
     for i in range(len(hidden) + 1):
@@ -80,6 +81,9 @@ def build_network(agent_file: AgentFile) -> NetworkSpec:
         output_activation=config.get("output_activation", "linear"),
         learning_rate=config.get("learning_rate"),
         span=agent_file.span_of(("neural_config",), part="key"),
+        input_mean=_frozen(np.asarray(normalization["mean"], np.float32)) if normalization else None,
+        input_scale=_frozen(np.asarray(normalization["scale"], np.float32)) if normalization else None,
+        labels=tuple(config["labels"]) if config.get("labels") else None,
     )
 
 

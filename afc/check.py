@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "REQUIREMENT_LIMITS",
     "STEP_SIGNATURES",
+    "check_interop_fields",
     "check_resources",
     "check_steps",
     "check_training_data",
@@ -398,6 +399,39 @@ def _compare_tensors(section_name: str, section: RawSection, tensors: Mapping[st
         out.append(Diagnostic(extra_code, "error", f"unexpected tensor `{name}` in `{section_name}`",
                               span=section_span, help=f"`{section_name}` holds only: {', '.join(expected)}",
                               notes=note))
+    return out
+
+
+def check_interop_fields(document: YamlDocument, *, valid: Validity = _all_valid) -> list[Diagnostic]:
+    """Check the lengths of ``input_normalization`` and ``labels`` against the network's sizes.
+
+    Args:
+        document: the parsed header.
+        valid: tells whether a header node satisfies the schema (see `check_weights`).
+
+    Returns:
+        AF6080 for a ``mean`` or ``scale`` whose length is not ``input_size``; AF6081 for ``labels``
+        whose count is not ``output_size`` (or 2 for one sigmoid output).
+    """
+    out = []
+    config = _sound_config(document, ("input_size", "input_normalization"), valid)
+    if config is not None:
+        for key in ("mean", "scale"):
+            values = config["input_normalization"][key]
+            if len(values) != config["input_size"]:
+                out.append(Diagnostic("AF6080", "error", f"`{key}` has {len(values)} values, not one per input "
+                                      f"({config['input_size']})",
+                                      span=document.span_of(("neural_config", "input_normalization", key)),
+                                      help="give one value per input, in input order"))
+    config = _sound_config(document, ("output_size", "labels"), valid)
+    if config is not None:
+        wanted = config["output_size"]
+        binary = wanted == 1 and config.get("output_activation") == "sigmoid"
+        if len(config["labels"]) != (2 if binary else wanted):
+            what = "2 (the classes of 0 and 1 of the one sigmoid output)" if binary else f"one per output ({wanted})"
+            out.append(Diagnostic("AF6081", "error", f"`labels` has {len(config['labels'])} entries, not {what}",
+                                  span=document.span_of(("neural_config", "labels")),
+                                  help="name the class of each output, in output order"))
     return out
 
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 import queue
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Sequence
 
@@ -22,10 +23,25 @@ from .reader import DEFAULT_MAX_SECTION_BYTES
 if TYPE_CHECKING:
     from .spec import AgentSpec
 
-__all__ = ["DEFAULT_TARGETS", "compile_agent", "compile_file", "lower_agent", "parse_targets", "write_bundle_file"]
+__all__ = [
+    "DEFAULT_TARGETS",
+    "EMIT_FORMS",
+    "CompileResult",
+    "compile_agent",
+    "compile_file",
+    "compile_spec",
+    "default_output",
+    "emit_intermediate",
+    "ensure_emit_form",
+    "lower_agent",
+    "parse_targets",
+    "write_bundle_file",
+]
 
 #: the targets compiled when none are given
 DEFAULT_TARGETS = ("onnx", "wasm")
+#: the intermediate forms `emit_intermediate` gives (``af compile --emit``); ``bundle`` writes the bundle
+EMIT_FORMS = ("spec", "onnx", "wat", "bundle")
 #: the batch size the WebAssembly module is built for (the runtime's micro-batches stay within it)
 WASM_MAX_BATCH = 64
 #: networks with at least this many bytes of weights are lowered and hashed in threads (below it,
@@ -161,6 +177,66 @@ def default_output(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".afb")
 
 
+@dataclass(frozen=True)
+class CompileResult:
+    """A bundle written by `compile_spec`.
+
+    Attributes:
+        path: where it was written.
+        size: its size in bytes.
+        sha256: the sha256 (hex) of its bytes.
+        spec: the agent compiled.
+        targets: the targets compiled, in canonical order.
+        member_sizes: member name -> size in bytes (``manifest.json`` excluded).
+    """
+
+    path: Path
+    size: int
+    sha256: str
+    spec: AgentSpec
+    targets: tuple[str, ...]
+    member_sizes: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the summary `af compile --json` prints: bundle, size, sha256, agent, targets, network, members."""
+        from .emit import network_info
+
+        network = network_info(self.spec.network).to_json()
+        return {
+            "bundle": str(self.path),
+            "size": self.size,
+            "sha256": self.sha256,
+            "agent": {"name": self.spec.name, "version": str(self.spec.version)},
+            "targets": list(self.targets),
+            "parameters": network["parameters"],
+            "layers": network["layers"],
+            "members": [{"name": name, "size": self.member_sizes[name]} for name in sorted(self.member_sizes)],
+        }
+
+
+def compile_spec(
+    spec: AgentSpec, *, output: str | os.PathLike, targets: Sequence[str] = DEFAULT_TARGETS
+) -> CompileResult:
+    """Lower an agent and write its bundle atomically.
+
+    Args:
+        spec: the agent (``afc.load_agent_file(path).spec()``).
+        output: the bundle path; missing parent directories are created.
+        targets: ``onnx`` and/or ``wasm``.
+
+    Returns:
+        The `CompileResult`.
+
+    Raises:
+        LoweringError: AF30xx/AF31xx from the backends; AF3006 when the bundle cannot be written.
+        UsageError: AF3004 for an unknown target.
+    """
+    lowered = lower_agent(spec, targets=targets)
+    size, digest, member_sizes = write_bundle_file(output, spec, lowered)
+    compiled = tuple(t for t in TARGETS if getattr(lowered, t) is not None)
+    return CompileResult(Path(output), size, digest, spec, compiled, member_sizes)
+
+
 def compile_file(
     path: str | os.PathLike,
     *,
@@ -187,9 +263,45 @@ def compile_file(
     from . import load_agent_file
 
     spec = load_agent_file(path, max_section_bytes=max_section_bytes).spec()
-    destination = Path(output) if output is not None else default_output(path)
-    write_bundle_file(destination, spec, lower_agent(spec, targets=targets))
-    return destination
+    return compile_spec(spec, output=output if output is not None else default_output(path), targets=targets).path
+
+
+def emit_intermediate(spec: AgentSpec, form: str) -> str:
+    """Return an intermediate form of an agent as text (``af compile --emit``).
+
+    Args:
+        spec: the agent.
+        form: ``spec`` (the manifest, JSON), ``onnx`` (the model as text) or ``wat`` (the module as text).
+
+    Returns:
+        The text.
+
+    Raises:
+        UsageError: AF3005 for another form.
+    """
+    import json
+
+    if form == "spec":
+        from .emit import Lowered, build_manifest
+
+        return json.dumps(build_manifest(spec, Lowered()).to_json(), indent=2, sort_keys=True)
+    if form == "onnx":
+        from .lower_onnx import lower_network, model_text
+
+        return model_text(lower_network(spec.network, graph_name=spec.name))
+    ensure_emit_form(form)
+    if form == "bundle":
+        raise UsageError("`bundle` is written by compile_spec, not emitted as text", code="AF3005",
+                         hint="use spec, onnx or wat")
+    from .lower_wasm import lower_network as lower_wasm
+
+    return lower_wasm(spec.network, max_batch=WASM_MAX_BATCH).wat
+
+
+def ensure_emit_form(form: str) -> None:
+    """Raise `UsageError` AF3005 unless ``form`` is one of `EMIT_FORMS`."""
+    if form not in EMIT_FORMS:
+        raise UsageError(f"unknown --emit form `{form}`", code="AF3005", hint=f"use one of {', '.join(EMIT_FORMS)}")
 
 
 def write_bundle_file(
@@ -208,8 +320,7 @@ def write_bundle_file(
     Raises:
         LoweringError: AF3006 when the file cannot be written; nothing is replaced then.
     """
-    import tempfile
-
+    from afcore import fsutil
     from afcore.bundle import iter_bundle, member_size
 
     from .emit import build_manifest, build_members
@@ -218,37 +329,29 @@ def write_bundle_file(
     chunks = iter_bundle(build_manifest(spec, lowered), members, digests=lowered.digests)
     direct = sum(member_size(data) for data in members.values()) >= DIRECT_IO_BYTES
     destination = Path(destination)
-    temp = None
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)  # `-o build/agent.afb` from a clean clone
-        fd, temp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-        with _open_output(fd, temp, direct=direct) as out:
-            size, digest = _write_hashed(chunks, out, sync_bytes=0 if isinstance(out, _DirectFile) else SYNC_BYTES)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, destination)
+        with fsutil.atomic_output(destination, mode=0o666 & ~_umask()) as temp:
+            with _open_output(temp.fd, temp.path, direct=direct) as out:
+                size, digest = _write_hashed(chunks, out, sync_bytes=0 if isinstance(out, _DirectFile) else SYNC_BYTES)
+                out.flush()
     except OSError as exc:
-        if temp is not None:
-            Path(temp).unlink(missing_ok=True)
         raise LoweringError(f"cannot write `{destination}`: {exc.strerror or exc}", code="AF3006",
                             hint="check that the path is a writable directory") from None
     return size, digest, {name: member_size(data) for name, data in members.items()}
 
 
-def _open_output(fd: int, temp: str, *, direct: bool) -> BinaryIO | _DirectFile:
-    """The temporary file ``fd`` (at ``temp``) as a buffered file, or reopened with O_DIRECT when asked
-    and the platform and file system allow it."""
+def _open_output(fd: int, temp: Path, *, direct: bool) -> BinaryIO | _DirectFile:
+    """A file writing to the temporary file ``fd`` (at ``temp``): buffered over a duplicate of ``fd``, or
+    the file reopened with O_DIRECT when asked and the platform and file system allow it. Either is
+    closed by its ``with`` block; ``fd`` stays open for `afcore.fsutil.atomic_output` to fsync and close."""
     flag = getattr(os, "O_DIRECT", 0)
     if direct and flag:
         try:
-            direct_fd = os.open(temp, os.O_WRONLY | flag)
+            return _DirectFile(os.open(temp, os.O_WRONLY | flag))
         except OSError:  # e.g. a file system without direct I/O
             pass
-        else:
-            os.close(fd)
-            return _DirectFile(direct_fd)
-    return os.fdopen(fd, "wb")
+    return os.fdopen(os.dup(fd), "wb")
 
 
 class _DirectFile:

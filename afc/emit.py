@@ -11,13 +11,24 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from afcore import __version__
-from afcore.bundle import FORMAT_VERSION, Member, write_bundle
+from afcore.bundle import Member, write_bundle
+from afcore.manifest import (
+    TARGETS,
+    AgentInfo,
+    LayerInfo,
+    Manifest,
+    NetworkInfo,
+    OnnxInfo,
+    SourceInfo,
+    TensorInfo,
+    WasmInfo,
+)
 
 from .spec import WORKFLOW_NAMES
 from .tensors import encode_tensors
@@ -28,21 +39,15 @@ if TYPE_CHECKING:
     from .spec import AgentSpec, NetworkSpec
 
 __all__ = [
-    "MANIFEST_SCHEMA_FILE",
     "Lowered",
     "build_manifest",
     "build_members",
-    "check_manifest",
     "emit_bundle",
-    "network_manifest",
+    "network_info",
     "safetensors_parts",
     "weights_member",
 ]
 
-#: the targets a bundle can carry, in manifest order
-TARGETS = ("onnx", "wasm")
-#: the manifest's JSON schema, package data of ``afcore.schemas``
-MANIFEST_SCHEMA_FILE = "afb-manifest-1.0.schema.json"
 
 
 @dataclass(frozen=True)
@@ -65,27 +70,28 @@ class Lowered:
     digests: Mapping[str, str] = field(default_factory=dict)
 
 
-def network_manifest(network: NetworkSpec) -> dict[str, Any]:
-    """Return the ``network`` object of the manifest: signature, layers, activations, parameter count."""
+def network_info(network: NetworkSpec) -> NetworkInfo:
+    """Return the ``network`` part of the manifest: signature, layers, activations, parameter count."""
     last = len(network.layers) - 1
-    return {
-        "input": {"name": "input", "dtype": "float32", "shape": [None, network.input_size]},
-        "output": {"name": "output", "dtype": "float32", "shape": [None, network.output_size]},
-        "layers": [
-            {
-                "index": layer.index,
-                "in": layer.in_size,
-                "out": layer.out_size,
-                "activation": network.output_activation if layer.index == last else layer.activation,
-                "parameters": layer.parameters,
-            }
+    return NetworkInfo(
+        input=TensorInfo("input", network.input_size),
+        output=TensorInfo("output", network.output_size),
+        layers=tuple(
+            LayerInfo(
+                index=layer.index,
+                in_size=layer.in_size,
+                out_size=layer.out_size,
+                activation=network.output_activation if layer.index == last else layer.activation,
+                parameters=layer.parameters,
+            )
             for layer in network.layers
-        ],
-        "hidden_activation": network.hidden_activation,
-        "output_activation": network.output_activation,
-        "parameters": network.parameters,
-        "learning_rate": network.learning_rate,
-    }
+        ),
+        hidden_activation=network.hidden_activation,
+        output_activation=network.output_activation,
+        parameters=network.parameters,
+        learning_rate=network.learning_rate,
+        labels=network.labels,
+    )
 
 
 def _text(value: object) -> str | None:
@@ -93,14 +99,12 @@ def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _step_json(step: Step, source_name: str) -> dict[str, Any]:
-    data = step.to_json()
-    if data["span"]:
-        data["span"] = {**data["span"], "path": source_name}
-    return data
+def _step_in_bundle(step: Step, source_name: str) -> Step:
+    # spans name the source by its basename: no absolute path in a bundle
+    return replace(step, span={**step.span, "path": source_name}) if step.span else step
 
 
-def build_manifest(spec: AgentSpec, lowered: Lowered) -> dict[str, Any]:
+def build_manifest(spec: AgentSpec, lowered: Lowered) -> Manifest:
     """Return the manifest of an agent's bundle, without ``members`` (`write_bundle` adds them).
 
     Args:
@@ -108,33 +112,26 @@ def build_manifest(spec: AgentSpec, lowered: Lowered) -> dict[str, Any]:
         lowered: the backends' results; a None target is left out.
 
     Returns:
-        JSON-compatible data as documented in docs/bundle.md.
+        The `afcore.manifest.Manifest` documented in docs/bundle.md (`Manifest.to_json` for its JSON).
     """
     source_name = os.path.basename(spec.source_path)
-    targets = [t for t in TARGETS if getattr(lowered, t) is not None]
-    manifest: dict[str, Any] = {
-        "format": "afb",
-        "format_version": FORMAT_VERSION,
-        "agent": {"name": spec.name, "version": str(spec.version), "description": _text(spec.description),
-                  "author": _text(spec.author)},
-        "compiler": {"name": "af", "version": __version__},
-        "source": {"file": source_name, "sha256": spec.source_sha256, "created": _text(spec.created),
-                   "modified": _text(spec.modified)},
-        "network": network_manifest(spec.network),
-        "targets": targets,
-        "resources": {"limits": dict(spec.resources.limits), "requirements": dict(spec.resources.requirements)},
-        "workflows": {
-            name: [_step_json(step, source_name) for step in spec.workflows[name].steps]
-            if name in spec.workflows else []
+    return Manifest(
+        agent=AgentInfo(spec.name, str(spec.version), _text(spec.description), _text(spec.author)),
+        compiler=("af", __version__),
+        source=SourceInfo(source_name, spec.source_sha256, _text(spec.created), _text(spec.modified)),
+        network=network_info(spec.network),
+        targets=tuple(t for t in TARGETS if getattr(lowered, t) is not None),
+        limits=dict(spec.resources.limits),
+        requirements=dict(spec.resources.requirements),
+        workflows={
+            name: tuple(_step_in_bundle(step, source_name) for step in spec.workflows[name].steps)
+            if name in spec.workflows else ()
             for name in WORKFLOW_NAMES
         },
-    }
-    if lowered.onnx is not None:
-        manifest["onnx"] = {"member": "model.onnx", "opset": lowered.opset, "ir_version": lowered.ir_version}
-    if lowered.wasm is not None:
-        manifest["wasm"] = {"member": "model.wasm", "abi": 1, "max_batch": lowered.wasm.max_batch,
-                            "memory_pages": lowered.wasm.memory_pages}
-    return manifest
+        onnx=OnnxInfo("model.onnx", lowered.opset, lowered.ir_version) if lowered.onnx is not None else None,
+        wasm=WasmInfo("model.wasm", 1, lowered.wasm.max_batch, lowered.wasm.memory_pages)
+        if lowered.wasm is not None else None,
+    )
 
 
 def safetensors_parts(tensors: Mapping[str, np.ndarray]) -> list[Any]:
@@ -215,29 +212,6 @@ def emit_bundle(spec: AgentSpec, lowered: Lowered, *, extra: Mapping[str, Any] |
         BundleError: AF4016 when a pass-through section has a name a bundle cannot hold.
     """
     manifest = build_manifest(spec, lowered)
-    manifest.update(extra or {})
+    if extra:
+        manifest = replace(manifest, extra={**manifest.extra, **extra})
     return write_bundle(manifest, build_members(spec, lowered), digests=lowered.digests)
-
-
-def check_manifest(manifest: Mapping[str, Any]) -> None:
-    """Check a manifest read from a bundle against ``schemas/afb-manifest-1.0.schema.json``.
-
-    `afcore.bundle.read_bundle` checks only what it needs (format, version, members); tools that
-    show or use the rest call this first.
-
-    Raises:
-        BundleError: AF4018 naming the first field that breaks the schema.
-    """
-    import json
-    from importlib import resources
-
-    import jsonschema
-
-    from afcore.errors import BundleError
-
-    schema = json.loads(resources.files("afcore.schemas").joinpath(MANIFEST_SCHEMA_FILE).read_text("utf-8"))
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
-        raise BundleError(f"manifest.json: `{where}`: {error.message}", code="AF4018",
-                          hint="the bundle was not written by this af, or was edited; compile the .af again")

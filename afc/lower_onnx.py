@@ -11,6 +11,7 @@ The opset and IR version are pinned: onnx 1.23 writes IR 14 by default, which on
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +22,15 @@ from onnx import TensorProto, helper
 from afcore import __version__
 from afcore.errors import BundleError, LoweringError
 
+from .spec import ONNX_MAX_MODEL_BYTES, onnx_model_bytes
+
 if TYPE_CHECKING:
     from .spec import LayerSpec, NetworkSpec
 
 __all__ = [
     "INPUT_NAME",
     "IR_VERSION",
+    "LABELS_METADATA",
     "OPSET",
     "OUTPUT_NAME",
     "check_model_bytes",
@@ -45,8 +49,10 @@ INPUT_NAME = "input"
 BATCH_DIM = "batch"
 #: name of the graph output
 OUTPUT_NAME = "output"
-#: the largest serialized model protobuf can hold
-MAX_MODEL_BYTES = (2 << 30) - 1
+#: the model metadata key holding the network's class labels (a JSON list), when it has labels
+LABELS_METADATA = "af.labels"
+#: the largest serialized model protobuf can hold (defined in `afc.spec`, which validation reads)
+MAX_MODEL_BYTES = ONNX_MAX_MODEL_BYTES
 
 #: activation -> (ONNX op, attributes); definitions in docs/format.md ("linear" adds no node)
 ACTIVATION_OPS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -123,7 +129,9 @@ def lower_network(network: NetworkSpec, *, graph_name: str = "agent", with_data:
     graph.output.append(
         helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, network.output_size])
     )
-    x = INPUT_NAME
+    if network.labels:
+        model.metadata_props.add(key=LABELS_METADATA, value=json.dumps(list(network.labels)))
+    x = _add_normalization(graph, network, with_data) if network.normalized else INPUT_NAME
     last = len(network.layers) - 1
     for layer in network.layers:
         activation = network.output_activation if layer.index == last else layer.activation
@@ -133,6 +141,22 @@ def lower_network(network: NetworkSpec, *, graph_name: str = "agent", with_data:
         _add_initializer(graph, f"layers.{layer.index}.bias", layer.bias, with_data)
         x = out
     return model
+
+
+def _add_normalization(graph: onnx.GraphProto, network: NetworkSpec, with_data: bool) -> str:
+    """Add ``(input - input.mean) / input.scale`` (a Sub and a Div, StandardScaler's arithmetic); return its output."""
+    graph.node.extend([
+        helper.make_node("Sub", [INPUT_NAME, "input.mean"], ["input.centred"], name="input.normalize.sub"),
+        helper.make_node("Div", ["input.centred", "input.scale"], ["input.normalized"], name="input.normalize.div"),
+    ])
+    _add_initializer(graph, "input.mean", network.input_mean, with_data)
+    _add_initializer(graph, "input.scale", network.input_scale, with_data)
+    return "input.normalized"
+
+
+def _normalization_arrays(network: NetworkSpec) -> list[Any]:
+    """The normalisation's initializers, in the order `lower_network` adds them (before the layers')."""
+    return [network.input_mean, network.input_scale] if network.normalized else []
 
 
 def _add_initializer(graph: onnx.GraphProto, name: str, array: Any, with_data: bool = True) -> None:
@@ -175,7 +199,9 @@ def _model_parts(skeleton: onnx.ModelProto, arrays: list[Any]) -> list[Any]:
     head.CopyFrom(skeleton)
     head.ClearField("graph")
     head.ClearField("opset_import")
-    rest.opset_import.extend(skeleton.opset_import)
+    head.ClearField("metadata_props")
+    rest.opset_import.extend(skeleton.opset_import)  # fields 8 and 14 come after the graph (7)
+    rest.metadata_props.extend(skeleton.metadata_props)
     graph_head, graph_rest = onnx.GraphProto(node=graph.node, name=graph.name), onnx.GraphProto()
     graph_rest.CopyFrom(graph)
     for name in ("node", "name", "initializer"):
@@ -209,7 +235,7 @@ def network_model_bytes(network: NetworkSpec, *, graph_name: str = "agent") -> b
             when the model exceeds protobuf's 2 GiB, AF3003 when the checker refuses it.
     """
     skeleton = lower_network(network, graph_name=graph_name, with_data=False)
-    arrays = [array for layer in network.layers for array in (layer.weight, layer.bias)]
+    arrays = _normalization_arrays(network) + [array for layer in network.layers for array in (layer.weight, layer.bias)]
     _ensure_size(skeleton)
     return _check_bytes(b"".join(_model_parts(skeleton, arrays)), skeleton=skeleton)
 
@@ -232,7 +258,7 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
 
 def _ensure_size(model: onnx.ModelProto) -> None:
     # the initializers dominate; ByteSize() or len(raw_data) would each cost a copy of every weight
-    size = sum(4 * math.prod(t.dims) for t in model.graph.initializer) + 65536
+    size = onnx_model_bytes(sum(math.prod(t.dims) for t in model.graph.initializer))
     if size > MAX_MODEL_BYTES:
         raise LoweringError(
             f"the ONNX model would take about {size} bytes, more than protobuf's 2 GiB",
@@ -248,7 +274,8 @@ def _check_bytes(data: bytes, *, skeleton: onnx.ModelProto | None = None) -> byt
     ``full_check`` is the checker plus strict shape inference (``InferShapes`` with check_type, strict
     errors, no data propagation), which copies the parsed model: 200 MB more fresh memory for a
     50M-parameter network. Shape inference reads initializers' types and dims, never their values
-    (Gemm and the activations take no constant inputs), so inferring on the skeleton decides the same.
+    (Gemm, the activations and the normalisation's Sub/Div use only the types and dims of their
+    constants), so inferring on the skeleton decides the same.
     """
     try:
         if skeleton is None:

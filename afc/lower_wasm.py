@@ -23,7 +23,7 @@ from ._wasm_math import ACTIVATION_FUNCS, MATH_WAT, f32x4
 if TYPE_CHECKING:
     from .spec import LayerSpec, NetworkSpec
 
-__all__ = ["ABI_VERSION", "WasmModule", "lower_network"]
+__all__ = ["ABI_VERSION", "WasmModule", "lower_network", "plan_memory_pages"]
 
 #: the version of the host <-> module contract documented in docs/bundle.md
 ABI_VERSION = 1
@@ -122,11 +122,33 @@ def _check_shapes(network: NetworkSpec) -> None:
 @dataclass(frozen=True)
 class _Layout:
     layers: tuple[_LayerPlan, ...]
+    normalization: int  # address of input_size means then input_size scales (float32), or 0 without
     input_ptr: int
+    # (with a normalisation, the first layer reads the normalised rows: ``layers[0].x``)
     output_ptr: int
     scratch: int  # the last layer's padded output when it cannot write the output directly, else 0
     splat: int  # TILE_SAMPLES * widest input * 16 bytes: the current rows' inputs, each splatted to 4 lanes
     pages: int
+
+
+def plan_memory_pages(network: NetworkSpec, *, max_batch: int) -> int:
+    """Return the 64 KiB pages of linear memory the module of ``network`` starts with.
+
+    Only the layers' sizes and activations are read, so validation can ask before any weight is
+    decoded (with a stand-in that has ``input_size``, ``output_size``, the activations, and
+    ``layers`` of ``index``, ``in_size`` and ``out_size``).
+
+    Args:
+        network: the network, or a stand-in with its shapes.
+        max_batch: the batch the module is built for (`afc.compile.WASM_MAX_BATCH` by default).
+
+    Returns:
+        The pages `lower_network` gives the module (``WasmModule.memory_pages``).
+
+    Raises:
+        LoweringError: AF3101 when the memory would exceed wasm32's 4 GiB.
+    """
+    return _plan_layout(network, max_batch).pages
 
 
 def _plan_layout(network: NetworkSpec, max_batch: int) -> _Layout:
@@ -136,15 +158,21 @@ def _plan_layout(network: NetworkSpec, max_batch: int) -> _Layout:
         blocks = -(-layer.out_size // 4)
         weights.append((pos, pos + blocks * layer.in_size * 16))
         pos = _align(pos + blocks * layer.in_size * 16 + blocks * 16)
+    normalization = 0
+    if getattr(network, "input_mean", None) is not None:
+        normalization, pos = pos, _align(pos + 8 * network.input_size)
     input_ptr = pos
     widest = max(-(-layer.out_size // 4) * 4 for layer in network.layers)
     ping = _align(input_ptr + max_batch * network.input_size * 4)
+    first_x = input_ptr
+    if normalization:  # the normalised rows get their own buffer: the input stays as the host wrote it
+        first_x, ping = ping, _align(ping + max_batch * network.input_size * 4)
     pong = ping + max_batch * widest * 4
     output_ptr = pong + max_batch * widest * 4
     splat = _align(output_ptr + max_batch * network.output_size * 4) + ACC_BYTES
     end = splat + TILE_SAMPLES * max(layer.in_size for layer in network.layers) * 16
     direct = network.output_size % 4 == 0 and network.output_activation != "softmax"
-    plans, x, x_stride = [], input_ptr, network.input_size
+    plans, x, x_stride = [], first_x, network.input_size
     for position, layer in enumerate(network.layers):
         blocks = -(-layer.out_size // 4)
         last = position == len(network.layers) - 1
@@ -159,7 +187,7 @@ def _plan_layout(network: NetworkSpec, max_batch: int) -> _Layout:
             code="AF3101",
             hint="lower max_batch, or compile with `--target onnx` only",
         )
-    return _Layout(tuple(plans), input_ptr, output_ptr, 0 if direct else plans[-1].y, splat, pages)
+    return _Layout(tuple(plans), normalization, input_ptr, output_ptr, 0 if direct else plans[-1].y, splat, pages)
 
 
 class _PackedLayer:
@@ -387,6 +415,30 @@ def _softmax_row(width: int, blocks: int) -> str:
       (br_if $div (i32.lt_u (local.tee $j (i32.add (local.get $j) (i32.const 1))) (i32.const {width})))))"""
 
 
+def _normalize_function(network: NetworkSpec, layout: _Layout) -> str:
+    """WAT for ``$normalize``: ``(x - mean) / scale`` per input, from the input rows into the first layer's
+    input buffer, in scalar f32 (StandardScaler's arithmetic, rounded as the ONNX model's Sub and Div round
+    it). Without a normalisation it does nothing."""
+    if not layout.normalization:
+        return "\n  (func $normalize (param $batch i32))"
+    row = network.input_size * 4
+    shift = layout.layers[0].x - layout.input_ptr
+    return f"""
+  (func $normalize (param $batch i32) (local $p i32) (local $end i32) (local $i i32)
+    ;; means at {layout.normalization}, scales at {layout.normalization + row}; rows to {layout.layers[0].x}
+    (local.set $p (i32.const {layout.input_ptr}))
+    (local.set $end (i32.add (i32.const {layout.input_ptr}) (i32.mul (local.get $batch) (i32.const {row}))))
+    (loop $rows
+      (local.set $i (i32.const 0))
+      (loop $inputs
+        (f32.store offset={shift} (i32.add (local.get $p) (local.get $i))
+          (f32.div (f32.sub (f32.load (i32.add (local.get $p) (local.get $i)))
+                            (f32.load offset={layout.normalization} (local.get $i)))
+                   (f32.load offset={layout.normalization + row} (local.get $i))))
+        (br_if $inputs (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 4))) (i32.const {row}))))
+      (br_if $rows (i32.lt_u (local.tee $p (i32.add (local.get $p) (i32.const {row}))) (local.get $end)))))"""
+
+
 def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
     layers = "".join(_Kernel(plan, layout.splat).function() for plan in layout.layers)
     calls = " ".join(f"(call $layer{plan.index} (local.get $batch))" for plan in layout.layers)
@@ -403,9 +455,11 @@ def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
     ;; batch - 1 >= max_batch as unsigned rejects 0, negatives and too large at once
     (if (i32.ge_u (i32.sub (local.get $batch) (i32.const 1)) (i32.const {max_batch}))
       (then (return (i32.const 1))))
+    (call $normalize (local.get $batch))
     {calls}
     (call $finish (local.get $batch))
     (i32.const 0))
+{_normalize_function(network, layout)}
 {layers}
 {_finish_function(network, layout)}
 {MATH_WAT})
@@ -441,6 +495,9 @@ def lower_network(network: NetworkSpec, *, max_batch: int = 64) -> WasmModule:
         raise LoweringError(f"generated WebAssembly text does not assemble: {exc}", code="AF3199",
                             hint="this is a bug in af: please report it with the .af file") from exc
     segments = [DataSegment(plan.weights, _PackedLayer(layer)) for plan, layer in zip(layout.layers, network.layers)]
+    if layout.normalization:
+        values = np.concatenate([network.input_mean, network.input_scale]).astype("<f4")
+        segments.append(DataSegment(layout.normalization, values))
     wasm = splice_data_section(bytes(code), segments)
     try:
         validate_module(wasm)

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HIDDEN_ACTIVATIONS",
+    "ONNX_MAX_MODEL_BYTES",
+    "ONNX_OVERHEAD_BYTES",
     "OUTPUT_ACTIVATIONS",
     "WORKFLOW_NAMES",
     "AgentSpec",
@@ -24,6 +26,7 @@ __all__ = [
     "NetworkSpec",
     "ResourcesSpec",
     "WorkflowSpec",
+    "onnx_model_bytes",
 ]
 
 #: activations a hidden layer may use (definitions in docs/format.md)
@@ -32,6 +35,24 @@ HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "linear", "elu", 
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "linear")
 #: the workflows an agent declares, in the order they run
 WORKFLOW_NAMES = ("initialization", "execution", "shutdown")
+#: the largest serialized ONNX model protobuf can hold; here, not in `afc.lower_onnx`, so that
+#: validation can say a network is too big for the ONNX backend without importing onnx
+ONNX_MAX_MODEL_BYTES = (2 << 30) - 1
+#: what an ONNX model holds besides its float32 parameters, at most (graph, names, attributes)
+ONNX_OVERHEAD_BYTES = 65536
+
+
+def onnx_model_bytes(parameters: int) -> int:
+    """Return the size an ONNX model of ``parameters`` float32 weights and biases may reach.
+
+    Args:
+        parameters: weights and biases of all layers.
+
+    Returns:
+        Bytes: the parameters plus `ONNX_OVERHEAD_BYTES`; `afc.lower_onnx` refuses a model above
+        `ONNX_MAX_MODEL_BYTES` by the same sum.
+    """
+    return 4 * parameters + ONNX_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +95,16 @@ class NetworkSpec:
     output_activation: str = "linear"
     learning_rate: float | None = None
     span: Span | None = None
+    #: float32 [input_size] each, or None: the network sees ``(x - input_mean) / input_scale``
+    input_mean: np.ndarray | None = None
+    input_scale: np.ndarray | None = None
+    #: the class of each output (of 0 and 1 for one sigmoid output), or None
+    labels: tuple[str | int, ...] | None = None
+
+    @property
+    def normalized(self) -> bool:
+        """Return True when the network normalises its inputs first."""
+        return self.input_mean is not None
 
     @property
     def parameters(self) -> int:

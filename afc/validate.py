@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -131,7 +132,8 @@ def validate_header(document: YamlDocument) -> list[Diagnostic]:
         document: the header from `afc.yamlload.load_yaml`.
 
     Returns:
-        One diagnostic per violation (codes AF1001-AF1009), in no particular order.
+        One diagnostic per violation (codes AF1001-AF1009, and AF1010 for a NaN or infinite number),
+        in no particular order.
     """
     return report_header(document).diagnostics
 
@@ -148,17 +150,44 @@ def report_header(document: YamlDocument) -> SchemaReport:
     diagnostics: list[Diagnostic] = []
     seen: set[tuple] = set()
     errors = list(_validator().iter_errors(document.data))
+    # JSON Schema has no keyword for "finite": NaN passes every range. A non-finite number is
+    # reported once (AF1010), not also against its range.
+    non_finite = dict(_iter_non_finite(document.data))
+    diagnostics += [_non_finite_error(path, value, document) for path, value in non_finite.items()]
     # A value of the wrong type also fails its enum/range/pattern: report only the type.
     mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
     for error in errors:
+        if tuple(error.absolute_path) in non_finite:
+            continue
         if error.validator != "type" and tuple(error.absolute_path) in mistyped:
             continue
         for diagnostic, key in _convert(error, document):
             if key not in seen:
                 seen.add(key)
                 diagnostics.append(diagnostic)
-    paths = frozenset((tuple(e.absolute_path), str(e.validator)) for e in errors)
+    paths = frozenset({(tuple(e.absolute_path), str(e.validator)) for e in errors}
+                      | {(path, "finite") for path in non_finite})
     return SchemaReport(diagnostics, paths)
+
+
+def _iter_non_finite(data: Any) -> Iterator[tuple[tuple, float]]:
+    """Yield the path and value of every NaN or infinite number in the header (YAML `.nan`, `.inf`, `1e999`)."""
+    stack: list[tuple[tuple, Any]] = [((), data)]
+    while stack:  # iterative: the header is at most 32 levels deep, but a walk needs no recursion
+        path, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            yield path, node
+        elif isinstance(node, dict):
+            stack += [((*path, key), value) for key, value in node.items()]
+        elif isinstance(node, list):
+            stack += [((*path, index), value) for index, value in enumerate(node)]
+
+
+def _non_finite_error(path: tuple, value: float, document: YamlDocument) -> Diagnostic:
+    name = f"`{_dotted(path)}`" if path else "the header"
+    return Diagnostic("AF1010", "error", f"{name} must be a finite number", span=document.span_of(path),
+                      label=f"found {value}", help="write a finite number: `.nan`, `.inf` and numbers "
+                      "beyond 1.8e308 (which YAML reads as infinity) cannot be encoded in a bundle")
 
 
 def _convert(error: ValidationError, document: YamlDocument) -> Iterator[tuple[Diagnostic, tuple]]:
@@ -221,7 +250,10 @@ def _describe(keyword: str, error: ValidationError, name: str) -> tuple[str, str
     if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         relation = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "greater than",
                     "exclusiveMaximum": "less than"}[keyword]
-        return f"{name} must be {relation} {expected}", f"change it to a value {relation} {expected}", f"found {value}"
+        hint = f"change it to a value {relation} {expected}"
+        if "description" in error.schema:  # say why the bound is there, e.g. `cpu_cores` starts threads
+            hint = f"{error.schema['description']}: {hint}"
+        return f"{name} must be {relation} {expected}", hint, f"found {value}"
     if keyword == "format":
         return (f"{name} is not an RFC 3339 date-time", "write it like `2025-07-13T19:24:55.000Z` (UTC) or with an "
                 "offset such as `+02:00`", None)

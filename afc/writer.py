@@ -10,14 +10,13 @@ same header text, sections, encodings and newline gives the same bytes.
 from __future__ import annotations
 
 import binascii
-import os
-import tempfile
 from pathlib import Path
 from typing import Collection, Sequence
 
 import numpy as np
 import zstandard
 
+from afcore import fsutil
 from afcore.errors import UsageError
 
 from .reader import MARKER_PREFIX, SECTION_NAME_RE
@@ -28,7 +27,7 @@ __all__ = [
     "compress_payload",
     "encode_base64_lines",
     "write_container",
-    "write_file_atomic",
+    "write_af_file",
 ]
 
 #: zstd compression level of every section (fixed: the output must be reproducible)
@@ -121,50 +120,21 @@ def _check_arguments(sections: Sequence[tuple[str, bytes]], newline: str) -> Non
         seen.add(name)
 
 
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never a mix.
-
-    Writes a temporary file in the same directory, fsyncs it, renames it over ``path`` and fsyncs
-    the directory. An existing file's permission bits are kept.
+def write_af_file(path: Path, data: bytes, *, code: str) -> None:
+    """Replace ``path`` with ``data`` atomically (`afcore.fsutil.write_file_atomic`: temporary file in
+    the same directory, fsync, rename, fsync of the directory; an existing file's mode is kept).
 
     Args:
         path: the destination.
         data: the new contents.
+        code: the error code of the command that writes (`af pack` AF0914, `af train` AF6031).
 
     Raises:
-        OSError: when the directory is not writable or the disk is full (the temporary file is removed).
+        UsageError: ``code`` when the directory is not writable or the disk is full (the old file
+            stands and the temporary file is removed).
     """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            os.chmod(temp, path.stat().st_mode & 0o7777)
-        else:
-            os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is done anyway
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsutil.write_file_atomic(path, data)
+    except OSError as exc:
+        raise UsageError(f"cannot write `{path}`: {exc.strerror or exc}", code=code,
+                         hint="check that the directory exists and is writable") from None

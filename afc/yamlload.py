@@ -354,8 +354,11 @@ class _Walker:
         else:  # ReaderError: a character YAML does not allow
             offset = getattr(exc, "position", 0) or 0
             message = f"invalid YAML: {getattr(exc, 'reason', exc)} (character U+{getattr(exc, 'character', 0):04X})"
-        return Diagnostic("AF0050", "error", message, span=self.source.span(offset),
-                          help="fix the YAML syntax here; see docs/format.md for the header layout")
+        hint = "fix the YAML syntax here; see docs/format.md for the header layout"
+        if "invalid Unicode character escape" in message:  # libyaml's words for `\ud800` and `\U00110000`
+            hint = ("a `\\u` or `\\U` escape must name a character: halves of a surrogate pair (D800-DFFF) "
+                    "and values past 10FFFF are not; write the character itself (the file is UTF-8)")
+        return Diagnostic("AF0050", "error", message, span=self.source.span(offset), help=hint)
 
 
 def _mapping_end(text: str, start: Any, end_event: Any) -> int:

@@ -1,4 +1,5 @@
-"""Shared layer of af: errors, source spans, diagnostics, parsed steps and the bundle container.
+"""Shared layer of af: errors, source spans, diagnostics, parsed steps, the bundle container and its
+typed manifest, and the one atomic file writer (`afcore.fsutil`).
 
 It imports only the standard library and zstandard, so that the compiler (`afc`) and the
 runtime (`afrt`) can share it without importing each other. The names below are resolved on
@@ -18,6 +19,7 @@ _EXPORTS = {
     "AfError": "errors",
     "Diagnostic": "diagnostics",
     "Label": "diagnostics",
+    "Manifest": "manifest",
     "SourceFile": "spans",
     "Span": "spans",
 }

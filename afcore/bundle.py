@@ -3,9 +3,10 @@
 The compiler writes bundles with `write_bundle`; the runtime and `af inspect` read them with
 `read_bundle`, which never extracts to disk, never unpickles and never deserializes code. It checks
 that the file is exactly one complete zstd frame (a truncated frame decodes silently otherwise),
-decodes it in bounded reads under a size cap, parses the tar headers in memory, and accepts only
-regular members with plain relative names, each listed exactly once in the manifest with its size
-and sha256.
+reads the manifest first, and accepts only regular members with plain relative names, each listed
+exactly once in the manifest with its size and sha256; no member is inflated before its header has
+been checked against the manifest, nor when the listed members exceed the size cap. The manifest
+itself is typed and checked in `afcore.manifest` (`Manifest`).
 
 Writing is reproducible: same manifest and members, same bytes (fixed member order, mtime 0,
 uid/gid 0, empty owner names, mode 0o644, sorted JSON keys, one zstd frame at a fixed level).
@@ -14,21 +15,22 @@ uid/gid 0, empty owner names, mode 0o644, sorted JSON keys, one zstd frame at a 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import posixpath
-import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence, Union
 
 import zstandard
 
 from .errors import BundleError
+from .manifest import FORMAT_VERSION, SUPPORTED_FORMAT_VERSIONS, Manifest, MemberEntry, check_format, parse_members
 
 __all__ = [
     "FORMAT_VERSION",
+    "IN_MEMORY_BYTES",
     "MANIFEST_NAME",
+    "MAX_MANIFEST_BYTES",
     "MAX_TOTAL_BYTES",
     "MEMBER_ORDER",
     "Member",
@@ -36,6 +38,7 @@ __all__ = [
     "WINDOW_LOG",
     "ZSTD_LEVEL",
     "Bundle",
+    "Manifest",
     "encode_manifest",
     "iter_bundle",
     "member_size",
@@ -43,14 +46,20 @@ __all__ = [
     "write_bundle",
 ]
 
-#: the bundle format this module writes
-FORMAT_VERSION = "1.0"
-#: the bundle format versions `read_bundle` accepts
-SUPPORTED_FORMAT_VERSIONS = ("1.0",)
 #: name of the first member
 MANIFEST_NAME = "manifest.json"
-#: default cap on the decompressed size of a whole bundle (tar stream), in bytes: 4 GiB
-MAX_TOTAL_BYTES = 4 << 30
+#: the tar block size (tarfile.BLOCKSIZE: tarfile itself is imported only to write)
+BLOCK = 512
+#: default cap on the decompressed size of a whole bundle (tar stream), in bytes: 1 GiB. A valid bundle
+#: costs its own size in memory; this caps what a small file may make af allocate. Bigger bundles
+#: (networks of more than ~80 M parameters, whose weights the bundle holds two or three times) need
+#: ``max_total_bytes`` raised
+MAX_TOTAL_BYTES = 1 << 30
+#: archives up to this size are decoded in one call and read in one pass; members adding up to more
+#: are verified in a first pass that keeps nothing, so a hostile bundle costs at most about this much
+IN_MEMORY_BYTES = 64 << 20
+#: the largest manifest.json accepted (100,000 members take about 13 MB)
+MAX_MANIFEST_BYTES = 32 << 20
 #: the members written first, in this order; any others follow sorted by name
 MEMBER_ORDER = (
     "model.onnx",
@@ -124,7 +133,9 @@ def encode_manifest(manifest: Mapping[str, Any]) -> bytes:
     return (json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+def _tar_info(name: str, size: int) -> Any:
+    import tarfile  # writing only: reading parses the headers itself (`_read_header`)
+
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
@@ -186,19 +197,22 @@ def _digests(chunked: Mapping[str, list[Any]], known: Mapping[str, str]) -> dict
 
 
 def _tar_member(name: str, chunks: list[Any], size: int) -> list[Any]:
+    import tarfile
+
     header = _tar_info(name, size).tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
-    padding = -size % tarfile.BLOCKSIZE
+    padding = -size % BLOCK
     return [header, *chunks, bytes(padding)]
 
 
 def write_bundle(
-    manifest: Mapping[str, Any], members: Mapping[str, Member], *, digests: Mapping[str, str] | None = None
+    manifest: Manifest | Mapping[str, Any], members: Mapping[str, Member], *, digests: Mapping[str, str] | None = None
 ) -> bytes:
     """Write a bundle and return its bytes.
 
     Args:
-        manifest: the manifest without ``members``; a copy gets ``members`` (name, size, sha256 of
-            each member, sorted by name). It must be JSON-serialisable without NaN.
+        manifest: the manifest without ``members`` (a `Manifest` or its JSON data); a copy gets
+            ``members`` (name, size, sha256 of each member, sorted by name). It must be
+            JSON-serialisable without NaN.
         members: member name -> bytes, or a sequence of buffers that make up the member.
         digests: sha256 (hex) of members the caller has already hashed, by name; trusted as given
             (the reader checks every digest). The others are hashed here.
@@ -213,7 +227,7 @@ def write_bundle(
 
 
 def iter_bundle(
-    manifest: Mapping[str, Any], members: Mapping[str, Member], *, digests: Mapping[str, str] | None = None
+    manifest: Manifest | Mapping[str, Any], members: Mapping[str, Member], *, digests: Mapping[str, str] | None = None
 ) -> Iterator[bytes]:
     """Yield the bytes of `write_bundle` piece by piece, to stream a big bundle into a file.
 
@@ -226,6 +240,8 @@ def iter_bundle(
     Raises:
         BundleError: AF4016 for a member name that is unsafe or too long (before anything is yielded).
     """
+    if isinstance(manifest, Manifest):
+        manifest = manifest.to_json()
     for name in members:
         _check_member_name(name)
     chunked = {name: _member_chunks(data) for name, data in members.items()}
@@ -238,7 +254,7 @@ def iter_bundle(
     parts = _tar_member(MANIFEST_NAME, [manifest_bytes], len(manifest_bytes))
     for name in sorted(members, key=_member_key):
         parts += _tar_member(name, chunked[name], sizes[name])
-    parts.append(bytes(2 * tarfile.BLOCKSIZE))  # end-of-archive marker
+    parts.append(bytes(2 * BLOCK))  # end-of-archive marker
     return _compress_parts(parts)
 
 
@@ -307,6 +323,16 @@ def _compressor(*, threads: int, size: int = 0) -> zstandard.ZstdCompressor:
 
 
 # --------------------------------------------------------------------------- reading
+#
+# Memory is bounded by what the manifest lists, never by what the archive holds: the manifest is
+# read first (it must be the first member and at most `MAX_MANIFEST_BYTES`); every later tar header
+# is checked against it (listed once, same size, safe name, regular file) before its data is
+# inflated; and the listed sizes must fit in ``max_total_bytes`` before any member is inflated.
+# An archive whose frame declares at most `IN_MEMORY_BYTES` is decoded in one call (fast, and
+# bounded by that size); a bigger one is streamed, and when its members list more than
+# `IN_MEMORY_BYTES` they are first verified (sizes and sha256) in a pass that keeps nothing, then
+# inflated again to be kept: a hostile bundle is refused within about `IN_MEMORY_BYTES` of memory,
+# whatever it claims, and a valid one costs its own size.
 
 
 def _is_safe_name(name: str) -> bool:
@@ -356,94 +382,147 @@ def _truncated() -> BundleError:
     )
 
 
-def _too_big(limit: int) -> BundleError:
+def _too_big(limit: int, what: str = "the bundle decompresses to") -> BundleError:
     return BundleError(
-        f"the bundle decompresses to more than {limit} bytes",
+        f"{what} more than {limit:,} bytes (the cap)",
         code="AF4003",
-        hint="raise max_total_bytes if this bundle is trusted and really this large",
+        hint="a zstd bomb, or a trusted bundle this large: raise the cap (max_total_bytes=, `--max-bundle-mb`)",
     )
 
 
-def _decompress(compressed: memoryview, limit: int) -> bytes | bytearray:
-    """Decode the frame, refusing to produce more than ``limit`` bytes.
+def _corrupt(exc: Exception) -> BundleError:
+    return BundleError(f"the bundle's zstd data is corrupt: {exc}", code="AF4001")
 
-    A frame that declares its decompressed size (af's writer always does) within ``limit`` is
-    decoded in one call into a buffer of that size (zstd refuses data that does not match it):
-    ~4 ms less than reading it in pieces, for a 5 MB bundle. Any other frame, and any frame the
-    one call refuses, is read in bounded pieces as before, which reports the fault.
-    """
-    decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
-    try:
-        declared = zstandard.get_frame_parameters(compressed).content_size
-    except zstandard.ZstdError:
-        declared = zstandard.CONTENTSIZE_UNKNOWN
-    if declared not in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) and declared <= limit:
+
+class _Archive:
+    """The decompressed tar stream of a bundle, read front to back, never more than ``limit`` bytes."""
+
+    def __init__(self, compressed: memoryview, limit: int) -> None:
+        self.limit, self.pos = limit, 0
+        decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
         try:
-            return decompressor.decompress(compressed)
-        except zstandard.ZstdError:
-            pass
-    return _decompress_in_pieces(decompressor, compressed, limit)
+            declared = zstandard.get_frame_parameters(compressed).content_size
+        except zstandard.ZstdError as exc:
+            raise _corrupt(exc) from None
+        known = declared not in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR)
+        if known and declared > limit:
+            raise _too_big(limit)
+        self._buffer: memoryview | None = None
+        if known and declared <= IN_MEMORY_BYTES:
+            # one call into a buffer of the declared size (zstd refuses data that does not match it)
+            try:
+                self._buffer = memoryview(decompressor.decompress(compressed))
+            except zstandard.ZstdError as exc:
+                raise _corrupt(exc) from None
+        else:
+            self._reader = decompressor.stream_reader(compressed, read_size=_READ_SIZE)
 
+    @property
+    def in_memory(self) -> bool:
+        """True when the whole archive was decoded at once (at most `IN_MEMORY_BYTES`)."""
+        return self._buffer is not None
 
-def _decompress_in_pieces(decompressor: Any, compressed: memoryview, limit: int) -> bytearray:
-    """Decode the frame in bounded reads, refusing to produce more than ``limit`` bytes."""
-    out = bytearray()
-    try:
-        with decompressor.stream_reader(compressed, read_size=_READ_SIZE) as reader:
-            while chunk := reader.read(min(_READ_SIZE * 8, limit + 1 - len(out))):
-                out += chunk
-                if len(out) > limit:
-                    raise _too_big(limit)
-    except zstandard.ZstdError as exc:
-        raise BundleError(f"the bundle's zstd data is corrupt: {exc}", code="AF4001") from None
-    return out
-
-
-class _BufferFile(io.RawIOBase):
-    """A seekable read-only file over a buffer, so tarfile parses headers without copying the data."""
-
-    def __init__(self, buffer: bytes | bytearray) -> None:
-        self._view = memoryview(buffer)
-        self._pos = 0
-        self.size = len(buffer)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = (0, self._pos, self.size)[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, size: int = -1) -> bytes:
-        end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
-        data = bytes(self._view[self._pos : end]) if end > self._pos else b""
-        self._pos = max(self._pos, end)
+    def read(self, size: int, *, eof_ok: bool = False) -> bytes | memoryview:
+        """Return the next ``size`` bytes (a view when decoded at once); b"" at the end when ``eof_ok``."""
+        if self.pos + size > self.limit:
+            raise _too_big(self.limit)
+        if self._buffer is not None:
+            data: bytes | memoryview = self._buffer[self.pos : self.pos + size]
+        else:
+            data = self._read_stream(size)
+        if len(data) != size:
+            if eof_ok and not data:
+                return b""
+            raise _truncated()
+        self.pos += size
         return data
 
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def _read_stream(self, size: int) -> bytes:
+        try:
+            data = self._reader.read(size)
+            if len(data) < size and data:
+                pieces = [data]
+                while size - sum(map(len, pieces)) and (more := self._reader.read(size - sum(map(len, pieces)))):
+                    pieces.append(more)
+                data = b"".join(pieces)
+        except zstandard.ZstdError as exc:
+            raise _corrupt(exc) from None
+        return data
+
+    def digest(self, size: int) -> str:
+        """Return the sha256 (hex) of the next ``size`` bytes, read in bounded pieces and not kept."""
+        digest = hashlib.sha256()
+        while size:
+            piece = self.read(min(size, _READ_SIZE))
+            digest.update(piece)
+            size -= len(piece)
+        return digest.hexdigest()
+
+    def drain(self) -> None:
+        """Read to the end of the frame (so that zstd checks its checksum), keeping nothing."""
+        if self._buffer is not None:
+            return
+        while piece := self._read_stream(_READ_SIZE):
+            self.pos += len(piece)
+            if self.pos > self.limit:
+                raise _too_big(self.limit)
+
+    def close(self) -> None:
+        """Release the decoder."""
+        if self._buffer is None:
+            self._reader.close()
 
 
-def _read_source(source: bytes | str | os.PathLike) -> bytes:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
+@dataclass(frozen=True)
+class _Header:
+    """The fields of a tar header that the reader looks at."""
+
+    name: str
+    size: int
+    type: bytes
+    linkname: str
+
+
+#: tar type flags of a regular file: "0", the old "\0", and "7" (contiguous)
+_REGULAR_TYPES = (b"0", b"\0", b"7")
+_LINK_TYPES = (b"1", b"2")
+
+
+def _header(archive: _Archive) -> _Header | None:
+    """Return the next member's header, None at the end of the archive.
+
+    Parsed here rather than by `tarfile.TarInfo.frombuf`, which took ~15 us a header (1.5 s of a
+    100,000-member bundle); only USTAR (what af writes) and the fields below are read.
+    """
+    block = bytes(archive.read(BLOCK, eof_ok=True))
+    if not block or block == _ZERO_BLOCK:
+        return None  # end-of-archive marker, or the end of the data at a header boundary
     try:
-        with open(source, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise BundleError(f"cannot read bundle {os.fspath(source)!r}: {exc.strerror}", code="AF4015") from None
+        checksum = int(block[148:156].rstrip(b" \0").decode("ascii") or "x", 8)
+        size_field = block[124:136]
+        size = int.from_bytes(size_field[1:], "big") if size_field[0] & 0x80 else int(
+            size_field.rstrip(b" \0").decode("ascii") or "0", 8)
+    except (ValueError, UnicodeDecodeError):
+        raise BundleError("the bundle's tar archive is corrupt: a member header is malformed", code="AF4001") from None
+    if checksum != sum(block) - sum(block[148:156]) + 8 * 32:
+        raise BundleError("the bundle's tar archive is corrupt: a member header fails its checksum", code="AF4001")
+    name = _text(block[0:100])
+    if block[257:263] == b"ustar\0" and block[345] != 0:  # POSIX ustar: the name may have a prefix
+        name = f"{_text(block[345:500])}/{name}"
+    kind = block[156:157]
+    if kind == b"5" or (kind == b"\0" and name.endswith("/")):  # a directory, named "dir/" (as tarfile reads it)
+        kind, name = b"5", name.rstrip("/")
+    return _Header(name, size, kind, _text(block[157:257]))
 
 
-def _refuse_member(info: tarfile.TarInfo) -> None:
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+def _refuse_member(info: _Header) -> None:
     name = info.name
     if not _is_safe_name(name):
         raise BundleError(
@@ -451,75 +530,104 @@ def _refuse_member(info: tarfile.TarInfo) -> None:
             code="AF4004",
             hint="bundle members have relative names without `..`; this bundle was not written by af",
         )
-    if info.issym() or info.islnk():
+    if info.type in _LINK_TYPES:
         raise BundleError(f"member {name!r} is a link (to {info.linkname!r})", code="AF4005",
                           hint="bundles hold regular files only; this bundle was not written by af")
-    if not info.isreg() or info.issparse():
-        raise BundleError(f"member {name!r} is not a regular file (tar type {info.type!r})", code="AF4006",
-                          hint="bundles hold regular files only; this bundle was not written by af")
+    if info.type not in _REGULAR_TYPES:
+        raise BundleError(f"member {name!r} is not a regular file (tar type {info.type.decode('latin-1')!r})",
+                          code="AF4006", hint="bundles hold regular files only; this bundle was not written by af")
 
 
-def _iter_members(buffer: bytes | bytearray) -> Iterator[tuple[str, bytes]]:
-    view = memoryview(buffer)
-    if not buffer:
+def _read_manifest(archive: _Archive) -> tuple[dict, dict[str, MemberEntry]]:
+    info = _header(archive)
+    if info is None and archive.pos == 0:
         raise BundleError("the bundle holds no tar archive", code="AF4001")
-    try:
-        with tarfile.open(fileobj=_BufferFile(buffer), mode="r:") as tar:
-            for info in tar:
-                _refuse_member(info)
-                if info.offset_data + info.size > len(buffer):
-                    raise _truncated()
-                yield info.name, bytes(view[info.offset_data : info.offset_data + info.size])
-    except (tarfile.ReadError, EOFError) as exc:
-        if "unexpected end" in str(exc) or "truncated" in str(exc):
-            raise _truncated() from None
-        raise BundleError(f"the bundle holds no valid tar archive: {exc}", code="AF4001") from None
-    except tarfile.TarError as exc:
-        raise BundleError(f"the bundle's tar archive is corrupt: {exc}", code="AF4001") from None
-
-
-def _parse_manifest(data: bytes) -> dict:
+    if info is None:
+        raise BundleError("the bundle has no manifest.json", code="AF4008")
+    _refuse_member(info)
+    if info.name != MANIFEST_NAME:
+        raise BundleError(f"the first member is {info.name!r}, not manifest.json", code="AF4008",
+                          hint="bundles start with manifest.json; this bundle was not written by af")
+    if info.size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"manifest.json is {info.size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a manifest may be",
+                          code="AF4023", hint="this bundle was not written by af")
+    data = bytes(archive.read(info.size))
+    archive.read(-info.size % BLOCK)
     try:
         manifest = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"manifest.json is not valid JSON: {exc}", code="AF4009") from None
-    if not isinstance(manifest, dict):
-        raise BundleError("manifest.json is not a JSON object", code="AF4009")
-    if manifest.get("format") != "afb":
-        raise BundleError("manifest.json does not describe an af bundle (`format` is not \"afb\")", code="AF4010")
-    version = manifest.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise BundleError(
-            f"unsupported bundle format version {version!r}",
-            code="AF4010",
-            hint=f"this af reads format versions {', '.join(SUPPORTED_FORMAT_VERSIONS)}; "
-            "recompile the .af with this af or use a matching af",
-        )
-    return manifest
+    check_format(manifest)
+    listed = {entry.name: entry for entry in parse_members(manifest)}
+    archived = archive.pos + sum(BLOCK + _padded(e.size) for e in listed.values()) + 2 * BLOCK
+    if archived > archive.limit:
+        raise _too_big(archive.limit, "the members listed in manifest.json add up to")
+    return manifest, listed
 
 
-def _listed_members(manifest: dict) -> dict[str, tuple[int, str]]:
-    entries = manifest.get("members")
-    listed: dict[str, tuple[int, str]] = {}
-    if not isinstance(entries, list):
-        raise BundleError("manifest.json has no `members` list", code="AF4014")
-    for entry in entries:
-        ok = isinstance(entry, dict) and isinstance(entry.get("name"), str)
-        ok = ok and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)
-        if not ok or entry["name"] in listed:
-            raise BundleError(f"manifest.json has a malformed or repeated member entry {entry!r}", code="AF4014")
-        listed[entry["name"]] = (entry["size"], entry["sha256"].lower())
-    return listed
+def _padded(size: int) -> int:
+    return size + (-size % BLOCK)
 
 
-def _verify_member(name: str, data: bytes, listed: dict[str, tuple[int, str]]) -> None:
-    if name not in listed:
+def _next_member(archive: _Archive, listed: Mapping[str, MemberEntry], seen: set[str]) -> MemberEntry | None:
+    """Read the next header and check it against the manifest, before any of its data is inflated."""
+    info = _header(archive)
+    if info is None:
+        missing = sorted(set(listed) - seen)
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise BundleError(f"member(s) {shown} listed in manifest.json are missing", code="AF4012",
+                              hint="the bundle is incomplete; compile it again")
+        return None
+    _refuse_member(info)
+    name = info.name
+    if name in seen or name == MANIFEST_NAME:
+        raise BundleError(f"member {name!r} appears more than once", code="AF4007",
+                          hint="a bundle holds each member once; this bundle was not written by af")
+    entry = listed.get(name)
+    if entry is None:
         raise BundleError(f"member {name!r} is not listed in manifest.json", code="AF4011",
                           hint="the bundle was altered after it was written; compile it again")
-    size, digest = listed[name]
-    if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
-        raise BundleError(f"member {name!r} does not match its size or sha256 in manifest.json", code="AF4013",
-                          hint="the bundle is corrupt or was tampered with; compile it again")
+    if info.size != entry.size:
+        raise _mismatch(name)
+    seen.add(name)
+    return entry
+
+
+def _mismatch(name: str) -> BundleError:
+    return BundleError(f"member {name!r} does not match its size or sha256 in manifest.json", code="AF4013",
+                       hint="the bundle is corrupt or was tampered with; compile it again")
+
+
+def _read_members(archive: _Archive, listed: Mapping[str, MemberEntry], *, keep: bool, verify: bool) -> dict[str, bytes]:
+    """Read every member after the manifest: verify its sha256 and/or keep its bytes."""
+    members: dict[str, bytes] = {}
+    seen: set[str] = set()
+    while (entry := _next_member(archive, listed, seen)) is not None:
+        if keep:
+            data = bytes(archive.read(entry.size))
+            if verify and hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise _mismatch(entry.name)
+            members[entry.name] = data
+        elif archive.digest(entry.size) != entry.sha256:
+            raise _mismatch(entry.name)
+        archive.read(-entry.size % BLOCK)
+    archive.drain()
+    return members
+
+
+def _read_source(source: bytes | str | os.PathLike, limit: int) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    try:
+        with open(source, "rb") as handle:
+            # zstd never makes data much bigger: a file far past the cap cannot hold a bundle within it
+            if os.fstat(handle.fileno()).st_size > limit + (limit >> 7) + (1 << 16):
+                raise _too_big(limit, f"{os.fspath(source)!r} is bigger than any bundle that decompresses to")
+            return handle.read()
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle {os.fspath(source)!r}: {exc.strerror}", code="AF4015",
+                          hint="check the path and its permissions") from None
 
 
 def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX_TOTAL_BYTES) -> Bundle:
@@ -527,43 +635,35 @@ def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX
 
     Args:
         source: the .afb bytes or a path to them.
-        max_total_bytes: cap on the decompressed size of the archive.
+        max_total_bytes: cap on the decompressed size of the archive (`MAX_TOTAL_BYTES` by default);
+            members are refused before they are inflated when the manifest lists more than this.
 
     Returns:
         The verified `Bundle`.
 
     Raises:
-        BundleError: with one code per fault (see docs/diagnostics.md, AF4001-AF4016): not zstd or
-            corrupt, truncated, too big, unsafe path, link, non-regular member, duplicate member,
-            manifest missing or not first, bad JSON, unsupported version, unlisted or missing member,
-            digest mismatch, unreadable file.
+        BundleError: with one code per fault (see docs/diagnostics.md, AF4001-AF4016, AF4023): not
+            zstd or corrupt, truncated, too big, unsafe path, link, non-regular member, duplicate
+            member, manifest missing or not first or too big, bad JSON, unsupported version,
+            unlisted or missing member, size or digest mismatch, unreadable file.
     """
-    data = _read_source(source)
+    data = _read_source(source, max_total_bytes)
     view = memoryview(data)
     if _zstd_frame_end(view) != len(data):
         raise BundleError("the bundle has trailing data after its zstd frame", code="AF4001",
                           hint="an .afb is one zstd frame; the file was altered or concatenated")
-    buffer = _decompress(view, max_total_bytes)
-    manifest: dict | None = None
-    listed: dict[str, tuple[int, str]] = {}
-    members: dict[str, bytes] = {}
-    for name, content in _iter_members(buffer):
-        if manifest is None:
-            if name != MANIFEST_NAME:
-                raise BundleError(f"the first member is {name!r}, not manifest.json", code="AF4008",
-                                  hint="bundles start with manifest.json; this bundle was not written by af")
-            manifest = _parse_manifest(content)
-            listed = _listed_members(manifest)
-            continue
-        if name in members or name == MANIFEST_NAME:
-            raise BundleError(f"member {name!r} appears more than once", code="AF4007",
-                              hint="a bundle holds each member once; this bundle was not written by af")
-        _verify_member(name, content, listed)
-        members[name] = content
-    if manifest is None:
-        raise BundleError("the bundle has no manifest.json", code="AF4008")
-    missing = sorted(set(listed) - set(members))
-    if missing:
-        raise BundleError(f"member(s) {', '.join(missing)} listed in manifest.json are missing", code="AF4012",
-                          hint="the bundle is incomplete; compile it again")
+    archive = _Archive(view, max_total_bytes)
+    try:
+        manifest, listed = _read_manifest(archive)
+        two_passes = not archive.in_memory and sum(e.size for e in listed.values()) > IN_MEMORY_BYTES
+        members = _read_members(archive, listed, keep=not two_passes, verify=True)
+    finally:
+        archive.close()
+    if two_passes:  # verified without keeping anything; now inflate again and keep
+        archive = _Archive(view, max_total_bytes)
+        try:
+            _read_manifest(archive)
+            members = _read_members(archive, listed, keep=True, verify=False)
+        finally:
+            archive.close()
     return Bundle(manifest=manifest, members=members, digest=hashlib.sha256(data).hexdigest())

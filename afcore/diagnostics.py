@@ -129,6 +129,35 @@ def _underline(span: Span, line_text: str, mark: str) -> tuple[int, int]:
     return start, width
 
 
+#: the widest source line a frame shows; a longer one is cut around the caret
+MAX_FRAME_CHARS = 160
+
+
+def _framable(line_text: str) -> bool:
+    """Whether a source line can be shown (text, not the undecodable bytes of a binary file)."""
+    return "\ufffd" not in line_text and "\x00" not in line_text
+
+
+#: control characters drawn as their Unicode control pictures (one column each, carets stay put)
+_CONTROL_PICTURES = {c: 0x2400 + c for c in range(32)} | {0x7F: 0x2421}
+
+
+def _clip(line_text: str, span: Span) -> tuple[str, Span]:
+    """Cut a long line to `MAX_FRAME_CHARS` around the span's start; shift the span to match."""
+    if len(line_text) <= MAX_FRAME_CHARS:
+        return line_text, span
+    begin = max(0, min(span.column - 1 - MAX_FRAME_CHARS // 3, len(line_text) - MAX_FRAME_CHARS))
+    shown = line_text[begin : begin + MAX_FRAME_CHARS]
+    prefix = "..." if begin else ""
+    suffix = "..." if begin + MAX_FRAME_CHARS < len(line_text) else ""
+    shift = begin - len(prefix)
+    end_column = span.end_column
+    if end_column is not None and span.end_line == span.line:
+        end_column = min(end_column - shift, len(prefix) + len(shown) + 1)
+    moved = Span(span.path, span.line, max(span.column - shift, 1), span.end_line, end_column)
+    return prefix + shown + suffix, moved
+
+
 def render_full(diagnostic: Diagnostic, sources: Mapping[str, SourceFile] | None = None) -> str:
     """Render with a source frame and carets, as rustc and ruff print.
 
@@ -147,8 +176,12 @@ def render_full(diagnostic: Diagnostic, sources: Mapping[str, SourceFile] | None
         gutter_width = len(str(span.line))
         pad = " " * gutter_width
         out.append(f"{pad}--> {span.path}:{span.line}:{span.column}")
-        if source is not None and 1 <= span.line <= source.line_count:
-            line_text = source.line_text(span.line).expandtabs(1)
+        line_text = source.line_text(span.line).expandtabs(1) if source is not None and \
+            1 <= span.line <= source.line_count else None
+        if line_text is not None and not _framable(line_text):
+            line_text = None  # undecodable bytes (a binary file) would garble the terminal: no frame
+        if line_text is not None:
+            line_text, span = _clip(line_text.translate(_CONTROL_PICTURES), span)
             start, width = _underline(span, line_text, "^")
             carets = " " * (start - 1) + "^" * width
             label = f" {diagnostic.label}" if diagnostic.label else ""

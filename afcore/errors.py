@@ -10,7 +10,7 @@ AfError                      root; never raised directly
 ├── BundleError              corrupt/incompatible bundle (AF4xxx)
 ├── ExecutionError           .span, .agent (AF5xxx)
 │   ├── AgentTrap            .trap_code, .frames → spans
-│   ├── ResourceLimitError   fuel/epoch/memory/disk exhausted
+│   ├── ResourceLimitError   fuel/memory/disk exhausted
 │   ├── SandboxViolation     undeclared host call or capability
 │   ├── InferenceError
 │   ├── StateError           corrupt or unreadable checkpoint
@@ -18,6 +18,12 @@ AfError                      root; never raised directly
 ├── UsageError               bad command-line or API arguments (exit code 2)
 └── InternalError            a bug in af: "please report this"
 ```
+
+Training (`afc.train`, AF6000-AF6049) has no class of its own: it raises `UsageError` (bad options,
+unreadable data files), `CheckError` (faults in the data) and `ExecutionError` (a diverging run)
+with codes of its range. Interop (`af import`, `af export --fann`, `af.from_sklearn`, AF6050-AF6099)
+likewise raises `UsageError`, `CheckError` (a model af cannot map) and `LoweringError` (FANN lacks
+an activation).
 
 Every error carries a stable ``code`` (documented in docs/diagnostics.md) so that scripts
 and the JSON output can rely on it. ``af`` renders any ``AfError`` as diagnostics and exits

@@ -338,7 +338,13 @@ def evaluate(expr: Expr, resolve: Resolver) -> Any:
     return _apply(expr.op, BINARY_OPERATORS[expr.op], left, right)
 
 
+#: the longest string a guard may build (``"ab" * n``); longer is the record's AF5202, not a MemoryError
+MAX_GUARD_STRING = 65_536
+
+
 def _apply(name: str, fn: Callable[..., Any], *values: Any) -> Any:
+    if name == "*" and any(isinstance(v, str) for v in values) and _repeated_length(*values) > MAX_GUARD_STRING:
+        raise ExecutionError(f"`*` would build a string longer than {MAX_GUARD_STRING:,} characters", code="AF5202")
     try:
         result = fn(*values)
     except (TypeError, ZeroDivisionError, ValueError, OverflowError) as exc:
@@ -346,9 +352,20 @@ def _apply(name: str, fn: Callable[..., Any], *values: Any) -> Any:
             f"cannot apply `{name}` to {', '.join(repr(v) for v in values)}: {exc}",
             code="AF5202",
         ) from None
-    if isinstance(result, float) and math.isnan(result) and name in ("/", "%"):
-        raise ExecutionError(f"`{name}` gave NaN for {values!r}", code="AF5202")
+    if isinstance(result, float) and not math.isfinite(result) and all(_finite(v) for v in values):
+        # an overflow to infinity (or NaN from `/`, `%`) would make the guard's verdict meaningless
+        what = "NaN" if math.isnan(result) else "infinity"
+        raise ExecutionError(f"`{name}` gave {what} for {', '.join(repr(v) for v in values)}", code="AF5202")
     return result
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _repeated_length(left: Any, right: Any) -> int:
+    text, count = (left, right) if isinstance(left, str) else (right, left)
+    return len(text) * count if isinstance(count, int) else 0
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from afrt import Instrument
 
+from .layers import LAYER_SAMPLE_BLOCKS, layer_calls, measure_layers
 from .report import Distribution, ProfileReport, StepProfile, WorkflowProfile
 
 if TYPE_CHECKING:
     from afcore.errors import AfError
     from afcore.steps import Step
 
-__all__ = ["Profiler"]
+__all__ = ["Profiler", "TraceRecorder"]
 
 #: workflows in the order they run (the report's order)
 WORKFLOW_ORDER = ("initialization", "execution", "shutdown")
@@ -59,14 +60,22 @@ class Profiler(Instrument):
 
     Args:
         clock: the time source in seconds (default `time.perf_counter`), for the block times.
+        trace: also record every block, backend call and step as a span (`trace_json`).
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.perf_counter, trace: bool = False) -> None:
         self._clock = clock
+        #: Chrome trace events when ``trace`` (see `trace_json`), else None
+        self.trace: TraceRecorder | None = TraceRecorder(clock) if trace else None
         self._steps: dict[tuple[str, str, int | None], _StepStats] = {}
         self._lifecycle: dict[tuple[int, str], float] = {}  # (id(ctx), workflow) -> seconds of its steps
         self._blocks: dict[int, float] = {}  # id(ctx) -> when its current block started
         self._execution: list[tuple[int, float]] = []  # (records, seconds) per block
+        self._replicas: dict[str, int] = {}  # agent id -> records it ran
+        self._samples: list[Any] = []  # input arrays of the first blocks (`samples`)
+        self._layers: list[Any] = []  # `LayerProfile`s, once `measure_layers` ran
+        # the system clock and this clock at one moment: onnxruntime's profile is on the system clock
+        self._wall_origin, self._clock_origin = time.time_ns(), clock()
         self._calls: list[tuple[int, float, int | None]] = []  # (records, seconds, fuel) per backend call
         self._warmups = 0
         self._fuel_budget: int | None = None
@@ -96,6 +105,8 @@ class Profiler(Instrument):
 
     def step_timed(self, ctx: Any, workflow: str, step: Step, ran: int, skipped: int, failed: int,
                    seconds: float) -> None:
+        if self.trace is not None:
+            self.trace.step(ctx, workflow, step, ran, skipped, failed, seconds)
         stats = self._stats(workflow, step)
         if ran:
             stats.chunks.append((ran, seconds))
@@ -109,14 +120,55 @@ class Profiler(Instrument):
 
     def block_start(self, ctx: Any, block: Any) -> None:
         self._blocks[id(ctx)] = self._clock()
+        array = getattr(block, "array", None)
+        if len(self._samples) < LAYER_SAMPLE_BLOCKS and array is not None and len(array):
+            self._samples.append(array)  # for `measure_layers`, after the run
 
     def block_end(self, ctx: Any, block: Any, outcomes: Any) -> None:
         started = self._blocks.pop(id(ctx), None)
+        agent_id = getattr(ctx, "agent_id", None) or f"replica {id(ctx)}"
+        self._replicas[agent_id] = self._replicas.get(agent_id, 0) + len(block)
         if started is not None and len(block):
-            self._execution.append((len(block), self._clock() - started))
+            ended = self._clock()
+            self._execution.append((len(block), ended - started))
+            if self.trace is not None:
+                self.trace.span(ctx, "execution", "workflow", started, ended, records=len(block))
 
     def backend_call(self, ctx: Any, records: int, seconds: float, fuel: int | None) -> None:
         self._calls.append((records, seconds, fuel))
+        if self.trace is not None:
+            ended = self._clock()
+            self.trace.span(ctx, f"backend ({self._backend})", "backend", ended - seconds, ended, records=records,
+                            fuel=fuel)
+
+    def measure_layers(self, agent: Any, *, threads: int | None = None) -> None:
+        """Time each network layer on a sample of this run's blocks, after the run (`afprof.layers`).
+
+        Only the onnx backend has per-layer times: the WebAssembly module computes every layer in
+        one exported call (ABI v1).
+        """
+        if getattr(agent, "backend", "onnx") == "onnx" and "model.onnx" in agent.bundle.members:
+            self._layers = measure_layers(agent.bundle, self._samples, threads=threads)
+
+    def merge_onnxruntime(self, start_ns: int, events: list[dict]) -> None:
+        """Add onnxruntime's node events of this run (loaded with ``profile_layers``) to the trace, as
+        ``layer`` spans inside the backend call that made them, on the same clock."""
+        if self.trace is None or not events:
+            return
+        offset = self._clock_origin + (start_ns - self._wall_origin) / 1e9
+        for layer, op, start_us, duration_us in layer_calls(events):
+            started = offset + start_us / 1e6
+            self.trace.layer(f"layer {layer} ({op})", started, started + duration_us / 1e6)
+
+    def trace_json(self) -> dict[str, Any]:
+        """Return the recorded spans as a Chrome trace (open it in Perfetto or chrome://tracing).
+
+        Raises:
+            ValueError: when the profiler was made without ``trace=True``.
+        """
+        if self.trace is None:
+            raise ValueError("this profiler records no trace: make it with trace=True")
+        return self.trace.to_json()
 
     def message_sent(self, ctx: Any, message: Any) -> None:
         self.messages[message.topic] = self.messages.get(message.topic, 0) + 1
@@ -169,6 +221,9 @@ class Profiler(Instrument):
             records=getattr(summary, "records", 0) if summary is not None else 0,
             seconds=getattr(summary, "seconds", 0.0) if summary is not None else 0.0,
             baseline_records_per_second=baseline_records_per_second,
+            replicas=dict(self._replicas),
+            latencies=tuple(_per_record(self._execution)),
+            layers=list(self._layers),
         )
 
     def _workflows(self) -> list[WorkflowProfile]:
@@ -197,6 +252,73 @@ class Profiler(Instrument):
         if self._backend != "wasm":
             return None
         return Distribution.of([fuel / n for n, _, fuel in self._calls if fuel is not None for _ in range(n)])
+
+
+class TraceRecorder:
+    """Spans of one run, per replica (one trace thread each), in Chrome's trace event format.
+
+    Lifecycle workflows become a span from their first step's start to their last step's end;
+    each block of records is an ``execution`` span holding its backend call and its steps.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._origin = clock()
+        self.events: list[dict[str, Any]] = []
+        self._threads: dict[int, int] = {}  # id(ctx) -> trace thread id
+        self._lifecycle: dict[tuple[int, str], list[float]] = {}  # (tid, workflow) -> [start, end]
+
+    def _tid(self, ctx: Any) -> int:
+        tid = self._threads.get(id(ctx))
+        if tid is None:
+            tid = self._threads[id(ctx)] = len(self._threads) + 1
+            name = getattr(ctx, "agent_id", None) or f"replica {tid}"
+            self.events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}})
+        return tid
+
+    def span(self, ctx: Any, name: str, category: str, started: float, ended: float, **args: Any) -> None:
+        """Record a span from ``started`` to ``ended`` (clock seconds) on the replica's thread."""
+        self.events.append(self._event(name, category, self._tid(ctx), started, ended,
+                                       {k: v for k, v in args.items() if v is not None}))
+
+    def _event(self, name: str, category: str, tid: int, started: float, ended: float,
+               args: dict[str, Any]) -> dict[str, Any]:
+        # Both ends are rounded the same way, so a child that ends before its parent still does.
+        ts, end = (round((t - self._origin) * 1e6, 3) for t in (started, max(started, ended)))
+        return {"name": name, "cat": category, "ph": "X", "pid": 1, "tid": tid, "ts": ts,
+                "dur": round(end - ts, 3), "args": args}
+
+    def step(self, ctx: Any, workflow: str, step: Step, ran: int, skipped: int, failed: int, seconds: float) -> None:
+        """Record a step that just ended (a `step_timed` event)."""
+        ended = self._clock()
+        started = ended - seconds
+        self.span(ctx, step.name, "step", started, ended, workflow=workflow, ran=ran, skipped=skipped, failed=failed,
+                  source=step.source or None)
+        if workflow != "execution":
+            bounds = self._lifecycle.setdefault((self._tid(ctx), workflow), [started, ended])
+            bounds[0], bounds[1] = min(bounds[0], started), max(bounds[1], ended)
+
+    def layer(self, name: str, started: float, ended: float) -> None:
+        """Record a layer's kernel (from onnxruntime's profile) on the thread of the backend call
+        that holds it; one held by none goes on a thread of its own (``onnxruntime``)."""
+        ts = round((started - self._origin) * 1e6, 3)
+        end = round((ended - self._origin) * 1e6, 3)
+        holder = next((e for e in self.events if e.get("cat") == "backend" and e["ts"] <= ts
+                       and end <= e["ts"] + e["dur"] + 0.002), None)
+        tid = holder["tid"] if holder is not None else 0
+        if holder is None and not any(e.get("tid") == 0 and e["ph"] == "M" for e in self.events):
+            self.events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": 0,
+                                "args": {"name": "onnxruntime (outside the traced calls)"}})
+        self.events.append(self._event(name, "layer", tid, started, ended, {}))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return ``{"traceEvents": [...], "displayTimeUnit": "ms"}``, parents before children."""
+        events = list(self.events)
+        for (tid, workflow), (started, ended) in self._lifecycle.items():
+            events.append(self._event(workflow, "workflow", tid, started, ended, {}))
+        # Viewers nest spans of one thread by time; a parent listed first when two start together.
+        events.sort(key=lambda e: (e.get("tid", 0), e.get("ts", -1), -e.get("dur", 0)))
+        return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
 def _workflow_rank(name: str) -> int:

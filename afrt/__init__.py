@@ -18,6 +18,7 @@ from .outcomes import Outcomes as Outcomes
 from .outcomes import RecordError as RecordError
 from .steps import resolve_field as resolve_field
 from .stream import RunOptions as RunOptions
+from .stream import RunProgress as RunProgress
 from .stream import RunSummary as RunSummary
 from .stream import run_jsonl as run_jsonl
 from .swarm import Swarm as Swarm
@@ -51,6 +52,7 @@ __all__ = [
     "RecordError",
     "RedisBus",
     "RunOptions",
+    "RunProgress",
     "RunSummary",
     "SubmitSummary",
     "Swarm",

@@ -1,11 +1,13 @@
-"""A cheap host -> wasm call for i32-only exports, and a numpy view over linear memory.
+"""A cheap host -> wasm call for i32-only exports, with the public call as fallback; a numpy view over memory.
 
 `wasmtime.Func.__call__` inspects the function type and converts every value on each call (6-19 us). The
 C API's ``wasmtime_func_call_unchecked`` skips that (about 1.3 us from Python): it trusts the caller to pass
 the right number and types of values, so `FastFunc` checks the signature once, when it is built. The
 function is reached through wasmtime-py's private ctypes bindings (``wasmtime._bindings``); this module is
-the only place in af that touches them, and pyproject.toml pins ``wasmtime==50.*`` for that reason.
-tests/afrt/test_fastcall.py compares its results with ``Func.__call__``.
+the only place in af that touches them, and it does so only on the wasmtime-py versions it was tested
+with (`TESTED_MAJOR_VERSIONS`) and only when every private name it needs is there. Otherwise `fast_func`
+returns a `PlainFunc`, which calls the public ``Func.__call__``: the same results and exceptions, slower
+per call. tests/afrt/test_fastcall.py compares both with ``Func.__call__`` and forces the fallback.
 
 Traps, including running out of fuel, raise ``wasmtime.Trap`` exactly as ``Func.__call__`` does (other
 engine failures raise ``wasmtime.WasmtimeError``); afrt/_errormap.py maps both.
@@ -14,7 +16,9 @@ engine failures raise ``wasmtime.WasmtimeError``); afrt/_errormap.py maps both.
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING
+import functools
+from importlib.metadata import version as _dist_version
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import wasmtime
@@ -24,8 +28,11 @@ from afcore.errors import InternalError
 if TYPE_CHECKING:
     from wasmtime import Func, Memory, Store
 
-__all__ = ["FastFunc", "memory_view"]
+__all__ = ["TESTED_MAJOR_VERSIONS", "FastFunc", "PlainFunc", "fast_func", "fast_path_problem", "memory_view"]
 
+#: wasmtime-py major versions whose private bindings `FastFunc` was tested against (pyproject.toml
+#: allows the next major too: there `fast_func` uses the public call until it is tested and added here)
+TESTED_MAJOR_VERSIONS = (50,)
 #: the wasmtime-py private names this module relies on
 _NEEDED = ("_wasmtime_func_call_unchecked", "wasmtime_error_t", "wasmtime_val_raw_t", "wasm_trap_t", "wasmtime_func_t")
 
@@ -39,15 +46,77 @@ def _bindings():
     missing = [name for name in _NEEDED if not hasattr(ffi, name)]
     if missing:
         raise _changed(f"missing {', '.join(missing)}")
+    if not hasattr(wasmtime.Store, "_context"):
+        raise _changed("Store._context is missing")
     return ffi
 
 
 def _changed(detail: str) -> InternalError:
     return InternalError(
-        f"wasmtime-py {getattr(wasmtime, '__version__', '?')} changed its private bindings ({detail})",
+        f"wasmtime-py {_wasmtime_version()} changed its private bindings ({detail})",
         code="AF9999",
-        hint="af needs wasmtime==50.*: run `pip install 'wasmtime==50.*'`",
+        hint="af falls back to wasmtime's public call; FastFunc itself needs a tested wasmtime-py",
     )
+
+
+def _wasmtime_version() -> str:
+    try:
+        return _dist_version("wasmtime")
+    except Exception:  # pragma: no cover - a wasmtime without distribution metadata
+        return "?"
+
+
+@functools.cache
+def fast_path_problem() -> str | None:
+    """Return why `FastFunc` cannot be used with this wasmtime-py, or None when it can."""
+    version = _wasmtime_version()
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) not in TESTED_MAJOR_VERSIONS:
+        return f"wasmtime-py {version} is not a version FastFunc was tested with"
+    try:
+        _bindings()
+    except InternalError as error:
+        return error.message
+    return None
+
+
+class PlainFunc:
+    """An exported function called through the public ``Func.__call__``: `FastFunc`'s fallback.
+
+    Args:
+        store: the store the function's instance lives in.
+        func: the export.
+    """
+
+    __slots__ = ("_store", "_func")
+
+    def __init__(self, store: Store, func: Func) -> None:
+        self._store, self._func = store, func
+
+    def __call__(self, *args: int) -> Any:
+        """Call the function; the same results and exceptions as `FastFunc`."""
+        return self._func(self._store, *args)
+
+
+def fast_func(store: Store, func: Func) -> FastFunc | PlainFunc:
+    """Return the fastest caller of an i32-only export that this wasmtime-py allows.
+
+    Args:
+        store: the store the function's instance lives in.
+        func: the export, e.g. ``instance.exports(store)["infer"]``.
+
+    Returns:
+        A `FastFunc`, or a `PlainFunc` when `fast_path_problem` names a reason.
+
+    Raises:
+        InternalError: if the signature is not i32-only with at most one result.
+    """
+    if fast_path_problem() is not None:
+        return PlainFunc(store, func)
+    try:
+        return FastFunc(store, func)
+    except AttributeError:  # a private attribute of Store or Func moved: the public call still works
+        return PlainFunc(store, func)
 
 
 class FastFunc:
@@ -61,7 +130,8 @@ class FastFunc:
 
     Raises:
         InternalError: if the signature is not i32-only with at most one result (the caller should have
-            checked the module's ABI), or if wasmtime-py's private bindings are not the ones of version 50.
+            checked the module's ABI), or if wasmtime-py's private bindings changed shape (use `fast_func`,
+            which falls back to `PlainFunc` instead).
     """
 
     __slots__ = ("_keep", "_store", "_call", "_args", "_nparams", "_has_result", "_ints", "_trap")

@@ -79,6 +79,8 @@ class Agent:
         self.max_batch: int = getattr(engine, "max_batch", ONNX_MAX_BATCH)
         self._engine: Backend | None = engine
         self._run: Callable[[np.ndarray], np.ndarray] = engine.run
+        #: what loading adjusted and the user should hear of (e.g. inference threads capped at the CPUs)
+        self.notices: list[str] = list(getattr(engine, "notices", ()))
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} {self.version} backend={self.backend}>"
@@ -165,6 +167,15 @@ class Agent:
         if engine is not None:
             self._run = self._raise_closed
             engine.close()
+            self._layer_events = getattr(engine, "layer_events", _no_layer_events)()
+
+    def layer_events(self) -> tuple[int, list[dict]]:
+        """Return onnxruntime's profile of the calls so far (loaded with ``profile_layers``): its start
+        in ns on the system clock and its node events (``name``, ``ts`` and ``dur`` in µs). The
+        profile ends at the first call (or at `close`); (0, []) for the wasm backend or without it."""
+        if self._engine is None:
+            return getattr(self, "_layer_events", (0, []))
+        return getattr(self._engine, "layer_events", _no_layer_events)()
 
     def _raise_closed(self, inputs: np.ndarray) -> np.ndarray:
         raise self._closed_error()
@@ -212,8 +223,8 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
     return sandbox.WasmBackend(sandbox.WasmPool(module, limits))
 
 
-def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Backend:
-    from .inference import OnnxModel, ensure_safe_onnx, session_threads
+def _onnx_engine(bundle: LoadedBundle, threads: int | None, profile_dir: str | None = None) -> Backend:
+    from .inference import OnnxModel, ensure_safe_onnx, session_threads, threads_notice
 
     model_bytes = bundle.member("onnx")
     ensure_safe_onnx(model_bytes)
@@ -223,9 +234,22 @@ def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Backend:
         input_name=bundle.input_name,
         output_name=bundle.output_name,
         threads=session_threads(bundle.limit("cpu_cores"), threads),
+        profile_dir=profile_dir,
     )
     model.ensure_signature(bundle.input_size, bundle.output_size)
+    notice = threads_notice(bundle.limit("cpu_cores"), threads)
+    model.notices = [notice] if notice else []
     return model
+
+
+def _no_layer_events() -> tuple[int, list[dict]]:
+    return 0, []
+
+
+def _profile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="af-onnx-profile-")
 
 
 def load(
@@ -235,6 +259,8 @@ def load(
     fuel_per_record: int | None = None,
     threads: int | None = None,
     cache_dir: Path | str | None = None,
+    max_total_bytes: int | None = None,
+    profile_layers: bool = False,
 ) -> Agent:
     """Load a bundle into an agent on one backend.
 
@@ -245,6 +271,10 @@ def load(
             (`afrt.sandbox.fuel_per_record`).
         threads: onnxruntime intra-op threads; default ``ceil(resources.limits.cpu_cores)``.
         cache_dir: the compiled-module cache (wasm); default ``$XDG_CACHE_HOME/af/modules``.
+        max_total_bytes: cap on what the bundle may decompress to (`afcore.bundle.MAX_TOTAL_BYTES`,
+            1 GiB, when None); raise it for a trusted bigger bundle.
+        profile_layers: onnx only: turn on onnxruntime's profiler, which times every node of every
+            call; `Agent.layer_events` returns what it measured (`af profile`).
 
     Returns:
         The `Agent`.
@@ -256,9 +286,9 @@ def load(
         ResourceLimitError: AF5012 when the module cannot start within ``memory_mb``.
     """
     _check_options(backend, fuel_per_record, threads)
-    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle)
+    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle, max_total_bytes=max_total_bytes)
     if backend == "wasm":
         engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None)
     else:
-        engine = _onnx_engine(loaded, threads)
+        engine = _onnx_engine(loaded, threads, _profile_dir() if profile_layers else None)
     return Agent(loaded, engine, backend=backend)

@@ -1,149 +1,64 @@
 """The ONNX backend: checks a bundle's model and wraps one onnxruntime `InferenceSession`.
 
-The model is inspected with onnx's own protobuf classes before onnxruntime sees it: a model may
-not refer to external data files (onnxruntime would open them) nor use operators outside the
-standard domain (they need native custom-op libraries). The session is created once per loaded bundle and shared by all
+The model is inspected before onnxruntime sees it (`afrt._onnxproto.ensure_safe_onnx`, re-exported
+here): a model may not refer to external data files (onnxruntime would open them) nor use operators
+outside the standard domain (they need native custom-op libraries). The session is created once per loaded bundle and shared by all
 replicas: ``InferenceSession.run`` is thread-safe and releases the GIL.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from typing import Any, Iterator
+import os
 
 import numpy as np
 
-from afcore.errors import BundleError, SandboxViolation
+from afcore.errors import BundleError
 
-from ._errormap import OnnxCallErrors, map_onnx_load_errors, map_onnx_parse_errors
+from ._errormap import OnnxCallErrors, map_onnx_load_errors
+from ._onnxproto import ALLOWED_DOMAINS, ensure_safe_onnx
 
-__all__ = ["ALLOWED_DOMAINS", "OnnxModel", "ensure_safe_onnx", "session_threads"]
+__all__ = ["ALLOWED_DOMAINS", "OnnxModel", "available_cores", "ensure_safe_onnx", "session_threads", "threads_notice"]
 
-#: operator-set domains an agent model may use: the standard ONNX operators only
-ALLOWED_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def available_cores() -> int:
+    """Return the CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def session_threads(cpu_cores: float | None, threads: int | None = None) -> int:
-    """Return onnxruntime's ``intra_op_num_threads``: ``threads`` if given, else ``ceil(cpu_cores)``, at least 1.
+    """Return onnxruntime's ``intra_op_num_threads``: ``threads`` if given, else ``ceil(cpu_cores)``,
+    at least 1 and at most `available_cores` (``cpu_cores: 5000`` once made a one-record run spend a
+    minute creating threads, and 2**31 crashed onnxruntime's session setup).
 
     Args:
         cpu_cores: ``resources.limits.cpu_cores`` of the manifest (None when absent).
         threads: an explicit override (`afrt.load(threads=...)`).
     """
+    return min(_wanted_threads(cpu_cores, threads), available_cores())
+
+
+def threads_notice(cpu_cores: float | None, threads: int | None = None) -> str | None:
+    """Return a notice when `session_threads` gives fewer threads than asked, None otherwise."""
+    wanted, have = _wanted_threads(cpu_cores, threads), available_cores()
+    if wanted <= have:
+        return None
+    asked = f"threads={threads}" if threads is not None else f"resources.limits.cpu_cores {cpu_cores:g}"
+    return f"{asked} asks for {wanted:,} inference threads; this machine has {have} CPU(s), so onnxruntime uses {have}"
+
+
+def _wanted_threads(cpu_cores: float | None, threads: int | None) -> int:
     if threads is not None:
         return max(1, int(threads))
-    return max(1, math.ceil(cpu_cores)) if cpu_cores else 1
-
-
-#: onnx's generated protobuf module, once loaded (see `_onnx_pb2`)
-_PB2: Any = None
-
-
-def _onnx_pb2() -> Any:
-    """Return onnx's generated protobuf module (``ModelProto``, ``TensorProto``) without ``import onnx``.
-
-    Importing the onnx package costs ~150 ms (its helpers, reference ops, json_format); the
-    generated module alone, loaded from the installed onnx, costs ~20 ms and parses the same
-    messages with the same classes (protobuf keeps one class per descriptor, so a later
-    ``import onnx`` in this process shares them).
-    """
-    global _PB2
-    if _PB2 is None:
-        onnx = sys.modules.get("onnx")
-        if onnx is not None:
-            _PB2 = onnx.onnx_ml_pb2
-        else:
-            import importlib.util
-            import os
-
-            origin = importlib.util.find_spec("onnx").origin
-            spec = importlib.util.spec_from_file_location(
-                "afrt._onnx_ml_pb2", os.path.join(os.path.dirname(origin), "onnx_ml_pb2.py"))
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            _PB2 = module
-    return _PB2
-
-
-def _parse_model(model_bytes: bytes) -> Any:
-    """Parse a ModelProto as `onnx.load_model_from_string` does (every byte must be consumed)."""
-    from google.protobuf.message import DecodeError
-
-    model = _onnx_pb2().ModelProto()
-    decoded = model.ParseFromString(model_bytes)
-    if decoded is not None and decoded != len(model_bytes):
-        raise DecodeError(f"Protobuf decoding consumed too few bytes: {decoded} out of {len(model_bytes)}")
-    return model
-
-
-def _iter_graph_tensors(graph) -> Iterator[tuple[str, object]]:
-    """Yield (where, TensorProto) for every tensor of a graph, its nodes' attributes and subgraphs."""
-    for tensor in graph.initializer:
-        yield f"initializer `{tensor.name}`", tensor
-    for sparse in graph.sparse_initializer:
-        yield from _sparse_parts(f"sparse initializer `{sparse.values.name}`", sparse)
-    for node in graph.node:
-        for attr in node.attribute:
-            where = f"attribute `{attr.name}` of node `{node.name or node.op_type}`"
-            if attr.HasField("t"):
-                yield where, attr.t
-            for tensor in attr.tensors:
-                yield where, tensor
-            for sparse in ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors):
-                yield from _sparse_parts(where, sparse)
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _iter_graph_tensors(sub)
-
-
-def _sparse_parts(where: str, sparse) -> Iterator[tuple[str, object]]:
-    # Both the values and the indices of a sparse tensor are TensorProtos that may be external.
-    yield where, sparse.values
-    yield f"{where} (its indices)", sparse.indices
-
-
-def _iter_node_domains(graph) -> Iterator[tuple[str, str]]:
-    for node in graph.node:
-        yield node.domain, node.op_type
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _iter_node_domains(sub)
-
-
-def ensure_safe_onnx(model_bytes: bytes, *, member: str = "model.onnx") -> None:
-    """Refuse a model that reaches outside the sandbox.
-
-    Args:
-        model_bytes: the serialized ModelProto.
-        member: the bundle member name, for messages.
-
-    Raises:
-        BundleError: AF5043 when the bytes are not an ONNX model.
-        SandboxViolation: AF5021 for external data, AF5022 for a non-standard operator domain
-            or model-local functions.
-    """
-    with map_onnx_parse_errors(member):
-        model = _parse_model(bytes(model_bytes))
-    external = _onnx_pb2().TensorProto.EXTERNAL
-    for where, tensor in _iter_graph_tensors(model.graph):
-        if tensor.data_location == external or len(tensor.external_data):
-            raise SandboxViolation(
-                f"`{member}` keeps {where} in an external file, and agents may not read files",
-                code="AF5021",
-                hint="bundle models hold their weights inline; recompile the bundle with `af compile`",
-            )
-    domains = [(imp.domain, "opset import") for imp in model.opset_import]
-    domains += [(domain, f"operator `{op}`") for domain, op in _iter_node_domains(model.graph)]
-    # A model-local function is a custom operator by definition, whatever its domain.
-    bad = [(f.domain, f"local function `{f.name}`") for f in model.functions]
-    bad += [(domain, what) for domain, what in domains if domain not in ALLOWED_DOMAINS]
-    if bad:
-        domain, what = bad[0]
-        raise SandboxViolation(
-            f"`{member}` uses {what} from domain `{domain}`, and agents may use standard operators only",
-            code="AF5022",
-            hint="custom operators need native libraries outside the sandbox; recompile with `af compile`",
-        )
+    if not cpu_cores or cpu_cores < 0:
+        return 1
+    if not math.isfinite(cpu_cores):
+        return available_cores() + 1  # "more than there are"
+    return max(1, math.ceil(cpu_cores))
 
 
 class OnnxModel:
@@ -160,7 +75,8 @@ class OnnxModel:
         BundleError: AF5043 when onnxruntime refuses the model.
     """
 
-    def __init__(self, model_bytes: bytes, *, agent: str, input_name: str, output_name: str, threads: int) -> None:
+    def __init__(self, model_bytes: bytes, *, agent: str, input_name: str, output_name: str, threads: int,
+                 profile_dir: str | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -168,10 +84,18 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only: warnings would go to stderr, bypassing diagnostics
+        if profile_dir is not None:  # onnxruntime's own profiler: the time of every node of every run
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(profile_dir, "onnxruntime")
         with map_onnx_load_errors("model.onnx"):
             self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self._profiling = profile_dir is not None
+        #: onnxruntime's node events once profiling ended (`layer_events`)
+        self._node_events: list[dict] | None = None
         self.agent = agent
         self.threads = threads
+        #: notices of loading (`afrt.agent` sets them, e.g. `threads_notice`)
+        self.notices: list[str] = []
         self.input_name, self.output_name = input_name, output_name
         self._outputs = [output_name]
         self._errors = OnnxCallErrors(agent)
@@ -214,5 +138,26 @@ class OnnxModel:
         """Return the model itself: replicas share the session, whose ``run`` is thread-safe."""
         return self
 
+    def layer_events(self) -> tuple[int, list[dict]]:
+        """End onnxruntime's profiling (once) and return its start (ns, system clock) and node events.
+
+        Each event is onnxruntime's (``name`` such as ``fused layers.0.gemm_kernel_time``, ``ts`` in
+        µs from the start, ``dur`` in µs). Empty when the model was loaded without profiling.
+        """
+        if not self._profiling:
+            return 0, []
+        if self._node_events is None:
+            import json
+
+            path = self.session.end_profiling()
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    events = json.load(handle)
+            finally:
+                os.unlink(path)
+            self._node_events = [e for e in events if e.get("cat") == "Node" and e.get("ph") == "X"]
+        return self.session.get_profiling_start_time_ns(), self._node_events
+
     def close(self) -> None:
-        """Do nothing: the session is shared by the replicas and freed with the last reference."""
+        """End profiling (when on); the session is shared by the replicas and freed with the last reference."""
+        self.layer_events()

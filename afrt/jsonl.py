@@ -30,14 +30,33 @@ __all__ = ["JsonlWriter", "encode_error", "encode_filtered", "encode_outcomes", 
 _DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 
 
-def encode_output(rid: Union[str, int], output: np.ndarray, agent: str | None) -> bytes:
-    """Return the output line ``{"id", "output", "agent"}`` (float32 values, shortest form)."""
-    return orjson.dumps({"id": rid, "output": output, "agent": agent}, option=_DUMPS_OPTS)
+def encode_output(rid: Union[str, int], output: np.ndarray, agent: str | None,
+                  labels: Sequence[Any] | None = None) -> bytes:
+    """Return the output line ``{"id", "output", "agent"}`` (float32 values, shortest form).
+
+    With the network's ``labels`` (``neural_config.labels``), the line also has ``"label"``: the
+    label of the largest output, or for one sigmoid output (two labels) the second label when the
+    output is at least 0.5, else the first.
+    """
+    record = {"id": rid, "output": output, "agent": agent}
+    if labels:
+        record["label"] = labels[int(output[0] >= 0.5)] if len(output) == 1 else labels[int(np.argmax(output))]
+    return orjson.dumps(record, option=_DUMPS_OPTS)
 
 
-def encode_error(rid: Union[str, int], code: str, message: str) -> bytes:
-    """Return the error line ``{"id", "error": {"code", "message"}}``."""
-    return orjson.dumps({"id": rid, "error": {"code": code, "message": message}}, option=_DUMPS_OPTS)
+def encode_error(rid: Union[str, int, None], code: str, message: str, *, line: int | None = None) -> bytes:
+    """Return the error line ``{"id", "error": {"code", "message"[, "line"]}}``.
+
+    Args:
+        rid: the record's id; None (``null``) when its line has no readable id.
+        code: the error code.
+        message: what is wrong.
+        line: the input line, for errors found while reading it.
+    """
+    error: dict[str, Any] = {"code": code, "message": message}
+    if line is not None:
+        error["line"] = line
+    return orjson.dumps({"id": rid, "error": error}, option=_DUMPS_OPTS)
 
 
 def encode_filtered(rid: Union[str, int], step: str) -> bytes:
@@ -45,11 +64,11 @@ def encode_filtered(rid: Union[str, int], step: str) -> bytes:
     return orjson.dumps({"id": rid, "filtered": {"step": step}}, option=_DUMPS_OPTS)
 
 
-def encode_outcomes(outcomes: Outcomes) -> list[bytes]:
-    """Return the line of each record of ``outcomes``, in order."""
+def encode_outcomes(outcomes: Outcomes, labels: Sequence[Any] | None = None) -> list[bytes]:
+    """Return the line of each record of ``outcomes``, in order (with ``labels``, see `encode_output`)."""
     ids, outputs, agent = outcomes.ids, outcomes.outputs, outcomes.agent
     if outcomes.all_outputs:
-        return [encode_output(rid, row, agent) for rid, row in zip(ids, outputs)]
+        return [encode_output(rid, row, agent, labels) for rid, row in zip(ids, outputs)]
     lines = []
     for outcome in outcomes:
         if outcome.error is not None:
@@ -57,7 +76,7 @@ def encode_outcomes(outcomes: Outcomes) -> list[bytes]:
         elif outcome.filtered is not None:
             lines.append(encode_filtered(outcome.id, outcome.filtered))
         else:
-            lines.append(encode_output(outcome.id, outcome.output, agent))
+            lines.append(encode_output(outcome.id, outcome.output, agent, labels))
     return lines
 
 
@@ -99,13 +118,15 @@ class JsonlWriter:
     Args:
         sink: a binary stream (a file, a pipe, stdout, an in-memory buffer).
         first_seq: the seq of the first record to write.
+        labels: the network's class labels; output lines then carry ``label`` (`encode_output`).
 
     After a write fails, nothing more is written (``write_error`` says why) and later outcomes are
     counted as not written; the run's reader sees it and stops reading.
     """
 
-    def __init__(self, sink: IO[bytes], *, first_seq: int = 0) -> None:
+    def __init__(self, sink: IO[bytes], *, first_seq: int = 0, labels: Sequence[Any] | None = None) -> None:
         self.sink = sink
+        self.labels = labels
         self.next = first_seq
         self.held: dict[int, tuple[int, bytes]] = {}  # first seq -> (records, bytes) of a run of records
         self.results = 0
@@ -144,7 +165,7 @@ class JsonlWriter:
         n = len(outcomes)
         if not n:
             return
-        lines = encode_outcomes(outcomes)
+        lines = encode_outcomes(outcomes, self.labels)
         seqs = outcomes.seqs
         if seqs[-1] - seqs[0] == n - 1:  # consecutive: one entry
             self.held[seqs[0]] = (n, b"".join(lines))
@@ -158,10 +179,10 @@ class JsonlWriter:
         for code, _ in outcomes.errors.values():
             self._count_error(code)
 
-    def add_error(self, seq: int, rid: Any, code: str, message: str) -> None:
-        """Take the error of a record that never reached a replica (it did not parse)."""
-        self.held[seq] = (1, encode_error(rid, code, message))
-        self._count_error(code)
+    def add_error(self, error: Any) -> None:
+        """Take the error of a record that never reached a replica (an `afrt.records.ErrorRecord`)."""
+        self.held[error.seq] = (1, encode_error(error.id, error.code, error.message, line=error.line))
+        self._count_error(error.code)
 
     def _count_error(self, code: str) -> None:
         self.errors += 1

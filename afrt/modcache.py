@@ -9,7 +9,8 @@ wasmtime does not re-check, so this cache only ever deserializes files this mach
 - each file is ``MAGIC + HMAC-SHA256(key, serialized) + serialized``, where ``key`` is a random
   secret created once in the cache directory (mode 0600). A file copied from elsewhere, edited or
   truncated fails the HMAC and is recompiled, never deserialized;
-- files are written atomically (temporary file in the same directory, fsync, rename);
+- files are written atomically (`afcore.fsutil`: temporary file in the same directory, fsync, rename,
+  fsync of the directory), and temporaries a killed writer left are removed when a cache is opened;
 - nothing from a bundle is ever deserialized: bundles carry wasm bytes, which are compiled.
 
 A cache that cannot be read or written (read-only home, full disk) only costs a recompilation.
@@ -21,11 +22,12 @@ import hashlib
 import hmac
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
+
+from afcore import fsutil
 
 from ._errormap import call_or_none, map_wasm_compile_errors
 from .sandbox import engine_fingerprint, shared_engine
@@ -36,6 +38,9 @@ __all__ = ["CacheStats", "ModuleCache", "default_cache_dir"]
 MAGIC = b"AFMODC1\n"
 #: name of the per-directory secret that authenticates cache files
 KEY_NAME = "cache.key"
+#: temporaries older than this (seconds) were left by a killed writer; younger ones may belong to
+#: another process writing now (the directory is shared), so they are left alone
+STALE_TEMPORARY_SECONDS = 3600
 _DIGEST_SIZE = 32
 
 
@@ -73,6 +78,7 @@ class ModuleCache:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.stats = CacheStats()
         self._key: bytes | None = None
+        fsutil.clean_stale_temporaries(self.directory, older_than=STALE_TEMPORARY_SECONDS)
 
     def path_for(self, wasm: bytes) -> Path:
         """Return the cache file that would hold the compiled form of ``wasm``."""
@@ -155,23 +161,8 @@ class ModuleCache:
 
 
 def _write_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename (mode 0600).
+    """Write ``data`` to ``path`` (mode 0600) with `afcore.fsutil.write_file_atomic`.
 
-    With ``exclusive``, an existing ``path`` is kept (os.link fails instead of replacing it).
+    With ``exclusive``, an existing ``path`` is kept (another process won the race).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if exclusive:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-        else:
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    fsutil.write_file_atomic(path, data, mode=0o600, exclusive=exclusive)

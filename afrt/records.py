@@ -1,40 +1,49 @@
-"""Input and output records of `af run`: JSON Lines, parsed and written with orjson.
+"""Input and output records of `af run`: JSON Lines in, JSON Lines out.
 
-Input, one record per line::
+Input, one record per line (docs/runtime.md, "Input records")::
 
-    {"id": "a1", "input": [0.0, 0.5, ...]}      id: a string or an integer
+    {"id": "a1", "input": [0.0, 0.5, ...]}      id: a string or a 64-bit integer
     [0.0, 0.5, ...]                              a bare array: its id is its line number (1-based)
 
 Output, one record per input record::
 
     {"id": "a1", "output": [0.1, ...], "agent": "classification-agent-3f2a9c0d1b7e"}
-    {"id": 7, "error": {"code": "AF5232", "message": "..."}}
+    {"id": 7, "error": {"code": "AF5232", "message": "...", "line": 7}}
 
-A line that cannot be used becomes an `ErrorRecord` (never an exception), so that a run goes on
-after a bad record. Blank lines are skipped: they hold no record.
+One typed decoder reads the lines (msgspec, strict: ``true`` and ``"0.5"`` are not numbers), so
+that what is accepted is what the type says. A line that cannot be used becomes an `ErrorRecord`
+(never an exception), so that a run goes on after a bad record; a line whose id cannot be read
+gets the id ``null``. Blank lines are skipped: they hold no record.
+
+Two paths give the same records: `parse_block` decodes well-formed lines with the record type
+and stacks them (the hot path of `af run`); any line it cannot take goes to `parse_line`, the
+plain path, which also says exactly what is wrong.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from array import array
+import functools
+import re
+import struct
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence, Union
 
+import msgspec
 import numpy as np
 import orjson
 
 __all__ = [
+    "FLOAT32_LIMIT",
+    "MAX_DEPTH",
+    "MAX_LINE_BYTES",
+    "PARSE_GROUP",
     "ErrorRecord",
     "InputRecord",
+    "LineParser",
     "RecordBlock",
     "check_numbers",
     "decode_results",
-    "encode_error",
-    "encode_output",
     "encode_results",
-    "may_spell_booleans",
     "parse_block",
     "parse_line",
     "parse_lines",
@@ -43,8 +52,22 @@ __all__ = [
 
 #: how much of a bad line an error message quotes
 QUOTE_CHARS = 80
-#: id types accepted in input records (bool is excluded on purpose: `true` is no id)
-_ID_TYPES = (str, int)
+#: lines parsed and converted to float32 together (at most the replicas' ``max_batch``)
+PARSE_GROUP = 64
+#: the longest input line accepted (longer ones become an AF5237 error record)
+MAX_LINE_BYTES = 16 << 20
+#: the deepest nesting of arrays and objects a line may have (deeper: AF5239); a record needs 2
+MAX_DEPTH = 128
+#: the smallest magnitude that is no float32: the midpoint between float32's largest value and
+#: 2**128. A number below it rounds (to nearest) to a finite float32, so it is accepted:
+#: 3.4028235e38, as af prints float32's largest value, reads back as that value
+FLOAT32_LIMIT = 2.0**128 - 2.0**103
+#: integer ids are 64-bit (what the output encoder writes): from -2**63 to 2**64 - 1
+_ID_MIN, _ID_MAX = -(2**63), 2**64 - 1
+#: a byte order mark, accepted at the start of the input only
+_UTF8_BOM = b"\xef\xbb\xbf"
+#: what a blank line may hold (JSON whitespace)
+_BLANK = b" \t\r\n"
 
 
 @dataclass(slots=True)
@@ -66,16 +89,253 @@ class InputRecord:
 
 @dataclass(slots=True)
 class ErrorRecord:
-    """A record that failed; it is written as ``{"id", "error": {"code", "message"}}``."""
+    """A record that failed; it is written as ``{"id", "error": {"code", "message"[, "line"]}}``.
+
+    Args:
+        seq: its position among the records of the input (the output order key).
+        id: the record's id; None (written ``null``) when its line has no readable id, since
+            ``null`` is never the id of another record.
+        code: the error code (AF52xx).
+        message: what is wrong, starting with ``line N:`` for an input line.
+        line: the 1-based input line, for errors found while reading the input; else None.
+    """
 
     seq: int
-    id: Union[str, int]
+    id: Union[str, int, None]
     code: str
     message: str
+    line: Union[int, None] = None
 
-    def encode(self) -> bytes:
-        """Return the output line for this error (with its newline)."""
-        return encode_error(self.id, self.code, self.message)
+
+# --- the record type -------------------------------------------------------------------------
+
+
+class _Record(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """``{"id": ..., "input": [...]}`` as the hot path takes it.
+
+    Unknown fields send a line to the plain path (which ignores them): skipping a value
+    recurses, and only the plain path bounds the nesting first (`MAX_DEPTH`).
+    """
+
+    input: list[float]
+    id: Union[str, int, msgspec.UnsetType] = msgspec.UNSET
+
+
+class _OpenRecord(msgspec.Struct, gc=False):
+    """The record type with unknown fields ignored: the plain path's, once the nesting is bounded."""
+
+    input: list[float]
+    id: Union[str, int, msgspec.UnsetType] = msgspec.UNSET
+
+
+class _AnyRecord(msgspec.Struct, gc=False):
+    """Any object, its ``id`` and ``input`` kept raw so that each is checked on its own."""
+
+    input: Union[msgspec.Raw, msgspec.UnsetType] = msgspec.UNSET
+    id: Union[msgspec.Raw, msgspec.UnsetType] = msgspec.UNSET
+
+
+_RECORD = msgspec.json.Decoder(Union[_Record, list[float]])
+_OPEN_RECORD = msgspec.json.Decoder(Union[_OpenRecord, list[float]])
+_SHAPE = msgspec.json.Decoder(Union[_AnyRecord, list[msgspec.Raw]])
+_ID = msgspec.json.Decoder(Union[str, int])
+_NUMBERS = msgspec.json.Decoder(list[float])
+_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
+_NUMBER = msgspec.json.Decoder(float)
+_DecodeError, _ValidationError = msgspec.DecodeError, msgspec.ValidationError
+#: the JSON type that msgspec's message names (``got `str```), as an error message names it
+_KINDS = {"str": "a string", "bool": "a boolean", "null": "null", "array": "an array", "object": "an object",
+          "int": "an integer", "float": "a float"}
+_GOT = re.compile(r"got `(\w+)`")
+_AT_BYTE = re.compile(r"\(byte (\d+)\)")
+_NON_FINITE = re.compile(rb"-?(?:NaN|Infinity)")
+#: a JSON string, or an unterminated one to the end of the line (its brackets are no nesting)
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
+#: bytes scanned at a time for the nesting depth
+_SCAN_BYTES = 1 << 20
+_NESTING_STEP = np.zeros(256, np.int8)
+_NESTING_STEP[[ord("["), ord("{")]] = 1
+_NESTING_STEP[[ord("]"), ord("}")]] = -1
+
+
+# --- the plain path: one line, every check, the precise error --------------------------------
+
+
+def parse_line(line: bytes, *, seq: int, line_no: int, input_size: int) -> InputRecord | ErrorRecord:
+    """Parse one input line, checking everything, and say exactly what is wrong with it.
+
+    The checks, in order: the line is UTF-8 and nested at most `MAX_DEPTH` deep (AF5230,
+    AF5239); it is well-formed JSON (AF5230; NaN and Infinity: AF5231); an object or an array
+    (AF5234); the object's ``id`` is a string or a 64-bit integer (AF5235) and its ``input`` an
+    array (AF5234; unknown fields are ignored); the array has ``input_size`` elements (AF5232),
+    each a number (AF5233) that rounds to a finite float32 (AF5231).
+
+    Args:
+        line: the raw line (bytes or a memoryview; its newline may be included).
+        seq: the record's position in the input (output order key).
+        line_no: the 1-based line number, the id of records that have none.
+        input_size: the length every input vector must have.
+
+    Returns:
+        An `InputRecord` (its values a list of floats), or an `ErrorRecord` (AF5230-AF5235,
+        AF5239) whose id is None when the line has no readable id.
+    """
+    raw = bytes(line)
+    problem = _check_text(raw)
+    if problem is not None:
+        return ErrorRecord(seq, None, problem[0], f"line {line_no}: {problem[1]}", line_no)
+    try:
+        rid, values = _take(_OPEN_RECORD.decode(raw), line_no, input_size)
+    except _DecodeError:
+        values = None
+    if values is None:
+        return _explain(raw, seq=seq, line_no=line_no, input_size=input_size)
+    bad = _first_non_float32(values)
+    if bad is not None:
+        return ErrorRecord(seq, rid, "AF5231", f"line {line_no}: {_not_float32(bad, repr(values[bad]))}", line_no)
+    return InputRecord(seq, rid, values, line_no)
+
+
+def _take(data: Any, line_no: int, input_size: int) -> tuple[Any, list | None]:
+    """Return (id, values) of a decoded record; values are None when the record cannot be taken
+    as decoded (a wrong length, an id beyond 64 bits): then the plain path says why."""
+    if type(data) is list:
+        return line_no, (data if len(data) == input_size else None)
+    rid, values = data.id, data.input
+    if rid is msgspec.UNSET:
+        rid = line_no
+    elif type(rid) is int and not _ID_MIN <= rid <= _ID_MAX:
+        return rid, None
+    return rid, (values if len(values) == input_size else None)
+
+
+def _explain(raw: bytes, *, seq: int, line_no: int, input_size: int) -> InputRecord | ErrorRecord:
+    """Read a line the record type refused piece by piece, and say what is wrong with it."""
+    try:
+        data = _SHAPE.decode(raw)
+    except _ValidationError as exc:
+        return ErrorRecord(seq, None, "AF5234", f"line {line_no}: expected an object or an array, found {_found(exc)}", line_no)
+    except _DecodeError as exc:
+        code, message = _malformed(raw, exc)
+        return ErrorRecord(seq, None, code, f"line {line_no}: {message}", line_no)
+    if type(data) is list:
+        rid: Any = line_no
+        values, problem = _read_input(raw, data, input_size)
+    else:
+        rid, why = (line_no, "") if data.id is msgspec.UNSET else _read_id(data.id)
+        if why:
+            return ErrorRecord(seq, None, "AF5235", f"line {line_no}: {why}", line_no)
+        if data.input is msgspec.UNSET:
+            values, problem = None, ("AF5234", "`input` must be an array of numbers, found nothing")
+        else:
+            values, problem = _read_input(bytes(data.input), None, input_size)
+    if problem is not None:
+        return ErrorRecord(seq, rid, problem[0], f"line {line_no}: {problem[1]}", line_no)
+    return InputRecord(seq, rid, values, line_no)
+
+
+def _check_text(raw: bytes) -> tuple[str, str] | None:
+    """Return the problem of a line that is no UTF-8 text or is nested too deep, else None."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return "AF5230", f"malformed JSON (not UTF-8 at byte {exc.start}) in `{_quote(raw)}`"
+    if _too_deep(raw):
+        return "AF5239", f"arrays and objects nested deeper than {MAX_DEPTH} levels in `{_quote(raw)}`"
+    return None
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Return whether arrays and objects nest deeper than `MAX_DEPTH` in ``raw`` (outside strings).
+
+    The decoder recurses once per level: bounding the depth first keeps a hostile line from
+    reaching Python's recursion limit (`[[[[...` 100,000 deep).
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:  # the usual case: a few brackets at most
+        return False
+    bare, depth = _STRING.sub(b"", raw), 0
+    for start in range(0, len(bare), _SCAN_BYTES):  # a slice at a time: memory stays small on 16 MiB
+        part = np.frombuffer(bare, np.uint8, count=min(_SCAN_BYTES, len(bare) - start), offset=start)
+        levels = np.cumsum(_NESTING_STEP[part], dtype=np.int32) + depth
+        if int(levels.max()) > MAX_DEPTH:
+            return True
+        depth = int(levels[-1])
+    return False
+
+
+def _malformed(raw: bytes, exc: msgspec.DecodeError) -> tuple[str, str]:
+    """Return the code and message of a line that is not JSON: NaN and Infinity are AF5231."""
+    detail = str(exc).removeprefix("JSON is malformed: ")
+    at = _AT_BYTE.search(detail)
+    if at is not None:
+        start = int(at[1])
+        if raw[start - 1 : start] == b"-":  # msgspec points past the sign of -Infinity
+            start -= 1
+        token = _NON_FINITE.match(raw, start)
+        if token is not None:
+            return "AF5231", f"non-finite value `{token[0].decode()}` in `{_quote(raw)}`"
+        detail = _AT_BYTE.sub(r"at byte \1", detail)
+    return "AF5230", f"malformed JSON ({detail[:1].lower()}{detail[1:]}) in `{_quote(raw)}`"
+
+
+def _read_id(raw: msgspec.Raw) -> tuple[Any, str]:
+    """Return (the id, "") or (None, what is wrong with it)."""
+    try:
+        rid = _ID.decode(raw)
+    except _ValidationError as exc:
+        return None, f"`id` must be a string or an integer, found {_found(exc)}"
+    if type(rid) is int and not _ID_MIN <= rid <= _ID_MAX:
+        return None, f"`id` must be a string or a 64-bit integer, found the integer `{_quote(bytes(raw))}` (beyond 64 bits)"
+    return rid, ""
+
+
+def _read_input(raw: bytes, elements: list | None, input_size: int) -> tuple[list | None, tuple[str, str] | None]:
+    """Return (the numbers of the JSON array ``raw``, None) or (None, (code, message)).
+
+    ``elements``: the array's elements as raw values, when the caller has them.
+    """
+    try:
+        values = _NUMBERS.decode(raw)
+    except _ValidationError as exc:
+        values = None
+        if elements is None:
+            try:
+                elements = _ELEMENTS.decode(raw)
+            except _ValidationError:
+                return None, ("AF5234", f"`input` must be an array of numbers, found {_found(exc)}")
+    count = len(values if values is not None else elements)
+    if count != input_size:
+        return None, ("AF5232", f"input has {count} values, the agent takes {input_size}")
+    if values is None:
+        return None, _element_problem(elements)
+    bad = _first_non_float32(values)
+    if bad is not None:
+        return None, ("AF5231", _not_float32(bad, repr(values[bad])))
+    return values, None
+
+
+def _not_float32(index: int, value: str) -> str:
+    return f"input[{index}] = {value} is not a finite float32"
+
+
+def _element_problem(elements: list) -> tuple[str, str]:
+    """Return the problem of the first element of ``elements`` (raw values) that is no number."""
+    for i, element in enumerate(elements):
+        try:
+            _NUMBER.decode(element)
+        except _ValidationError as exc:
+            if "out of range" in str(exc):  # a literal beyond the float range (1e999, 400 digits)
+                return "AF5231", _not_float32(i, _quote(bytes(element)))
+            return "AF5233", f"input[{i}] is {_found(exc)}, not a number"
+    return "AF5233", "input holds a value that is not a number"  # never seen: each alone decoded
+
+
+def _found(exc: msgspec.ValidationError) -> str:
+    """Name the JSON value that ``exc`` refused (``a string``, ``an integer``, ``null``...)."""
+    match = _GOT.search(str(exc))
+    if match is not None:
+        return _KINDS.get(match[1], f"a {match[1]}")
+    return "a number out of range" if "out of range" in str(exc) else "a value of another type"
 
 
 def _quote(line: bytes) -> str:
@@ -83,118 +343,88 @@ def _quote(line: bytes) -> str:
     return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "..."
 
 
-def _decode(line: bytes) -> tuple[Any, tuple[str, str] | None]:
-    """Decode one JSON line; on failure return the error code and message."""
-    try:
-        return orjson.loads(line), None
-    except orjson.JSONDecodeError as exc:
-        # orjson refuses NaN/Infinity/1e999; tell those apart from garbage with the stdlib.
-        try:
-            json.loads(line, parse_constant=_raise_constant, parse_float=_finite_float)
-        except _Overflow:
-            return None, ("AF5231", f"a number overflows to infinity in `{_quote(line)}`")
-        except _NonFinite as nf:
-            return None, ("AF5231", f"non-finite value `{nf}` in `{_quote(line)}`")
-        except (ValueError, UnicodeDecodeError):
-            pass
-        # Garbage, or what only the stdlib takes (a lone surrogate such as "\ud800"): orjson says why.
-        return None, ("AF5230", f"malformed JSON ({exc.msg}) in `{_quote(line)}`")
-
-
-class _NonFinite(ValueError):
-    pass
-
-
-class _Overflow(ValueError):
-    pass
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise _Overflow(text)
-    return value
-
-
-def _raise_constant(name: str) -> None:
-    raise _NonFinite(name)
-
-
-def parse_line(line: bytes, *, seq: int, line_no: int, input_size: int) -> InputRecord | ErrorRecord:
-    """Parse one input line.
-
-    Args:
-        line: the raw line (its newline may be included).
-        seq: the record's position in the input (output order key).
-        line_no: the 1-based line number, the id of records that have none.
-        input_size: the length every input vector must have.
-
-    Returns:
-        An `InputRecord`, or an `ErrorRecord` (AF5230-AF5235) saying what is wrong.
-    """
-    data, problem = _decode(line)
-    if problem:
-        return ErrorRecord(seq, line_no, problem[0], f"line {line_no}: {problem[1]}")
-    if isinstance(data, list):
-        return _check_values(seq, line_no, data, line_no, input_size)
-    if not isinstance(data, dict):
-        return ErrorRecord(seq, line_no, "AF5234", f"line {line_no}: expected an object or an array, found {_kind(data)}")
-    rid = data.get("id", line_no)
-    if not isinstance(rid, _ID_TYPES) or isinstance(rid, bool):
-        return ErrorRecord(seq, line_no, "AF5235", f"line {line_no}: `id` must be a string or an integer, found {_kind(rid)}")
-    values = data.get("input")
-    if not isinstance(values, list):
-        found = "nothing" if values is None else _kind(values)
-        return ErrorRecord(seq, rid, "AF5234", f"line {line_no}: `input` must be an array of numbers, found {found}")
-    return _check_values(seq, rid, values, line_no, input_size)
-
-
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    """Name the type of a Python value as an error message names it (``an integer``...)."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a float"}.get(type(value), f"a {type(value).__name__}")
 
 
-def _check_values(seq: int, rid: Any, values: list, line_no: int, input_size: int) -> InputRecord | ErrorRecord:
-    if len(values) != input_size:
-        return ErrorRecord(
-            seq, rid, "AF5232", f"line {line_no}: input has {len(values)} values, the agent takes {input_size}"
-        )
-    return InputRecord(seq, rid, values, line_no)
+# --- float32: the one rule --------------------------------------------------------------------
+
+
+@functools.cache
+def _packer(size: int) -> struct.Struct:
+    return struct.Struct(f"{size}f")
+
+
+def _float32_rows(rows: Sequence[Sequence[Any]], size: int) -> np.ndarray:
+    """Return ``rows`` of numbers as one float32 array [len(rows), size]: the one conversion of
+    input values, every number rounded to the nearest float32 (a C cast).
+
+    A number is accepted when the result is finite, i.e. when its magnitude is below
+    `FLOAT32_LIMIT`; every check of the float32 range looks at what this returns. (``struct``
+    packs a row of Python floats 2.7x faster than ``array("d")`` plus a numpy cast.)
+
+    Raises:
+        struct.error: a value is not a number (a string, None...), or an integer beyond the
+            float range; booleans count as numbers here.
+    """
+    pack = _packer(size).pack
+    return np.frombuffer(b"".join([pack(*row) for row in rows]), np.float32).reshape(len(rows), size)
+
+
+def _first_non_float32(values: Sequence[Any]) -> int | None:
+    """Return the index of the first number of ``values`` that is no finite float32, else None."""
+    try:
+        finite = np.isfinite(_float32_rows([values], len(values))[0])
+    except struct.error:  # an integer beyond the float range (the caller checked the types)
+        return next(i for i, v in enumerate(values) if not _is_double(v))
+    return None if finite.all() else int(np.argmin(finite))
+
+
+def _is_double(value: Any) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def check_numbers(record: InputRecord) -> ErrorRecord | None:
-    """Return an error for a vector holding non-numbers or non-finite numbers, else None.
+    """Return an error for a vector holding non-numbers or non-finite float32 numbers, else None.
 
-    The exact check, element by element: only run for the records the fast conversion
-    (`to_float32`) could not vouch for.
+    The exact check of values that come from Python (`Swarm.feed`, `Swarm.submit`), element by
+    element: a boolean or a string is not a number (AF5233), a number must round to a finite
+    float32 (AF5231).
     """
     for i, v in enumerate(record.values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return ErrorRecord(
-                record.seq, record.id, "AF5233", f"line {record.line}: input[{i}] is {_kind(v)}, not a number"
-            )
-        if not math.isfinite(v) or abs(v) > 3.4028234663852886e38:
-            return ErrorRecord(record.seq, record.id, "AF5231", f"line {record.line}: input[{i}] = {v} is not a finite float32")
+        if type(v) is bool or not isinstance(v, (int, float, np.floating, np.integer)):
+            return ErrorRecord(record.seq, record.id, "AF5233", f"line {record.line}: input[{i}] is {_kind(v)}, not a number")
+    bad = _first_non_float32(record.values)
+    if bad is not None:
+        value = record.values[bad]
+        return ErrorRecord(record.seq, record.id, "AF5231", f"line {record.line}: {_not_float32(bad, repr(value))}")
     return None
 
 
 def to_float32(rows: Sequence[Sequence[Any]], input_size: int) -> np.ndarray | None:
     """Convert equal-length rows of numbers to one float32 array [len(rows), input_size].
 
-    ``array("d")`` refuses strings, null, arrays and objects, which ``numpy.array`` would turn
-    into numbers or NaN, and is as fast. It takes booleans as numbers: `parse_block` finds those.
+    Strings, null, arrays and objects are refused (``numpy.array`` would turn some into numbers
+    or NaN); booleans are taken as numbers: callers with values from Python look for those first
+    (`RecordBlock.from_records`); the decoder never gives any.
 
     Returns:
         The array, or None when a value is not a number or not a finite float32.
     """
     try:
-        buffer = b"".join([array("d", row) for row in rows])
-    except (TypeError, OverflowError, ValueError):
+        out = _float32_rows(rows, input_size)
+    except struct.error:
         return None
-    with np.errstate(over="ignore"):
-        out = np.frombuffer(buffer, np.float64).astype(np.float32).reshape(len(rows), input_size)
     return out if np.isfinite(out).all() else None
+
+
+# --- the hot path: a group of lines into one block --------------------------------------------
 
 
 @dataclass(slots=True)
@@ -265,133 +495,84 @@ def _check_each(records: Sequence[InputRecord]) -> tuple[list[InputRecord], list
     return good, bad
 
 
-def may_spell_booleans(data: bytes) -> bool:
-    """Return whether ``data`` holds an ``r`` or an ``a`` (memchr), the letters of ``true`` and
-    ``false`` that JSON numbers and the keys ``id``/``input`` never contain.
-
-    Without them, `parse_block` may skip its boolean check (``suspect=False``).
-    """
-    return any(data.find(letter) >= 0 for letter in _BOOLEAN_LETTERS)
-
-
-#: a letter of ``true`` and one of ``false``, found in no JSON number and in neither ``id`` nor ``input``
-_BOOLEAN_LETTERS = (b"r", b"a")
-
-
 def _has_bool(values: Any) -> bool:
     return not isinstance(values, np.ndarray) and any([type(v) is bool for v in values])
 
 
-def _may_hold_booleans(raw: bytes, data: Any) -> bool:
-    """Return False when the input array of a parsed line surely holds no `true`/`false`.
+def parse_block(lines: Sequence[bytes], *, seq: int, line_no: int,
+                input_size: int) -> tuple[RecordBlock | None, list[ErrorRecord], int]:
+    """Parse consecutive lines (blank ones skipped) into a block: the hot path of `af run`.
 
-    `to_float32` takes booleans as numbers. The caller only asks for lines that `may_spell_booleans`
-    says may hold them (it looks at whole chunks). Such a line is cleared when the rest of
-    the record (all but ``input``, re-encoded) accounts for every one of those letters; escapes
-    (a backslash) could hide letters, so those lines get the exact check.
-    """
-    if raw.find(b"\\") >= 0:
-        return True
-    try:
-        rest = orjson.dumps({k: v for k, v in data.items() if k != "input"}) if type(data) is dict else b""
-    except orjson.JSONEncodeError:  # e.g. nesting deeper than orjson writes (it reads deeper)
-        return True
-    return any(_more_than(raw, letter, rest.count(letter)) for letter in _BOOLEAN_LETTERS)
-
-
-def _more_than(raw: bytes, byte: bytes, limit: int) -> bool:
-    """Return whether ``raw`` holds ``byte`` more than ``limit`` times (memchr steps, not a full count)."""
-    at = -1
-    for _ in range(limit + 1):
-        at = raw.find(byte, at + 1)
-        if at < 0:
-            return False
-    return True
-
-
-def parse_block(lines: Sequence[bytes], *, seq: int, line_no: int, input_size: int,
-                suspect: bool = True) -> tuple[RecordBlock | None, list[ErrorRecord], int]:
-    """Parse consecutive lines (blank ones skipped), the hot path of `af run`.
-
-    Well-formed records take a short path into one block; anything else goes through `parse_line`
-    (or `check_numbers`) for its precise error. The records are those of `parse_line` on each
-    non-blank line, and their vectors are checked exactly as `check_numbers` does.
+    Each line is decoded with the record type; a line that does not decode, has the wrong
+    length or an id beyond 64 bits goes to `parse_line`, so the records are exactly those of
+    `parse_line` on each non-blank line (tests/afrt/test_records.py holds the two paths equal).
 
     Args:
         lines: raw lines (bytes or memoryviews), numbered from ``line_no``.
         seq: the ``seq`` of the first record.
+        line_no: the line number of the first line.
         input_size: the length every input vector must have.
-        suspect: False when the caller knows that no line holds an ``r`` or an ``a`` (so no
-            boolean), which spares the per-line boolean check.
 
     Returns:
-        (the block of good records or None, the error records, the ``seq`` of the next record).
+        (the block of good records or None, the error records in input order, the ``seq`` of
+        the next record).
     """
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    decode, take = _RECORD.decode, _take
     seqs: list[int] = []
     ids: list[Any] = []
     numbers: list[int] = []
     rows: list[list] = []
     errors: list[ErrorRecord] = []
-    doubtful: list[int] = []  # rows that may hold booleans
     for line in lines:
         try:
-            data = loads(line)
-        except decode_error:
-            data = None
-            line = bytes(line)  # a memoryview from the stream parser: the slow path wants bytes
-            if not line or line.isspace():  # blank lines hold no record (orjson refuses them)
+            rid, values = take(decode(line), line_no, input_size)
+        except _DecodeError:
+            values = None
+        if values is None:
+            if not bytes(line).strip(_BLANK):  # blank lines hold no record
                 line_no += 1
                 continue
-        if type(data) is dict:
-            values, rid = data.get("input"), data.get("id", line_no)
-            ok = type(values) is list and len(values) == input_size and (type(rid) is str or type(rid) is int)
-        else:
-            values, rid = data, line_no
-            ok = type(data) is list and len(data) == input_size
-        if not ok:  # the precise error (parse_line takes every record the short path takes)
-            record = parse_line(bytes(line), seq=seq, line_no=line_no, input_size=input_size)
+            record = parse_line(line, seq=seq, line_no=line_no, input_size=input_size)
             if type(record) is ErrorRecord:
                 errors.append(record)
                 seq += 1
                 line_no += 1
                 continue
-            values, rid = record.values, record.id
-        if suspect and _may_hold_booleans(bytes(line), data):
-            doubtful.append(len(rows))
+            rid, values = record.id, record.values
         seqs.append(seq)
         ids.append(rid)
         numbers.append(line_no)
         rows.append(values)
         seq += 1
         line_no += 1
-    block, bad = _stack_rows(seqs, ids, numbers, rows, doubtful, input_size)
-    return block, errors + bad, seq
-
-
-def _stack_rows(seqs: list[int], ids: list[Any], numbers: list[int], rows: list[list], doubtful: list[int],
-                input_size: int) -> tuple[RecordBlock | None, list[ErrorRecord]]:
-    """Stack parsed rows into a block; a row holding a non-number becomes an error record instead.
-
-    ``doubtful`` rows (those that may hold booleans) get the exact check first, alone.
-    """
-    _, bad = _check_each([InputRecord(seqs[i], ids[i], rows[i], numbers[i]) for i in doubtful])
-    if bad:
-        failed = {e.seq for e in bad}
-        keep = [i for i, s in enumerate(seqs) if s not in failed]
-        seqs, ids, numbers, rows = ([col[i] for i in keep] for col in (seqs, ids, numbers, rows))
     if not rows:
-        return None, bad
-    array_ = to_float32(rows, input_size)
-    if array_ is None:  # some row holds a non-number: find it exactly, row by row
-        good, more = _check_each([InputRecord(*f) for f in zip(seqs, ids, rows, numbers)])
-        block = RecordBlock._of(good, to_float32([r.values for r in good], input_size)) if good else None
-        return block, bad + more
-    return RecordBlock(seqs, ids, numbers, array_), bad
+        return None, errors, seq
+    return _stack(seqs, ids, numbers, rows, errors, input_size) + (seq,)
+
+
+def _stack(seqs: list[int], ids: list[Any], numbers: list[int], rows: list[list], errors: list[ErrorRecord],
+           input_size: int) -> tuple[RecordBlock | None, list[ErrorRecord]]:
+    """Stack decoded rows (lists of floats) into a block; a row that is no finite float32 becomes
+    an AF5231 error record instead, with the message `parse_line` gives it."""
+    array_ = _float32_rows(rows, input_size)
+    finite = np.isfinite(array_)
+    if finite.all():
+        return RecordBlock(seqs, ids, numbers, array_), errors
+    good = finite.all(axis=1)
+    for i in np.flatnonzero(~good).tolist():
+        bad = _first_non_float32(rows[i])
+        message = f"line {numbers[i]}: {_not_float32(bad, repr(rows[i][bad]))}"
+        errors.append(ErrorRecord(seqs[i], ids[i], "AF5231", message, numbers[i]))
+    errors.sort(key=lambda e: e.seq)
+    keep = np.flatnonzero(good).tolist()
+    if not keep:
+        return None, errors
+    pick = lambda column: [column[i] for i in keep]  # noqa: E731
+    return RecordBlock(pick(seqs), pick(ids), pick(numbers), array_[good]), errors
 
 
 def parse_lines(lines: Iterable[bytes], *, input_size: int, start_seq: int = 0, start_line: int = 1) -> Iterator[InputRecord | ErrorRecord]:
-    """Parse lines into records, skipping blank lines (they hold no record).
+    """Parse lines into records with `parse_line`, skipping blank lines (they hold no record).
 
     Args:
         lines: raw lines.
@@ -401,19 +582,126 @@ def parse_lines(lines: Iterable[bytes], *, input_size: int, start_seq: int = 0, 
     """
     seq = start_seq
     for line_no, line in enumerate(lines, start_line):
-        if not line.strip():
+        if not bytes(line).strip(_BLANK):
             continue
         yield parse_line(line, seq=seq, line_no=line_no, input_size=input_size)
         seq += 1
 
 
+# --- the stream: chunks into lines into blocks ------------------------------------------------
+
+
+class LineParser:
+    """Splits the raw chunks of an input stream into lines and parses them, numbering records and lines.
+
+    A UTF-8 byte order mark at the very start of the stream is skipped (anywhere else it is
+    malformed JSON). A line longer than ``max_line`` bytes becomes an AF5237 error record and is
+    skipped to its end, so that input without newlines cannot grow memory without bound.
+
+    Args:
+        input_size: the length every input vector must have.
+        block_rows: the most records in one block (the replicas' ``max_batch``).
+    """
+
+    def __init__(self, input_size: int, block_rows: int = PARSE_GROUP) -> None:
+        self.input_size = input_size
+        self.group = max(1, min(PARSE_GROUP, block_rows))
+        #: lines longer than this many bytes are skipped (AF5237)
+        self.max_line = max(MAX_LINE_BYTES, 64 * input_size)
+        self.seq = 0
+        self.line_no = 1
+        self.tail = b""
+        self.head: bytes | None = b""  # the first bytes, until they tell whether a BOM starts the input
+        self.skipping = False  # inside an over-long line, already reported
+        self.pending: list = []  # complete lines held back to fill a block (``hold``)
+
+    def feed(self, chunk: bytes, *, hold: bool = False) -> tuple[list[RecordBlock], list[ErrorRecord]]:
+        """Parse the complete lines in ``chunk`` (all the rest when ``chunk`` is empty).
+
+        Args:
+            chunk: the next bytes of the input; empty at its end.
+            hold: keep back the lines that do not fill a whole block, to parse them with the next
+                chunk (for files, where waiting for more costs nothing): full blocks are what
+                the replicas batch best.
+
+        Returns:
+            (blocks of good records, at most ``block_rows`` each; the error records, in order).
+        """
+        end = not chunk
+        if self.head is not None:
+            chunk = self._skip_bom(chunk)
+            if not chunk and not end:
+                return [], []
+        lines = _split_lines(chunk)
+        if self.tail:  # only the first line needs the tail: no copy of the whole chunk
+            lines[0] = self.tail + lines[0]
+        if self.skipping:
+            if len(lines) == 1 and not end:
+                self.tail = b""
+                return [], []
+            del lines[0]
+            self.skipping = False
+            self.line_no += 1
+        self.tail = b"" if end else lines.pop()
+        too_long = len(self.tail) > self.max_line
+        if too_long:
+            self.tail, self.skipping = b"", True
+        if self.pending:
+            lines = self.pending + lines
+            self.pending = []
+        if hold and not end and not too_long:
+            whole = len(lines) - len(lines) % self.group
+            self.pending = lines[whole:]
+            del lines[whole:]
+        blocks, errors = self._parse(lines)
+        if too_long:  # reported after the complete lines before it, in input order
+            line = self.line_no
+            errors.append(ErrorRecord(self.seq, None, "AF5237", f"line {line}: longer than {self.max_line} bytes, skipped", line))
+            self.seq += 1
+        return blocks, errors
+
+    def _skip_bom(self, chunk: bytes) -> bytes:
+        """Return ``chunk`` without a BOM that starts the input; b"" while the first bytes may still be one."""
+        head = self.head + chunk
+        if chunk and len(head) < len(_UTF8_BOM) and _UTF8_BOM.startswith(head):
+            self.head = head
+            return b""
+        self.head = None
+        return head[len(_UTF8_BOM):] if head.startswith(_UTF8_BOM) else head
+
+    def _parse(self, lines: list) -> tuple[list[RecordBlock], list[ErrorRecord]]:
+        # Parsed and converted a group of lines at a time, while their floats are still in the cache.
+        blocks: list[RecordBlock] = []
+        errors: list[ErrorRecord] = []
+        group = self.group
+        for start in range(0, len(lines), group):
+            part = lines[start : start + group]
+            block, bad, self.seq = parse_block(part, seq=self.seq, line_no=self.line_no, input_size=self.input_size)
+            self.line_no += len(part)
+            if block is not None:
+                blocks.append(block)
+            errors += bad
+        return blocks, errors
+
+
+def _split_lines(chunk: bytes) -> list:
+    """Split like ``chunk.split(b"\\n")``, but the complete lines are memoryviews into ``chunk``.
+
+    Views copy nothing: copying every line of a chunk (~5 KB each for the reference agent)
+    costs memory bandwidth that the bare parse loop does not pay.
+    """
+    view, find, lines, start = memoryview(chunk), chunk.find, [], 0
+    append = lines.append
+    while (end := find(b"\n", start)) >= 0:
+        append(view[start:end])
+        start = end + 1
+    append(chunk[start:])  # the partial last line, kept as bytes (it becomes the tail)
+    return lines
+
+
+# --- output records ---------------------------------------------------------------------------
+
 _LE_F32 = np.dtype("<f4")
-_DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
-
-
-def encode_output(rid: Union[str, int], output: np.ndarray, agent: str) -> bytes:
-    """Return the output line ``{"id", "output", "agent"}`` (float32 values, shortest form)."""
-    return orjson.dumps({"id": rid, "output": output, "agent": agent}, option=_DUMPS_OPTS)
 
 
 def encode_results(ids: Sequence[Union[str, int]], outputs: np.ndarray) -> bytes:
@@ -442,6 +730,3 @@ def decode_results(payload: bytes) -> list[tuple[Union[str, int], np.ndarray]]:
     return list(zip(ids, rows))
 
 
-def encode_error(rid: Union[str, int], code: str, message: str) -> bytes:
-    """Return the error line ``{"id", "error": {"code", "message"}}``."""
-    return orjson.dumps({"id": rid, "error": {"code": code, "message": message}}, option=_DUMPS_OPTS)

@@ -108,8 +108,8 @@ class Task(NamedTuple):
         return out
 
     def record_ids(self) -> list[Any]:
-        """Return the ids of the task's records, in order: a record's ``id`` (string or integer),
-        else its line number, as `af run` numbers records that carry no usable id."""
+        """Return the ids of the task's records, in order, as `af run` gives them: a record's
+        ``id`` (string or integer), the line number of a bare array, else None (``null``)."""
         ids = []
         for k, text in enumerate(self.data.split(b"\n")):
             if not text.strip():
@@ -118,8 +118,8 @@ class Task(NamedTuple):
                 value = orjson.loads(text)
             except orjson.JSONDecodeError:
                 value = None
-            rid = value.get("id") if isinstance(value, dict) else None
-            ids.append(rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else self.line + k)
+            rid = value.get("id") if isinstance(value, dict) else self.line + k if isinstance(value, list) else None
+            ids.append(rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None)
         return ids
 
 

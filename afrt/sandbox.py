@@ -22,10 +22,10 @@ from typing import Mapping
 import numpy as np
 import wasmtime
 
-from afcore.errors import BundleError, InferenceError, SandboxViolation
+from afcore.errors import AfError, BundleError, InferenceError, ResourceLimitError, SandboxViolation
 
 from ._errormap import WasmCallErrors, map_wasm_instantiate_errors
-from ._fastcall import FastFunc, memory_view
+from ._fastcall import fast_func, memory_view
 
 __all__ = [
     "ABI_VERSION",
@@ -67,6 +67,8 @@ FUEL_PER_MAC = 4
 FUEL_PER_NEURON = 400
 #: fuel per record on top of the network (per-record loop and pointer set-up, measured under 100)
 FUEL_PER_RECORD = 1_000
+#: how many times its budget a call that ran out of fuel gets, once, to measure what it needed (AF5010)
+FUEL_PROBE_FACTOR = 10
 #: fuel per call on top of the per-record budgets (prologue; also granted to instantiation)
 FUEL_PER_CALL = 10_000
 
@@ -76,13 +78,12 @@ class SandboxPolicy:
     """What a sandboxed agent module may use: the allow-list checked by `ensure_policy`.
 
     Attributes:
-        allowed_imports: (module, name) pairs a module may import; empty: no host functions at all.
-        wasi: whether WASI is linked; never for agents.
+        allowed_imports: (module, name) pairs a module may import; empty: no host functions at all
+            (and so no WASI: nothing is ever linked).
         exports: export name -> ("memory",) or ("func", params, results) as wasm type names.
     """
 
     allowed_imports: frozenset[tuple[str, str]] = frozenset()
-    wasi: bool = False
     exports: Mapping[str, tuple] = field(
         default_factory=lambda: {
             "memory": ("memory",),
@@ -246,7 +247,7 @@ class WasmInstance:
             self.max_batch: int = exports["max_batch"](store)
             input_ptr, output_ptr = exports["input_ptr"](store), exports["output_ptr"](store)
         self.store, self.memory = store, exports["memory"]
-        self._infer = FastFunc(store, exports["infer"])
+        self._infer = fast_func(store, exports["infer"])
         self._input, self._output = self._views(input_ptr, output_ptr)
         self._errors = WasmCallErrors(limits.agent, limits.memory_limit, self.memory_pages)
         self._errors.start_pages = self.memory_pages()
@@ -290,11 +291,33 @@ class WasmInstance:
         self.calls += 1
         self.fuel_budget = n * self.limits.fuel_per_record + FUEL_PER_CALL
         self.store.set_fuel(self.fuel_budget)
-        with self._errors:
-            status = self._infer(n)
+        try:
+            with self._errors:
+                status = self._infer(n)
+        except ResourceLimitError as exc:
+            if exc.code == "AF5010":
+                raise self._fuel_error(exc, n) from exc.__cause__
+            raise
         if status != 0:
             raise _status_error(self.limits.agent, status)
         return self._output[:n].copy()
+
+    def _fuel_error(self, exc: ResourceLimitError, n: int) -> ResourceLimitError:
+        """Say what the call had and what it would have needed: the call is run once more with
+        `FUEL_PROBE_FACTOR` times the budget (only after it ran out, so it costs nothing otherwise)."""
+        budget = self.fuel_budget
+        self.store.set_fuel(budget * FUEL_PROBE_FACTOR)
+        try:
+            with self._errors:
+                self._infer(n)
+            needed = f"it needed {budget * FUEL_PROBE_FACTOR - self.store.get_fuel():,}"
+        except AfError:
+            needed = f"it needed more than {budget * FUEL_PROBE_FACTOR:,} ({FUEL_PROBE_FACTOR}x the budget)"
+        self.store.set_fuel(0)  # `fuel_used` still says the call used its whole budget
+        exc.message = (f"{exc.message}: the call for {n} record(s) had a budget of {budget:,} fuel "
+                       f"({self.limits.fuel_per_record:,} per record); {needed}")
+        exc.hint = "raise `--fuel` (fuel per record) if the module legitimately needs more"
+        return exc
 
     def fuel_used(self) -> int:
         """Return the fuel consumed by the last `run`."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -31,6 +30,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from afcore import fsutil
 from afcore.errors import ResourceLimitError, StateError
 
 __all__ = [
@@ -143,6 +143,9 @@ def load_or_create_identity(directory: str | os.PathLike[str], name: str) -> tup
 def lock_state_dir(directory: str | os.PathLike[str]) -> int:
     """Take an exclusive lock on a replica's state directory for this process.
 
+    Once the lock is held, temporaries a killed writer left in the directory are removed
+    (`afcore.fsutil.clean_stale_temporaries`).
+
     Returns:
         The lock's file descriptor; closing it releases the lock (the OS does at exit too).
 
@@ -166,31 +169,18 @@ def lock_state_dir(directory: str | os.PathLike[str]) -> int:
             code="AF5255",
             hint="two runs must not share a replica's state: use another --state-dir or wait for the other run",
         ) from None
+    # Ours alone now: a temporary here was left by a writer that was killed (SIGKILL, power loss).
+    fsutil.clean_stale_temporaries(path)
     return fd
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
+    """Write ``data`` to ``path`` with `afcore.fsutil.write_file_atomic`, as a `StateError` on failure."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fsutil.write_file_atomic(path, data, mode=mode)
     except OSError as exc:
-        raise StateError(f"cannot write to the state directory {path.parent}: {exc.strerror}", code="AF5254") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise StateError(f"cannot write {path}: {exc.strerror}", code="AF5254") from None
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}", code="AF5254") from None
 
 
 def encode_checkpoint(identity: Identity, payload: dict[str, Any]) -> bytes:

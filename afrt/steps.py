@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from .workflow import AgentContext, BatchState, RecordState
 
 __all__ = [
-    "BATCH_STEPS", "MEMORY_FIELDS", "RECORD_STEPS", "STEPS", "capabilities", "ensure_known", "fresh_memory",
-    "resolve_field",
+    "BATCH_STEPS", "MEMORY_FIELDS", "RECORD_STEPS", "STEPS", "capabilities", "ensure_complete", "ensure_known",
+    "fresh_memory", "lifecycle_event", "resolve_field",
 ]
 
 #: the fields of ``memory`` (usable in guards as ``memory.<field>``), from the step table
@@ -377,8 +377,20 @@ BATCH_STEPS: Mapping[str, Callable[..., None]] = {
     "update_memory": update_memory_batch,
     "send_output": send_output_batch,
 }
-#: steps that need an input record
-RECORD_STEPS = frozenset({"receive_input", "process_neural_network", "update_memory", "send_output"})
+#: steps that need an input record (from the step table)
+RECORD_STEPS = frozenset(name for name, d in STEP_DEFS.items() if d.per_record)
+
+
+def ensure_complete() -> None:
+    """Refuse to run when the step table and the implementations disagree (a bug in af).
+
+    Raises:
+        InternalError: a step of `afcore.steps.STEP_DEFS` has no implementation, or the reverse.
+    """
+    if set(STEPS) != set(STEP_DEFS) or not set(BATCH_STEPS) <= set(STEPS):
+        from afcore.errors import InternalError
+
+        raise InternalError(f"the step table and the runtime disagree: {sorted(set(STEPS) ^ set(STEP_DEFS))}")
 
 
 def ensure_known(step: Step) -> None:

@@ -24,18 +24,14 @@ from typing import IO, Any, Callable
 from afcore.errors import ExecutionError
 
 from .jsonl import JsonlWriter
-from .records import ErrorRecord, RecordBlock, may_spell_booleans, parse_block
+from .records import ErrorRecord, LineParser, RecordBlock
 from .swarm import Swarm
 
-__all__ = ["RunOptions", "RunSummary", "run_jsonl"]
+__all__ = ["RunOptions", "RunProgress", "RunSummary", "run_jsonl"]
 
 #: bytes read at a time (a pipe returns what it has, up to this); the lines of a chunk are held
 #: at once, so a larger chunk falls out of the CPU caches (1 MiB was ~5% slower in `af run`)
 READ_CHUNK = 1 << 17
-#: lines parsed and converted to float32 together
-PARSE_GROUP = 64
-#: the longest input line accepted (longer ones become an AF5237 error record)
-MAX_LINE_BYTES = 16 << 20
 #: chunks read ahead of the replicas (bounds memory when the input is faster than the agents)
 READ_AHEAD = 8
 #: after a stop request, how long the output may take to accept what is finished before it is abandoned
@@ -52,6 +48,22 @@ class RunOptions:
     max_batch: int = 64
     batch_wait_ms: float = 2.0
     instrument: Any = None
+    #: counters the run keeps up to date, for a progress display (None: not kept)
+    progress: RunProgress | None = None
+
+
+@dataclass
+class RunProgress:
+    """How far a run has come, updated as it goes (read it from another task to show progress).
+
+    ``bytes_total`` is the input's size when it is a file (None for a pipe or a terminal).
+    """
+
+    records: int = 0
+    written: int = 0
+    bytes_read: int = 0
+    bytes_total: int | None = None
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -73,6 +85,7 @@ class RunSummary:
     notices: list[str] = field(default_factory=list)
     shutdown_errors: list[str] = field(default_factory=list)
     ephemeral: bool = True
+    progress: RunProgress | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """Return the summary as plain JSON data."""
@@ -121,102 +134,6 @@ class _Reader(threading.Thread):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, exc)
 
 
-class _Parser:
-    """Splits raw chunks into lines and parses them, numbering records and lines.
-
-    A line longer than ``max_line`` bytes becomes an AF5237 error record and is skipped to its
-    end, so that input without newlines cannot grow memory without bound.
-
-    Args:
-        input_size: the length every input vector must have.
-        block_rows: the most records in one block (the replicas' ``max_batch``).
-    """
-
-    def __init__(self, input_size: int, block_rows: int = PARSE_GROUP) -> None:
-        self.input_size = input_size
-        self.group = max(1, min(PARSE_GROUP, block_rows))
-        self.max_line = max(MAX_LINE_BYTES, 64 * input_size)
-        self.seq = 0
-        self.line_no = 1
-        self.tail = b""
-        self.skipping = False  # inside an over-long line, already reported
-        self.pending: list = []  # complete lines held back to fill a block (``hold``)
-        self.pending_suspect = False
-
-    def feed(self, chunk: bytes, *, hold: bool = False) -> tuple[list[RecordBlock], list[ErrorRecord]]:
-        """Parse the complete lines in ``chunk`` (all the rest when ``chunk`` is empty).
-
-        Args:
-            chunk: the next bytes of the input; empty at its end.
-            hold: keep back the lines that do not fill a whole block, to parse them with the next
-                chunk (for files, where waiting for more costs nothing): full blocks are what
-                the replicas batch best.
-
-        Returns:
-            (blocks of good records, at most ``block_rows`` each; the error records).
-        """
-        lines = _split_lines(chunk)
-        # the chunk and the tail from the last chunk make the lines parsed now
-        suspect = may_spell_booleans(chunk) or may_spell_booleans(self.tail)
-        if self.tail:  # only the first line needs the tail: no copy of the whole chunk
-            lines[0] = self.tail + lines[0]
-        if self.skipping:
-            if len(lines) == 1:
-                self.tail = b""
-                return [], []
-            del lines[0]
-            self.skipping = False
-            self.line_no += 1
-        self.tail = lines.pop() if chunk else b""
-        too_long = len(self.tail) > self.max_line
-        if too_long:
-            self.tail, self.skipping = b"", True
-        if self.pending:
-            lines = self.pending + lines
-            suspect = suspect or self.pending_suspect
-            self.pending = []
-        if hold and chunk and not too_long:
-            whole = len(lines) - len(lines) % self.group
-            self.pending, self.pending_suspect = lines[whole:], suspect
-            del lines[whole:]
-        blocks, errors = self._parse(lines, suspect)
-        if too_long:  # reported after the complete lines before it, in input order
-            line = self.line_no
-            errors.append(ErrorRecord(self.seq, line, "AF5237", f"line {line}: longer than {self.max_line} bytes, skipped"))
-            self.seq += 1
-        return blocks, errors
-
-    def _parse(self, lines: list, suspect: bool) -> tuple[list[RecordBlock], list[ErrorRecord]]:
-        # Parsed and converted a group of lines at a time, while their floats are still in the cache.
-        blocks: list[RecordBlock] = []
-        errors: list[ErrorRecord] = []
-        group = self.group
-        for start in range(0, len(lines), group):
-            part = lines[start : start + group]
-            block, bad, self.seq = parse_block(part, seq=self.seq, line_no=self.line_no,
-                                               input_size=self.input_size, suspect=suspect)
-            self.line_no += len(part)
-            if block is not None:
-                blocks.append(block)
-            errors += bad
-        return blocks, errors
-
-
-def _split_lines(chunk: bytes) -> list:
-    """Split like ``chunk.split(b"\\n")``, but the complete lines are memoryviews into ``chunk``.
-
-    Views copy nothing: copying every line of a chunk (~5 KB each for the reference agent)
-    costs memory bandwidth that the bare parse loop does not pay.
-    """
-    view, find, lines, start = memoryview(chunk), chunk.find, [], 0
-    append = lines.append
-    while (end := find(b"\n", start)) >= 0:
-        append(view[start:end])
-        start = end + 1
-    append(chunk[start:])  # the partial last line, kept as bytes (it becomes the tail)
-    return lines
-
-
 async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[], IO[bytes]], options: RunOptions,
                     *, stop: asyncio.Event | None = None) -> RunSummary:
     """Run every record of ``source`` through a swarm of ``agent`` replicas; write to ``sink``.
@@ -247,13 +164,17 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[]
                   instrument=options.instrument, defer_checkpoints=True)
     try:
         group = await swarm.start(agent, replicas=options.replicas, state_dir=options.state_dir)
-        writer = JsonlWriter(sink() if callable(sink) else sink)
+        writer = JsonlWriter(sink() if callable(sink) else sink, labels=agent.bundle.info.network.labels)
         await writer.open()
     except BaseException:
         await swarm.stop()
         raise
     stop = stop or asyncio.Event()
-    consuming = asyncio.ensure_future(_consume(swarm, writer, stop))
+    progress = options.progress
+    if progress is not None:
+        progress.bytes_total = _file_size(source)
+        summary.progress = progress
+    consuming = asyncio.ensure_future(_consume(swarm, writer, stop, progress))
     watchdog = asyncio.ensure_future(_abandon_when_stalled(writer, stop))
     try:
         await _pump(group, source, writer, summary, agent.input_size, stop, options.max_batch)
@@ -265,6 +186,7 @@ async def run_jsonl(agent: Any, source: IO[bytes], sink: IO[bytes] | Callable[[]
         # only now: the shutdown workflow's checkpoint counts records whose outputs are written
         errors = await swarm.stop()
         _summarize(summary, writer, group, errors, time.perf_counter() - started)
+        summary.notices[:0] = [n for n in getattr(agent, "notices", ()) if n not in summary.notices]
     failed = writer.write_error
     if isinstance(failed, BrokenPipeError):
         raise failed
@@ -283,11 +205,13 @@ async def _abandon_when_stalled(writer: JsonlWriter, stop: asyncio.Event) -> Non
     writer.abandon()
 
 
-async def _consume(swarm: Swarm, writer: JsonlWriter, stop: asyncio.Event) -> None:
+async def _consume(swarm: Swarm, writer: JsonlWriter, stop: asyncio.Event, progress: RunProgress | None) -> None:
     """Write the outcomes as they come; after a write failed, take the rest without writing it."""
     async for outcomes in swarm.results():
         writer.add(outcomes)
         await writer.flush()
+        if progress is not None:
+            progress.written = writer.written
         if writer.write_error is not None:
             stop.set()  # e.g. `af run ... | head`: stop reading
 
@@ -302,6 +226,15 @@ def _summarize(summary: RunSummary, writer: JsonlWriter, group: Any, errors: lis
     summary.stats = group.stats()
     summary.notices = group.notices()
     summary.restored = {c.agent_id: c.restored for c in group.contexts if c.restored}
+
+
+def _file_size(stream: IO[bytes]) -> int | None:
+    """Return the size of a regular file (what a progress display's ETA needs), else None."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _input_kind(stream: IO[bytes]) -> str:
@@ -319,7 +252,7 @@ def _input_kind(stream: IO[bytes]) -> str:
 
 async def _pump(group: Any, source: IO[bytes], writer: JsonlWriter, summary: RunSummary,
                 input_size: int, stop: asyncio.Event, max_batch: int) -> None:
-    parser = _Parser(input_size, max_batch)
+    parser = LineParser(input_size, max_batch)
     kind = _input_kind(source)
     if kind == "file":
         # A file never blocks: read it here, sparing the GIL handoffs of a reader thread.
@@ -331,7 +264,7 @@ async def _pump(group: Any, source: IO[bytes], writer: JsonlWriter, summary: Run
         await _pump_stream(group, source, parser, writer, summary, stop)
 
 
-async def _pump_file(group: Any, source: IO[bytes], parser: _Parser, writer: JsonlWriter, summary: RunSummary,
+async def _pump_file(group: Any, source: IO[bytes], parser: LineParser, writer: JsonlWriter, summary: RunSummary,
                      stop: asyncio.Event) -> None:
     read = getattr(source, "read1", source.read)
     while True:
@@ -342,6 +275,8 @@ async def _pump_file(group: Any, source: IO[bytes], parser: _Parser, writer: Jso
             chunk = read(READ_CHUNK)
         except OSError as exc:
             raise ExecutionError(f"cannot read the input: {exc}", code="AF5236") from None
+        if summary.progress is not None:
+            summary.progress.bytes_read += len(chunk)
         await _dispatch(group, parser.feed(chunk, hold=True), writer, summary)
         if not chunk:
             return
@@ -400,7 +335,7 @@ class _PipeInput(asyncio.Protocol):
         return data
 
 
-async def _pump_pipe(group: Any, source: IO[bytes], parser: _Parser, writer: JsonlWriter, summary: RunSummary,
+async def _pump_pipe(group: Any, source: IO[bytes], parser: LineParser, writer: JsonlWriter, summary: RunSummary,
                      stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     pipe = _PipeInput(stop)
@@ -416,6 +351,8 @@ async def _pump_pipe(group: Any, source: IO[bytes], parser: _Parser, writer: Jso
             if pipe.error is not None:
                 raise ExecutionError(f"cannot read the input: {pipe.error}", code="AF5236") from pipe.error
             # All that has arrived is parsed at once: every complete line goes out without waiting.
+            if summary.progress is not None:
+                summary.progress.bytes_read += len(chunk)
             await _dispatch(group, parser.feed(chunk), writer, summary)
             if not chunk:
                 return
@@ -424,7 +361,7 @@ async def _pump_pipe(group: Any, source: IO[bytes], parser: _Parser, writer: Jso
         transport.close()
 
 
-async def _pump_stream(group: Any, source: IO[bytes], parser: _Parser, writer: JsonlWriter, summary: RunSummary,
+async def _pump_stream(group: Any, source: IO[bytes], parser: LineParser, writer: JsonlWriter, summary: RunSummary,
                        stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -458,9 +395,11 @@ async def _dispatch(group: Any, parsed: tuple[list[RecordBlock], list[ErrorRecor
                     writer: JsonlWriter, summary: RunSummary) -> None:
     blocks, errors = parsed
     summary.records += len(errors) + sum([len(b) for b in blocks])
+    if summary.progress is not None:
+        summary.progress.records = summary.records
     if errors:
         for error in errors:
-            writer.add_error(error.seq, error.id, error.code, error.message)
+            writer.add_error(error)
         await writer.flush()
     if blocks:
         await group.send.send_many(blocks)

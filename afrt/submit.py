@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from afcore.errors import BusError, ExecutionError, UsageError
 
 from .jsonl import encode_error
+from .records import MAX_LINE_BYTES
 from .redisbus import (GROUP, PRIORITIES, RESULTS_TTL, TASK_RECORDS, Keys, Task, connect, retrying,
                        stream_after)
 
@@ -35,8 +36,6 @@ SEND_BATCH = 16
 READ_CHUNK = 1 << 20
 #: seconds between two records of progress in Redis (what ``attach`` resumes from)
 PROGRESS_SECONDS = 0.2
-#: the longest input line sent (a longer one is answered locally with AF5237, as `af run` does)
-MAX_LINE_BYTES = 16 << 20
 
 
 @dataclass
@@ -298,7 +297,8 @@ class _Sender:
         if len(line) > MAX_LINE_BYTES:  # answered here, through the results stream (attach sees it)
             self._cut()
             self.batch.append((self.index, encode_error(
-                self.line_no, "AF5237", f"line {self.line_no} is longer than {MAX_LINE_BYTES} bytes")))
+                None, "AF5237", f"line {self.line_no}: longer than {MAX_LINE_BYTES} bytes, skipped",
+                line=self.line_no)))
             self.index += 1
             self.covered = self.index
             return

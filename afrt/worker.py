@@ -161,6 +161,7 @@ class _Worker:
         self.client: Any = None
         self.swarm: Swarm | None = None
         self.replica_of: dict[str, str] = {}
+        self.labels = _labels(agent)
 
     # lifecycle ----------------------------------------------------------------------------------
 
@@ -334,7 +335,7 @@ class _Worker:
         held = _Held(priority, entry_id, task, base, [None] * (self.seq - base), self.seq - base, time.perf_counter())
         self.held_records += held.left
         for error in errors:
-            held.lines[error.seq - base] = encode_error(error.id, error.code, error.message)
+            held.lines[error.seq - base] = encode_error(error.id, error.code, error.message, line=error.line)
             held.left -= 1
             self.summary.errors += 1
         if not held.left:
@@ -350,7 +351,7 @@ class _Worker:
         metrics, summary, owner = self.metrics, self.summary, self.owner
         async for outcomes in self.swarm.results():
             done = []
-            for seq, line in zip(outcomes.seqs, encode_outcomes(outcomes)):
+            for seq, line in zip(outcomes.seqs, encode_outcomes(outcomes, self.labels)):
                 held = owner.pop(seq)
                 held.lines[seq - held.base] = line
                 held.left -= 1
@@ -545,6 +546,14 @@ class _Worker:
         pending = await self.client.xpending(stream, GROUP)
         minid = pending["min"] if pending["pending"] else stream_after(info["last-delivered-id"])
         await self.client.xtrim(stream, minid=minid, approximate=False)
+
+
+def _labels(agent: Any) -> Any:
+    """Return the network's ``neural_config.labels`` (output lines carry a ``label``, as in `af run`)."""
+    try:
+        return agent.bundle.info.network.labels
+    except AttributeError:
+        return None
 
 
 def _pairs(flat: list) -> dict[bytes, bytes]:

@@ -181,8 +181,9 @@ class WorkflowRunner:
     """
 
     def __init__(self, ctx: AgentContext, workflows: Mapping[str, Sequence[Step]], *, executor=None) -> None:
-        from .steps import BATCH_STEPS, STEPS, ensure_known
+        from .steps import BATCH_STEPS, STEPS, ensure_complete, ensure_known
 
+        ensure_complete()
         if ctx.instrument is not None and not isinstance(ctx.instrument, Instruments):
             ctx.instrument = Instruments([ctx.instrument])
         self.ctx = ctx

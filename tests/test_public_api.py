@@ -43,3 +43,25 @@ def test_af_facade_points_at_the_real_functions():
     assert af.validate is afc.validate
     assert af.load is afrt.load
     assert af.Swarm is afrt.Swarm
+
+
+def test_the_command_uses_only_the_public_api_of_afc_and_afrt():
+    """af/ is wiring: it imports afc and afrt names from their `__all__`, never from their modules."""
+    import ast
+    from pathlib import Path
+
+    import afc
+    import afrt
+
+    exported = {"afc": set(afc.__all__), "afrt": set(afrt.__all__)}
+    root = Path(__file__).resolve().parent.parent / "af"
+    found = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in exported:
+                package = node.module.split(".")[0]
+                if node.module != package:
+                    found.append(f"{path.name}: from {node.module} import ...")
+                else:
+                    found += [f"{path.name}: {package}.{a.name}" for a in node.names if a.name not in exported[package]]
+    assert found == []

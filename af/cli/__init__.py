@@ -1,41 +1,25 @@
-"""The `af` command: one module per subcommand, registered when `app` is first used.
+"""The `af` command: a click group with one module per subcommand, each loaded when it is used.
 
-Heavy libraries (onnx, onnxruntime, wasmtime, redis) are imported inside the command bodies so that
-`af --help` and `af validate` start fast. `main` first offers the command line to `_fastpath`,
-which runs a plain `af run` without importing typer, pydantic or rich; any other command line
-goes to the typer app.
+Heavy libraries (onnx, onnxruntime, wasmtime) are imported inside the command bodies so that
+`af --help` and `af validate` start fast. Shell completion is click's: `_AF_COMPLETE=bash_source af`
+prints the bash script (zsh_source, fish_source likewise; docs/cli.md).
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-from typing import Any
+from ._app import make_app
 
 #: subcommand modules, in the order `af --help` lists them
-COMMAND_MODULES = ("validate", "init", "pack", "unpack", "compile", "inspect", "export", "run", "profile", "debug")
+COMMAND_MODULES = ("validate", "init", "pack", "unpack", "train", "import", "compile", "inspect", "export", "run",
+                   "profile", "debug")
 
-
-def __getattr__(name: str) -> Any:
-    # `app` (the typer app with every command registered) is built on first use: see `main`.
-    if name != "app":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    for module in COMMAND_MODULES:
-        importlib.import_module(f"{__name__}.{module}")
-    from ._app import app
-
-    globals()["app"] = app
-    return app
+#: the `af` group (a click.Group)
+app = make_app(COMMAND_MODULES)
 
 
 def main() -> None:
     """Entry point of the `af` console script."""
-    from ._fastpath import run_main
-
-    code = run_main(sys.argv[1:])
-    if code is not None:
-        sys.exit(code)
-    __getattr__("app")(prog_name="af")
+    app.main(prog_name="af")
 
 
-__all__ = ["app", "main"]
+__all__ = ["COMMAND_MODULES", "app", "main"]

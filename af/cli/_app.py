@@ -1,77 +1,109 @@
-"""The typer app, the one console, and the one way a command reports an error.
+"""The `af` click group, the one way a command reports an error, and `abort`.
 
-Every command is registered with `command`, which renders any `AfError` as diagnostics on
-stderr and exits with the error's exit code (1, or 2 for usage errors). Any other exception is a
-bug in af: it is shown as a traceback (with locals when ``AF_DEBUG=1``) and exits 70. The
-consoles and that mapping live in `_output`, which the typer-free fast path of `af run` shares.
+The group loads each command's module when the command is used (click's LazyGroup pattern), so
+that `af --help` and `af validate` import neither onnxruntime nor wasmtime. Every command is an
+`AfCommand`: an `AfError` from its body is rendered as diagnostics (in the command's ``--format``,
+or JSON with ``--json``) and exits with the error's code (1, or 2 for usage errors); any other
+exception is a bug in af, shown as a traceback (with locals when ``AF_DEBUG=1``), exit 70.
+Ctrl-C exits 130, as a shell reports SIGINT.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, NoReturn
+import importlib
+from typing import Any, Callable, NoReturn, Optional
 
-import typer
+import click
 
 from afcore import __version__
 
 from ._output import EXIT_INTERNAL as EXIT_INTERNAL
-from ._output import console as console
-from ._output import handle_error
-from ._output import report_error as report_error
-from ._output import stdout as stdout
+from ._output import handle_error, say
 
-app = typer.Typer(
-    name="af",
-    help="Compile, inspect and run declarative neural agents (.af files).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+#: exit code after Ctrl-C (128 + SIGINT)
+EXIT_SIGINT = 130
+#: what every command accepts as its help flags
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
 def abort(text: str, code: int = 1) -> NoReturn:
     """Print ``text`` as an error and exit with ``code``."""
-    console.print(f"[bold red]error[/]: {text}", markup=True, highlight=False)
-    raise typer.Exit(code)
+    say(f"error: {text}")
+    raise click.exceptions.Exit(code)
 
 
-def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a command whose `AfError`s become diagnostics and exit codes.
+def error_format(params: dict[str, Any]) -> str:
+    """Return the format a command's errors are rendered in: ``--format``, or JSON for ``--json``.
 
-    A command that takes a ``fmt`` keyword gets its errors rendered in that format.
+    `af run --json` prints its summary on stderr (stdout carries the records): its errors go there too.
+    """
+    if params.get("as_json"):
+        return "json"
+    if params.get("json_summary"):
+        return "json-stderr"
+    return params.get("fmt") or "full"
+
+
+class AfCommand(click.Command):
+    """A command whose `AfError`s become diagnostics and exit codes (see the module docstring)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            say("")  # the shell's ^C leaves the cursor on its line
+            raise click.exceptions.Exit(EXIT_SIGINT) from None
+        except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into reports
+            raise click.exceptions.Exit(handle_error(exc, error_format(ctx.params))) from None
+
+
+def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], AfCommand]:
+    """Declare an `af` command (an `AfCommand` with ``-h``/``--help``)."""
+    return click.command(name, cls=AfCommand, context_settings=CONTEXT_SETTINGS, **kwargs)  # type: ignore[return-value]
+
+
+class LazyGroup(click.Group):
+    """A group whose commands live in modules imported on first use (click docs, "Lazily Loading Subcommands").
+
+    Args:
+        lazy_commands: command name -> ``"module:attribute"``, in the order `--help` lists them.
     """
 
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def run(*args: Any, **kw: Any) -> Any:
-            try:
-                return fn(*args, **kw)
-            except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into reports
-                # AfError -> diagnostics and its exit code; BrokenPipeError -> 0; a bug -> traceback, 70
-                raise typer.Exit(handle_error(exc, kw.get("fmt") or "full")) from None
+    def __init__(self, *args: Any, lazy_commands: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands
 
-        app.command(name, **kwargs)(run)
-        return fn
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*self.lazy_commands, *(name for name in super().list_commands(ctx) if name not in self.lazy_commands)]
 
-    return decorate
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f"af {__version__}")
-        raise typer.Exit(0)
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        target = self.lazy_commands.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = target.split(":")
+        found = getattr(importlib.import_module(module), attribute)
+        if not isinstance(found, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return found
 
 
-@app.callback()
-def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-) -> None:
-    """Compile, inspect and run declarative neural agents (.af files).
+def make_app(modules: tuple[str, ...]) -> LazyGroup:
+    """Return the `af` group with one command per module of ``modules`` (``af.cli.<name>:<name>_command``)."""
+    lazy = {name: f"{__package__}.{name}:{name}_command" for name in modules}
+    return _af_group(lazy)
 
-    Exit codes: 0 success, 1 the input was invalid or the work failed (diagnostics on stderr),
-    2 usage error, 70 internal error (a bug in af).
-    """
+
+def _af_group(lazy: dict[str, str]) -> LazyGroup:
+    @click.group("af", cls=LazyGroup, lazy_commands=lazy, context_settings=CONTEXT_SETTINGS, no_args_is_help=True)
+    @click.version_option(__version__, "--version", prog_name="af", message="%(prog)s %(version)s",
+                          help="Print the version and exit.")
+    def af() -> None:
+        """Compile, inspect and run declarative neural agents (.af files).
+
+        Exit codes: 0 success, 1 the input was invalid or the work failed (diagnostics on stderr),
+        2 usage error, 70 internal error (a bug in af), 130 interrupted (Ctrl-C).
+        """
+
+    return af  # type: ignore[return-value]

@@ -6,6 +6,7 @@ importing the command modules stays cheap for `af --help`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
@@ -14,70 +15,137 @@ if TYPE_CHECKING:
 
     from afrt import RunSummary
 
-#: the backends the run-like commands accept
+#: the backends the run-like commands accept, the first preferred when a bundle has both
 BACKENDS = ("onnx", "wasm")
 #: most replicas one process runs: each is an agent with its own task, memory and identity
 MAX_REPLICAS = 10_000
 
 
-def ensure_backend(backend: str) -> None:
-    """Check a ``--backend`` value.
+def agent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options every command that loads an agent takes: --backend, --fuel, --max-bundle-mb."""
+    import click
+
+    for option in reversed((
+        click.option("--backend", type=click.Choice(BACKENDS),
+                     help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)  [default: onnx if the bundle has it]"),
+        click.option("--fuel", type=click.IntRange(min=1),
+                     help="WASM fuel per record, wasm backend only (default: from the network's size)."),
+        max_bundle_option,
+    )):
+        fn = option(fn)
+    return fn
+
+
+def max_bundle_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --max-bundle-mb: how much a bundle may decompress to (afcore.bundle.MAX_TOTAL_BYTES)."""
+    import click
+
+    return click.option("--max-bundle-mb", type=click.IntRange(min=1), default=None,
+                        help="Refuse a bundle that decompresses to more than this many MiB  [default: 1024]")(fn)
+
+
+def bundle_cap(max_bundle_mb: Optional[int]) -> int:
+    """Return the byte cap on what a bundle may decompress to, from ``--max-bundle-mb``."""
+    from afcore.bundle import MAX_TOTAL_BYTES
+
+    return MAX_TOTAL_BYTES if max_bundle_mb is None else max_bundle_mb << 20
+
+
+def ensure_fuel_applies(backend: Optional[str], fuel: Optional[int]) -> None:
+    """Refuse ``--fuel`` with the onnx backend, which meters nothing.
 
     Raises:
-        UsageError: AF0933 for anything but ``onnx`` or ``wasm``.
+        UsageError: AF0907.
     """
     from afcore.errors import UsageError
 
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend `{backend}`", code="AF0933", hint="use --backend onnx or --backend wasm")
+    if fuel is not None and backend == "onnx":
+        raise UsageError("--fuel applies to the wasm backend only: onnxruntime is not fuel-metered",
+                         code="AF0907", hint="add --backend wasm to meter fuel, or drop --fuel")
 
 
 def open_stream(path: str, mode: str, std: Any) -> IO[bytes]:
     """Open ``path`` in binary ``mode``; ``-`` means ``std`` (stdin or stdout).
 
+    An output's missing parent directories are created (as `af compile -o` does).
+
     Raises:
-        UsageError: AF0934 when the file cannot be opened.
+        UsageError: AF0934 when the file cannot be opened; AF0905 for an output that is a directory.
     """
     from afcore.errors import UsageError
 
+    from ._files import check_output
+
     if path == "-":
         return std.buffer
+    kind = "input" if "r" in mode else "output"
+    if kind == "output":
+        check_output(Path(path))
     try:
         return open(path, mode)  # noqa: SIM115 - closed by the caller
     except OSError as exc:
-        kind = "input" if "r" in mode else "output"
-        raise UsageError(f"cannot open the {kind} `{path}`: {exc.strerror}", code="AF0934") from None
+        error = UsageError(f"cannot open the {kind} `{path}`: {exc.strerror}", code="AF0934",
+                           hint="check the path and its permissions" if kind == "input"
+                           else "check that the directory is writable")
+        error.path = path  # type: ignore[attr-defined]
+        raise error from None
 
 
-def load_agent(bundle: Path, backend: str, fuel: Optional[int] = None) -> Any:
+def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None, *, command: str = "af run",
+               max_bundle_mb: Optional[int] = None, profile_layers: bool = False) -> Any:
     """Load a bundle, or compile an .af file in memory first (like `go run`: nothing is written).
+
+    The file's kind is read from its content, not its name.
 
     Args:
         bundle: an .afb, or an .af file.
-        backend: ``onnx`` or ``wasm``.
+        backend: ``onnx`` or ``wasm``; None picks the first of `BACKENDS` the bundle has.
         fuel: wasm fuel per record (None: derived from the network's size).
+        command: the command, for messages.
+        max_bundle_mb: ``--max-bundle-mb`` (None: the default cap).
+        profile_layers: on onnx, turn onnxruntime's profiler on (`afrt.load`), for `af profile --trace`.
 
     Returns:
         The `afrt.Agent`.
 
     Raises:
+        UsageError: AF0901/AF0904 for a file that is missing or of another kind, AF0907 for
+            ``--fuel`` on onnx.
         AfError: the file does not compile, or the bundle cannot be loaded.
     """
-    if bundle.suffix == ".af":
-        import afrt
-        from afc import load_agent_file
-        from afc.compile import compile_agent
+    import gc
 
+    from ._files import check_input
+
+    # The one GC measure of `af` (its second half is in `run_stream`): importing afrt, numpy and
+    # onnxruntime and loading the bundle make ~50k objects that live until exit and hardly any
+    # garbage, so the collections they set off free nothing. Collection is off until the run
+    # starts. Measured on `af run` of one record of the example (alternating rounds, 2 vCPUs):
+    # see docs/cli.md ("Start-up"). (Compiling an .af in memory makes garbage: it runs collected.)
+    ensure_fuel_applies(backend, fuel)
+    if check_input(bundle, ("agent", "bundle"), command) == "agent":
+        import afrt
+        from afc import compile_agent, load_agent_file
+
+        backend = backend or "onnx"
         targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
         data = compile_agent(load_agent_file(bundle).spec(), targets=targets)
-        return afrt.load(data, backend=backend, fuel_per_record=fuel)
-    read = _read_ahead(bundle)
+        # made here and now, from a file that validated: no cap on what it inflates to
+        return afrt.load(data, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize,
+                         profile_layers=profile_layers and backend == "onnx")
+    gc.disable()
+    read = _read_ahead(bundle, bundle_cap(max_bundle_mb))
     import afrt
 
-    return afrt.load(read(), backend=backend, fuel_per_record=fuel)
+    loaded = read()
+    if backend is None:
+        targets = loaded.manifest.get("targets") or BACKENDS
+        backend = next((b for b in BACKENDS if b in targets), BACKENDS[0])
+        ensure_fuel_applies(backend, fuel)
+    return afrt.load(loaded, backend=backend, fuel_per_record=fuel, profile_layers=profile_layers and backend == "onnx")
 
 
-def _read_ahead(path: Path) -> Callable[[], Any]:
+def _read_ahead(path: Path, max_total_bytes: int) -> Callable[[], Any]:
     """Start reading and verifying the bundle at ``path`` on a thread; return a function that waits for it.
 
     Decompressing and hashing a bundle (zstd and sha256, which release the GIL) then overlaps
@@ -90,21 +158,23 @@ def _read_ahead(path: Path) -> Callable[[], Any]:
     from afcore.bundle import read_bundle
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="af-read-bundle")
-    future = pool.submit(read_bundle, path)
+    future = pool.submit(read_bundle, path, max_total_bytes=max_total_bytes)
     pool.shutdown(wait=False)  # the one task still runs; the pool takes no more
     return future.result
 
 
-def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
-               on_start: Optional[Callable[[asyncio.Event], None]] = None, **options: Any) -> RunSummary:
+def run_stream(agent: Any, source: IO[bytes], sink: Any, *,
+               on_start: Optional[Callable[[asyncio.Event], None]] = None, progress: bool = False,
+               **options: Any) -> RunSummary:
     """Run ``source`` through a swarm of ``agent`` (`afrt.run_jsonl`), stopping on SIGINT/SIGTERM.
 
     Args:
         agent: the loaded agent.
         source: JSON Lines input.
-        sink: where output records go.
+        sink: where output records go, or a function that opens it once the agents started.
         on_start: called with the run's stop event before the run starts (a debugger's ``quit``
             sets it).
+        progress: draw a progress line on stderr while the run goes (for a terminal).
         options: `afrt.RunOptions` fields.
 
     Returns:
@@ -114,12 +184,17 @@ def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
     import atexit
     import gc
     import signal
+    import sys
 
-    from afrt import RunOptions, run_jsonl
+    from afrt import RunOptions, RunProgress, run_jsonl
 
-    # Interpreter shutdown would run a full collection over every object the run left behind
-    # (~60 ms for `af run`, a tenth of a 20k-record run); frozen objects are left to the OS.
-    # Files are closed explicitly before (close_streams); at exit this only skips that scan.
+    from ._progress import show_progress
+
+    # The second half of the GC measure (see `load_agent`): what loading made lives until exit, so
+    # it is frozen (never scanned again, also not by the collection at interpreter shutdown) and
+    # collection comes back on for the run, and stays on for what it makes.
+    gc.freeze()
+    gc.enable()
     atexit.register(gc.freeze)
 
     async def main() -> RunSummary:
@@ -133,9 +208,14 @@ def run_stream(agent: Any, source: IO[bytes], sink: IO[bytes], *,
                 loop.add_signal_handler(sig, lambda s=sig: (caught.append(s.name), stop.set()))
             except (RuntimeError, ValueError):  # not the main thread: no handlers, Ctrl-C still ends it
                 pass
+        counters = RunProgress() if progress else None
+        drawing = asyncio.ensure_future(show_progress(counters, sys.stderr)) if counters is not None else None
         try:
-            summary = await run_jsonl(agent, source, sink, RunOptions(**options), stop=stop)
+            summary = await run_jsonl(agent, source, sink, RunOptions(progress=counters, **options), stop=stop)
         finally:
+            if drawing is not None:
+                drawing.cancel()
+                await asyncio.gather(drawing, return_exceptions=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         if caught:

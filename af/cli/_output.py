@@ -1,80 +1,130 @@
-"""The consoles of `af`, made on first use, and how an exception from a command body becomes an exit code.
+"""Where `af` prints, and how an exception from a command body becomes an exit code.
 
-This module imports neither typer nor rich: `af run` on its fast path (`_fastpath`) writes its
-summary lines itself when rich would print them unchanged, and imports rich only for what rich
-draws (diagnostics, tracebacks, tables) or would alter (emoji codes, control codes, tabs).
-``console`` (stderr, for people) and ``stdout`` (data) are rich Consoles created on first access.
+Plain lines go straight to the streams: `say` (stderr, for people) and `emit` (stdout, data);
+`print_table` lays out the tables of `af compile`, `af inspect` and `af profile` in the terminal's
+width. rich is imported only to draw the traceback of a bug.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 #: exit code for a bug in af (sysexits EX_SOFTWARE)
 EXIT_INTERNAL = 70
 
-#: the consoles this module makes on first access: name -> whether it writes to stderr
-_CONSOLES = {"console": True, "stdout": False}
-#: what `rich.console.Console.print(text, markup=False, highlight=False)` changes in plain text:
-#: emoji codes such as ``:smile:`` (any ``:name:`` is taken to be one), the control codes that
-#: `rich.text.Text` strips (BEL, BS, VT, FF, CR) and tabs, which it expands
-_RICH_CHANGES = re.compile(r":\S*?:|[\x07\x08\x0b\x0c\r\t]")
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _CONSOLES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from rich.console import Console
-
-    value = Console(stderr=_CONSOLES[name], highlight=False, soft_wrap=True)
-    globals()[name] = value
-    return value
-
-
-def _get(name: str) -> Any:
-    return globals()[name] if name in globals() else __getattr__(name)
-
 
 def say(text: str) -> None:
-    """Print ``text`` on stderr, byte for byte as ``console.print(text, markup=False, highlight=False)``.
-
-    Text that rich would print unchanged (the usual case) is written directly, so that a command
-    that only reports a few plain lines does not import rich. (A stream that cannot encode the
-    text raises the same UnicodeEncodeError, without the hint rich adds to its reason.)
-    """
-    if _RICH_CHANGES.search(text):
-        _get("console").print(text, markup=False, highlight=False)
-        return
+    """Print one line (or several) of text for people, on stderr, as it is."""
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
 
 
+def emit(text: str) -> None:
+    """Print data (JSON, an intermediate form) on stdout, as it is."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def terminal_width() -> int:
+    """Return the width tables must fit: ``COLUMNS``, else stderr's terminal, else 80."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 80
+
+
+#: the space between two columns of a table
+GAP = "  "
+
+
+def fit_columns(columns: Sequence[str], rows: Sequence[Sequence[str]], drop_order: Sequence[str],
+                width: int) -> list[str]:
+    """Return the columns to show so that the table fits in ``width`` without wrapping a cell.
+
+    Columns are left out in ``drop_order`` until the table fits; an empty list means that even
+    the fewest columns do not fit (`print_table` prints the rows stacked instead).
+    """
+    def table_width(shown: list[str]) -> int:
+        widths = [max([len(c), *(len(row[columns.index(c)]) for row in rows)]) for c in shown]
+        return sum(widths) + len(GAP) * (len(shown) - 1)
+
+    shown = list(columns)
+    for column in (None, *drop_order):
+        if column is not None:
+            shown.remove(column)
+        if table_width(shown) <= width:
+            return shown
+    return []
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], *,
+                left: Sequence[str] = (), drop_order: Sequence[str] = ()) -> None:
+    """Print a table on stderr: a title, a header and aligned rows, fitting the terminal's width.
+
+    Columns in ``left`` are text (left-aligned), the others numbers. When the table is too wide,
+    columns are left out in ``drop_order`` (a line names them) rather than a cell being wrapped;
+    if even that is too wide, each row is printed on a line of its own as ``column value`` pairs.
+    """
+    shown = fit_columns(columns, rows, drop_order, terminal_width())
+    if not shown:
+        say(title)
+        for row in rows:
+            say("  " + ", ".join(f"{c} {v}" for c, v in zip(columns, row) if v))
+        return
+    index = [columns.index(c) for c in shown]
+    widths = [max([len(columns[i]), *(len(row[i]) for row in rows)]) for i in index]
+
+    def line(cells: Sequence[str]) -> str:
+        return GAP.join(cell.ljust(w) if columns[i] in left else cell.rjust(w)
+                        for cell, w, i in zip(cells, widths, index)).rstrip()
+
+    lines = [title, line([columns[i] for i in index]), GAP.join("-" * w for w in widths)]
+    lines += [line([row[i] for i in index]) for row in rows]
+    left_out = [c for c in columns if c not in shown]
+    if left_out:
+        lines.append(f"(left out to fit: {', '.join(left_out)}; --json has every column)")
+    say("\n".join(lines))
+
+
 def report_error(error: Any, fmt: str = "full") -> int:
-    """Render an `AfError` on stderr (JSON on stdout for ``fmt == "json"``) and return its exit code."""
+    """Render an `AfError` on stderr (JSON on stdout for ``fmt == "json"``, on stderr for ``"json-stderr"``)
+    and return its exit code.
+
+    An error about a file given on the command line (``error.path``, set by `_files`) keeps that path
+    in JSON, where a diagnostic without a place in the file would have ``"path": null``.
+    """
     from afcore.diagnostics import render
 
     diagnostics = error.to_diagnostics()
-    if fmt == "json":
-        _get("stdout").print(render(diagnostics, "json"), markup=False, highlight=False)
+    if fmt in ("json", "json-stderr"):
+        import json
+
+        records = [d.to_json() for d in diagnostics]
+        path = getattr(error, "path", None)
+        for record in records:
+            if record["path"] is None and path is not None:
+                record["path"] = path
+        (emit if fmt == "json" else say)(json.dumps(records, indent=2, ensure_ascii=False))
     else:
-        _get("console").print(render(diagnostics, fmt if fmt in ("full", "concise") else "full"), markup=False)
+        say(render(diagnostics, fmt if fmt in ("full", "concise") else "full"))
     return error.exit_code
 
 
 def report_bug(exc: BaseException) -> int:
     """Show ``exc`` as a bug in af (a traceback, with locals when ``AF_DEBUG=1``) and return `EXIT_INTERNAL`."""
+    from rich.console import Console
     from rich.traceback import Traceback
 
-    console = _get("console")
     show_locals = os.environ.get("AF_DEBUG") == "1"
-    console.print(Traceback.from_exception(type(exc), exc, exc.__traceback__, show_locals=show_locals))
-    console.print(
-        "[bold red]internal error[/]: this is a bug in af, please report it with the traceback above"
-        + ("" if show_locals else " (set AF_DEBUG=1 to include local variables)")
-    )
+    out = Console(file=sys.stderr, highlight=False)
+    out.print(Traceback.from_exception(type(exc), exc, exc.__traceback__, show_locals=show_locals))
+    say("internal error: this is a bug in af, please report it with the traceback above"
+        + ("" if show_locals else " (set AF_DEBUG=1 to include local variables)"))
     return EXIT_INTERNAL
 
 

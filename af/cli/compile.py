@@ -5,119 +5,75 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-import typer
+import click
 
-from ._app import command, console, report_error, stdout
+from ._app import command
+from ._output import emit, print_table, report_error, say
+from .validate import DEFAULT_MAX_SECTION_BYTES, FORMATS
 
-if TYPE_CHECKING:
-    from afc.emit import Lowered
-    from afc.spec import AgentSpec
-
-#: the intermediate forms `--emit` can print instead of writing the bundle
+#: the intermediate forms `--emit` can print instead of writing the bundle (afc.EMIT_FORMS)
 EMIT_FORMS = ("spec", "onnx", "wat", "bundle")
-_DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
 
 
 @command("compile")
-def compile_command(
-    path: Path = typer.Argument(..., metavar="PATH", help="The .af file to compile.", dir_okay=False),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Bundle path (default: beside the source, .afb)."),
-    target: str = typer.Option("onnx,wasm", "--target", help="Backends to compile for: onnx, wasm or onnx,wasm."),
-    json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    emit: str = typer.Option("bundle", "--emit", help="Print an intermediate form instead: spec, onnx, wat; or bundle."),
-    fmt: str = typer.Option("full", "--format", help="Diagnostics as full (source frames), concise or json."),
-    max_section_bytes: int = typer.Option(_DEFAULT_MAX_SECTION_BYTES, "--max-section-bytes", min=1,
-                                          help="Refuse any section that decompresses to more bytes than this."),
-) -> None:
+@click.argument("path", metavar="PATH", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Bundle path (default: beside the source, .afb); missing directories are created.")
+@click.option("--target", default="onnx,wasm", show_default=True,
+              help="Backends to compile for: onnx, wasm or onnx,wasm.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--emit", "form", default="bundle", show_default=True, type=click.Choice(EMIT_FORMS),
+              help="Print an intermediate form instead of writing the bundle.")
+@click.option("--format", "fmt", default="full", show_default=True, type=click.Choice(FORMATS),
+              help="Diagnostics as full (source frames), concise or json.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success (errors are still reported).")
+@click.option("--max-section-bytes", default=DEFAULT_MAX_SECTION_BYTES, show_default=True,
+              type=click.IntRange(min=1), help="Refuse any section that decompresses to more bytes than this.")
+def compile_command(path: Path, *, output: Optional[Path], target: str, as_json: bool, form: str, fmt: str,
+                    quiet: bool, max_section_bytes: int) -> None:
     """Compile an .af file to a bundle (.afb) with its ONNX and WebAssembly models.
 
     Invalid sources get the diagnostics of `af validate` and exit 1.
     """
-    from afc import load_agent_file
-    from afc.compile import default_output, lower_agent, parse_targets
-    from afcore.errors import SourceError, UsageError
+    import afc
+    from afcore.errors import SourceError
 
-    if emit not in EMIT_FORMS:
-        raise UsageError(f"unknown --emit form `{emit}`", code="AF3005", hint=f"use one of {', '.join(EMIT_FORMS)}")
-    targets = parse_targets(target)
+    from ._files import check_input, check_output
+
+    targets = afc.parse_targets(target)
+    check_input(path, ("agent",), "af compile")
+    destination = check_output(output, create_parents=False) if output is not None else afc.default_output(path)
     started = time.perf_counter()
     try:
-        spec = load_agent_file(path, max_section_bytes=max_section_bytes).spec()
+        spec = afc.load_agent_file(path, max_section_bytes=max_section_bytes).spec()
     except SourceError as error:
         # `--json` callers read stdout: give them the diagnostics there too
-        raise typer.Exit(report_error(error, "json" if json_summary else fmt)) from None
-    if emit != "bundle":
-        _emit_intermediate(spec, emit)
+        raise click.exceptions.Exit(report_error(error, "json" if as_json else fmt)) from None
+    if form != "bundle":
+        emit(afc.emit_intermediate(spec, form))
         return
-    lowered = lower_agent(spec, targets=targets)
-    destination = Path(output) if output is not None else default_output(path)
-    summary = _write(spec, lowered, destination)
-    summary["seconds"] = round(time.perf_counter() - started, 4)
-    if json_summary:
-        stdout.print(json.dumps(summary, indent=2, sort_keys=True), markup=False, highlight=False)
-    else:
+    result = afc.compile_spec(spec, output=destination, targets=targets)
+    summary = {**result.to_json(), "seconds": round(time.perf_counter() - started, 4)}
+    if as_json:
+        emit(json.dumps(summary, indent=2, sort_keys=True))
+    elif not quiet:
         _print_summary(summary)
 
 
-def _write(spec: AgentSpec, lowered: Lowered, destination: Path) -> dict[str, Any]:
-    from afc.compile import write_bundle_file
-
-    size, sha256, members = write_bundle_file(destination, spec, lowered)
-    network = spec.network
-    last = len(network.layers) - 1
-    return {
-        "bundle": str(destination),
-        "size": size,
-        "sha256": sha256,
-        "agent": {"name": spec.name, "version": str(spec.version)},
-        "targets": [t for t in ("onnx", "wasm") if getattr(lowered, t) is not None],
-        "parameters": network.parameters,
-        "layers": [{"index": layer.index, "in": layer.in_size, "out": layer.out_size,
-                    "activation": network.output_activation if layer.index == last else layer.activation,
-                    "parameters": layer.parameters} for layer in network.layers],
-        "members": [{"name": name, "size": members[name]} for name in sorted(members)],
-    }
+def print_layers(title: str, layers: list[dict[str, Any]], parameters: int) -> None:
+    """Print the layer table of `af compile` and `af inspect` (manifest ``network.layers`` entries)."""
+    rows = [[str(layer["index"]), f"{layer['in']} -> {layer['out']}", layer["activation"], f"{layer['parameters']:,}"]
+            for layer in layers]
+    rows.append(["", "", "total", f"{parameters:,}"])
+    print_table(title, ("layer", "shape", "activation", "parameters"), rows, left=("shape", "activation"))
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    layers = Table(title=f"{summary['agent']['name']} {summary['agent']['version']}", title_justify="left")
-    for column in ("layer", "shape", "activation", "parameters"):
-        layers.add_column(column, justify="right" if column in ("layer", "parameters") else "left")
-    for layer in summary["layers"]:
-        layers.add_row(str(layer["index"]), f"{layer['in']} -> {layer['out']}", layer["activation"],
-                       f"{layer['parameters']:,}")
-    layers.add_row("", "", "total", f"{summary['parameters']:,}")
-    members = Table(show_header=True)
-    members.add_column("member")
-    members.add_column("bytes", justify="right")
-    for member in summary["members"]:
-        members.add_row(member["name"], f"{member['size']:,}")
-    console.print(layers)
-    console.print(members)
-    console.print(
-        f"wrote {summary['bundle']} ({summary['size']:,} bytes, targets {','.join(summary['targets'])}) "
-        f"in {summary['seconds']:.3f} s\nsha256 {summary['sha256']}",
-        markup=False, highlight=False,
-    )
-
-
-def _emit_intermediate(spec: AgentSpec, form: str) -> None:
-    from afc.compile import WASM_MAX_BATCH
-
-    if form == "spec":
-        from afc.emit import Lowered, build_manifest
-
-        text = json.dumps(build_manifest(spec, Lowered()), indent=2, sort_keys=True)
-    elif form == "onnx":
-        from afc.lower_onnx import lower_network, model_text
-
-        text = model_text(lower_network(spec.network, graph_name=spec.name))
-    else:
-        from afc.lower_wasm import lower_network as lower_wasm
-
-        text = lower_wasm(spec.network, max_batch=WASM_MAX_BATCH).wat
-    stdout.print(text, markup=False, highlight=False)
+    print_layers(f"{summary['agent']['name']} {summary['agent']['version']}", summary["layers"],
+                 summary["parameters"])
+    print_table("members", ("member", "bytes"), [[m["name"], f"{m['size']:,}"] for m in summary["members"]],
+                left=("member",))
+    say(f"wrote {summary['bundle']} ({summary['size']:,} bytes, targets {','.join(summary['targets'])}) "
+        f"in {summary['seconds']:.3f} s\nsha256 {summary['sha256']}")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
-import typer
+import click
 
-from ._app import command, console
+from ._app import command
+from ._output import say
 
 #: a valid agent name (the `name` pattern of schemas/af-1.0.schema.json)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -62,24 +64,34 @@ workflows:
 
 
 @command("init")
-def init_command(
-    name: str = typer.Argument(..., metavar="NAME", help="Agent name; writes NAME.af (a path such as dir/NAME writes dir/NAME.af)."),
-    input_size: int = typer.Option(16, "--input-size", min=1, max=1048576, help="Inputs of the network."),
-    hidden: str = typer.Option("32,16", "--hidden", help="Hidden layer sizes, comma-separated ('' for none)."),
-    output_size: int = typer.Option(4, "--output-size", min=1, max=1048576, help="Outputs of the network."),
-    activation: str = typer.Option("relu", "--activation", help=f"Hidden activation: {', '.join(_HIDDEN)}."),
-    output_activation: str = typer.Option("softmax", "--output-activation", help=f"One of {', '.join(_OUTPUT)}."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the weight initialisation."),
-    raw: bool = typer.Option(False, "--raw", help="Store the weights as raw zstd bytes instead of base64 text."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
-) -> None:
-    """Scaffold NAME.af: the reference workflows and a network with He-initialised weights (valid as written)."""
+@click.argument("name", metavar="NAME")
+@click.option("--input-size", default=16, show_default=True, type=click.IntRange(1, 1048576),
+              help="Inputs of the network.")
+@click.option("--hidden", default="32,16", show_default=True,
+              help="Hidden layer sizes, comma-separated ('' for none).")
+@click.option("--output-size", default=4, show_default=True, type=click.IntRange(1, 1048576),
+              help="Outputs of the network.")
+@click.option("--activation", default="relu", show_default=True, type=click.Choice(_HIDDEN),
+              help="Activation of the hidden layers.")
+@click.option("--output-activation", type=click.Choice(_OUTPUT),
+              help="Activation of the output layer  [default: softmax; sigmoid for one output]")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the weight initialisation.")
+@click.option("--raw", is_flag=True, help="Store the weights as raw zstd bytes instead of base64 text.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init_command(name: str, *, input_size: int, hidden: str, output_size: int, activation: str,
+                 output_activation: Optional[str], seed: int, raw: bool, force: bool) -> None:
+    """Scaffold NAME.af: the reference workflows and a network with He-initialised weights (valid as written).
+
+    NAME may be a path (dir/NAME writes dir/NAME.af; missing directories are created).
+    """
     from afcore.errors import UsageError
 
     target, agent_name = _target(name)
     sizes = _hidden_sizes(hidden)
-    _check_choice("--activation", activation, _HIDDEN)
-    _check_choice("--output-activation", output_activation, _OUTPUT)
+    output_activation = output_activation or default_output_activation(output_size)
+    if output_activation == "softmax" and output_size == 1:
+        say("warning: softmax over one output is always 1.0; sigmoid or linear is what one output needs")
     if target.exists() and not force:
         raise UsageError(f"`{target}` already exists", code="AF0902", hint="pass --force to overwrite it")
     header = _TEMPLATE.format(
@@ -89,12 +101,30 @@ def init_command(
         output_activation=output_activation,
     )
     data = build_scaffold(header, [input_size, *sizes, output_size], seed=seed, raw=raw, path=str(target))
-    from afc.writer import write_file_atomic
-
-    write_file_atomic(target, data)
+    _write(target, data)
     layout = "-".join(map(str, [input_size, *sizes, output_size]))
-    console.print(f"created {target}: {layout} {activation}/{output_activation}, seed {seed}", markup=False,
-                  highlight=False)
+    activations = f"{activation}/{output_activation}" if sizes else f"{output_activation} (no hidden layer)"
+    say(f"created {target}: {layout} {activations}, seed {seed}")
+
+
+def default_output_activation(output_size: int) -> str:
+    """Return the output activation `af init` picks: softmax over classes, sigmoid for one output
+    (softmax over one value is always 1.0)."""
+    return "sigmoid" if output_size == 1 else "softmax"
+
+
+def _write(target: Path, data: bytes) -> None:
+    """Write the file atomically, creating missing directories; a place that cannot be written is AF0906."""
+    from afcore.fsutil import write_file_atomic
+
+    from ._files import check_output, usage_error
+
+    check_output(target)
+    try:
+        write_file_atomic(target, data)
+    except OSError as exc:
+        raise usage_error(f"cannot write `{target}`: {exc.strerror or exc}", "AF0906",
+                          "check that the place exists and is writable", target) from None
 
 
 def build_scaffold(header: str, sizes: list[int], *, seed: int, raw: bool, path: str) -> bytes:
@@ -108,9 +138,7 @@ def build_scaffold(header: str, sizes: list[int], *, seed: int, raw: bool, path:
     """
     import numpy as np
 
-    from afc.agentfile import load_agent_bytes
-    from afc.tensors import encode_tensors
-    from afc.writer import write_container
+    from afc import encode_tensors, load_agent_bytes, write_container
     from afcore.errors import InternalError, SourceError
 
     rng = np.random.default_rng(seed)
@@ -145,14 +173,3 @@ def _hidden_sizes(text: str) -> list[int]:
         raise UsageError(f"--hidden `{text}` is not a list of layer sizes", code="AF0903",
                          hint="e.g. --hidden 64,32: positive integers, at most 64 layers")
     return [int(p) for p in parts]
-
-
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    import difflib
-
-    from afcore.errors import UsageError
-
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f"did you mean `{close[0]}`?" if close else f"use one of: {', '.join(choices)}"
-        raise UsageError(f"{option} `{value}` is not supported", code="AF0903", hint=hint)

@@ -1,45 +1,115 @@
-"""`af run`: run a bundle (or an .af, compiled in memory) on JSON Lines records (docs/cli.md, `af run`).
-
-The body is `_run.run_records`; `af.cli.main` calls it without typer for plain command lines
-(`_fastpath`), so the options declared here and `_fastpath.RUN_OPTIONS` must agree (tests check).
-"""
+"""`af run`: run a bundle (or an .af, compiled in memory) on JSON Lines records (docs/cli.md, `af run`)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import typer
+import click
 
 from ._app import command
-from ._load import MAX_REPLICAS
-from ._run import SIGNAL_EXIT as SIGNAL_EXIT
-from ._run import run_records
+from ._load import MAX_REPLICAS, agent_options
+from ._output import say
+
+if TYPE_CHECKING:
+    from afrt import RunSummary
+
+#: exit codes after a signal stopped the run (128 + signal number, as shells report it)
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+#: how many agent ids the summary line names before "and N more"
+AGENTS_SHOWN = 4
 
 
 @command("run")
-def run_command(
-    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle (.afb) to run, or an .af file to compile in memory first."),
-    input_path: str = typer.Option("-", "--input", "-i", help="JSON Lines input ('-' for stdin)."),
-    output_path: str = typer.Option("-", "--output", "-o", help="JSON Lines output ('-' for stdout)."),
-    replicas: int = typer.Option(1, "--replicas", min=1, max=MAX_REPLICAS, help="Replicas sharing the work (at most 10,000 in one process)."),
-    backend: str = typer.Option("onnx", "--backend", help="onnx (onnxruntime) or wasm (wasmtime, fuel-metered)."),
-    swarm: str = typer.Option("default", "--swarm", help="The swarm's name."),
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Keep identities and checkpoints here."),
-    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most records per backend call."),
-    batch_wait_ms: float = typer.Option(2.0, "--batch-wait-ms", min=0.0, help="Longest wait for more records."),
-    fuel: Optional[int] = typer.Option(None, "--fuel", min=1, help="WASM fuel per record (default: from the network's size)."),
-    fail_on_error: bool = typer.Option(False, "--fail-on-error", help="Exit 1 when any record failed."),
-    json_summary: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stderr."),
-) -> None:
+@click.argument("bundle", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--input", "-i", "input_path", default="-", show_default=True, type=click.Path(allow_dash=True),
+              help="JSON Lines input ('-' for stdin).")
+@click.option("--output", "-o", "output_path", default="-", show_default=True, type=click.Path(allow_dash=True),
+              help="JSON Lines output ('-' for stdout); missing directories are created.")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, MAX_REPLICAS),
+              help="Replicas sharing the work (at most 10,000 in one process).")
+@click.option("--swarm", default="default", show_default=True, help="The swarm's name.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep identities and checkpoints here.")
+@click.option("--max-batch", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Most records per backend call.")
+@click.option("--batch-wait-ms", default=2.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Longest wait for more records.")
+@click.option("--fail-on-error", is_flag=True, help="Exit 1 when any record failed.")
+@click.option("--json", "json_summary", is_flag=True, help="Print the summary as one JSON object on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary (errors still show).")
+@agent_options
+def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: int, backend: Optional[str],
+                swarm: str, state_dir: Optional[Path], max_batch: int, batch_wait_ms: float, fuel: Optional[int],
+                fail_on_error: bool, json_summary: bool, quiet: bool, max_bundle_mb: Optional[int]) -> None:
     """Run an agent on JSON Lines records: one output or error record per input record, in input order.
+
+    BUNDLE is a bundle (.afb) or an .af file, compiled in memory first (told apart by content).
 
     Exit codes: 0 the input was consumed (even with record errors, unless --fail-on-error);
     1 the bundle cannot be loaded or an agent cannot start; 2 usage error;
     130/143 stopped by SIGINT/SIGTERM (shutdown workflows ran, results so far were written).
     """
-    code = run_records(bundle, input_path=input_path, output_path=output_path, replicas=replicas, backend=backend,
-                       swarm=swarm, state_dir=state_dir, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-                       fuel=fuel, fail_on_error=fail_on_error, json_summary=json_summary)
-    if code:
-        raise typer.Exit(code)
+    from ._load import close_streams, load_agent, open_stream, run_stream
+
+    source = open_stream(input_path, "rb", sys.stdin)
+    opened: list = []
+
+    def open_output():  # called once the agents have started: a refused run truncates nothing
+        opened.append(open_stream(output_path, "wb", sys.stdout))
+        return opened[0]
+
+    try:
+        agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb)
+        if input_path == "-" and sys.stdin.isatty() and not quiet:
+            say("reading records from stdin (Ctrl-D to end)")
+        summary = run_stream(agent, source, open_output, replicas=replicas, swarm=swarm, state_dir=state_dir,
+                             max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                             progress=not quiet and sys.stderr.isatty())
+    finally:
+        close_streams(source, *opened)
+    if not quiet or json_summary:
+        _report(summary, json_summary)
+    if summary.interrupted:
+        raise click.exceptions.Exit(SIGNAL_EXIT.get(summary.interrupted, 130))
+    if fail_on_error and summary.errors:
+        raise click.exceptions.Exit(1)
+
+
+def summarise_list(items: list[str], shown: int = AGENTS_SHOWN) -> str:
+    """Return ``a, b, c`` or, for a long list, its first ``shown`` items and ``and N more``."""
+    if len(items) <= shown + 1:
+        return ", ".join(items)
+    return ", ".join(items[:shown]) + f" and {len(items) - shown:,} more"
+
+
+def _report(summary: RunSummary, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        say(json.dumps(summary.to_json(), sort_keys=True))
+        return
+    data = summary.to_json()
+    rate = f", {data['records_per_second']:.0f} records/s" if data["records_per_second"] else ""
+    codes = ", ".join(f"{code} x{n}" for code, n in sorted(summary.error_codes.items()))
+    filtered = f", {summary.filtered} filtered" if summary.filtered else ""
+    say(f"{summary.records} records: {summary.results} results, {summary.errors} errors"
+        + (f" ({codes})" if codes else "") + filtered + f" in {summary.seconds:.2f}s{rate}")
+    if data["bandwidth_wait_seconds"]:
+        say(f"publishing was held back {data['bandwidth_wait_seconds']:.2f}s by network_bandwidth_mbps")
+    if summary.interrupted:
+        say(f"stopped by {summary.interrupted}: the rest of the input was not read")
+    if summary.unwritten:
+        say(f"{summary.written} records written, {summary.unwritten} not written: the output did not take them")
+    agents = summarise_list(list(summary.agents))
+    say(f"agents: {agents}" + (" (ephemeral identities: no --state-dir)" if summary.ephemeral else ""))
+    restored = list(summary.restored.items())
+    for agent_id, state in restored[:AGENTS_SHOWN]:
+        say(f"restored {agent_id} from its checkpoint (memory.count={state['count']})")
+    if len(restored) > AGENTS_SHOWN:
+        say(f"restored {len(restored) - AGENTS_SHOWN:,} more agents from their checkpoints")
+    for notice in summary.notices:
+        say(f"note: {notice}")
+    for error in summary.shutdown_errors:
+        say(f"shutdown error: {error}")

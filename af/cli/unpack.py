@@ -5,41 +5,38 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import typer
+import click
 
-from ._app import command, console, stdout
-
-#: what `--max-section-bytes` defaults to (afc.reader.DEFAULT_MAX_SECTION_BYTES, repeated to keep `--help` light)
-_DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
+from ._app import command
+from ._output import emit, say
+from .validate import DEFAULT_MAX_SECTION_BYTES, FORMATS
 
 
 @command("unpack")
-def unpack_command(
-    path: Path = typer.Argument(..., metavar="PATH", help="The .af file to unpack.", dir_okay=False),
-    outdir: Path = typer.Option(..., "-o", "--output", help="Directory to write into (created if missing).", file_okay=False),
-    force: bool = typer.Option(
-        False, "--force", help="Write into OUTDIR even if it is not empty, overwriting files of the same names."
-    ),
-    fmt: str = typer.Option("full", "--format", help="Diagnostics as full, concise or json (json: the files on stdout)."),
-    max_section_bytes: int = typer.Option(
-        _DEFAULT_MAX_SECTION_BYTES, "--max-section-bytes", min=1, help="Refuse any section larger than this once decompressed."
-    ),
-) -> None:
+@click.argument("path", metavar="PATH", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "outdir", required=True, metavar="OUTDIR", type=click.Path(path_type=Path),
+              help="Directory to write into (created if missing).")
+@click.option("--force", is_flag=True,
+              help="Write into OUTDIR even if it is not empty, overwriting files of the same names.")
+@click.option("--format", "fmt", default="full", show_default=True, type=click.Choice(FORMATS),
+              help="Diagnostics as full, concise or json (json: the files on stdout).")
+@click.option("--max-section-bytes", default=DEFAULT_MAX_SECTION_BYTES, show_default=True,
+              type=click.IntRange(min=1), help="Refuse any section larger than this once decompressed.")
+def unpack_command(path: Path, *, outdir: Path, force: bool, fmt: str, max_section_bytes: int) -> None:
     """Write header.yaml and one file per section: <name>.safetensors for tensor sections, <name>.bin for others.
 
     Payloads are written as stored (decompressed, not converted). Only the container is checked, so
     a file with schema or shape errors can still be unpacked. Refuses a non-empty OUTDIR unless
     --force. Exit 0 when written, 1 when the container is broken, 2 for a usage error.
     """
-    from afc.agentfile import read_agent_bytes
-    from afc.reader import read_container
-    from afc.tensors import TENSOR_SECTIONS
-    from afc.writer import write_file_atomic
+    from afc import TENSOR_SECTIONS, read_container
+    from afcore.fsutil import write_file_atomic
     from afcore.errors import UsageError
 
-    if fmt not in ("full", "concise", "json"):
-        raise UsageError(f"unknown format `{fmt}`", code="AF0900", hint="use --format full, concise or json")
-    container = read_container(read_agent_bytes(path), path=str(path), max_section_bytes=max_section_bytes)
+    from ._files import read_checked
+
+    data = read_checked(path, ("agent",), "af unpack")
+    container = read_container(data, path=str(path), max_section_bytes=max_section_bytes)
     _prepare(outdir, force)
     files = [(outdir / "header.yaml", "header", container.header_text.encode("utf-8"))]
     for section in container.sections:
@@ -72,8 +69,8 @@ def _prepare(outdir: Path, force: bool) -> None:
 def _report(path: Path, files: list[tuple[Path, str, bytes]], fmt: str) -> None:
     if fmt == "json":
         listing = [{"section": name, "path": str(file), "bytes": len(content)} for file, name, content in files]
-        stdout.print(json.dumps(listing), markup=False, highlight=False)
+        emit(json.dumps(listing))
         return
     for file, _, content in files:
-        console.print(f"wrote {file} ({len(content)} bytes)", markup=False, highlight=False)
-    console.print(f"unpacked {path}: header and {len(files) - 1} section(s)", markup=False, highlight=False)
+        say(f"wrote {file} ({len(content)} bytes)")
+    say(f"unpacked {path}: header and {len(files) - 1} section(s)")

@@ -1,63 +1,87 @@
-"""`af validate`: check an .af file and report every diagnostic (docs/cli.md, section `af validate`)."""
+"""`af validate`: check .af files and report every diagnostic (docs/cli.md, section `af validate`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import typer
+import click
 
-from ._app import command, console, stdout
+from ._app import command
+from ._output import emit, say
 
 if TYPE_CHECKING:
     from afcore.diagnostics import Diagnostic
     from afcore.spans import SourceFile
 
+#: the diagnostic formats every command with ``--format`` accepts
+FORMATS = ("full", "concise", "json")
 #: what `--max-section-bytes` defaults to (afc.reader.DEFAULT_MAX_SECTION_BYTES, repeated to keep `--help` import-light)
-_DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
+DEFAULT_MAX_SECTION_BYTES = 2 * 1024**3
 
 
 @command("validate")
-def validate_command(
-    path: Path = typer.Argument(..., metavar="PATH", help="The .af file to check.", dir_okay=False),
-    fmt: str = typer.Option("full", "--format", help="Diagnostics as full (source frames), concise or json."),
-    max_section_bytes: int = typer.Option(
-        _DEFAULT_MAX_SECTION_BYTES, "--max-section-bytes", min=1,
-        help="Refuse any section that decompresses to more bytes than this.",
-    ),
-) -> None:
-    """Check an .af file: framing, YAML, schema, steps and meaning. Exit 0 when valid (warnings allowed), 1 when not."""
-    from afc.agentfile import read_agent_bytes, validate_bytes
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", default="full", show_default=True, type=click.Choice(FORMATS),
+              help="Diagnostics as full (source frames), concise or json.")
+@click.option("--max-section-bytes", default=DEFAULT_MAX_SECTION_BYTES, show_default=True,
+              type=click.IntRange(min=1), help="Refuse any section that decompresses to more bytes than this.")
+def validate_command(paths: tuple[Path, ...], *, fmt: str, max_section_bytes: int) -> None:
+    """Check .af files: framing, YAML, schema, steps and meaning.
+
+    Exit 0 when every file is valid (warnings allowed), 1 when any is not, 2 when a file cannot
+    be read or is not an .af file (a bundle, say), or for another usage error.
+    """
+    records: list[dict] = []
+    code = 0
+    for path in paths:
+        diagnostics, data, file_code = _validate(path, max_section_bytes)
+        errors = sum(d.is_error for d in diagnostics)
+        code = max(code, file_code)
+        if fmt == "json":
+            # a diagnostic about the file as a whole (unreadable, not an .af file) has no span: name the file
+            records += [{**d.to_json(), "path": d.span.path if d.span else str(path)} for d in diagnostics]
+            continue
+        if diagnostics:
+            from afcore.diagnostics import render
+
+            say(render(diagnostics, fmt, _sources(str(path), data, diagnostics)) + ("\n" if fmt == "full" else ""))
+        _summary(str(path), errors, len(diagnostics) - errors)
+    if fmt == "json":
+        import json
+
+        emit(json.dumps(records, indent=2, ensure_ascii=False))
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def _validate(path: Path, max_section_bytes: int) -> tuple[list[Diagnostic], bytes, int]:
+    """Return the diagnostics of one file, its bytes and its exit code (0 valid, 1 invalid).
+
+    A file that cannot be read, or is not an .af file, gets one diagnostic (AF0901, AF0904) and
+    the exit code of a usage error (2).
+    """
+    from afc import validate_bytes
+    from afcore.diagnostics import Diagnostic
     from afcore.errors import UsageError
 
-    if fmt not in ("full", "concise", "json"):
-        raise UsageError(f"unknown format `{fmt}`", code="AF0900", hint="use --format full, concise or json")
-    data = read_agent_bytes(path)
+    from ._files import SNIFF_BYTES, ensure_kind, read_input, sniff_kind
+
+    try:
+        data = read_input(path)
+        ensure_kind(path, sniff_kind(data), ("agent",), "af validate")
+    except UsageError as error:
+        return [Diagnostic(error.code, "error", error.message, help=error.hint)], b"", error.exit_code
     diagnostics = validate_bytes(data, path=str(path), max_section_bytes=max_section_bytes)
-    _print(diagnostics, fmt, _sources(str(path), data, diagnostics))
-    errors = sum(d.is_error for d in diagnostics)
-    if fmt != "json":
-        _summary(str(path), errors, len(diagnostics) - errors)
-    if errors:
-        raise typer.Exit(1)
-
-
-def _print(diagnostics: list[Diagnostic], fmt: str, sources: dict[str, SourceFile]) -> None:
-    from afcore.diagnostics import render
-
-    if fmt == "json":
-        stdout.print(render(diagnostics, "json"), markup=False, highlight=False)
-    elif diagnostics:
-        console.print(render(diagnostics, fmt, sources) + ("\n" if fmt == "full" else ""), markup=False,
-                      highlight=False)
+    return diagnostics, data, int(any(d.is_error for d in diagnostics))
 
 
 def _summary(path: str, errors: int, others: int) -> None:
     extra = f" ({others} warning{'s' if others != 1 else ''})" if others else ""
     if errors:
-        console.print(f"{path}: {errors} error{'s' if errors != 1 else ''}{extra}", markup=False, highlight=False)
+        say(f"{path}: {errors} error{'s' if errors != 1 else ''}{extra}")
     else:
-        console.print(f"{path}: valid{extra}", markup=False, highlight=False)
+        say(f"{path}: valid{extra}")
 
 
 def _sources(path: str, data: bytes, diagnostics: list[Diagnostic]) -> dict[str, SourceFile]:

@@ -328,3 +328,36 @@ class TestManyBlockFrames:
         rle = (1024 << 3 | 1 << 1).to_bytes(3, "little") + b"\0"  # 4 bytes in, 1 KiB out
         bomb = b"\x28\xb5\x2f\xfd\x04\x38" + empty * 70_000 + rle * 3000 + (1).to_bytes(3, "little") + b"\0" * 4
         assert codes_of(b"h: 1\n---BINARY_SECTION:r---\n" + bomb, max_section_bytes=1 << 20) == ["AF0016"]
+
+
+class TestWhatTheFileHolds:
+    """Issue 9, point 11: say what the file or section holds and what the format wants."""
+
+    def test_cr_only_file_is_one_diagnostic_even_past_the_header_cap(self):
+        data = (b"version: '1.0'\rname: x\r" + b"# padding\r" * 200_000)
+        assert len(data) > MAX_HEADER_BYTES
+        assert codes_of(data) == ["AF0020"]
+
+    def test_cr_is_reported_where_it_is(self):
+        with pytest.raises(ParseError) as info:
+            read(b"a: 1\nb: 2\rc: 3\n")
+        (diag,) = info.value.diagnostics
+        assert (diag.span.line, diag.span.column) == (2, 5) and "lone CR" in diag.message
+
+    def test_crlf_is_fine(self):
+        assert read(b"a: 1\r\nb: 2\r\n").newline == "\r\n"
+
+    @pytest.mark.parametrize("magic", [0x184D2A50, 0x184D2A57, 0x184D2A5F])
+    def test_skippable_frame_in_a_raw_section(self, magic):
+        skippable = magic.to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
+        data = b"a: 1\n---BINARY_SECTION:s---\n" + skippable + frame(b"x") + b"\n"
+        assert codes_of(data) == ["AF0021"]
+
+    def test_later_sections_are_still_read(self):
+        data = b"a: 1\n---BINARY_SECTION:s---\n\x1f\x8bjunk\n---BINARY_SECTION:t---\n" + b64(b"y")
+        assert codes_of(data) == ["AF0022"]
+
+    @pytest.mark.parametrize(("body", "code"), [(b"\xc3\xa9KLUv/WRk\n", "AF0008"), (b"\xff\xfeKLUv\n", "AF0022"),
+                                               (b"\x00\x00\x01\x02\n", "AF0022"), (b"KLU*v/WRk\n", "AF0008")])
+    def test_text_that_is_not_base64_is_not_called_binary(self, body, code):
+        assert codes_of(b"a: 1\n---BINARY_SECTION:s---\n" + body) == [code]

@@ -110,3 +110,49 @@ class TestCodes:
                 .replace("  execution:", "  executon:"))
         found = sorted((d.span.line, d.code) for d in check(text))
         assert found == [(21, "AF1002"), (21, "AF1005"), (22, "AF1004"), (35, "AF1001"), (41, "AF1003")]
+
+
+class TestNumbersTheBundleCanHold:
+    """Issue 9, points 5 and 7: what validation accepted here crashed `af compile` or the runtime."""
+
+    @pytest.mark.parametrize(("old", "new", "where"), [
+        ("learning_rate: 0.001", "learning_rate: .nan", "neural_config.learning_rate"),
+        ("memory_mb: 512", "memory_mb: .inf", "resources.limits.memory_mb"),
+        ("cpu_cores: 1.0", "cpu_cores: .NaN", "resources.limits.cpu_cores"),
+        ("cpu_cores: 1.0", "cpu_cores: 1e999", "resources.limits.cpu_cores"),
+        ("minimum_memory_mb: 128", "minimum_memory_mb: -.inf", "resources.requirements.minimum_memory_mb"),
+        ("minimum_cpu_cores: 0.5", "minimum_cpu_cores: .nan", "resources.requirements.minimum_cpu_cores"),
+        ('rust_version: "1.70.0"', "rust_version: .nan", "runtime.rust_version"),
+    ])
+    def test_non_finite_number_is_one_diagnostic(self, old, new, where):
+        diag = only(REFERENCE.replace(old, new))
+        assert diag.code == "AF1010" and diag.message == f"`{where}` must be a finite number"
+        assert diag.label.startswith("found ") and ".nan" in diag.help
+        line = next(i for i, text in enumerate(REFERENCE.replace(old, new).splitlines(), 1) if new in text)
+        assert diag.span.line == line
+
+    def test_non_finite_node_is_not_valid_for_the_checks(self):
+        from afc.validate import report_header
+
+        report = report_header(load_yaml(SourceFile("a.af", REFERENCE.replace("cpu_cores: 1.0", "cpu_cores: .nan"))))
+        assert not report.is_valid(("resources", "limits", "cpu_cores"))
+        assert report.is_valid(("resources", "limits", "memory_mb"))
+
+    @pytest.mark.parametrize("value", ["2147483648", "1e300", "5000", "1025"])
+    def test_cpu_cores_has_a_maximum(self, value):
+        diag = only(REFERENCE.replace("cpu_cores: 1.0", f"cpu_cores: {value}").replace(
+            "minimum_cpu_cores: 0.5", "minimum_cpu_cores: 0.5"))
+        assert diag.code == "AF1005" and diag.message == "`resources.limits.cpu_cores` must be at most 1024"
+        assert diag.help == "the runtime starts one inference thread per core: change it to a value at most 1024"
+
+    def test_1024_cores_are_accepted(self):
+        assert check(REFERENCE.replace("cpu_cores: 1.0", "cpu_cores: 1024")) == []
+
+    @pytest.mark.parametrize(("old", "new"), [
+        ("memory_mb: 512", "memory_mb: 1" + "0" * 400),
+        ("memory_mb: 512", "memory_mb: 1048577"),
+        ("minimum_memory_mb: 128", "minimum_memory_mb: 1" + "0" * 30),
+        ("minimum_cpu_cores: 0.5", "minimum_cpu_cores: 4294967296"),
+    ])
+    def test_other_resources_have_a_maximum(self, old, new):
+        assert only(REFERENCE.replace(old, new)).code == "AF1005"

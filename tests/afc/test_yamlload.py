@@ -133,6 +133,14 @@ class TestRefused:
     def test_control_character_in_stream(self):
         assert codes("a: b\x07c\n") == ["AF0050"]
 
+    @pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\U0000d800", "\\U00110000"])
+    def test_surrogate_escape_says_why(self, escape):
+        # issue 9, point 6: a lone surrogate must not reach the manifest encoder; libyaml refuses it
+        with pytest.raises(ParseError) as info:
+            load(f'name: x\ndescription: "a {escape} b"\n')
+        (diag,) = info.value.diagnostics
+        assert diag.code == "AF0050" and "surrogate" in diag.help and "(D800-DFFF)" in diag.help
+
     def test_all_refusals_reported_in_one_run(self):
         assert codes("a: !t 1\nb: 2\nb: 3\nc: &x 4\n") == ["AF0052", "AF0057", "AF0053"]
 

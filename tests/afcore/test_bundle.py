@@ -301,5 +301,20 @@ class TestRefusals:
     def test_malformed_member_list(self):
         assert code_of(craft([manifest_member([{"name": 3}])])) == "AF4014"
 
+    def test_ustar_prefix_names_are_read_whole(self):
+        name = "sections/" + "d" * 90 + "/" + "n" * 60  # longer than 100 bytes: USTAR splits it
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for member, data in (manifest_member([entry(name, b"hello")]), regular(name, b"hello")):
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+        bundle = read_bundle(zstandard.ZstdCompressor(write_checksum=True).compress(raw.getvalue()))
+        assert bundle.members == {name: b"hello"}
+
+    def test_header_checksum_mismatch(self):
+        raw = bytearray(zstandard.ZstdDecompressor().decompress(craft(self.good_items())))
+        raw[1] ^= 0x01  # a byte of manifest.json's name: the header's checksum no longer matches
+        assert code_of(zstandard.ZstdCompressor(write_checksum=True).compress(bytes(raw))) == "AF4001"
+
     def test_unreadable_file(self, tmp_path):
         assert code_of(tmp_path / "missing.afb") == "AF4015"

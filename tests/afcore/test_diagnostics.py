@@ -77,3 +77,26 @@ def test_sort_puts_placeless_first_then_by_position():
     b = Diagnostic("B", "error", "b", span=Span("f", 1, 9))
     c = Diagnostic("C", "error", "c")
     assert [d.code for d in sort_diagnostics([a, b, c])] == ["C", "B", "A"]
+
+
+class TestFramesOfUnusualLines:
+    """A frame never prints binary bytes or a megabyte line (issue 9: CR-only files, bundles, Letta JSON)."""
+
+    def test_a_long_line_is_cut_around_the_caret(self):
+        from afcore.diagnostics import MAX_FRAME_CHARS, Diagnostic, render_full
+        from afcore.spans import SourceFile, Span
+
+        text = "x" * 5000 + "BAD" + "y" * 5000
+        diag = Diagnostic("AF0050", "error", "bad", span=Span("f.af", 1, 5001, 1, 5004), label="here")
+        out = render_full(diag, {"f.af": SourceFile("f.af", text)})
+        frame, carets = out.splitlines()[3], out.splitlines()[4]
+        assert len(frame) < MAX_FRAME_CHARS + 20 and "BAD" in frame and frame.count("...") == 2
+        assert frame.index("BAD") == carets.index("^^^")
+
+    def test_control_characters_get_no_frame(self):
+        from afcore.diagnostics import Diagnostic, render_full
+        from afcore.spans import SourceFile, Span
+
+        diag = Diagnostic("AF0023", "error", "not an af file", span=Span("f.af", 1, 1), help="use af run")
+        out = render_full(diag, {"f.af": SourceFile("f.af", "\x28\ufffd\x2f\x00binary")})
+        assert "binary" not in out and out.splitlines()[1].endswith("f.af:1:1") and "= help: use af run" in out

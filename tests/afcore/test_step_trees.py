@@ -45,6 +45,24 @@ class TestEvaluate:
             evaluate(Binary("%", Const(1), Const(0)), resolve)
         assert info.value.code == "AF5202"
 
+    @pytest.mark.parametrize("left, op, right", [(1.5, "*", 10**400), (10**400, "+", 0.5), (10**400, "/", 3),
+                                                 (2.0, "%", 10**400)])
+    def test_overflowing_arithmetic_is_a_guard_error_not_a_crash(self, left, op, right):
+        with pytest.raises(ExecutionError) as info:
+            evaluate(Binary(op, Const(left), Const(right)), resolve)
+        assert info.value.code == "AF5202" and "cannot apply" in info.value.message
+
+    @pytest.mark.parametrize("expr", [Binary("*", Const(1e300), Const(1e300)), Binary("-", Const(-1e308), Const(1e308)),
+                                      Binary("*", Const("ab"), Const(9007199254740992)),
+                                      Binary("*", Const(10**6), Const("xyz"))])
+    def test_results_that_overflow_are_errors_not_verdicts(self, expr):
+        with pytest.raises(ExecutionError) as info:
+            evaluate(expr, resolve)
+        assert info.value.code == "AF5202"
+
+    def test_an_infinite_operand_is_compared_as_it_is(self):
+        assert evaluate(Binary(">", Binary("+", Const(float("inf")), Const(1.0)), Const(0)), resolve) is True
+
     def test_type_mismatch_is_an_execution_error(self):
         with pytest.raises(ExecutionError):
             evaluate(Binary("<", Const("a"), Const(1)), resolve)

@@ -229,3 +229,50 @@ def test_a_profiled_run_takes_the_batched_path(monkeypatch):
     assert len(records) == 16 and all("output" in r for r in records)
     steps = {s.step: s for s in report.steps if s.workflow == "execution"}
     assert steps["send_output"].calls == 16 and report.backend_seconds_per_record.count == 16
+
+
+class TestTrace:
+    @pytest.mark.parametrize("guarded", [False, True], ids=["batched", "instrumented"])
+    def test_spans_nest_per_replica(self, guarded):
+        agent = afrt.load(_xor_source(guarded=guarded), backend="wasm")
+        profiler = Profiler(trace=True)
+        x = np.array(CORNERS * 10, dtype=np.float32)
+        source = io.BytesIO(b"".join(orjson.dumps({"id": i, "input": row.tolist()}) + b"\n" for i, row in enumerate(x)))
+        options = afrt.RunOptions(instrument=profiler.watching(agent), max_batch=8, replicas=2)
+        asyncio.run(afrt.run_jsonl(agent, source, io.BytesIO(), options))
+        trace = orjson.loads(orjson.dumps(profiler.trace_json()))  # it is plain JSON
+        spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+        names = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M"}
+        assert len(names) == 2 and all(n.startswith("xor") for n in names)  # one thread per replica
+        for tid in {e["tid"] for e in spans}:
+            _assert_nested(sorted((e for e in spans if e["tid"] == tid), key=lambda e: (e["ts"], -e["dur"])))
+        kinds = {(e["cat"], e["name"]) for e in spans}
+        assert {("workflow", "initialization"), ("workflow", "execution"), ("workflow", "shutdown"),
+                ("backend", "backend (wasm)"), ("step", "process_neural_network")} <= kinds
+        blocks = [e for e in spans if e["cat"] == "workflow" and e["name"] == "execution"]
+        assert sum(e["args"]["records"] for e in blocks) == 40
+        # every step and backend call of execution lies inside one of its replica's blocks
+        for e in spans:
+            if e["cat"] == "backend" or e["args"].get("workflow") == "execution":
+                assert any(b["tid"] == e["tid"] and b["ts"] <= e["ts"] and e["ts"] + e["dur"] <= b["ts"] + b["dur"] + EPSILON_US
+                           for b in blocks), e
+
+    def test_no_trace_unless_asked(self):
+        with pytest.raises(ValueError):
+            Profiler().trace_json()
+
+
+#: timestamps are written in µs with 3 decimals: sums of two may differ from the exact one by this
+EPSILON_US = 0.002
+
+
+def _assert_nested(spans: list[dict]) -> None:
+    """Each span lies inside the span that encloses its start, or after it (a stack walk)."""
+    stack: list[dict] = []
+    for span in spans:
+        while stack and stack[-1]["ts"] + stack[-1]["dur"] <= span["ts"] + EPSILON_US:
+            stack.pop()
+        if stack:
+            parent = stack[-1]
+            assert span["ts"] + span["dur"] <= parent["ts"] + parent["dur"] + EPSILON_US, (span, parent)
+        stack.append(span)

@@ -7,7 +7,8 @@ import pytest
 import wasmtime
 
 from afcore.errors import InternalError
-from afrt._fastcall import FastFunc, memory_view
+from afrt import _fastcall
+from afrt._fastcall import FastFunc, PlainFunc, fast_func, memory_view
 
 WAT = """
 (module
@@ -124,7 +125,7 @@ class TestBindingsGuard:
         store, exports = _instance()
         with pytest.raises(InternalError, match="private bindings") as info:
             FastFunc(store, exports["add"])
-        assert "wasmtime==50" in info.value.hint
+        assert "public call" in info.value.hint
 
     def test_call_after_the_store_is_closed_is_refused(self):
         store, exports = _instance()
@@ -132,3 +133,65 @@ class TestBindingsGuard:
         store.close()
         with pytest.raises(InternalError, match="closed"):
             add(1, 2)
+
+
+CASES = [("add", (2, 3)), ("add", (2**31 - 1, 1)), ("mix", (7, -3, 11)), ("answer", ()), ("nop", ()), ("spin", (100,))]
+
+
+class TestFallback:
+    """`fast_func` uses the private call only on a tested wasmtime-py with every binding present."""
+
+    @pytest.fixture
+    def forced(self, monkeypatch):
+        """Make the private bindings look changed, as another wasmtime-py would."""
+        from wasmtime import _bindings
+
+        _fastcall.fast_path_problem.cache_clear()
+        monkeypatch.delattr(_bindings, "_wasmtime_func_call_unchecked")
+        yield
+        _fastcall.fast_path_problem.cache_clear()
+
+    def test_the_fast_path_is_taken_on_this_wasmtime(self):
+        store, exports = _instance()
+        assert _fastcall.fast_path_problem() is None
+        assert isinstance(fast_func(store, exports["add"]), FastFunc)
+
+    @pytest.mark.parametrize("name,args", CASES)
+    def test_changed_bindings_fall_back_with_equal_results(self, monkeypatch, name, args):
+        from wasmtime import _bindings
+
+        store, exports = _instance()
+        fast = FastFunc(store, exports[name])(*args)
+        _fastcall.fast_path_problem.cache_clear()
+        monkeypatch.delattr(_bindings, "_wasmtime_func_call_unchecked")
+        try:
+            store, exports = _instance()
+            plain = fast_func(store, exports[name])
+            assert isinstance(plain, PlainFunc)
+            assert plain(*args) == fast == _expected(name, args)
+        finally:
+            _fastcall.fast_path_problem.cache_clear()
+
+    def test_an_untested_version_falls_back(self, monkeypatch):
+        _fastcall.fast_path_problem.cache_clear()
+        monkeypatch.setattr(_fastcall, "_wasmtime_version", lambda: "51.0.0")
+        try:
+            assert "51.0.0" in _fastcall.fast_path_problem()
+            store, exports = _instance()
+            assert isinstance(fast_func(store, exports["add"]), PlainFunc)
+        finally:
+            _fastcall.fast_path_problem.cache_clear()
+
+    def test_fallback_traps_and_runs_out_of_fuel_like_the_fast_path(self, forced):
+        store, exports = _instance()
+        with pytest.raises(wasmtime.Trap):
+            fast_func(store, exports["boom"])(1)
+        store, exports = _instance(fuel=50)
+        with pytest.raises(wasmtime.Trap):
+            fast_func(store, exports["spin"])(10_000)
+
+
+def _expected(name: str, args: tuple) -> object:
+    """The result of ``Func.__call__`` in a fresh instance."""
+    store, exports = _instance()
+    return exports[name](store, *args)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -14,114 +12,14 @@ from onnx.reference import ReferenceEvaluator
 
 import afrt
 from afcore.errors import BundleError, SandboxViolation
-from afrt.inference import OnnxModel, ensure_safe_onnx, session_threads
+from afrt import inference
+from afrt.inference import OnnxModel, session_threads
 
 WEIGHTS = random_weights((8, 6, 4), seed=11)
 
 
 def model() -> onnx.ModelProto:
     return onnx_model(WEIGHTS)
-
-
-class TestEnsureSafeOnnx:
-    def test_accepts_a_plain_model(self):
-        ensure_safe_onnx(model().SerializeToString())
-
-    def test_refuses_external_data(self):
-        m = model()
-        tensor = m.graph.initializer[0]
-        tensor.ClearField("raw_data")
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        tensor.external_data.add(key="location", value="/etc/passwd")
-        with pytest.raises(SandboxViolation) as info:
-            ensure_safe_onnx(m.SerializeToString())
-        assert info.value.code == "AF5021" and "`w0`" in info.value.message
-
-    def test_refuses_external_data_in_a_constant_node(self):
-        m = model()
-        value = onnx.TensorProto(name="c", data_type=onnx.TensorProto.FLOAT, dims=[1])
-        value.data_location = onnx.TensorProto.EXTERNAL
-        value.external_data.add(key="location", value="weights.bin")
-        m.graph.node.insert(0, helper.make_node("Constant", [], ["c"], value=value))
-        with pytest.raises(SandboxViolation) as info:
-            ensure_safe_onnx(m.SerializeToString())
-        assert info.value.code == "AF5021"
-
-    @staticmethod
-    def _external(name: str, data_type=onnx.TensorProto.FLOAT) -> onnx.TensorProto:
-        tensor = onnx.TensorProto(name=name, data_type=data_type, dims=[1])
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        tensor.external_data.add(key="location", value="/etc/passwd")
-        return tensor
-
-    @pytest.mark.parametrize("part", ["values", "indices"])
-    def test_refuses_external_data_in_sparse_tensors(self, part):
-        # In a sparse initializer and in a Constant node's sparse_value, values and indices alike.
-        inline = {"values": onnx.TensorProto(name="v", data_type=onnx.TensorProto.FLOAT, dims=[1], float_data=[1.0]),
-                  "indices": onnx.TensorProto(name="i", data_type=onnx.TensorProto.INT64, dims=[1], int64_data=[0])}
-        inline[part] = self._external(part, inline[part].data_type)
-        sparse = onnx.SparseTensorProto(values=inline["values"], indices=inline["indices"], dims=[4])
-        for where in ("initializer", "attribute"):
-            m = model()
-            if where == "initializer":
-                m.graph.sparse_initializer.append(sparse)
-            else:
-                m.graph.node.insert(0, helper.make_node("Constant", [], ["s"], sparse_value=sparse))
-            with pytest.raises(SandboxViolation) as info:
-                ensure_safe_onnx(m.SerializeToString())
-            assert info.value.code == "AF5021", where
-
-    def test_refuses_a_custom_domain_operator(self):
-        m = model()
-        m.graph.node.append(helper.make_node("Evil", ["output"], ["x"], domain="com.evil"))
-        m.opset_import.append(helper.make_opsetid("com.evil", 1))
-        with pytest.raises(SandboxViolation) as info:
-            ensure_safe_onnx(m.SerializeToString())
-        assert info.value.code == "AF5022" and "com.evil" in info.value.message
-
-    def test_refuses_a_custom_domain_inside_a_subgraph(self):
-        m = model()
-        inner = helper.make_graph(
-            [helper.make_node("Evil", [], ["y"], domain="com.evil")], "inner", [],
-            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-        )
-        cond = helper.make_node("If", ["c"], ["z"], then_branch=inner, else_branch=inner)
-        m.graph.node.append(cond)
-        with pytest.raises(SandboxViolation, match="operator `Evil`"):
-            ensure_safe_onnx(m.SerializeToString())
-
-    def test_refuses_local_functions(self):
-        m = model()
-        m.functions.append(helper.make_function("", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
-                                                [helper.make_opsetid("", 17)]))
-        with pytest.raises(SandboxViolation, match="local function `Twice`"):
-            ensure_safe_onnx(m.SerializeToString())
-
-    def test_checks_without_importing_onnx(self, tmp_path):
-        # The check reads the model with onnx's generated classes only (start-up time of `af run`);
-        # a later `import onnx` in the same process shares those classes.
-        path = tmp_path / "m.onnx"
-        path.write_bytes(model().SerializeToString())
-        script = (
-            "import sys; from afrt.inference import ensure_safe_onnx, _parse_model\n"
-            f"data = open({str(path)!r}, 'rb').read(); ensure_safe_onnx(data)\n"
-            "assert 'onnx' not in sys.modules, 'onnx was imported'\n"
-            "import onnx; assert type(_parse_model(data)) is onnx.ModelProto\n"
-            "assert onnx.load_model_from_string(data) == _parse_model(data)\n"
-        )
-        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
-
-    def test_trailing_bytes_are_a_bundle_error(self):
-        # onnx.load_model_from_string refuses bytes left after the message; so does the check.
-        data = model().SerializeToString()
-        with pytest.raises(BundleError) as info:
-            ensure_safe_onnx(data + b"\x80")
-        assert info.value.code == "AF5043"
-
-    def test_garbage_is_a_bundle_error(self):
-        with pytest.raises(BundleError) as info:
-            ensure_safe_onnx(b"\xff\xff\xff not protobuf")
-        assert info.value.code == "AF5043"
 
 
 class TestOnnxModel:
@@ -171,8 +69,32 @@ class TestOnnxModel:
 class TestSessionThreads:
     @pytest.mark.parametrize("cores, threads, expected", [(1.0, None, 1), (0.5, None, 1), (2.1, None, 3),
                                                            (None, None, 1), (4, 2, 2)])
-    def test_ceil_of_cpu_cores_at_least_one(self, cores, threads, expected):
+    def test_ceil_of_cpu_cores_at_least_one(self, cores, threads, expected, monkeypatch):
+        monkeypatch.setattr(inference, "available_cores", lambda: 8)
         assert session_threads(cores, threads) == expected
+
+    @pytest.mark.parametrize("cores, threads", [(5000, None), (2.0**31, None), (float("inf"), None), (None, 64)])
+    def test_capped_at_the_machine_with_a_notice(self, cores, threads, monkeypatch):
+        monkeypatch.setattr(inference, "available_cores", lambda: 2)
+        assert session_threads(cores, threads) == 2
+        assert "this machine has 2 CPU(s)" in inference.threads_notice(cores, threads)
+        assert inference.threads_notice(2, None) is None
+
+    def test_available_cores_follows_the_affinity_mask(self):
+        import os
+
+        expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        assert inference.available_cores() == expected
+
+    def test_a_huge_cpu_cores_loads_quickly_and_says_so(self):
+        import time
+
+        data, _ = make_bundle((8, 6, 4), cpu_cores=5000)
+        started = time.perf_counter()
+        agent = afrt.load(data, backend="onnx")
+        assert time.perf_counter() - started < 10  # over a minute when 5000 threads were created
+        assert agent._engine.threads == inference.available_cores()
+        assert any("5,000 inference threads" in n for n in agent.notices)
 
 
 class TestQuiet:

@@ -57,7 +57,7 @@ class TestLoadBundle:
     def test_unsupported_format_version(self, bundle):
         with pytest.raises(BundleError) as info:
             load_bundle(altered(bundle, lambda m: m.update(format_version="2.0")))
-        assert info.value.code == "AF5040"
+        assert info.value.code == "AF4010"
 
     @pytest.mark.parametrize(
         "edit, where",
@@ -75,7 +75,7 @@ class TestLoadBundle:
     def test_malformed_manifest(self, bundle, edit, where):
         with pytest.raises(BundleError) as info:
             load_bundle(altered(bundle, edit))
-        assert info.value.code == "AF5041"
+        assert info.value.code == "AF4018"
         assert f"`{where}`" in info.value.message
 
     def test_missing_target(self):

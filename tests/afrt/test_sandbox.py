@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -50,7 +51,7 @@ def records(*firsts: float) -> np.ndarray:
 class TestPolicy:
     def test_policy_is_data_with_no_imports_and_no_wasi(self):
         assert sandbox.POLICY.allowed_imports == frozenset()
-        assert sandbox.POLICY.wasi is False
+        assert [f.name for f in dataclasses.fields(sandbox.POLICY)] == ["allowed_imports", "exports"]
         assert set(sandbox.POLICY.exports) == {"memory", "input_ptr", "output_ptr", "max_batch", "infer"}
 
     @pytest.mark.parametrize(
@@ -111,6 +112,7 @@ class TestFuel:
         with pytest.raises(ResourceLimitError) as info:
             agent.infer(records(1.0))
         assert info.value.code == "AF5010"
+        assert "budget of" in info.value.message and "it needed more than" in info.value.message
         assert isinstance(info.value.__cause__, wasmtime.Trap)
         assert agent.fuel_used == agent.fuel_per_record + sandbox.FUEL_PER_CALL
 
@@ -230,6 +232,22 @@ class TestInstances:
     def agent(self, weights, tmp_path):
         data, _ = make_bundle((6, 5, 3), seed=3, wasm_bytes=wasm_module(weights, max_batch=8))
         return afrt.load(data, backend="wasm", cache_dir=tmp_path)
+
+    def test_the_public_call_gives_the_same_outputs_as_the_fast_one(self, weights, tmp_path, monkeypatch):
+        from afrt import _fastcall
+
+        data, _ = make_bundle((6, 5, 3), seed=3, wasm_bytes=wasm_module(weights, max_batch=8))
+        x = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+        fast = afrt.load(data, backend="wasm", cache_dir=tmp_path)
+        assert isinstance(fast._engine.pool.acquire()._infer, _fastcall.FastFunc)
+        _fastcall.fast_path_problem.cache_clear()
+        monkeypatch.setattr(_fastcall, "_wasmtime_version", lambda: "99.0.0")
+        try:
+            plain = afrt.load(data, backend="wasm", cache_dir=tmp_path)
+            assert isinstance(plain._engine.pool.acquire()._infer, _fastcall.PlainFunc)
+            np.testing.assert_array_equal(plain.infer(x), fast.infer(x))
+        finally:
+            _fastcall.fast_path_problem.cache_clear()
 
     def test_replicas_share_the_pool_and_compute_independently(self, agent, weights):
         second = agent.replica()

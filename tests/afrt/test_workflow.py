@@ -159,6 +159,14 @@ class TestMissingSteps:
             make(execution, init=init)
         assert info.value.code == "AF5208"
 
+    def test_a_step_without_implementation_refuses_to_start(self, monkeypatch):
+        import afrt.steps as impl
+
+        monkeypatch.delitem(impl.STEPS, "update_memory")
+        with pytest.raises(Exception) as info:
+            make(EXEC)
+        assert info.value.code == "AF9999" and "update_memory" in info.value.message
+
     def test_unknown_step_is_refused(self):
         with pytest.raises(Exception) as info:
             make(["receive_input", "fly_to_the_moon"])

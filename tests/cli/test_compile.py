@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from afcore.bundle import read_bundle
@@ -113,3 +113,27 @@ class TestInvalidSource:
     def test_missing_file(self, tmp_path):
         result = runner.invoke(app, ["compile", str(tmp_path / "nope.af")])
         assert result.exit_code in (1, 2) and "AF0901" in result.stderr
+
+
+class TestOutputsAndQuiet:
+    def test_quiet_prints_nothing_on_success(self, xor):
+        result = runner.invoke(app, ["compile", str(xor), "--quiet"])
+        assert result.exit_code == 0 and result.output == ""
+        assert xor.with_suffix(".afb").exists()
+
+    def test_quiet_still_reports_errors(self, tmp_path):
+        bad = tmp_path / "bad.af"
+        bad.write_text('version: "1.0"\nname: x\n')
+        result = runner.invoke(app, ["compile", str(bad), "-q"])
+        assert result.exit_code == 1 and "AF1001" in result.stderr
+
+    def test_output_naming_a_directory_writes_nothing_into_it(self, xor, tmp_path):
+        out = tmp_path / "dir"
+        out.mkdir()
+        result = runner.invoke(app, ["compile", str(xor), "-o", str(out)])
+        assert result.exit_code == 2 and "AF0905" in result.stderr and "= help: " in result.stderr
+        assert list(out.iterdir()) == []
+
+    def test_a_bundle_given_as_source_is_said_to_be_one(self, example_bundles):
+        result = runner.invoke(app, ["compile", str(example_bundles["xor"])])
+        assert result.exit_code == 2 and "AF0904" in result.stderr and "compiled bundle" in result.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 import afc
 from af.cli import app
@@ -67,3 +67,43 @@ class TestInit:
         args = [str(tmp_path / args[0]), *args[1:]]
         result = runner.invoke(app, ["init", *args])
         assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+class TestInitPlaces:
+    def test_missing_parent_directories_are_created(self, runner, tmp_path):
+        result = runner.invoke(app, ["init", str(tmp_path / "sub" / "dir" / "x")])
+        assert result.exit_code == 0, result.output
+        assert afc.validate(tmp_path / "sub" / "dir" / "x.af") == []
+
+    def test_a_place_that_cannot_be_written_is_a_clear_error(self, runner):
+        result = runner.invoke(app, ["init", "/proc/x"])
+        assert result.exit_code == 2 and "AF0906" in result.stderr and "= help: " in result.stderr
+        assert "Traceback" not in result.output
+
+    def test_a_file_in_the_way_of_a_directory_is_a_clear_error(self, runner, tmp_path):
+        (tmp_path / "file").write_text("")
+        result = runner.invoke(app, ["init", str(tmp_path / "file" / "x")])
+        assert result.exit_code == 2 and "AF0906" in result.stderr and "Traceback" not in result.output
+
+
+class TestInitActivations:
+    def test_one_output_gets_sigmoid(self, runner, tmp_path):
+        result = runner.invoke(app, ["init", str(tmp_path / "one"), "--output-size", "1"])
+        assert result.exit_code == 0, result.output
+        assert afc.load_agent_file(tmp_path / "one.af").spec().network.output_activation == "sigmoid"
+        assert "relu/sigmoid" in result.stderr and "warning" not in result.stderr
+
+    def test_softmax_over_one_output_is_warned(self, runner, tmp_path):
+        result = runner.invoke(app, ["init", str(tmp_path / "one"), "--output-size", "1",
+                                     "--output-activation", "softmax"])
+        assert result.exit_code == 0 and "warning: softmax over one output is always 1.0" in result.stderr
+
+    def test_several_outputs_keep_softmax(self, runner, tmp_path):
+        result = runner.invoke(app, ["init", str(tmp_path / "many")])
+        assert result.exit_code == 0 and "16-32-16-4 relu/softmax" in result.stderr
+
+    def test_no_hidden_layer_is_reported_as_such(self, runner, tmp_path):
+        result = runner.invoke(app, ["init", str(tmp_path / "lin"), "--hidden", ""])
+        assert result.exit_code == 0, result.output
+        assert "16-4 softmax (no hidden layer)" in result.stderr and "relu" not in result.stderr
+        assert len(afc.load_agent_file(tmp_path / "lin.af").spec().network.layers) == 1

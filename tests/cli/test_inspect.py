@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from afcore.bundle import read_bundle, write_bundle
 
 runner = CliRunner()
+XOR = Path(__file__).resolve().parents[2] / "examples" / "xor.af"
 
 
 class TestInspect:
@@ -36,17 +38,63 @@ class TestInspect:
         assert report["manifest"] == bundle.manifest
         assert report["sha256"] == bundle.digest and report["size"] == path.stat().st_size
 
+    def test_many_members_are_summarised_and_fast(self, example_bundles, tmp_path):
+        import time
+
+        from af.cli.inspect import MAX_MEMBER_ROWS
+
+        base = read_bundle(example_bundles["xor"])
+        manifest = {k: v for k, v in base.manifest.items() if k != "members"}
+        members = {**base.members, **{f"sections/m{k:06d}": b"" for k in range(20_000)}}
+        path = tmp_path / "many.afb"
+        path.write_bytes(write_bundle(manifest, members))
+        started = time.perf_counter()
+        result = runner.invoke(app, ["inspect", str(path)])
+        elapsed = time.perf_counter() - started
+        assert result.exit_code == 0, result.output
+        more = len(members) - MAX_MEMBER_ROWS
+        assert f"members ({len(members):,})" in result.stderr and f"and {more:,} more" in result.stderr
+        assert "m019999" not in result.stderr
+        assert elapsed < 5  # 100,000 members: 37-59 s before the table was capped and tar headers parsed by hand, ~2 s now
+        assert len(json.loads(runner.invoke(app, ["inspect", str(path), "--json"]).stdout)["manifest"]["members"]) == len(members)
+
     def test_workflows_in_run_order(self, example_bundles):
         text = runner.invoke(app, ["inspect", str(example_bundles["xor"])]).stderr
         assert text.index("initialization:") < text.index("execution:") < text.index("shutdown:")
 
 
 class TestBrokenBundles:
-    def test_not_a_bundle(self, tmp_path):
+    def test_zstd_that_is_not_a_bundle(self, tmp_path):
+        import zstandard
+
+        path = tmp_path / "x.afb"
+        path.write_bytes(zstandard.ZstdCompressor().compress(b"hello"))
+        result = runner.invoke(app, ["inspect", str(path)])
+        assert result.exit_code == 1 and "AF400" in result.stderr
+
+    def test_a_text_file_is_said_to_be_one_whatever_its_name(self, tmp_path):
         path = tmp_path / "x.afb"
         path.write_bytes(b"hello")
         result = runner.invoke(app, ["inspect", str(path)])
-        assert result.exit_code == 1 and "AF4001" in result.stderr
+        assert result.exit_code == 2 and "AF0904" in result.stderr
+        assert "is an .af agent file (text)" in result.stderr and "af validate" in result.stderr
+
+    def test_an_agent_file_gets_the_command_that_takes_it(self):
+        result = runner.invoke(app, ["inspect", str(XOR)])
+        assert result.exit_code == 2 and "AF0904" in result.stderr
+        assert "= help: for this file use `af validate`, `af compile` or `af run`" in result.stderr
+
+    def test_json_stays_json_on_failure(self, tmp_path):
+        fake = tmp_path / "fake.afb"
+        fake.write_bytes(b"\x00\x01 not a bundle")
+        result = runner.invoke(app, ["inspect", "--json", str(fake)])
+        assert result.exit_code == 2
+        [record] = json.loads(result.stdout)
+        assert record["code"] == "AF0904" and record["path"] == str(fake) and record["hint"]
+        corrupt = tmp_path / "cut.afb"
+        corrupt.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 20)
+        result = runner.invoke(app, ["inspect", "--json", str(corrupt)])
+        assert result.exit_code == 1 and json.loads(result.stdout)[0]["code"].startswith("AF40")
 
     def test_truncated(self, example_bundles, tmp_path):
         path = tmp_path / "cut.afb"
@@ -74,8 +122,8 @@ class TestBrokenBundles:
         path = tmp_path / "odd.afb"
         path.write_bytes(write_bundle(manifest, dict(bundle.members)))
         result = runner.invoke(app, ["inspect", str(path)])
-        assert result.exit_code == 1 and "AF4018" in result.stderr and "network/layers/0" in result.stderr
+        assert result.exit_code == 1 and "AF4018" in result.stderr and "network.layers[0]" in result.stderr
 
     def test_missing_file(self, tmp_path):
         result = runner.invoke(app, ["inspect", str(tmp_path / "none.afb")])
-        assert result.exit_code == 1 and "AF4015" in result.stderr
+        assert result.exit_code == 2 and "AF0901" in result.stderr and "= help: " in result.stderr

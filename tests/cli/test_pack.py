@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from afc.reader import read_container
@@ -123,3 +123,15 @@ class TestPack:
         data = seed_file.read_bytes()
         assert data.startswith(b"\xef\xbb\xbf# Agent File Format v1.0\r\n")
         assert data.count(b"\n") == data.count(b"\r\n")
+
+
+class TestNamedPaths:
+    def test_output_naming_a_directory_writes_nothing_into_it(self, seed_file: Path, weight_files, tmp_path):
+        out = tmp_path / "dir"
+        out.mkdir()
+        result = invoke(str(seed_file), "--weights", str(weight_files[0]), "-o", str(out))
+        assert result.exit_code == 2 and "AF0905" in result.stderr and list(out.iterdir()) == []
+
+    def test_a_bundle_is_not_packed(self, example_bundles, weight_files):
+        result = invoke(str(example_bundles["xor"]), "--weights", str(weight_files[0]))
+        assert result.exit_code == 2 and "AF0904" in result.stderr and "compiled bundle" in result.stderr

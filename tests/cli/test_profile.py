@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import orjson
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from float64_reference import forward64
@@ -91,5 +92,140 @@ class TestProfileCommand:
         assert missing.exit_code == 2 and "AF0934" in missing.stderr
 
     def test_bad_bundle_exits_1(self, tmp_path):
-        result = profile(tmp_path / "nope.afb", "--input", write_inputs(tmp_path / "in.jsonl", X))
+        bad = tmp_path / "bad.afb"
+        bad.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 20)
+        result = profile(bad, "--input", write_inputs(tmp_path / "in.jsonl", X))
         assert result.exit_code == 1 and "Traceback" not in result.stderr
+
+    def test_missing_bundle_is_a_usage_error(self, tmp_path):
+        result = profile(tmp_path / "nope.afb", "--input", write_inputs(tmp_path / "in.jsonl", X))
+        assert result.exit_code == 2 and "AF0901" in result.stderr
+
+
+class TestNewUserBugs:
+    """Issue 9, the bugs a new user hits with `af profile`."""
+
+    def test_records_and_json_report_cannot_share_stdout(self, tmp_path):
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        result = profile(XOR, "--input", inputs, "-o", "-", "--json")
+        assert result.exit_code == 2
+        [error] = json.loads(result.stdout)  # --json: the error too is JSON, and no record went out
+        assert error["code"] == "AF0908" and error["hint"]
+
+    def test_records_on_stdout_with_the_table_on_stderr(self, tmp_path):
+        result = profile(XOR, "--input", write_inputs(tmp_path / "in.jsonl", X), "-o", "-")
+        assert result.exit_code == 0, result.stderr
+        assert len([orjson.loads(line) for line in result.stdout.splitlines()]) == len(X)
+
+    def test_fuel_on_onnx_is_a_usage_error(self, tmp_path):
+        result = profile(XOR, "--input", write_inputs(tmp_path / "in.jsonl", X), "--backend", "onnx", "--fuel", 5)
+        assert result.exit_code == 2 and "AF0907" in result.stderr
+
+    def test_overhead_is_worded_the_right_way_round(self):
+        from af.cli.profile import overhead_text
+
+        assert overhead_text(1.25) == "profiling made the run 1.25x slower"
+        faster = overhead_text(0.8)
+        assert "slower" not in faster and "1.25x faster" in faster
+
+    @pytest.mark.parametrize("columns", [80, 60])
+    def test_tables_fit_the_terminal_without_cutting_a_cell(self, tmp_path, columns):
+        result = CliRunner().invoke(app, ["profile", str(XOR), "--input", str(write_inputs(tmp_path / "in.jsonl", X))],
+                                    env={"COLUMNS": str(columns)})
+        assert result.exit_code == 0, result.stderr
+        table_lines = [line for line in result.stderr.splitlines()
+                       if line.startswith(("workflow ", "initialization", "execution", "shutdown", "--"))]
+        # two headers and rules, 3 workflows, 11 steps, and the rule of the layers table
+        assert len(table_lines) == 2 * 2 + 3 + 11 + 1
+        assert all(len(line) <= columns for line in table_lines)
+        for name in ("process_neural_network", "cleanup_resources", "initialization"):
+            assert name in result.stderr  # whole, on one line
+        assert "left out to fit" in result.stderr
+
+    def test_fit_columns(self):
+        from af.cli._output import fit_columns
+
+        rows = [["execution", "process_neural_network", "12", "1,234.5"]]
+        columns = ("workflow", "step", "line", "total")
+        assert fit_columns(columns, rows, ("total", "line"), 200) == list(columns)
+        assert fit_columns(columns, rows, ("total", "line"), 45) == ["workflow", "step", "line"]
+        assert fit_columns(columns, rows, ("total", "line"), 10) == []
+
+
+class TestReportContract:
+    """The --json report validates against schemas/profile-1.0.schema.json, its breakdown adds up to the
+    wall time, and --trace writes spans that nest (issue 13)."""
+
+    def test_json_validates_and_the_breakdown_adds_up(self, tmp_path):
+        import jsonschema
+
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        result = profile(XOR, "--input", inputs, "--json", "--replicas", 2, "--max-batch", 4)
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(result.stdout)
+        schema = json.loads((ROOT / "schemas" / "profile-1.0.schema.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(report)
+        parts = {p["part"]: p["seconds"] for p in report["breakdown"]}
+        assert sum(parts.values()) == pytest.approx(report["seconds"], rel=0.10)
+        assert parts["process_neural_network (line 44)"] > 0 and sum(report["replicas"].values()) == len(X)
+
+    def test_trace_is_json_with_nested_spans(self, tmp_path):
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        trace = tmp_path / "out" / "trace.json"
+        result = profile(XOR, "--input", inputs, "--trace", trace, "--backend", "wasm")
+        assert result.exit_code == 0, result.stderr
+        events = json.loads(trace.read_text())["traceEvents"]
+        spans = sorted((e for e in events if e["ph"] == "X"), key=lambda e: (e["tid"], e["ts"], -e["dur"]))
+        stack: list[dict] = []
+        for span in spans:
+            while stack and (stack[-1]["tid"] != span["tid"] or stack[-1]["ts"] + stack[-1]["dur"] <= span["ts"] + 0.002):
+                stack.pop()
+            if stack:
+                assert span["ts"] + span["dur"] <= stack[-1]["ts"] + stack[-1]["dur"] + 0.002, (span, stack[-1])
+            stack.append(span)
+        assert {"backend (wasm)", "process_neural_network", "execution", "initialization"} <= {e["name"] for e in spans}
+
+    def test_pictures_fit_80_columns(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("COLUMNS", "80")
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        result = profile(XOR, "--input", inputs, "--backend", "wasm")
+        assert result.exit_code == 0, result.stderr
+        for title in ("where the run's", "time per record in the execution workflow", "fuel per record against the budget"):
+            assert title in result.stderr
+        assert max(len(line) for line in result.stderr.splitlines()) <= 80
+
+
+class TestLayers:
+    """Time per layer: a separate pass with onnxruntime's profiler, and its events in the trace."""
+
+    @pytest.fixture
+    def digits(self, tmp_path):
+        rows = (ROOT / "examples" / "classification-inputs.jsonl").read_bytes().splitlines()[:200]
+        path = tmp_path / "in.jsonl"
+        path.write_bytes(b"\n".join(rows) + b"\n")
+        return path
+
+    def test_each_layer_has_its_kernel_time(self, digits):
+        result = profile(ROOT / "examples" / "classification-agent.af", "--input", digits, "--json")
+        assert result.exit_code == 0, result.stderr
+        layers = json.loads(result.stdout)["layers"]
+        assert [layer["layer"] for layer in layers] == [0, 1, 2, 3]
+        assert all(layer["calls"] >= 64 and layer["seconds"]["mean"] > 0 for layer in layers)
+        # 784x128 multiply-adds against 128x64: the first layer is the costly one, by far
+        assert layers[0]["seconds"]["mean"] > 2 * layers[1]["seconds"]["mean"]
+
+    def test_the_trace_holds_onnxruntime_layers_inside_backend_calls(self, digits, tmp_path):
+        trace = tmp_path / "trace.json"
+        result = profile(ROOT / "examples" / "classification-agent.af", "--input", digits, "--trace", trace)
+        assert result.exit_code == 0, result.stderr
+        events = json.loads(trace.read_text())["traceEvents"]
+        backend = [e for e in events if e.get("cat") == "backend"]
+        layers = [e for e in events if e.get("cat") == "layer" and e["tid"] != 0]  # tid 0: the warm-up call
+        assert len(layers) >= 4 * len(backend) // 2
+        for span in layers:
+            assert any(b["tid"] == span["tid"] and b["ts"] <= span["ts"] + 0.002
+                       and span["ts"] + span["dur"] <= b["ts"] + b["dur"] + 0.002 for b in backend), span
+
+    def test_wasm_says_it_has_no_layer_times(self, digits):
+        result = profile(ROOT / "examples" / "classification-agent.af", "--input", digits, "--backend", "wasm")
+        assert result.exit_code == 0 and "no time per layer" in " ".join(result.stderr.split())

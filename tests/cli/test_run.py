@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from float64_reference import forward64
@@ -78,10 +79,10 @@ class TestEndToEnd:
         assert len(records) == 10_000
         errors = {i: r["error"] for i, r in enumerate(records) if "error" in r}
         assert sorted(errors) == [10, 20, 30]
-        assert records[10]["id"] == 11 and errors[10]["code"] == "AF5230" and "line 11" in errors[10]["message"]
+        assert records[10]["id"] is None and errors[10]["code"] == "AF5230" and "line 11" in errors[10]["message"]
         assert '{"id": "broken"' in errors[10]["message"]
         assert records[20]["id"] == "short" and errors[20]["code"] == "AF5232"
-        assert records[30]["id"] == 31 and errors[30]["code"] == "AF5231"
+        assert records[30]["id"] is None and errors[30]["code"] == "AF5231"
         good = [i for i in range(10_000) if i not in errors]
         got = np.array([records[i]["output"] for i in good], dtype=np.float64)
         np.testing.assert_allclose(got, forward64(network, x[good]), rtol=1e-5, atol=1e-5)
@@ -192,9 +193,9 @@ class TestGuardsThroughTheCompiler:
 
 
 class TestExitCodes:
-    def test_missing_bundle_exits_1(self, tmp_path):
+    def test_missing_bundle_is_a_usage_error_with_help(self, tmp_path):
         result = run_cli(tmp_path / "nope.afb", input="")
-        assert result.exit_code == 1 and "AF4015" in result.stderr
+        assert result.exit_code == 2 and "AF0901" in result.stderr and "= help: " in result.stderr
 
     def test_corrupt_bundle_exits_1_and_leaves_the_output_alone(self, tmp_path):
         bad = tmp_path / "bad.afb"
@@ -239,7 +240,10 @@ class TestResources:
         row = "[" + ",".join(["0.5"] * 784) + "]\n"
         result = run_cli(example_bundles["classification-agent"], "--backend", "wasm", "--fuel", 10, input=row * 3)
         assert result.exit_code == 0, result.stderr
-        assert [r["error"]["code"] for r in read_output(result.stdout_bytes)] == ["AF5010"] * 3
+        errors = [r["error"] for r in read_output(result.stdout_bytes)]
+        assert [e["code"] for e in errors] == ["AF5010"] * 3
+        # it says what the call had and what it needed (measured once more with 10x the budget)
+        assert re.search(r"budget of [\d,]+ fuel \(10 per record\); it needed more than [\d,]+", errors[0]["message"])
 
 
 class TestStateAcrossRestarts:
@@ -305,3 +309,107 @@ class TestReplicaCap:
         result = CliRunner().invoke(app, ["run", str(tmp_path / "missing.afb"), "--replicas", str(MAX_REPLICAS + 1)])
         assert result.exit_code == 2
         assert "--replicas" in result.output
+
+
+class TestNewUserBugs:
+    """Issue 9, the bugs a new user hits with `af run`."""
+
+    def test_fuel_on_onnx_is_a_usage_error(self, example_bundles):
+        row = "[" + ",".join(["0.5"] * 784) + "]\n"
+        for args in (["--backend", "onnx", "--fuel", 10], ["--fuel", 10]):  # explicit, or the bundle's default
+            result = run_cli(example_bundles["classification-agent"], *args, input=row)
+            assert result.exit_code == 2 and "AF0907" in result.stderr and "--backend wasm" in result.stderr
+            assert result.stdout == ""
+
+    def test_a_wasm_only_bundle_runs_without_backend(self, tmp_path):
+        bundle = tmp_path / "wasm-only.afb"
+        subprocess.run([AF, "compile", str(EXAMPLE), "--target", "wasm", "-o", str(bundle), "-q"], check=True)
+        row = "[" + ",".join(["0.5"] * 784) + "]\n"
+        result = run_cli(bundle, input=row)
+        assert result.exit_code == 0, result.stderr
+        assert len(read_output(result.stdout_bytes)[0]["output"]) == 10
+        assert run_cli(bundle, "--fuel", 10, input=row).exit_code == 0  # wasm: --fuel applies
+
+    def test_output_directories_are_created(self, example_bundles, tmp_path):
+        out = tmp_path / "results" / "deeper" / "out.jsonl"
+        row = "[" + ",".join(["0.5"] * 784) + "]\n"
+        result = run_cli(example_bundles["classification-agent"], "-o", out, input=row)
+        assert result.exit_code == 0, result.stderr
+        assert len(read_output(out.read_bytes())) == 1
+
+    def test_output_naming_a_directory_is_refused(self, example_bundles, tmp_path):
+        result = run_cli(example_bundles["classification-agent"], "-o", tmp_path, input="")
+        assert result.exit_code == 2 and "AF0905" in result.stderr and list(tmp_path.iterdir()) == []
+
+    def test_an_af_file_is_known_by_its_content_not_its_name(self, tmp_path):
+        upper = tmp_path / "IRIS.AF"
+        upper.write_bytes(EXAMPLE.read_bytes())
+        row = "[" + ",".join(["0.5"] * 784) + "]\n"
+        result = run_cli(upper, input=row)
+        assert result.exit_code == 0, result.stderr
+        assert len(read_output(result.stdout_bytes)) == 1
+
+    def test_a_file_of_another_kind_says_what_it_is(self, tmp_path):
+        weights = tmp_path / "w.safetensors"
+        weights.write_bytes((14).to_bytes(8, "little") + b'{"a":"b"}     ')
+        result = run_cli(weights, input="")
+        assert result.exit_code == 2 and "AF0904" in result.stderr and "safetensors" in result.stderr
+
+    def test_many_agents_are_summarised(self, example_bundles):
+        result = run_cli(example_bundles["xor"], "--replicas", 12, input="[0, 1]\n")
+        assert result.exit_code == 0, result.stderr
+        line = next(line for line in result.stderr.splitlines() if line.startswith("agents: "))
+        assert line.count("xor-agent-") == 4 and " and 8 more" in line
+        assert len(line) < 200
+
+    def test_summarise_list(self):
+        from af.cli.run import summarise_list
+
+        assert summarise_list(["a", "b"]) == "a, b"
+        assert summarise_list([str(i) for i in range(5)]) == "0, 1, 2, 3, 4"
+        assert summarise_list([str(i) for i in range(10_000)]) == "0, 1, 2, 3 and 9,996 more"
+
+    def test_a_terminal_on_stdin_is_told_where_records_come_from(self, example_bundles):
+        import os
+        import pty
+
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([AF, "run", str(example_bundles["xor"])], stdin=follower,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.close(follower)
+        try:
+            os.write(leader, b"[0, 1]\n\x04")  # one record, then Ctrl-D
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(leader)
+            proc.kill()
+        assert proc.returncode == 0, err.decode()
+        assert err.decode().splitlines()[0] == "reading records from stdin (Ctrl-D to end)"
+        assert len(read_output(out)) == 1
+
+    def test_stdin_from_a_pipe_gets_no_such_note(self, example_bundles):
+        result = subprocess.run([AF, "run", str(example_bundles["xor"])], input=b"[0, 1]\n", capture_output=True,
+                                timeout=60)
+        assert result.returncode == 0 and b"reading records from stdin" not in result.stderr
+
+    def test_json_summary_errors_are_json_too(self, tmp_path):
+        result = run_cli(tmp_path / "missing.afb", "--json", input="")
+        assert result.exit_code == 2 and result.stdout == ""
+        [error] = json.loads(result.stderr)
+        assert error["code"] == "AF0901" and error["path"] == str(tmp_path / "missing.afb")
+
+    def test_quiet_keeps_the_terminal_note_off_too(self, example_bundles):
+        import os
+        import pty
+
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([AF, "run", str(example_bundles["xor"]), "--quiet"], stdin=follower,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.close(follower)
+        try:
+            os.write(leader, b"[0, 1]\n\x04")
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(leader)
+            proc.kill()
+        assert proc.returncode == 0 and err == b"" and len(read_output(out)) == 1

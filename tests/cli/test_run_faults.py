@@ -206,3 +206,28 @@ class TestNonFiniteOutputs:
         result = af("run", agent, "--input", source)
         assert result.returncode == 0, result.stderr
         assert [orjson.loads(line)["error"]["code"] for line in result.stdout.splitlines()] == ["AF5211", "AF5211"]
+
+
+class TestLimitsSaidOnce:
+    def test_cpu_cores_beyond_the_machine_is_capped_with_a_note(self, tmp_path):
+        text = (ROOT / "examples" / "xor.af").read_text()
+        assert "cpu_cores:" in text
+        import re
+
+        agent = tmp_path / "many-cores.af"
+        agent.write_text(re.sub(r"cpu_cores: [0-9.]+", "cpu_cores: 1024", text, count=1))
+        source = tmp_path / "in.jsonl"
+        source.write_bytes(b"[0, 1]\n")
+        result = af("run", agent, "--input", source, "--json")
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stderr.decode().strip().splitlines()[-1])
+        assert any("1024" in note and "thread" in note for note in summary["notices"]), summary["notices"]
+
+    def test_max_bundle_mb_refuses_a_bundle_that_inflates_past_it(self, example_bundles, tmp_path):
+        bundle = example_bundles["classification-agent"]
+        source = tmp_path / "in.jsonl"
+        source.write_bytes(b"[" + b"0," * 783 + b"0]\n")
+        refused = af("run", bundle, "--input", source, "--max-bundle-mb", "1")
+        assert refused.returncode == 1 and b"AF4003" in refused.stderr, refused.stderr
+        assert af("inspect", bundle, "--max-bundle-mb", "1").returncode == 1
+        assert af("run", bundle, "--input", source, "--max-bundle-mb", "64").returncode == 0

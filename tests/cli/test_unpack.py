@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 import zstandard
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from afc.reader import read_container

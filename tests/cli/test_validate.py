@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from af.cli import app
 from afc.tensors import encode_tensors
@@ -108,3 +108,67 @@ class TestMaxSectionBytes:
 
     def test_cap_must_be_positive(self, runner, tmp_path):
         assert runner.invoke(app, ["validate", str(write(tmp_path)), "--max-section-bytes", "0"]).exit_code == 2
+
+
+class TestSeveralFiles:
+    def test_every_file_is_checked_and_any_invalid_exits_1(self, runner, tmp_path):
+        good = write(tmp_path, name="good.af")
+        bad = write(tmp_path, HEADER.replace('"relu"', '"rleu"'), name="bad.af")
+        result = runner.invoke(app, ["validate", str(good), str(bad), str(good)])
+        assert result.exit_code == 1
+        assert result.stderr.count(f"{good}: valid") == 2 and f"{bad}: 1 error" in result.stderr
+
+    def test_all_valid_exits_0(self, runner, tmp_path):
+        good = write(tmp_path, name="good.af")
+        assert runner.invoke(app, ["validate", str(good), str(good)]).exit_code == 0
+
+    def test_json_is_one_list_for_every_file(self, tmp_path):
+        bad = write(tmp_path, HEADER.replace('"relu"', '"rleu"'), name="bad.af")
+        missing = tmp_path / "missing.af"
+        result = CliRunner().invoke(app, ["validate", str(bad), str(missing), "--format", "json"])
+        assert result.exit_code == 2  # the usage error (a file that cannot be read) wins over invalid
+        records = json.loads(result.stdout)
+        assert [(r["code"], r["path"]) for r in records] == [("AF1004", str(bad)), ("AF0901", str(missing))]
+        assert records[1]["hint"] == "check the path and its permissions"
+
+    def test_no_path_is_a_usage_error(self, runner):
+        result = runner.invoke(app, ["validate"])
+        assert result.exit_code == 2 and "Missing argument 'PATH...'" in result.output
+
+
+class TestFileKinds:
+    def test_a_bundle_is_said_to_be_one(self, runner, example_bundles):
+        result = runner.invoke(app, ["validate", str(example_bundles["xor"])])
+        assert result.exit_code == 2 and "AF0904" in result.stderr
+        assert "is a compiled bundle" in result.stderr and "af inspect" in result.stderr
+        assert "\ufffd" not in result.stderr  # no binary bytes in a source frame
+
+    def test_a_directory_is_a_usage_error_with_help(self, runner, tmp_path):
+        result = runner.invoke(app, ["validate", str(tmp_path)])
+        assert result.exit_code == 2 and "AF0901" in result.stderr and "is a directory" in result.stderr
+        assert "= help: " in result.stderr and "Invalid value" not in result.output
+
+    def test_missing_file_in_json_names_its_path(self, tmp_path):
+        missing = tmp_path / "missing.af"
+        result = CliRunner().invoke(app, ["validate", str(missing), "--format", "json"])
+        assert result.exit_code == 2
+        [record] = json.loads(result.stdout)
+        assert record["code"] == "AF0901" and record["path"] == str(missing)
+
+    def test_an_extension_decides_nothing(self, runner, tmp_path):
+        path = write(tmp_path, name="AGENT.TXT")
+        assert runner.invoke(app, ["validate", str(path)]).exit_code == 0
+
+    @pytest.mark.parametrize("content, said", [
+        (b'{"agents": [{"name": "helper"}], "blocks": [], "tools": [], "mcp_servers": []}', "a Letta agent file"),
+        ((12).to_bytes(8, "little") + b'{"x": "y"}  ', "a safetensors file"),
+        (b"\x08\x0a\x12\x02af\x1a\x050.1.0:\x80", "an ONNX model"),
+        (b"\x00\x01\x02\x03binary", "a binary file"),
+    ])
+    def test_other_kinds_are_named_in_one_diagnostic(self, runner, tmp_path, content, said):
+        path = tmp_path / "agent.af"
+        path.write_bytes(content)
+        result = runner.invoke(app, ["validate", str(path), "--format", "json"])
+        assert result.exit_code == 2
+        [record] = json.loads(result.stdout)
+        assert record["code"] == "AF0904" and said in record["message"] and record["hint"]

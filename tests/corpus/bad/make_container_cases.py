@@ -8,6 +8,7 @@ refuse to write them), so the cases do not depend on our writer being right.
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
 from pathlib import Path
@@ -103,7 +104,56 @@ def cases() -> dict[str, tuple[bytes, str]]:
         "tensors-unknown-dtype": (weights_file(frame(safetensors_bytes({"layers.0.weight": {"dtype": "Q99", "shape": [4, 2], "data_offsets": [0, 32]}}, b"\0" * 32))), "AF2102"),
         "tensors-integer-dtype": (weights_file(frame(safetensors.numpy.save(int_weights))), "AF2102"),
         "tensors-nan-weights": (weights_file(frame(safetensors.numpy.save(nan_weights))), "AF2103"),
+        # issue 9, point 11: say what the file or the section holds and what the format wants
+        "container-cr-line-endings": (weights_file(good_w).replace(b"\n", b"\r"), "AF0020"),
+        "container-bare-cr-in-header": (weights_file(good_w).replace(b"\nneural_config:", b"\rneural_config:"), "AF0020"),
+        "container-skippable-frame-raw": (weights_file(skippable(0x184D2A50) + good_w, raw=True), "AF0021"),
+        "container-skippable-frame-raw-5f": (weights_file(skippable(0x184D2A5F, b"metadata") + good_w, raw=True), "AF0021"),
+        "container-skippable-frame-base64": (weights_file(skippable(0x184D2A53) + good_w), "AF0021"),
+        "container-gzip-section": (HEADER + marker(b"neural_weights") + gzip.compress(WEIGHTS, mtime=0) + b"\n", "AF0022"),
+        "container-binary-section": (HEADER + marker(b"neural_weights") + WEIGHTS + b"\n", "AF0022"),
+        # Letta: files that are plainly not af agent files get one diagnostic naming their kind
+        "not-af-letta": (json.dumps(LETTA, indent=2).encode(), "AF0023"),
+        "not-af-letta-first-format": (json.dumps(LETTA_FIRST, indent=2).encode(), "AF0023"),
+        "not-af-bundle": (compiled_xor()[0], "AF0023"),
+        "not-af-onnx": (compiled_xor()[1], "AF0023"),
+        "not-af-safetensors": (WEIGHTS, "AF0023"),
+        "not-af-zstd": (frame(HEADER), "AF0023"),
+        "not-af-json": (b'{"model": "resnet50", "classes": 1000}\n', "AF0023"),
+        "not-af-gzip": (gzip.compress(HEADER, mtime=0), "AF0023"),
     }
+
+
+def skippable(magic: int, data: bytes = b"") -> bytes:
+    """A zstd skippable frame (RFC 8878 §3.1.2): magic 0x184D2A5?, a 4-byte size, then that many bytes."""
+    return struct.pack("<II", magic, len(data)) + data
+
+
+#: a Letta agent file (https://docs.letta.com, "AgentFile"), cut down: JSON with agents, blocks, tools...
+LETTA = {
+    "agents": [{"name": "memgpt_agent", "system": "You are a helpful assistant.", "agent_type": "memgpt_agent",
+                "llm_config": {"model": "gpt-4o-mini", "context_window": 32000}, "block_ids": ["block-0"],
+                "tool_ids": ["tool-0"], "messages": []}],
+    "groups": [],
+    "blocks": [{"id": "block-0", "label": "persona", "value": "I am a friendly agent.", "limit": 5000}],
+    "files": [],
+    "sources": [],
+    "tools": [{"id": "tool-0", "name": "send_message", "source_code": "def send_message(message: str): ..."}],
+    "mcp_servers": [],
+    "metadata": {"revision_id": "0"},
+}
+#: Letta's first agent-file layout: one agent at the top level (it has `name` and `version` too)
+LETTA_FIRST = {"agent_type": "memgpt_agent", "name": "agent", "version": "0.6.45", "core_memory": [],
+               "llm_config": {"model": "gpt-4"}, "messages": [], "tools": [], "tool_rules": []}
+
+
+def compiled_xor() -> tuple[bytes, bytes]:
+    """The bundle of examples/xor.af and its ONNX model."""
+    import afc
+    from afc.compile import compile_agent, lower_agent
+
+    spec = afc.load_agent_file(ROOT / "examples/xor.af").spec()
+    return compile_agent(spec), lower_agent(spec, targets=["onnx"]).onnx
 
 
 def main() -> None:
