@@ -86,6 +86,29 @@ class TestSwarm:
         done = stop_workers(*workers)
         assert sum(d["records"] for d in done) == 20_100 and all(d["records"] > 0 for d in done)
 
+    def test_same_lines_as_af_run(self, server, example_bundles, tmp_path):
+        import afrt
+
+        bundle = example_bundles["classification-agent"]
+        good = orjson.loads(open(ROOT / "examples" / "classification-inputs.jsonl", "rb").readline())["input"]
+        source = b"\n".join([
+            orjson.dumps({"id": "ok", "input": good}), b"", orjson.dumps(good), b'{"id": "short", "input": [1, 2]}',
+            b"{not json", b'{"id": [1], "input": []}', orjson.dumps({"id": 7, "input": ["x"] + good[1:]}),
+        ]) + b"\n"
+        expected = io.BytesIO()
+        asyncio.run(afrt.run_jsonl(afrt.load(bundle), io.BytesIO(source), expected, afrt.RunOptions()))
+        worker = start_worker(server.url, bundle, SWARM)
+        got = io.BytesIO()
+        asyncio.run(submit(url=server.url, swarm=SWARM, agent="classification-agent", source=io.BytesIO(source),
+                           sink=got, timeout=60))
+        stop_workers(worker)
+
+        def without_agent(data: bytes) -> list[dict]:
+            return [{k: v for k, v in orjson.loads(line).items() if k != "agent"} for line in data.splitlines()]
+
+        assert without_agent(got.getvalue()) == without_agent(expected.getvalue())
+        assert len(got.getvalue().splitlines()) == 6
+
     def test_priority_high_is_served_before_low(self, server, xor, tmp_path):
         bundle, _ = xor
         write_inputs(tmp_path / "low.jsonl", 3000, 2)
