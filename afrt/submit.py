@@ -67,7 +67,8 @@ def new_submission_id() -> str:
 
 async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[bytes] | None = None,
                  sink: IO[bytes], priority: str = "normal", timeout: float | None = None,
-                 attach: str | None = None, submission: str | None = None) -> SubmitSummary:
+                 attach: str | None = None, submission: str | None = None,
+                 written: int | None = None) -> SubmitSummary:
     """Send every record of ``source`` to swarm ``swarm`` and write one line per record to ``sink``.
 
     Args:
@@ -83,6 +84,10 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
         attach: the id of a submission whose submit was killed (``--attach``): write its remaining
             results, each once.
         submission: the id to use (from `new_submission_id`, which the CLI prints first).
+        written: with ``attach``, how many lines the killed submit's output holds (complete
+            lines of an output file that the attached submit appends to): writing resumes
+            there, so that across the kill every line is written exactly once. None resumes
+            from what the killed submit last recorded, which may repeat its last 0.2 s of lines.
 
     Returns:
         The counts; ``summary.submission`` is the id.
@@ -90,7 +95,8 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
     Raises:
         UsageError: AF5264 for an unknown priority or a missing agent/source; AF5112 for a bad URL.
         BusError: AF5110/AF5111/AF5113 for Redis that cannot be reached; AF5262 when ``attach``
-            names no submission.
+            names no submission; AF5263 when ``written`` is below what the submission recorded
+            (the results before that are gone from Redis).
         ExecutionError: AF5236 when ``source`` cannot be read.
         OSError: when ``sink`` cannot be written (BrokenPipeError when its reader went away).
     """
@@ -101,7 +107,7 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
     keys = Keys(swarm)
     try:
         if attach is not None:
-            receiver = await _Receiver.attached(client, keys, attach, sink)
+            receiver = await _Receiver.attached(client, keys, attach, sink, written)
             await receiver.run(timeout)
         else:
             if agent is None or source is None:
@@ -137,12 +143,17 @@ class _Receiver:
         self.summary = SubmitSummary(sid)
 
     @classmethod
-    async def attached(cls, client: Any, keys: Keys, sid: str, sink: IO[bytes]) -> _Receiver:
+    async def attached(cls, client: Any, keys: Keys, sid: str, sink: IO[bytes], written: int | None) -> _Receiver:
         info = await retrying(lambda: client.hgetall(keys.submission(sid)), what="find the submission")
         if not info:
             raise BusError(f"no submission `{sid}` in swarm `{keys.swarm}`", code="AF5262",
                            hint="it finished (results are kept only until written) or expired")
-        receiver = cls(client, keys, sid, sink, int(info[b"written"]))
+        recorded = int(info[b"written"])
+        if written is not None and written < recorded:
+            raise BusError(f"the output holds {written} lines, but submission `{sid}` recorded {recorded} as "
+                           f"written: the results in between are no longer in Redis", code="AF5263",
+                           hint="attach with the output the killed submit wrote")
+        receiver = cls(client, keys, sid, sink, recorded if written is None else written)
         if int(info[b"total"]) >= 0:
             receiver.total = int(info[b"total"])
         else:  # the killed submit had not sent everything: the rest of its input is gone

@@ -64,13 +64,14 @@ import orjson
 from afcore.errors import AfError
 from afrt.submit import submit
 
-url, swarm, agent, source, output, attach, submission, priority = sys.argv[1:9]
+url, swarm, agent, source, output, attach, submission, priority, written = sys.argv[1:10]
 async def main():
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, lambda: [t.print_stack(file=sys.stderr) for t in asyncio.all_tasks()])
     with open(output, "ab" if attach != "-" else "wb") as sink:
         if attach != "-":
-            summary = await submit(url=url, swarm=swarm, sink=sink, attach=attach, timeout=120)
+            summary = await submit(url=url, swarm=swarm, sink=sink, attach=attach, timeout=120,
+                                   written=int(written) if written != "-" else None)
         else:
             with open(source, "rb") as src:
                 summary = await submit(url=url, swarm=swarm, agent=agent, source=src, sink=sink, timeout=120,
@@ -104,9 +105,10 @@ def start_worker(url: str, bundle: Path | str, swarm: str, *, idle_ms: int = 100
 
 
 def start_submit(url: str, swarm: str, agent: str, source: Path, output: Path, *, attach: str | None = None,
-                 submission: str = "-", priority: str = "normal") -> subprocess.Popen:
+                 submission: str = "-", priority: str = "normal", written: int | None = None) -> subprocess.Popen:
     """Start a submit process writing to ``output`` (appending when attaching)."""
-    args = [url, swarm, agent, str(source), str(output), attach or "-", submission, priority]
+    args = [url, swarm, agent, str(source), str(output), attach or "-", submission, priority,
+            "-" if written is None else str(written)]
     return subprocess.Popen([sys.executable, "-c", SUBMIT, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
 

@@ -224,19 +224,17 @@ class TestFaults:
         wait_for_lines(tmp_path / "out.jsonl", 3000)
         sub.kill()
         sub.wait()
-        first = lines_of(tmp_path / "out.jsonl")
-        written = int(server.cli("hget", f"af:{SWARM}:submission:{sid}", "written"))
-        assert written <= first < self.N
-        # The killed submit wrote lines after it last recorded its progress: keep exactly those
-        # that Redis counts as written, as a wrapper that truncates its output would.
-        with open(tmp_path / "out.jsonl", "r+b") as f:
-            kept = b"".join(f.read().splitlines(keepends=True)[:written])
-            f.seek(0)
-            f.write(kept)
-            f.truncate()
+        recorded = int(server.cli("hget", f"af:{SWARM}:submission:{sid}", "written"))
+        data = (tmp_path / "out.jsonl").read_bytes()
+        first = data.count(b"\n")  # complete lines: a partial last line is cut, as the CLI would
+        (tmp_path / "out.jsonl").write_bytes(data[:data.rfind(b"\n") + 1])
+        assert recorded <= first < self.N
+        with pytest.raises(AssertionError, match="AF5263"):  # fewer lines than recorded: refused
+            finish(start_submit(server.url, SWARM, AGENT, tmp_path / "in.jsonl", tmp_path / "x.jsonl", attach=sid,
+                                written=recorded - 1))
         summary = finish(start_submit(server.url, SWARM, AGENT, tmp_path / "in.jsonl", tmp_path / "out.jsonl",
-                                      attach=sid))
-        assert summary["records"] == self.N - written and not summary["incomplete"]
+                                      attach=sid, written=first))
+        assert summary["records"] == self.N - first and not summary["incomplete"]
         check_output(tmp_path / "out.jsonl", x, network)
         nothing_pending(server)
         stop_workers(*workers)
