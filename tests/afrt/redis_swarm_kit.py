@@ -7,6 +7,7 @@ summary as JSON; a submit prints its summary as JSON.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -86,6 +87,19 @@ except AfError as exc:
 """
 
 
+#: every process started here; those still running when the tests end are killed (a failed test
+#: must not leave workers behind)
+_STARTED: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for process in _STARTED:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -100,8 +114,10 @@ def start_worker(url: str, bundle: Path | str, swarm: str, *, idle_ms: int = 100
     args = [url, str(bundle), swarm, str(idle_ms), str(max_deliveries),
             str(metrics_port) if metrics_port else "-", str(slow_ms), "1" if poison else "0", str(replicas),
             str(reconnect_seconds)]
-    return subprocess.Popen([sys.executable, "-c", WORKER, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
+    process = subprocess.Popen([sys.executable, "-c", WORKER, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
+    _STARTED.append(process)
+    return process
 
 
 def start_submit(url: str, swarm: str, agent: str, source: Path, output: Path, *, attach: str | None = None,
@@ -109,8 +125,10 @@ def start_submit(url: str, swarm: str, agent: str, source: Path, output: Path, *
     """Start a submit process writing to ``output`` (appending when attaching)."""
     args = [url, swarm, agent, str(source), str(output), attach or "-", submission, priority,
             "-" if written is None else str(written)]
-    return subprocess.Popen([sys.executable, "-c", SUBMIT, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
+    process = subprocess.Popen([sys.executable, "-c", SUBMIT, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
+    _STARTED.append(process)
+    return process
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> dict:
