@@ -1,8 +1,11 @@
 """The af runtime: loads bundles into sandboxed agents that join a swarm and run their workflows.
 
 ``afrt.load(bundle) -> Agent`` is the entry point; wasmtime and onnxruntime are imported only
-when a backend that needs them is loaded.
+when a backend that needs them is loaded. The Redis transport (`RedisBus`, `afrt.worker`,
+`afrt.submit`) is imported on first use too: redis-py takes about 120 ms to import.
 """
+
+import typing as _typing
 
 from .agent import Agent as Agent
 from .agent import load as load
@@ -20,6 +23,25 @@ from .stream import RunSummary as RunSummary
 from .stream import run_jsonl as run_jsonl
 from .swarm import Swarm as Swarm
 
+if _typing.TYPE_CHECKING:
+    from .redisbus import RedisBus as RedisBus
+    from .submit import SubmitSummary as SubmitSummary
+    from .worker import WorkerSummary as WorkerSummary
+
+#: names imported on first use -> their module
+_LAZY = {"RedisBus": "redisbus", "SubmitSummary": "submit", "WorkerSummary": "worker"}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Agent",
     "Instrument",
@@ -28,10 +50,13 @@ __all__ = [
     "Outcome",
     "Outcomes",
     "RecordError",
+    "RedisBus",
     "RunOptions",
     "RunProgress",
     "RunSummary",
+    "SubmitSummary",
     "Swarm",
+    "WorkerSummary",
     "load",
     "load_bundle",
     "resolve_field",

@@ -14,8 +14,10 @@ import pytest
 from afcore.errors import ChannelClosedError, MailboxFullError
 from afrt.bus import Message, MemoryBus, TokenBucket, open_memory_channel
 
+from redis_server import redis_bus_factory  # noqa: E402 - tests/ is on sys.path (conftest.py)
+
 #: name -> async factory of a fresh, empty bus
-BUS_FACTORIES = {"memory": lambda: MemoryBus("contract")}
+BUS_FACTORIES = {"memory": lambda: MemoryBus("contract"), "redis": redis_bus_factory}
 
 
 def run(coro):
