@@ -26,17 +26,30 @@ from .swarm import Swarm as Swarm
 if _typing.TYPE_CHECKING:
     from .redisbus import RedisBus as RedisBus
     from .submit import SubmitSummary as SubmitSummary
+    from .submit import new_submission_id as new_submission_id
+    from .submit import status as swarm_status
+    from .submit import submit as submit_records
     from .worker import WorkerSummary as WorkerSummary
+    from .worker import serve as serve_worker
 
-#: names imported on first use -> their module
-_LAZY = {"RedisBus": "redisbus", "SubmitSummary": "submit", "WorkerSummary": "worker"}
+#: names imported on first use -> (their module, the name there)
+_LAZY = {
+    "RedisBus": ("redisbus", "RedisBus"),
+    "SubmitSummary": ("submit", "SubmitSummary"),
+    "WorkerSummary": ("worker", "WorkerSummary"),
+    "new_submission_id": ("submit", "new_submission_id"),
+    "serve_worker": ("worker", "serve"),
+    "submit_records": ("submit", "submit"),
+    "swarm_status": ("submit", "status"),
+}
 
 
 def __getattr__(name: str) -> _typing.Any:
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attribute)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -59,6 +72,10 @@ __all__ = [
     "WorkerSummary",
     "load",
     "load_bundle",
+    "new_submission_id",
     "resolve_field",
     "run_jsonl",
+    "serve_worker",
+    "submit_records",
+    "swarm_status",
 ]

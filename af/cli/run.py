@@ -30,6 +30,13 @@ AGENTS_SHOWN = 4
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, MAX_REPLICAS),
               help="Replicas sharing the work (at most 10,000 in one process).")
 @click.option("--swarm", default="default", show_default=True, help="The swarm's name.")
+@click.option("--bus", default="memory", show_default=True, metavar="memory|URL",
+              help="memory: run the input in this process. A redis:// or rediss:// URL: serve the swarm's "
+                   "tasks as a worker until SIGTERM/SIGINT (docs/swarm.md).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535),
+              help="With --bus URL: serve Prometheus metrics on this port.")
+@click.option("--max-deliveries", default=3, show_default=True, type=click.IntRange(min=1),
+              help="With --bus URL: a task delivered this often goes to the dead-letter stream.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep identities and checkpoints here.")
 @click.option("--max-batch", default=64, show_default=True, type=click.IntRange(min=1),
@@ -42,7 +49,8 @@ AGENTS_SHOWN = 4
 @agent_options
 def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: int, backend: Optional[str],
                 swarm: str, state_dir: Optional[Path], max_batch: int, batch_wait_ms: float, fuel: Optional[int],
-                fail_on_error: bool, json_summary: bool, quiet: bool, max_bundle_mb: Optional[int]) -> None:
+                fail_on_error: bool, json_summary: bool, quiet: bool, max_bundle_mb: Optional[int], bus: str,
+                metrics_port: Optional[int], max_deliveries: int) -> None:
     """Run an agent on JSON Lines records: one output or error record per input record, in input order.
 
     BUNDLE is a bundle (.afb) or an .af file, compiled in memory first (told apart by content).
@@ -53,6 +61,18 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
     """
     from ._load import close_streams, load_agent, open_stream, run_stream
 
+    if bus != "memory":
+        _serve(bundle, url=bus, swarm=swarm, replicas=replicas, backend=backend, fuel=fuel, state_dir=state_dir,
+               max_batch=max_batch, metrics_port=metrics_port, max_deliveries=max_deliveries,
+               max_bundle_mb=max_bundle_mb, json_summary=json_summary, quiet=quiet,
+               ignored=[flag for flag, given in (("--input", input_path != "-"), ("--output", output_path != "-"),
+                                                 ("--fail-on-error", fail_on_error)) if given])
+        return
+    if metrics_port is not None:
+        from afcore.errors import UsageError
+
+        raise UsageError("--metrics-port serves a worker's metrics: it needs --bus URL", code="AF0936",
+                         hint="af run BUNDLE --bus redis://HOST:PORT/DB --swarm NAME --metrics-port P")
     source = open_stream(input_path, "rb", sys.stdin)
     opened: list = []
 
@@ -75,6 +95,44 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
         raise click.exceptions.Exit(SIGNAL_EXIT.get(summary.interrupted, 130))
     if fail_on_error and summary.errors:
         raise click.exceptions.Exit(1)
+
+
+def _serve(bundle: Path, *, url: str, swarm: str, replicas: int, backend: Optional[str], fuel: Optional[int],
+           state_dir: Optional[Path], max_batch: int, metrics_port: Optional[int], max_deliveries: int,
+           max_bundle_mb: Optional[int], json_summary: bool, quiet: bool, ignored: list[str]) -> None:
+    """Run as a worker of swarm ``swarm`` on Redis until SIGTERM/SIGINT, then drain and leave (exit 0)."""
+    import json
+
+    import afrt
+    from afcore.errors import UsageError
+
+    from ._load import load_agent, run_with_signals
+
+    if ignored:
+        raise UsageError(f"{', '.join(ignored)} do(es) not apply to a worker: its records come from the swarm",
+                         code="AF0937", hint="send records with `af submit --bus URL --swarm NAME --agent AGENT`")
+    agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb)
+    if not quiet:
+        say(f"serving swarm {swarm} at {_without_password(url)} as agent {agent.name} "
+            f"({replicas} replica(s)); SIGTERM or Ctrl-C drains and leaves")
+    summary, caught = run_with_signals(lambda stop: afrt.serve_worker(
+        agent, url=url, swarm=swarm, replicas=replicas, max_batch=max_batch, state_dir=state_dir,
+        metrics_port=metrics_port, stop=stop, max_deliveries=max_deliveries))
+    data = summary.to_json()
+    if json_summary:
+        say(json.dumps(data, sort_keys=True))
+    elif not quiet:
+        say(f"left swarm {swarm}" + (f" after {caught}" if caught else "") + f": {summary.records} records in "
+            f"{summary.tasks} tasks, {summary.errors} errors, {summary.dead_letters} dead letters, "
+            f"{summary.redeliveries} redeliveries, {summary.reconnects} reconnects")
+    for error in summary.shutdown_errors:
+        say(f"shutdown error: {error}")
+
+
+def _without_password(url: str) -> str:
+    import re
+
+    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
 
 def summarise_list(items: list[str], shown: int = AGENTS_SHOWN) -> str:

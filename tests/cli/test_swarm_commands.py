@@ -1,0 +1,103 @@
+"""`af run --bus`, `af submit` and `af swarm status` as a user runs them, against a private
+redis-server on a free loopback port (tests/redis_server.py)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from click.testing import CliRunner
+from redis_server import RedisServer
+
+from af.cli import app
+from float64_reference import forward64
+
+ROOT = Path(__file__).resolve().parents[2]
+AF = str(Path(sys.executable).parent / "af")
+XOR = ROOT / "examples" / "xor.af"
+
+
+@pytest.fixture
+def server(tmp_path):
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def records(tmp_path):
+    x = np.random.default_rng(3).random((300, 2), dtype=np.float32)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(orjson.dumps({"id": f"r{i}", "input": row.tolist()}) + b"\n" for i, row in enumerate(x)))
+    return path, x
+
+
+def start_worker(server: RedisServer, swarm: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([AF, "run", str(XOR), "--bus", server.url, "--swarm", swarm, "--json", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_member(server: RedisServer, swarm: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = CliRunner().invoke(app, ["swarm", "status", "--bus", server.url, "--swarm", swarm, "--json"])
+        assert result.exit_code == 0, result.output
+        status = json.loads(result.stdout)
+        if any(m["state"] != "gone" for m in status["members"]):
+            return status
+        time.sleep(0.2)
+    pytest.fail("the worker never joined the swarm")
+
+
+class TestSwarmCommands:
+    def test_a_worker_and_a_submit_answer_every_record_in_order(self, server, records, tmp_path):
+        path, x = records
+        worker = start_worker(server, "cli")
+        try:
+            status = wait_for_member(server, "cli")
+            assert status["swarm"] == "cli" and status["members"][0]["agent"] == "xor-agent"
+            out = tmp_path / "out.jsonl"
+            submit = subprocess.run([AF, "submit", "--bus", server.url, "--swarm", "cli", "--agent", "xor-agent",
+                                     "--input", str(path), "--output", str(out), "--json"],
+                                    capture_output=True, timeout=120)
+            assert submit.returncode == 0, submit.stderr
+            assert submit.stderr.decode().startswith("submission ")
+            lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+            assert [r["id"] for r in lines] == [f"r{i}" for i in range(len(x))]
+            from afc import load_agent_file
+
+            expected = forward64(load_agent_file(XOR).spec().network, x)
+            np.testing.assert_allclose([r["output"] for r in lines], expected, rtol=1e-5, atol=1e-6)
+            summary = json.loads(submit.stderr.decode().strip().splitlines()[-1])
+            assert (summary["records"], summary["results"], summary["errors"]) == (len(x), len(x), 0)
+            status = json.loads(CliRunner().invoke(app, ["swarm", "status", "--bus", server.url, "--swarm", "cli",
+                                                         "--json"]).stdout)
+            assert set(status) == {"swarm", "members", "queues"}
+            assert set(status["members"][0]) == {"agent_id", "agent", "host", "pid", "replicas", "state",
+                                                 "last_heartbeat_s", "processed", "errors"}
+            assert all(set(q) == {"agent", "priority", "length", "pending", "lag", "dead_letters"}
+                       for q in status["queues"])
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        left = json.loads(err.decode().strip().splitlines()[-1])
+        assert left["records"] == len(x)
+
+    def test_usage_and_unreachable_redis(self, tmp_path, records):
+        path, _ = records
+        both = CliRunner().invoke(app, ["submit", "--bus", "redis://127.0.0.1:1/0", "--swarm", "s"])
+        assert both.exit_code == 2 and "AF0935" in both.stderr
+        nowhere = subprocess.run([AF, "submit", "--bus", "redis://127.0.0.1:1/0", "--swarm", "s", "--agent", "a",
+                                  "--input", str(path), "-o", str(tmp_path / "o.jsonl")], capture_output=True, timeout=60)
+        assert nowhere.returncode == 1 and b"AF5110" in nowhere.stderr and b"Traceback" not in nowhere.stderr
+        worker_input = CliRunner().invoke(app, ["run", str(XOR), "--bus", "redis://127.0.0.1:1/0", "--input", str(path)])
+        assert worker_input.exit_code == 2 and "AF0937" in worker_input.stderr
+        metrics = CliRunner().invoke(app, ["run", str(XOR), "--metrics-port", "9999", "--input", str(path)])
+        assert metrics.exit_code == 2 and "AF0936" in metrics.stderr
