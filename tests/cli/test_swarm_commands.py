@@ -101,3 +101,33 @@ class TestSwarmCommands:
         assert worker_input.exit_code == 2 and "AF0937" in worker_input.stderr
         metrics = CliRunner().invoke(app, ["run", str(XOR), "--metrics-port", "9999", "--input", str(path)])
         assert metrics.exit_code == 2 and "AF0936" in metrics.stderr
+
+
+class TestWatch:
+    def test_watch_redraws_in_place_until_ctrl_c(self, server):
+        import os
+        import pty
+        import select
+
+        worker = start_worker(server, "watched")
+        leader, follower = pty.openpty()
+        try:
+            wait_for_member(server, "watched")
+            watch = subprocess.Popen([AF, "swarm", "watch", "--bus", server.url, "--swarm", "watched"],
+                                     stdout=subprocess.DEVNULL, stderr=follower, stdin=subprocess.DEVNULL)
+            os.close(follower)
+            seen, deadline = b"", time.monotonic() + 30
+            while seen.count(b"swarm watched: members") < 3 and time.monotonic() < deadline:
+                if select.select([leader], [], [], 0.5)[0]:
+                    seen += os.read(leader, 65536)
+            watch.send_signal(signal.SIGINT)
+            watch.wait(timeout=30)
+        finally:
+            os.close(leader)
+            worker.send_signal(signal.SIGTERM)
+            worker.communicate(timeout=60)
+        text = seen.decode(errors="replace")
+        assert watch.returncode == 0, text
+        # a terminal sees the frame drawn again and again, in place (cursor moves up between frames)
+        assert text.count("swarm watched: members") >= 3 and "xor-agent" in text and "\x1b[" in text
+        assert "Traceback" not in text
