@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 import click
 
 from ._app import command
+from ._keys import trust_option
 from ._load import MAX_REPLICAS, agent_options
 from ._output import say
 
@@ -40,12 +41,16 @@ AGENTS_SHOWN = 4
 @click.option("--json", "json_summary", is_flag=True, help="Print the summary as one JSON object on stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary (errors still show).")
 @agent_options
+@trust_option
 def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: int, backend: Optional[str],
                 swarm: str, state_dir: Optional[Path], max_batch: int, batch_wait_ms: float, fuel: Optional[int],
-                fail_on_error: bool, json_summary: bool, quiet: bool, max_bundle_mb: Optional[int]) -> None:
+                fail_on_error: bool, json_summary: bool, quiet: bool, max_bundle_mb: Optional[int],
+                trust: tuple[Path, ...]) -> None:
     """Run an agent on JSON Lines records: one output or error record per input record, in input order.
 
     BUNDLE is a bundle (.afb) or an .af file, compiled in memory first (told apart by content).
+    With --trust, only a bundle signed by one of those keys runs, and with --state-dir never one
+    older than a signed version that already ran from there (docs/security.md).
 
     Exit codes: 0 the input was consumed (even with record errors, unless --fail-on-error);
     1 the bundle cannot be loaded or an agent cannot start; 2 usage error;
@@ -61,7 +66,7 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
         return opened[0]
 
     try:
-        agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb)
+        agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir)
         if input_path == "-" and sys.stdin.isatty() and not quiet:
             say("reading records from stdin (Ctrl-D to end)")
         summary = run_stream(agent, source, open_output, replicas=replicas, swarm=swarm, state_dir=state_dir,
