@@ -434,6 +434,11 @@ def _too_big(limit: int, what: str = "the bundle decompresses to") -> BundleErro
     )
 
 
+def _nonzero(where: str) -> BundleError:
+    return BundleError(f"the bundle's tar archive is corrupt: non-zero bytes {where}", code="AF4001",
+                       hint="af writes zeros there; the bundle was altered after it was written")
+
+
 def _corrupt(exc: Exception) -> BundleError:
     return BundleError(f"the bundle's zstd data is corrupt: {exc}", code="AF4001")
 
@@ -505,13 +510,26 @@ class _Archive:
         return digest.hexdigest()
 
     def drain(self) -> None:
-        """Read to the end of the frame (so that zstd checks its checksum), keeping nothing."""
+        """Read to the end of the frame (so that zstd checks its checksum), keeping nothing.
+
+        What follows the end-of-archive marker must be zeros: no byte of a bundle goes unchecked
+        (a signature covers the manifest, the manifest every member, and the rest is zeros).
+        """
         if self._buffer is not None:
+            if self._buffer[self.pos :].tobytes().strip(b"\0"):
+                raise _nonzero("after the end-of-archive marker")
             return
         while piece := self._read_stream(_READ_SIZE):
             self.pos += len(piece)
             if self.pos > self.limit:
                 raise _too_big(self.limit)
+            if piece.strip(b"\0"):
+                raise _nonzero("after the end-of-archive marker")
+
+    def skip_padding(self, size: int) -> None:
+        """Read the zeros that pad a member of ``size`` bytes to a whole block."""
+        if bytes(self.read(-size % BLOCK)).strip(b"\0"):
+            raise _nonzero("in a member's padding")
 
     def close(self) -> None:
         """Release the decoder."""
@@ -604,7 +622,7 @@ def _read_head(archive: _Archive) -> tuple[bytes, bytes | None]:
         raise BundleError(f"manifest.json is {info.size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a manifest may be",
                           code="AF4023", hint="this bundle was not written by af")
     data = bytes(archive.read(info.size))
-    archive.read(-info.size % BLOCK)
+    archive.skip_padding(info.size)
     following = _header(archive)
     if following is None or following.name != SIGNATURE_NAME:
         archive.unread.append(following)  # the first member: `_read_members` takes it from here
@@ -614,7 +632,7 @@ def _read_head(archive: _Archive) -> tuple[bytes, bytes | None]:
         raise BundleError(f"signature.json is {following.size:,} bytes, more than the {MAX_SIGNATURE_BYTES:,} a "
                           "signature may be", code="AF4054", hint="this signature was not written by `af sign`")
     signature = bytes(archive.read(following.size))
-    archive.read(-following.size % BLOCK)
+    archive.skip_padding(following.size)
     return data, signature
 
 
@@ -648,7 +666,10 @@ def _next_member(archive: _Archive, listed: Mapping[str, MemberEntry], seen: set
         return None
     _refuse_member(info)
     name = info.name
-    if name in seen or name in (MANIFEST_NAME, SIGNATURE_NAME):
+    if name == SIGNATURE_NAME:
+        raise BundleError("member 'signature.json' is out of place: a signature directly follows manifest.json",
+                          code="AF4011", hint="the bundle was altered after it was written; sign it again with `af sign`")
+    if name in seen or name == MANIFEST_NAME:
         raise BundleError(f"member {name!r} appears more than once", code="AF4007",
                           hint="a bundle holds each member once; this bundle was not written by af")
     entry = listed.get(name)
@@ -678,7 +699,7 @@ def _read_members(archive: _Archive, listed: Mapping[str, MemberEntry], *, keep:
             members[entry.name] = data
         elif archive.digest(entry.size) != entry.sha256:
             raise _mismatch(entry.name)
-        archive.read(-entry.size % BLOCK)
+        archive.skip_padding(entry.size)
     archive.drain()
     return members
 

@@ -259,9 +259,12 @@ def _b64(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
         raise _malformed(f"`{what}` is not a string")
     try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
+        decoded = base64.b64decode(value.encode("ascii"), validate=True)
     except (UnicodeEncodeError, binascii.Error):
         raise _malformed(f"`{what}` is not base64") from None
+    if base64.b64encode(decoded).decode("ascii") != value:  # unused low bits set: another text, same bytes
+        raise _malformed(f"`{what}` is not canonical base64")
+    return decoded
 
 
 def parse_signature(data: bytes) -> Envelope:
@@ -294,7 +297,18 @@ def parse_signature(data: bytes) -> Envelope:
     signature = _b64(entry["sig"], "sig")
     if len(signature) != _SIGNATURE_BYTES:
         raise _malformed(f"the signature is {len(signature)} bytes, not the {_SIGNATURE_BYTES} of Ed25519")
-    return Envelope(payload, key_id, signature)
+    parsed = Envelope(payload, key_id, signature)
+    if _encode_envelope(parsed) != data:
+        # the envelope's own bytes are not signed: only its one canonical form (`af sign`'s) is
+        # accepted, so that no byte of a signed bundle can change without the bundle being refused
+        raise _malformed("it is not in the canonical form `af sign` writes")
+    return parsed
+
+
+def _encode_envelope(envelope: Envelope) -> bytes:
+    data = {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(envelope.payload).decode(),
+            "signatures": [{"keyid": envelope.key_id, "sig": base64.b64encode(envelope.signature).decode()}]}
+    return (json.dumps(data, sort_keys=True, indent=2) + "\n").encode()
 
 
 def _parse_statement(payload: bytes) -> tuple[str, int]:
@@ -304,6 +318,8 @@ def _parse_statement(payload: bytes) -> tuple[str, int]:
         raise _malformed("the signed statement is not JSON") from None
     if not isinstance(statement, dict) or set(statement) != {"manifest_sha256", "version"}:
         raise _malformed("the signed statement is not `{manifest_sha256, version}`")
+    if _encode_statement(statement) != payload:
+        raise _malformed("the signed statement is not in the canonical form `af sign` writes")
     digest, version = statement["manifest_sha256"], statement["version"]
     if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
         raise _malformed("the signed manifest digest is not 64 lower-case hex digits")
@@ -336,12 +352,12 @@ def sign_manifest(manifest_bytes: bytes, key: SigningKey, *, version: int) -> by
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
         raise UsageError(f"version {version!r} is not an integer from 1 to {MAX_VERSION}", code="AF0964",
                          hint="versions only grow: give the next one after the last signed")
-    statement = {"manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(), "version": version}
-    payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
-    signature = key.sign(_pae(PAYLOAD_TYPE, payload))
-    envelope = {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
-                "signatures": [{"keyid": key.key_id, "sig": base64.b64encode(signature).decode()}]}
-    return (json.dumps(envelope, sort_keys=True, indent=2) + "\n").encode()
+    payload = _encode_statement({"manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(), "version": version})
+    return _encode_envelope(Envelope(payload, key.key_id, key.sign(_pae(PAYLOAD_TYPE, payload))))
+
+
+def _encode_statement(statement: dict[str, Any]) -> bytes:
+    return json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _trusted_ids(trusted: Sequence[PublicKey]) -> str:
