@@ -12,7 +12,8 @@ from ._app import command
 from ._load import max_bundle_option
 from ._output import emit, say
 
-#: the largest version `--version` takes (afcore.signing.MAX_VERSION)
+#: the largest version `--version` takes: `afcore.signing.MAX_VERSION` (a test holds them equal), not
+#: imported, so that `af --help`, which imports every command module, does not load the bundle reader
 MAX_VERSION = (1 << 53) - 1
 
 

@@ -99,3 +99,9 @@ class TestSign:
     def test_version_out_of_range(self, bundle: Path, key: Path, version: str):
         result = runner.invoke(app, ["sign", str(bundle), "--key", str(key), "--version", version])
         assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_the_version_bound_is_the_libraries():
+    from af.cli.sign import MAX_VERSION
+
+    assert MAX_VERSION == signing.MAX_VERSION
