@@ -81,6 +81,8 @@ def check_rollback(state_dir: str | os.PathLike[str], agent: str, signature: Sig
         raise StateError(f"cannot use the state directory {directory}: {exc.strerror}", code="AF4058") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write: milliseconds
+        for stale in directory.glob(f".{TRUST_STATE_NAME}.*.tmp"):  # a writer killed mid-write (we hold the lock)
+            stale.unlink(missing_ok=True)
         state = _read_state(path)
         keys = state["agents"].setdefault(agent, {})
         _ensure_newer(keys.get(signature.key_id), agent, signature)

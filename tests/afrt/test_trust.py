@@ -102,3 +102,10 @@ class TestLoadWithTrust:
         with pytest.raises(BundleError) as caught:
             afrt.load(loaded, trust=[OTHER.public_key])
         assert caught.value.code == "AF4051"
+
+
+def test_a_killed_writers_temporary_is_removed(plain: bytes, tmp_path: Path):
+    stale = tmp_path / f".{TRUST_STATE_NAME}.abcd1234.tmp"
+    stale.write_text("half")
+    load(signing.sign_bundle(plain, KEY, version=1), tmp_path)
+    assert not stale.exists() and (tmp_path / TRUST_STATE_NAME).exists()
