@@ -30,6 +30,8 @@ demo: $(STAMP)
 	head -n 3 examples/classification-inputs.jsonl | $(AF) run build/classification-agent.afb --backend wasm
 	$(AF) run build/classification-agent.afb --replicas 2 --input examples/classification-inputs.jsonl --output build/results.jsonl
 	$(PY) examples/score.py build/results.jsonl
+	$(AF) train examples/xor.af -o build/xor-trained.af --epochs 300 --optimizer adam --learning-rate 0.05 --seed 1
+	$(AF) validate build/xor-trained.af
 
 # Rebuilds examples/*.af reproducibly (trains on scikit-learn's bundled digits).
 examples: $(STAMP)

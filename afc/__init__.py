@@ -19,11 +19,15 @@ from .compile import default_output as default_output
 from .compile import emit_intermediate as emit_intermediate
 from .compile import ensure_emit_form as ensure_emit_form
 from .compile import parse_targets as parse_targets
+from .expr import parse_step as parse_step
 from .packer import PackResult as PackResult
 from .packer import pack as pack
 from .reader import read_container as read_container
 from .tensors import TENSOR_SECTIONS as TENSOR_SECTIONS
 from .tensors import encode_tensors as encode_tensors
+from .train import EpochStats as EpochStats
+from .train import TrainResult as TrainResult
+from .train import train_file as train_file
 from .writer import write_container as write_container
 
 __all__ = [
@@ -31,8 +35,10 @@ __all__ = [
     "CompileResult",
     "DEFAULT_TARGETS",
     "EMIT_FORMS",
+    "EpochStats",
     "PackResult",
     "TENSOR_SECTIONS",
+    "TrainResult",
     "check_model_bytes",
     "compile_agent",
     "compile_file",
@@ -44,8 +50,10 @@ __all__ = [
     "load_agent_bytes",
     "load_agent_file",
     "pack",
+    "parse_step",
     "parse_targets",
     "read_container",
+    "train_file",
     "validate",
     "validate_bytes",
     "write_agent_file",

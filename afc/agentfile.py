@@ -247,9 +247,9 @@ def write_agent_file(path: str | Path, agent_file: AgentFile, *, raw: bool | Non
         agent_file: what to write.
         raw: None keeps each section's encoding; True stores every section raw, False as base64.
     """
-    from .writer import write_file_atomic
+    from afcore import fsutil
 
-    write_file_atomic(Path(path), render_agent_file(agent_file, raw=raw))
+    fsutil.write_file_atomic(Path(path), render_agent_file(agent_file, raw=raw))
 
 
 def render_agent_file(agent_file: AgentFile, *, raw: bool | None = None) -> bytes:

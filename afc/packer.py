@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from afcore.errors import UsageError
 
 from .reader import DEFAULT_MAX_SECTION_BYTES
+from .writer import write_af_file
 
 if TYPE_CHECKING:
     from .reader import Container
@@ -86,19 +87,8 @@ def pack(
                              bom=container.bom)
     target = Path(output if output is not None else path)
     load_agent_bytes(result, path=str(target), max_section_bytes=max_section_bytes)  # refuse to write an invalid file
-    _write(target, result)
+    write_af_file(target, result, code="AF0914")
     return PackResult(target, len(result), tuple(sorted(new)), raw)
-
-
-def _write(target: Path, data: bytes) -> None:
-    """Write atomically, turning an OS refusal (no such directory, read-only, disk full) into AF0914."""
-    from afcore import fsutil
-
-    try:
-        fsutil.write_file_atomic(target, data)
-    except OSError as exc:
-        raise UsageError(f"cannot write `{target}`: {exc.strerror or exc}", code="AF0914",
-                         hint="check that the directory exists and is writable") from None
 
 
 def _new_payloads(given: dict[str, str | os.PathLike | None]) -> dict[str, bytes]:

@@ -27,7 +27,7 @@ __all__ = [
     "compress_payload",
     "encode_base64_lines",
     "write_container",
-    "write_file_atomic",
+    "write_af_file",
 ]
 
 #: zstd compression level of every section (fixed: the output must be reproducible)
@@ -120,17 +120,21 @@ def _check_arguments(sections: Sequence[tuple[str, bytes]], newline: str) -> Non
         seen.add(name)
 
 
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never a mix.
-
-    The .af writer's name for `afcore.fsutil.write_file_atomic` (temporary file in the same
-    directory, fsync, rename, fsync of the directory). An existing file's permission bits are kept.
+def write_af_file(path: Path, data: bytes, *, code: str) -> None:
+    """Replace ``path`` with ``data`` atomically (`afcore.fsutil.write_file_atomic`: temporary file in
+    the same directory, fsync, rename, fsync of the directory; an existing file's mode is kept).
 
     Args:
         path: the destination.
         data: the new contents.
+        code: the error code of the command that writes (`af pack` AF0914, `af train` AF6031).
 
     Raises:
-        OSError: when the directory is not writable or the disk is full (the temporary file is removed).
+        UsageError: ``code`` when the directory is not writable or the disk is full (the old file
+            stands and the temporary file is removed).
     """
-    fsutil.write_file_atomic(path, data)
+    try:
+        fsutil.write_file_atomic(path, data)
+    except OSError as exc:
+        raise UsageError(f"cannot write `{path}`: {exc.strerror or exc}", code=code,
+                         hint="check that the directory exists and is writable") from None

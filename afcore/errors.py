@@ -19,6 +19,10 @@ AfError                      root; never raised directly
 └── InternalError            a bug in af: "please report this"
 ```
 
+Training (`afc.train`, AF6000-AF6049) has no class of its own: it raises `UsageError` (bad options,
+unreadable data files), `CheckError` (faults in the data) and `ExecutionError` (a diverging run)
+with codes of its range.
+
 Every error carries a stable ``code`` (documented in docs/diagnostics.md) so that scripts
 and the JSON output can rely on it. ``af`` renders any ``AfError`` as diagnostics and exits
 with ``exit_code``; any other exception is a bug.

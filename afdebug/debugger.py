@@ -7,15 +7,14 @@ The debugger never prints: everything goes through the ``write`` callback (`af` 
 
 Breakpoints (`parse_breakpoint`): ``STEP`` stops before every run of that step, ``STEP@N``
 before that step for the N-th input record (1-based, in input order), ``record=ID`` before the
-first execution step of the record whose id is ID. Commands at a stop: ``c``/``continue``,
-``s``/``step``, ``p PATH`` (``input``, ``output``, ``memory``, ``memory.count``, ``output.max``,
-``input[3]``...), ``bt``/``where``, ``q``/``quit``, ``h``/``help``.
+first execution step of the record whose id is ID; ``STEP when EXPR`` stops only when the guard
+expression (the step language's, docs/steps.md) is true there. Commands at a stop: see `HELP`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from afcore.errors import ExecutionError, UsageError
@@ -30,8 +29,9 @@ __all__ = ["Breakpoint", "Debugger", "ensure_breakpoints", "parse_breakpoint", "
 
 #: what `help` answers at a stop
 HELP = (
-    "commands: c|continue  s|step  p PATH (input, output, memory, memory.count, output.max, input[0] ...)  "
-    "bt|where  q|quit  h|help"
+    "commands: c|continue  s|step  n|next (stop at the next record)  run N (let N more records run)  "
+    "p PATH (input, output, memory, memory.count, output.max, input[0] ...)  "
+    "layers  diff  fuel  b|break [STEP[@N] [when EXPR] | record=ID]  delete [N]  bt|where  q|quit  h|help"
 )
 #: the prompt written before each command is read
 PROMPT = "(afdb) "
@@ -42,16 +42,20 @@ _STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 @dataclass(frozen=True)
 class Breakpoint:
-    """Where to stop: before ``step`` (any record, or only the ``nth`` one), or at ``record_id``."""
+    """Where to stop: before ``step`` (any record, or only the ``nth`` one), or at ``record_id``;
+    with a ``condition``, only when that guard expression is true there."""
 
     step: Optional[str] = None
     nth: Optional[int] = None
     record_id: Optional[str] = None
+    condition: Any = field(default=None, compare=False)
+    condition_text: Optional[str] = None
 
     def __str__(self) -> str:
         if self.record_id is not None:
             return f"record={self.record_id}"
-        return f"{self.step}@{self.nth}" if self.nth is not None else str(self.step)
+        where = f"{self.step}@{self.nth}" if self.nth is not None else str(self.step)
+        return f"{where} when {self.condition_text}" if self.condition_text else where
 
 
 def parse_breakpoint(text: str) -> Breakpoint:
@@ -71,11 +75,29 @@ def parse_breakpoint(text: str) -> Breakpoint:
         if len(text) > len("record="):
             return Breakpoint(record_id=text[len("record="):])
     else:
-        name, _, nth = text.partition("@")
+        where, keyword, condition = text.partition(" when ")
+        name, _, nth = where.strip().partition("@")
         if _STEP_NAME.fullmatch(name) and (not nth or (nth.isdigit() and int(nth) >= 1)):
-            return Breakpoint(step=name, nth=int(nth) if nth else None)
+            guard = _parse_condition(name, condition.strip()) if keyword else None
+            return Breakpoint(step=name, nth=int(nth) if nth else None, condition=guard,
+                              condition_text=condition.strip() if keyword else None)
     raise UsageError(f"bad breakpoint `{text}`", code="AF0950",
-                     hint="write STEP, STEP@N (N-th record, from 1) or record=ID")
+                     hint="write STEP, STEP@N (N-th record, from 1), STEP when EXPR or record=ID")
+
+
+def _parse_condition(step: str, condition: str) -> Any:
+    """Parse a breakpoint's ``when`` expression with the step language (afc.parse_step)."""
+    from afc import parse_step
+    from afcore.errors import ParseError
+    from afcore.spans import Span
+
+    text = f"{step} when {condition}"
+    try:
+        return parse_step(text, locate=lambda start, end: Span("<break>", 1, start + 1, 1, end + 1)).guard
+    except ParseError as error:
+        found = error.diagnostics[0]
+        raise UsageError(f"bad breakpoint condition `{condition}`: {found.message}", code="AF0950",
+                         hint=found.help or "write a guard as in docs/steps.md, e.g. output.max > 0.9") from None
 
 
 def ensure_breakpoints(breakpoints: Sequence[Breakpoint], workflows: Any) -> None:
@@ -143,6 +165,9 @@ class Debugger(Instrument):
         self.stops = 0
         self._hits = {bp: 0 for bp in self.breakpoints}
         self._last_seq: Optional[int] = None  # the record whose steps run now (one replica: in order)
+        self._records_to_run: Optional[int] = None  # `next`/`run N`: records to let by before stopping
+        self._probe: Any = None  # the ONNX model with each layer's values as outputs (made on first `layers`)
+        self._twin: Any = None  # the agent on the other backend (loaded on first `diff`)
 
     # hooks -------------------------------------------------------------------------------------
 
@@ -154,9 +179,15 @@ class Debugger(Instrument):
             self._show_step(ctx, workflow, step, record)
         if self.quitted:
             return
-        hit = self._hit(workflow, step, record, first)
-        if hit is not None or self.stepping:
-            self._stop(ctx, workflow, step, record, hit)
+        counted = False
+        if first and self._records_to_run is not None:
+            self._records_to_run -= 1
+            counted = self._records_to_run < 0
+            if counted:
+                self._records_to_run = None
+        hit = self._hit(ctx, workflow, step, record, first)
+        if hit is not None or self.stepping or counted:
+            self._stop(ctx, workflow, step, record, hit, "next record" if counted else "step")
 
     def unmatched(self) -> list[Breakpoint]:
         """Return the breakpoints that never stopped the run (e.g. a ``record=ID`` no record has)."""
@@ -168,21 +199,29 @@ class Debugger(Instrument):
 
     # stopping ----------------------------------------------------------------------------------
 
-    def _hit(self, workflow: str, step: Step, record: Any, first: bool) -> Optional[Breakpoint]:
+    def _hit(self, ctx: Any, workflow: str, step: Step, record: Any, first: bool) -> Optional[Breakpoint]:
         for bp in self.breakpoints:
             if bp.record_id is not None:
                 if first and workflow == "execution" and str(record.record.id) == bp.record_id:
                     return bp
             elif bp.step == step.name and (bp.nth is None or (record is not None and record.record.seq + 1 == bp.nth)):
-                return bp
+                if bp.condition is None or self._holds(bp, ctx, record):
+                    return bp
         return None
 
-    def _stop(self, ctx: Any, workflow: str, step: Step, record: Any, hit: Optional[Breakpoint]) -> None:
+    def _holds(self, bp: Breakpoint, ctx: Any, record: Any) -> bool:
+        try:
+            return bool(evaluate(bp.condition, lambda root, path: resolve_field(ctx, record, root, path)))
+        except ExecutionError:
+            return False  # a field that does not exist here: the condition is not met
+
+    def _stop(self, ctx: Any, workflow: str, step: Step, record: Any, hit: Optional[Breakpoint], reason: str) -> None:
         self.stops += 1
         self.stepping = False
+        self._records_to_run = None  # any stop ends a `next` or `run N`
         if hit is not None:
-            self._hits[hit] += 1
-        why = f"breakpoint {hit}" if hit is not None else "step"
+            self._hits[hit] = self._hits.get(hit, 0) + 1
+        why = f"breakpoint {hit}" if hit is not None else reason
         self._write(f"stopped ({why}) before {workflow}/{step.source or step.name}{_record_text(record)}")
         if not self.trace:
             self._show_source(step)
@@ -206,17 +245,116 @@ class Debugger(Instrument):
             if self.on_quit is not None:
                 self.on_quit()
             return True
+        if word in ("n", "next"):
+            self._records_to_run = 0
+            return True
+        if word == "run":
+            if not rest.strip().isdigit() or int(rest) < 1:
+                self._write("error: write `run N`, N a number of records (at least 1)")
+                return False
+            self._records_to_run = int(rest)  # the rest of this record, N more, then stop
+            return True
         if word in ("p", "print"):
             self._write(self.inspect(rest, ctx, record))
         elif word in ("bt", "where"):
-            self._write(f"agent {ctx.agent_id}, workflow {workflow}, step {step.source or step.name}"
-                        f"{_record_text(record)}")
-            self._show_source(step)
+            self._where(ctx, workflow, step, record)
+        elif word == "layers":
+            self._layers(ctx, record)
+        elif word == "diff":
+            self._diff(ctx, record)
+        elif word == "fuel":
+            self._fuel(ctx)
+        elif word in ("b", "break"):
+            self._break(rest)
+        elif word == "delete":
+            self._delete(rest)
         elif word in ("h", "help", "?"):
             self._write(HELP)
         elif word:
             self._write(f"unknown command `{word}`; {HELP}")
         return False
+
+    def _where(self, ctx: Any, workflow: str, step: Step, record: Any) -> None:
+        """Show the workflow with the current step marked, then its source line."""
+        self._write(f"agent {ctx.agent_id}, workflow {workflow}{_record_text(record)}:")
+        for other in (getattr(ctx.agent, "workflows", None) or {}).get(workflow, ()):
+            mark = "->" if other is step else "  "
+            self._write(f" {mark} {other.source or other.name}")
+        self._show_source(step)
+
+    def _layers(self, ctx: Any, record: Any) -> None:
+        if record is None or record.vector is None:
+            self._write("error: `layers` needs a record: stop in the execution workflow")
+            return
+        if self._probe is None:
+            from .layers import LayerProbe
+
+            agent = ctx.agent
+            members = agent.bundle.members
+            if "model.onnx" not in members:
+                self._write("error: the bundle has no ONNX model, which `layers` runs (compile with --target onnx)")
+                return
+            activations = [layer.get("activation", "?") for layer in agent.manifest["network"]["layers"]]
+            self._probe = LayerProbe(members["model.onnx"], activations)
+        self._write(f"layers of record {record.record.seq + 1} (id {record.record.id!r}), from the ONNX model:")
+        for stats in self._probe.stats(record.vector):
+            self._write("  " + stats.line())
+
+    def _diff(self, ctx: Any, record: Any) -> None:
+        from .layers import backend_diff, other_backend
+
+        if record is None or record.vector is None:
+            self._write("error: `diff` needs a record: stop in the execution workflow")
+            return
+        agent = ctx.agent
+        if self._twin is None:
+            other = other_backend(agent)
+            if other is None:
+                self._write("error: the bundle holds one backend: compile with --target onnx,wasm to compare")
+                return
+            import afrt
+
+            self._twin = afrt.load(agent.bundle, backend=other)
+        onnx_agent, wasm_agent = (agent, self._twin) if agent.backend == "onnx" else (self._twin, agent)
+        for line in backend_diff(onnx_agent, wasm_agent, record.vector).lines():
+            self._write(line)
+
+    def _fuel(self, ctx: Any) -> None:
+        agent = ctx.agent
+        if getattr(agent, "backend", None) != "wasm":
+            self._write("fuel: the onnx backend meters nothing (run with --backend wasm)")
+            return
+        used, budget = agent.fuel_used, agent.fuel_per_record
+        if used is None:
+            self._write(f"fuel: no wasm call yet; the budget is {budget:,} per record")
+            return
+        self._write(f"fuel: the last call used {used:,} of its budget (at {budget:,} per record: {used / budget:.1%} "
+                    "of one record's)")
+
+    def _break(self, text: str) -> None:
+        if not text.strip():
+            for i, bp in enumerate(self.breakpoints, 1):
+                self._write(f"  {i}: {bp} (hit {self._hits.get(bp, 0)} times)")
+            if not self.breakpoints:
+                self._write("no breakpoints")
+            return
+        try:
+            bp = parse_breakpoint(text)
+        except UsageError as error:
+            self._write(f"error: {error.message}; {error.hint}")
+            return
+        self.breakpoints.append(bp)
+        self._hits.setdefault(bp, 0)
+        self._write(f"breakpoint {len(self.breakpoints)}: {bp}")
+
+    def _delete(self, text: str) -> None:
+        if not text.strip():
+            self.breakpoints.clear()
+            self._write("deleted every breakpoint")
+        elif text.strip().isdigit() and 1 <= int(text) <= len(self.breakpoints):
+            self._write(f"deleted breakpoint {int(text)}: {self.breakpoints.pop(int(text) - 1)}")
+        else:
+            self._write(f"error: no breakpoint {text.strip()} (`break` lists them)")
 
     def inspect(self, text: str, ctx: Any, record: Any) -> str:
         """Return the value of a field path as text (JSON-like), or why it has none.

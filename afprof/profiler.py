@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from afrt import Instrument
 
+from .layers import LAYER_SAMPLE_BLOCKS, layer_calls, measure_layers
 from .report import Distribution, ProfileReport, StepProfile, WorkflowProfile
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ class Profiler(Instrument):
         self._lifecycle: dict[tuple[int, str], float] = {}  # (id(ctx), workflow) -> seconds of its steps
         self._blocks: dict[int, float] = {}  # id(ctx) -> when its current block started
         self._execution: list[tuple[int, float]] = []  # (records, seconds) per block
+        self._replicas: dict[str, int] = {}  # agent id -> records it ran
+        self._samples: list[Any] = []  # input arrays of the first blocks (`samples`)
+        self._layers: list[Any] = []  # `LayerProfile`s, once `measure_layers` ran
+        # the system clock and this clock at one moment: onnxruntime's profile is on the system clock
+        self._wall_origin, self._clock_origin = time.time_ns(), clock()
         self._calls: list[tuple[int, float, int | None]] = []  # (records, seconds, fuel) per backend call
         self._warmups = 0
         self._fuel_budget: int | None = None
@@ -114,9 +120,14 @@ class Profiler(Instrument):
 
     def block_start(self, ctx: Any, block: Any) -> None:
         self._blocks[id(ctx)] = self._clock()
+        array = getattr(block, "array", None)
+        if len(self._samples) < LAYER_SAMPLE_BLOCKS and array is not None and len(array):
+            self._samples.append(array)  # for `measure_layers`, after the run
 
     def block_end(self, ctx: Any, block: Any, outcomes: Any) -> None:
         started = self._blocks.pop(id(ctx), None)
+        agent_id = getattr(ctx, "agent_id", None) or f"replica {id(ctx)}"
+        self._replicas[agent_id] = self._replicas.get(agent_id, 0) + len(block)
         if started is not None and len(block):
             ended = self._clock()
             self._execution.append((len(block), ended - started))
@@ -129,6 +140,25 @@ class Profiler(Instrument):
             ended = self._clock()
             self.trace.span(ctx, f"backend ({self._backend})", "backend", ended - seconds, ended, records=records,
                             fuel=fuel)
+
+    def measure_layers(self, agent: Any, *, threads: int | None = None) -> None:
+        """Time each network layer on a sample of this run's blocks, after the run (`afprof.layers`).
+
+        Only the onnx backend has per-layer times: the WebAssembly module computes every layer in
+        one exported call (ABI v1).
+        """
+        if getattr(agent, "backend", "onnx") == "onnx" and "model.onnx" in agent.bundle.members:
+            self._layers = measure_layers(agent.bundle, self._samples, threads=threads)
+
+    def merge_onnxruntime(self, start_ns: int, events: list[dict]) -> None:
+        """Add onnxruntime's node events of this run (loaded with ``profile_layers``) to the trace, as
+        ``layer`` spans inside the backend call that made them, on the same clock."""
+        if self.trace is None or not events:
+            return
+        offset = self._clock_origin + (start_ns - self._wall_origin) / 1e9
+        for layer, op, start_us, duration_us in layer_calls(events):
+            started = offset + start_us / 1e6
+            self.trace.layer(f"layer {layer} ({op})", started, started + duration_us / 1e6)
 
     def trace_json(self) -> dict[str, Any]:
         """Return the recorded spans as a Chrome trace (open it in Perfetto or chrome://tracing).
@@ -191,6 +221,9 @@ class Profiler(Instrument):
             records=getattr(summary, "records", 0) if summary is not None else 0,
             seconds=getattr(summary, "seconds", 0.0) if summary is not None else 0.0,
             baseline_records_per_second=baseline_records_per_second,
+            replicas=dict(self._replicas),
+            latencies=tuple(_per_record(self._execution)),
+            layers=list(self._layers),
         )
 
     def _workflows(self) -> list[WorkflowProfile]:
@@ -264,6 +297,19 @@ class TraceRecorder:
         if workflow != "execution":
             bounds = self._lifecycle.setdefault((self._tid(ctx), workflow), [started, ended])
             bounds[0], bounds[1] = min(bounds[0], started), max(bounds[1], ended)
+
+    def layer(self, name: str, started: float, ended: float) -> None:
+        """Record a layer's kernel (from onnxruntime's profile) on the thread of the backend call
+        that holds it; one held by none goes on a thread of its own (``onnxruntime``)."""
+        ts = round((started - self._origin) * 1e6, 3)
+        end = round((ended - self._origin) * 1e6, 3)
+        holder = next((e for e in self.events if e.get("cat") == "backend" and e["ts"] <= ts
+                       and end <= e["ts"] + e["dur"] + 0.002), None)
+        tid = holder["tid"] if holder is not None else 0
+        if holder is None and not any(e.get("tid") == 0 and e["ph"] == "M" for e in self.events):
+            self.events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": 0,
+                                "args": {"name": "onnxruntime (outside the traced calls)"}})
+        self.events.append(self._event(name, "layer", tid, started, ended, {}))
 
     def to_json(self) -> dict[str, Any]:
         """Return ``{"traceEvents": [...], "displayTimeUnit": "ms"}``, parents before children."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-__all__ = ["HEADER", "Distribution", "ProfileReport", "StepProfile", "WorkflowProfile"]
+__all__ = ["HEADER", "Distribution", "ProfileReport", "StepProfile", "WorkflowProfile", "latency_buckets"]
 
 #: said at the top of every report: what profiling changes in the run it measures
 HEADER = (
@@ -24,6 +24,7 @@ class Distribution:
     p50: float | None = None
     p95: float | None = None
     max: float | None = None
+    p99: float | None = None
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Distribution:
@@ -40,13 +41,14 @@ class Distribution:
         import numpy as np
 
         array = np.asarray(values, dtype=np.float64)
-        p50, p95 = np.percentile(array, [50, 95])
-        return cls(len(array), float(array.sum()), float(array.mean()), float(p50), float(p95), float(array.max()))
+        p50, p95, p99 = np.percentile(array, [50, 95, 99])
+        return cls(len(array), float(array.sum()), float(array.mean()), float(p50), float(p95), float(array.max()),
+                   float(p99))
 
     def to_json(self) -> dict[str, Any]:
         """Return the statistics as plain JSON data."""
         return {"count": self.count, "total": self.total, "mean": self.mean, "p50": self.p50, "p95": self.p95,
-                "max": self.max}
+                "p99": self.p99, "max": self.max}
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class ProfileReport:
         traps: trap hook events, per error code.
         records: records read; ``seconds`` the run's wall time; ``records_per_second`` their ratio.
         baseline_records_per_second: the same input without the profiler, when measured.
+        replicas: records each replica ran, by agent id.
     """
 
     backend: str
@@ -113,11 +116,41 @@ class ProfileReport:
     records: int = 0
     seconds: float = 0.0
     baseline_records_per_second: float | None = None
+    replicas: dict[str, int] = field(default_factory=dict)
+    #: the execution workflow's time of each record, in seconds (what the latency histogram counts)
+    latencies: tuple[float, ...] = field(default=(), repr=False)
+    #: each network layer's kernel time (`afprof.layers.LayerProfile`), when measured
+    layers: list[Any] = field(default_factory=list)
 
     @property
     def records_per_second(self) -> float | None:
         """Return records per second of the profiled run, or None when nothing ran."""
         return self.records / self.seconds if self.seconds > 0 and self.records else None
+
+    def breakdown(self) -> list[tuple[str, float]]:
+        """Return where the run's wall time went, as (part, seconds) adding up to ``seconds``.
+
+        The parts: the lifecycle workflows; each execution step (process_neural_network with the
+        backend call); the runner's own work per block (batching, publishing: a block's time less
+        its steps and backend call); and the edge (reading and parsing the input, queueing,
+        writing the output: the run's wall time less all the rest). With several replicas the
+        workflows overlap in time, so the parts are shares of the summed work, scaled to the wall.
+        """
+        parts: list[tuple[str, float]] = []
+        execution = next((w.seconds.total for w in self.workflows if w.workflow == "execution"), 0.0)
+        for w in self.workflows:
+            if w.workflow != "execution":
+                parts.append((w.workflow, w.seconds.total))
+        steps = [(f"{s.step} (line {s.line})" if s.line else s.step, s.seconds.total)
+                 for s in self.steps if s.workflow == "execution" and s.calls]
+        parts += steps
+        parts.append(("runner (batching, publishing)", max(execution - sum(t for _, t in steps), 0.0)))
+        work = sum(t for _, t in parts)
+        if work > self.seconds > 0:
+            parts = [(name, t * self.seconds / work) for name, t in parts]
+        else:
+            parts.append(("edge (reading, parsing, writing)", max(self.seconds - work, 0.0)))
+        return parts
 
     @property
     def overhead(self) -> float | None:
@@ -146,4 +179,25 @@ class ProfileReport:
             "fuel_budget": self.fuel_budget,
             "messages": dict(sorted(self.messages.items())),
             "traps": dict(sorted(self.traps.items())),
+            "replicas": dict(sorted(self.replicas.items())),
+            "breakdown": [{"part": name, "seconds": seconds} for name, seconds in self.breakdown()],
+            "layers": [layer.to_json() for layer in self.layers],
         }
+
+
+def latency_buckets(report: ProfileReport) -> list[tuple[str, int]]:
+    """Count the records' execution times in buckets a power of two of microseconds wide.
+
+    Returns:
+        (label such as ``"8-16"``, records) from the fastest bucket to the slowest, gaps included.
+    """
+    import math
+
+    if not report.latencies:
+        return []
+    exponents = [max(0, math.floor(math.log2(max(t * 1e6, 1.0)))) for t in report.latencies]
+    low, high = min(exponents), max(exponents)
+    counts = [0] * (high - low + 1)
+    for e in exponents:
+        counts[e - low] += 1
+    return [(f"{2 ** (low + i):,}-{2 ** (low + i + 1):,}", n) for i, n in enumerate(counts)]

@@ -167,6 +167,15 @@ class Agent:
         if engine is not None:
             self._run = self._raise_closed
             engine.close()
+            self._layer_events = getattr(engine, "layer_events", _no_layer_events)()
+
+    def layer_events(self) -> tuple[int, list[dict]]:
+        """Return onnxruntime's profile of the calls so far (loaded with ``profile_layers``): its start
+        in ns on the system clock and its node events (``name``, ``ts`` and ``dur`` in µs). The
+        profile ends at the first call (or at `close`); (0, []) for the wasm backend or without it."""
+        if self._engine is None:
+            return getattr(self, "_layer_events", (0, []))
+        return getattr(self._engine, "layer_events", _no_layer_events)()
 
     def _raise_closed(self, inputs: np.ndarray) -> np.ndarray:
         raise self._closed_error()
@@ -214,7 +223,7 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
     return sandbox.WasmBackend(sandbox.WasmPool(module, limits))
 
 
-def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Backend:
+def _onnx_engine(bundle: LoadedBundle, threads: int | None, profile_dir: str | None = None) -> Backend:
     from .inference import OnnxModel, ensure_safe_onnx, session_threads, threads_notice
 
     model_bytes = bundle.member("onnx")
@@ -225,11 +234,22 @@ def _onnx_engine(bundle: LoadedBundle, threads: int | None) -> Backend:
         input_name=bundle.input_name,
         output_name=bundle.output_name,
         threads=session_threads(bundle.limit("cpu_cores"), threads),
+        profile_dir=profile_dir,
     )
     model.ensure_signature(bundle.input_size, bundle.output_size)
     notice = threads_notice(bundle.limit("cpu_cores"), threads)
     model.notices = [notice] if notice else []
     return model
+
+
+def _no_layer_events() -> tuple[int, list[dict]]:
+    return 0, []
+
+
+def _profile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="af-onnx-profile-")
 
 
 def load(
@@ -240,6 +260,7 @@ def load(
     threads: int | None = None,
     cache_dir: Path | str | None = None,
     max_total_bytes: int | None = None,
+    profile_layers: bool = False,
     trust: Sequence[Any] | None = None,
     state_dir: str | os.PathLike | None = None,
 ) -> Agent:
@@ -254,6 +275,8 @@ def load(
         cache_dir: the compiled-module cache (wasm); default ``$XDG_CACHE_HOME/af/modules``.
         max_total_bytes: cap on what the bundle may decompress to (`afcore.bundle.MAX_TOTAL_BYTES`,
             1 GiB, when None); raise it for a trusted bigger bundle.
+        profile_layers: onnx only: turn on onnxruntime's profiler, which times every node of every
+            call; `Agent.layer_events` returns what it measured (`af profile`).
         trust: `afcore.signing.PublicKey` s: the bundle must be signed by one of them
             (`load_bundle`); None loads unsigned bundles too.
         state_dir: with ``trust``, the state directory where the highest signed version that ran
@@ -284,5 +307,5 @@ def load(
     if backend == "wasm":
         engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None)
     else:
-        engine = _onnx_engine(loaded, threads)
+        engine = _onnx_engine(loaded, threads, _profile_dir() if profile_layers else None)
     return Agent(loaded, engine, backend=backend)

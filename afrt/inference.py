@@ -75,7 +75,8 @@ class OnnxModel:
         BundleError: AF5043 when onnxruntime refuses the model.
     """
 
-    def __init__(self, model_bytes: bytes, *, agent: str, input_name: str, output_name: str, threads: int) -> None:
+    def __init__(self, model_bytes: bytes, *, agent: str, input_name: str, output_name: str, threads: int,
+                 profile_dir: str | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -83,8 +84,14 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only: warnings would go to stderr, bypassing diagnostics
+        if profile_dir is not None:  # onnxruntime's own profiler: the time of every node of every run
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(profile_dir, "onnxruntime")
         with map_onnx_load_errors("model.onnx"):
             self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self._profiling = profile_dir is not None
+        #: onnxruntime's node events once profiling ended (`layer_events`)
+        self._node_events: list[dict] | None = None
         self.agent = agent
         self.threads = threads
         #: notices of loading (`afrt.agent` sets them, e.g. `threads_notice`)
@@ -131,5 +138,26 @@ class OnnxModel:
         """Return the model itself: replicas share the session, whose ``run`` is thread-safe."""
         return self
 
+    def layer_events(self) -> tuple[int, list[dict]]:
+        """End onnxruntime's profiling (once) and return its start (ns, system clock) and node events.
+
+        Each event is onnxruntime's (``name`` such as ``fused layers.0.gemm_kernel_time``, ``ts`` in
+        µs from the start, ``dur`` in µs). Empty when the model was loaded without profiling.
+        """
+        if not self._profiling:
+            return 0, []
+        if self._node_events is None:
+            import json
+
+            path = self.session.end_profiling()
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    events = json.load(handle)
+            finally:
+                os.unlink(path)
+            self._node_events = [e for e in events if e.get("cat") == "Node" and e.get("ph") == "X"]
+        return self.session.get_profiling_start_time_ns(), self._node_events
+
     def close(self) -> None:
-        """Do nothing: the session is shared by the replicas and freed with the last reference."""
+        """End profiling (when on); the session is shared by the replicas and freed with the last reference."""
+        self.layer_events()

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from afc.tensors import encode_tensors
-from afc.writer import write_container, write_file_atomic
+from afc.writer import write_container
+from afcore.fsutil import write_file_atomic
 
 HERE = Path(__file__).resolve().parent
 #: fixed seed for every random choice

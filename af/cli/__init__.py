@@ -10,8 +10,8 @@ from __future__ import annotations
 from ._app import make_app
 
 #: subcommand modules, in the order `af --help` lists them
-COMMAND_MODULES = ("validate", "init", "pack", "unpack", "compile", "inspect", "export", "run", "profile", "debug",
-                   "keygen", "sign", "verify")
+COMMAND_MODULES = ("validate", "init", "pack", "unpack", "train", "compile", "inspect", "export", "run", "profile",
+                   "debug", "keygen", "sign", "verify")
 
 #: the `af` group (a click.Group)
 app = make_app(COMMAND_MODULES)

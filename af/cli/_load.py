@@ -92,7 +92,8 @@ def open_stream(path: str, mode: str, std: Any) -> IO[bytes]:
 
 
 def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None, *, command: str = "af run",
-               max_bundle_mb: Optional[int] = None, trust: tuple[Path, ...] = (), state_dir: Optional[Path] = None) -> Any:
+               max_bundle_mb: Optional[int] = None, profile_layers: bool = False, trust: tuple[Path, ...] = (),
+               state_dir: Optional[Path] = None) -> Any:
     """Load a bundle, or compile an .af file in memory first (like `go run`: nothing is written).
 
     The file's kind is read from its content, not its name.
@@ -103,6 +104,7 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         fuel: wasm fuel per record (None: derived from the network's size).
         command: the command, for messages.
         max_bundle_mb: ``--max-bundle-mb`` (None: the default cap).
+        profile_layers: on onnx, turn onnxruntime's profiler on (`afrt.load`), for `af profile --trace`.
         trust: ``--trust`` public key files: the bundle must be signed by one of them
             (`afcore.signing`), and not older than what ran from ``state_dir``.
         state_dir: ``--state-dir``, where signed versions that ran are recorded (with ``trust``).
@@ -141,7 +143,8 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
         data = compile_agent(load_agent_file(bundle).spec(), targets=targets)
         # made here and now, from a file that validated: no cap on what it inflates to
-        return afrt.load(data, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize)
+        return afrt.load(data, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize,
+                         profile_layers=profile_layers and backend == "onnx")
     gc.disable()
     read = _read_ahead(bundle, bundle_cap(max_bundle_mb), keys)
     import afrt
@@ -151,7 +154,8 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         targets = loaded.manifest.get("targets") or BACKENDS
         backend = next((b for b in BACKENDS if b in targets), BACKENDS[0])
         ensure_fuel_applies(backend, fuel)
-    return afrt.load(loaded, backend=backend, fuel_per_record=fuel, trust=keys, state_dir=state_dir)
+    return afrt.load(loaded, backend=backend, fuel_per_record=fuel, profile_layers=profile_layers and backend == "onnx",
+                     trust=keys, state_dir=state_dir)
 
 
 def _read_ahead(path: Path, max_total_bytes: int, trust: Optional[list] = None) -> Callable[[], Any]:

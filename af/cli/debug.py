@@ -22,14 +22,20 @@ from ._output import say
 @click.option("--break", "-b", "breaks", multiple=True, metavar="STEP|STEP@N|record=ID",
               help="Stop before STEP, STEP@N (N-th record) or at record=ID; repeatable.")
 @click.option("--trace", is_flag=True, help="Show each step as it runs, with its source line.")
+@click.option("--commands", "commands_path", type=click.Path(path_type=Path),
+              help="Read the commands at each stop from this file (one per line) instead of stdin.")
 @agent_options
 def debug_command(bundle: Path, *, input_path: str, output_path: str, breaks: tuple[str, ...], trace: bool,
-                  backend: Optional[str], fuel: Optional[int], max_bundle_mb: Optional[int]) -> None:
+                  commands_path: Optional[Path], backend: Optional[str], fuel: Optional[int],
+                  max_bundle_mb: Optional[int]) -> None:
     """Debug an agent: one replica, batches of one record, breakpoints and a step trace.
 
-    At a stop, commands are read from stdin: c|continue, s|step, p PATH (input, output, memory,
-    memory.count, output.max ...), bt|where, q|quit (finish the records already read, run the
-    shutdown workflow, exit 0), h|help. When stdin has no more commands, the run continues.
+    At a stop, commands are read from stdin (or --commands FILE): c|continue, s|step, n|next (stop
+    at the next record), run N, p PATH (input, output, memory, memory.count, output.max ...),
+    layers (each layer's values for the record), diff (ONNX and WebAssembly outputs side by side),
+    fuel (the last wasm call's fuel against its budget), b|break [STEP[@N] [when EXPR]], delete [N],
+    bt|where, q|quit (finish the records already read, run the shutdown workflow, exit 0), h|help.
+    When the commands run out, the run continues.
     Ctrl-C at the prompt stops the run as SIGINT does (shutdown workflow, exit 130).
 
     Exit codes: 0 the input was consumed or the session quit; 1 the bundle cannot be loaded or an
@@ -47,7 +53,7 @@ def debug_command(bundle: Path, *, input_path: str, output_path: str, breaks: tu
                          code="AF0952", hint="put the records in a file and pass --input FILE")
     agent = load_agent(bundle, backend, fuel, command="af debug", max_bundle_mb=max_bundle_mb)
     ensure_breakpoints(breakpoints, agent.workflows)
-    prompt = Prompt()
+    prompt = Prompt(_read_commands(commands_path) if commands_path is not None else None)
     debugger = Debugger(read=prompt.read, write=say, breakpoints=breakpoints, trace=trace,
                         source=_header_text(agent))
     source = open_stream(input_path, "rb", sys.stdin)
@@ -76,6 +82,14 @@ def debug_command(bundle: Path, *, input_path: str, output_path: str, breaks: tu
         raise click.exceptions.Exit(SIGNAL_EXIT.get(interrupted, 130))
 
 
+def _read_commands(path: Path) -> list[str]:
+    """Return the lines of a --commands file (blank lines and `#` comments left out)."""
+    from ._files import read_input
+
+    text = read_input(path).decode("utf-8", errors="replace")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
 def _header_text(agent: Any) -> Optional[str]:
     data = agent.bundle.members.get("agent.yaml")
     return data.decode("utf-8", errors="replace") if data is not None else None
@@ -90,14 +104,21 @@ class Prompt:
     echoed after the prompt, so that the transcript on stderr shows what was asked.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, script: Optional[list[str]] = None) -> None:
         self.on_interrupt: Optional[Callable[[], None]] = None
         self.interrupted = False
+        self.script = script  # the commands of --commands FILE, read in order instead of stdin
 
     def read(self) -> Optional[str]:
-        """Return the next command line, or None at the end of stdin (the run then continues)."""
+        """Return the next command line, or None at the end of the commands (the run then continues)."""
         from afdebug.debugger import PROMPT
 
+        if self.script is not None:
+            if not self.script:
+                return None
+            line = self.script.pop(0)
+            say(f"{PROMPT}{line}")
+            return line
         if not sys.stdin.isatty():
             line = sys.stdin.readline()
             if line:

@@ -11,7 +11,7 @@ import pytest
 import zstandard
 
 from afc.reader import read_container
-from afc.writer import BASE64_LINE_LENGTH, compress_payload, encode_base64_lines, write_container, write_file_atomic
+from afc.writer import BASE64_LINE_LENGTH, compress_payload, encode_base64_lines, write_af_file, write_container
 from afcore.errors import UsageError
 
 
@@ -81,11 +81,11 @@ class TestWriteContainer:
             write_container("a: 1\n", sections, newline=newline)
 
 
-class TestWriteFileAtomic:
+class TestWriteAfFile:
     def test_creates_and_replaces(self, tmp_path: Path):
         target = tmp_path / "agent.af"
-        write_file_atomic(target, b"one")
-        write_file_atomic(target, b"two")
+        write_af_file(target, b"one", code="AF0914")
+        write_af_file(target, b"two", code="AF0914")
         assert target.read_bytes() == b"two"
         assert os.listdir(tmp_path) == ["agent.af"]
 
@@ -93,13 +93,18 @@ class TestWriteFileAtomic:
         target = tmp_path / "agent.af"
         target.write_bytes(b"old")
         target.chmod(0o640)
-        write_file_atomic(target, b"new")
+        write_af_file(target, b"new", code="AF0914")
         assert stat.S_IMODE(target.stat().st_mode) == 0o640
 
     def test_failure_leaves_old_file_and_no_temporary(self, tmp_path: Path):
         target = tmp_path / "agent.af"
         target.write_bytes(b"old")
         with pytest.raises(TypeError):
-            write_file_atomic(target, "not bytes")  # type: ignore[arg-type]
+            write_af_file(target, "not bytes", code="AF0914")  # type: ignore[arg-type]
         assert target.read_bytes() == b"old"
         assert os.listdir(tmp_path) == ["agent.af"]
+
+    def test_an_unwritable_place_is_the_commands_usage_error(self, tmp_path: Path):
+        with pytest.raises(UsageError) as info:
+            write_af_file(tmp_path / "missing" / "agent.af", b"x", code="AF6031")
+        assert info.value.code == "AF6031" and "missing" in info.value.message and info.value.hint

@@ -107,10 +107,10 @@ class TestCleanStaleTemporaries:
 
 
 def _write_af(directory: Path) -> Path:
-    from afc.writer import write_file_atomic
+    from afc.writer import write_af_file
 
     target = directory / "agent.af"
-    write_file_atomic(target, EXAMPLE.read_bytes())
+    write_af_file(target, EXAMPLE.read_bytes(), code="AF0914")
     return target
 
 

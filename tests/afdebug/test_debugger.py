@@ -110,7 +110,10 @@ class TestSession:
         assert orjson.loads(printed["output"]) == pytest.approx(xor_reference(X[1:2])[0].tolist(), rel=1e-5, abs=1e-6)
         assert printed["memory.count"] == "1"  # update_memory has not run yet for record 2
         assert printed["input[1]"] == "1.0"
-        assert any(line.startswith("agent xor-agent-") and "workflow execution, step update_memory" in line for line in out)
+        where = out.index(next(line for line in out if line.startswith("agent xor-agent-")))
+        assert out[where].endswith("workflow execution (record 2, id 'r1'):")
+        assert out[where + 1:where + 5] == ["    receive_input", "    process_neural_network", " -> update_memory",
+                                            "    send_output"]
 
     def test_a_field_that_does_not_exist_yet_is_an_error_line(self, xor_bundle):
         out, _ = session(xor_bundle, ["p output.max", "p memory.nope", "p bogus", "c"],

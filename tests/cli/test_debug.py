@@ -78,7 +78,7 @@ class TestDebugCommand:
     def test_bt_and_step(self, inputs):
         result = debug(XOR, "--input", inputs, "--break", "record=r1", commands="bt\ns\np input\nc\n")
         assert result.exit_code == 0, result.stderr
-        assert re.search(r"^agent xor-agent-\w+, workflow execution, step receive_input \(record 2, id 'r1'\)$",
+        assert re.search(r"^agent xor-agent-\w+, workflow execution \(record 2, id 'r1'\):\n -> receive_input$",
                          result.stderr, re.M)
         assert "stopped (step) before execution/process_neural_network (record 2, id 'r1')" in result.stderr
         assert 'input = {"id": "r1", "line": 2, "values": [0.0, 1.0]}' in result.stderr
@@ -231,3 +231,85 @@ class TestAtATerminal:
             os.close(leader)
             proc.kill()
         assert proc.returncode == 0, (seen + err).decode()
+
+
+    def test_a_session_at_a_terminal(self, inputs):
+        """Break on a step with a guard, look inside the network, go to the next record, quit."""
+        import os
+
+        proc, leader = _debug_on_a_terminal(inputs, "--backend", "wasm", "--break", "send_output when input[0] > 0.5")
+        try:
+            seen = _read_until(proc, b"(afdb) ")
+            for command, answer in ((b"layers\n", b"layer 1 post"), (b"diff\n", b"largest absolute difference"),
+                                    (b"fuel\n", b"fuel: the last call used"),
+                                    (b"next\n", b"stopped (next record)"), (b"q\n", b"records:")):
+                os.write(leader, command)
+                seen += _read_until(proc, answer)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(leader)
+            proc.kill()
+        text = (seen + err).decode()
+        assert proc.returncode == 0, text
+        assert "stopped (breakpoint send_output when input[0] > 0.5) before execution/send_output (record 3, id 'r2')" in text
+        assert "stopped (next record) before execution/receive_input (record 4, id 'r3')" in text
+        assert "Traceback" not in text
+
+
+class TestInsideTheNetwork:
+    """`layers`, `diff`, `fuel`, conditional breakpoints, `next` and `run N` through --commands (issue 13)."""
+
+    @pytest.fixture
+    def dead_unit_bundle(self, tmp_path):
+        import afc
+
+        source = tmp_path / "dead.af"
+        made = CliRunner().invoke(app, ["init", str(tmp_path / "dead"), "--input-size", "3", "--hidden", "4",
+                                        "--output-size", "2", "--activation", "relu"])
+        assert made.exit_code == 0, made.stderr
+        agent = afc.load_agent_file(source)
+        weights = {}
+        for layer in agent.spec().network.layers:
+            weights[f"layers.{layer.index}.weight"] = np.array(layer.weight)
+            weights[f"layers.{layer.index}.bias"] = np.array(layer.bias)
+        weights["layers.0.weight"][2] = 0.0  # unit 2 of the hidden layer: no input reaches it...
+        weights["layers.0.bias"][2] = -1.0  # ...and its bias keeps it below 0: relu makes it dead
+        source.write_bytes(afc.write_container(agent.header_text,
+                                               [("neural_weights", afc.encode_tensors(weights))]))
+        bundle = tmp_path / "dead.afb"
+        afc.compile_file(source, output=bundle)
+        records = tmp_path / "in.jsonl"
+        records.write_text("".join(f'{{"id": "r{i}", "input": [{i}, {1 - i}, 0.5]}}\n' for i in range(3)))
+        return bundle, records
+
+    def test_layers_names_the_dead_unit_and_diff_compares_the_backends(self, dead_unit_bundle, tmp_path):
+        bundle, records = dead_unit_bundle
+        script = tmp_path / "commands.txt"
+        script.write_text("# a comment\nlayers\ndiff\nfuel\nrun 1\nlayers\nc\n")
+        result = debug(bundle, "--input", records, "--backend", "wasm", "--break", "send_output@1",
+                       "--commands", script)
+        assert result.exit_code == 0, result.stderr
+        err = result.stderr
+        hidden = [line for line in err.splitlines() if line.strip().startswith("layer 0 post relu")]
+        # unit 2 is dead for every record (the others depend on the input)
+        units = [re.search(r"\(units ([\d, ]+)\)", line).group(1).split(", ") for line in hidden]
+        assert len(hidden) == 2 and all("2" in found for found in units)
+        assert "largest absolute difference" in err
+        diff = [line for line in err.splitlines() if re.match(r"^\s+[01]\s+-?[\d.e+-]+\s+-?[\d.e+-]+", line)]
+        assert len(diff) == 2 and all(abs(float(l.split()[1]) - float(l.split()[2])) < 1e-4 for l in diff)
+        assert "fuel: the last call used" in err
+        assert "stopped (next record) before execution/receive_input (record 3, id 'r2')" in err
+
+    def test_a_breakpoint_with_a_guard_stops_only_where_it_holds(self, tmp_path):
+        rows = tmp_path / "in.jsonl"
+        rows.write_text("".join(f'{{"id": "r{i}", "input": [{i % 2}, {(i // 2) % 2}]}}\n' for i in range(4)))
+        result = debug(XOR, "--input", rows, "--break", "send_output when input[0] > 0.5 and input[1] < 0.5",
+                       commands="p input.id\nc\n")
+        assert result.exit_code == 0, result.stderr
+        stops = [line for line in result.stderr.splitlines() if line.startswith("stopped")]
+        assert stops == ["stopped (breakpoint send_output when input[0] > 0.5 and input[1] < 0.5) before "
+                         "execution/send_output (record 2, id 'r1')"]
+
+    def test_a_bad_condition_is_a_usage_error(self, inputs):
+        bad = debug(XOR, "--input", inputs, "--break", "send_output when output.max >")
+        assert bad.exit_code == 2 and "AF0950" in bad.stderr and "Traceback" not in bad.stderr

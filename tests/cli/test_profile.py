@@ -135,7 +135,8 @@ class TestNewUserBugs:
         assert result.exit_code == 0, result.stderr
         table_lines = [line for line in result.stderr.splitlines()
                        if line.startswith(("workflow ", "initialization", "execution", "shutdown", "--"))]
-        assert len(table_lines) == 2 * 2 + 3 + 11  # two headers and rules, 3 workflows, 11 steps
+        # two headers and rules, 3 workflows, 11 steps, and the rule of the layers table
+        assert len(table_lines) == 2 * 2 + 3 + 11 + 1
         assert all(len(line) <= columns for line in table_lines)
         for name in ("process_neural_network", "cleanup_resources", "initialization"):
             assert name in result.stderr  # whole, on one line
@@ -149,3 +150,82 @@ class TestNewUserBugs:
         assert fit_columns(columns, rows, ("total", "line"), 200) == list(columns)
         assert fit_columns(columns, rows, ("total", "line"), 45) == ["workflow", "step", "line"]
         assert fit_columns(columns, rows, ("total", "line"), 10) == []
+
+
+class TestReportContract:
+    """The --json report validates against schemas/profile-1.0.schema.json, its breakdown adds up to the
+    wall time, and --trace writes spans that nest (issue 13)."""
+
+    def test_json_validates_and_the_breakdown_adds_up(self, tmp_path):
+        import jsonschema
+
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        result = profile(XOR, "--input", inputs, "--json", "--replicas", 2, "--max-batch", 4)
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(result.stdout)
+        schema = json.loads((ROOT / "schemas" / "profile-1.0.schema.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(report)
+        parts = {p["part"]: p["seconds"] for p in report["breakdown"]}
+        assert sum(parts.values()) == pytest.approx(report["seconds"], rel=0.10)
+        assert parts["process_neural_network (line 44)"] > 0 and sum(report["replicas"].values()) == len(X)
+
+    def test_trace_is_json_with_nested_spans(self, tmp_path):
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        trace = tmp_path / "out" / "trace.json"
+        result = profile(XOR, "--input", inputs, "--trace", trace, "--backend", "wasm")
+        assert result.exit_code == 0, result.stderr
+        events = json.loads(trace.read_text())["traceEvents"]
+        spans = sorted((e for e in events if e["ph"] == "X"), key=lambda e: (e["tid"], e["ts"], -e["dur"]))
+        stack: list[dict] = []
+        for span in spans:
+            while stack and (stack[-1]["tid"] != span["tid"] or stack[-1]["ts"] + stack[-1]["dur"] <= span["ts"] + 0.002):
+                stack.pop()
+            if stack:
+                assert span["ts"] + span["dur"] <= stack[-1]["ts"] + stack[-1]["dur"] + 0.002, (span, stack[-1])
+            stack.append(span)
+        assert {"backend (wasm)", "process_neural_network", "execution", "initialization"} <= {e["name"] for e in spans}
+
+    def test_pictures_fit_80_columns(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("COLUMNS", "80")
+        inputs = write_inputs(tmp_path / "in.jsonl", X)
+        result = profile(XOR, "--input", inputs, "--backend", "wasm")
+        assert result.exit_code == 0, result.stderr
+        for title in ("where the run's", "time per record in the execution workflow", "fuel per record against the budget"):
+            assert title in result.stderr
+        assert max(len(line) for line in result.stderr.splitlines()) <= 80
+
+
+class TestLayers:
+    """Time per layer: a separate pass with onnxruntime's profiler, and its events in the trace."""
+
+    @pytest.fixture
+    def digits(self, tmp_path):
+        rows = (ROOT / "examples" / "classification-inputs.jsonl").read_bytes().splitlines()[:200]
+        path = tmp_path / "in.jsonl"
+        path.write_bytes(b"\n".join(rows) + b"\n")
+        return path
+
+    def test_each_layer_has_its_kernel_time(self, digits):
+        result = profile(ROOT / "examples" / "classification-agent.af", "--input", digits, "--json")
+        assert result.exit_code == 0, result.stderr
+        layers = json.loads(result.stdout)["layers"]
+        assert [layer["layer"] for layer in layers] == [0, 1, 2, 3]
+        assert all(layer["calls"] >= 64 and layer["seconds"]["mean"] > 0 for layer in layers)
+        # 784x128 multiply-adds against 128x64: the first layer is the costly one, by far
+        assert layers[0]["seconds"]["mean"] > 2 * layers[1]["seconds"]["mean"]
+
+    def test_the_trace_holds_onnxruntime_layers_inside_backend_calls(self, digits, tmp_path):
+        trace = tmp_path / "trace.json"
+        result = profile(ROOT / "examples" / "classification-agent.af", "--input", digits, "--trace", trace)
+        assert result.exit_code == 0, result.stderr
+        events = json.loads(trace.read_text())["traceEvents"]
+        backend = [e for e in events if e.get("cat") == "backend"]
+        layers = [e for e in events if e.get("cat") == "layer" and e["tid"] != 0]  # tid 0: the warm-up call
+        assert len(layers) >= 4 * len(backend) // 2
+        for span in layers:
+            assert any(b["tid"] == span["tid"] and b["ts"] <= span["ts"] + 0.002
+                       and span["ts"] + span["dur"] <= b["ts"] + b["dur"] + 0.002 for b in backend), span
+
+    def test_wasm_says_it_has_no_layer_times(self, digits):
+        result = profile(ROOT / "examples" / "classification-agent.af", "--input", digits, "--backend", "wasm")
+        assert result.exit_code == 0 and "no time per layer" in " ".join(result.stderr.split())
