@@ -39,7 +39,7 @@ examples: $(STAMP)
 
 # Fuzzes each parser (tests/fuzz/fuzz_targets.py) for AF_FUZZ_SECONDS seconds (default 600) per target,
 # with atheris where it installs, else hypothesis; inputs that fail go to tests/corpus/fuzz/<target>/.
-# (`make test` runs the same targets for AF_FUZZ_EXAMPLES inputs each, default 2000, about 30 s.)
+# (`make test` runs the same targets for AF_FUZZ_EXAMPLES inputs each, default 4000, about 30 s.)
 fuzz: $(STAMP)
 	$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install --quiet atheris \
 		|| echo "atheris does not install here: hypothesis will drive the targets"

@@ -17,7 +17,7 @@ import fuzz_targets
 from mutations import fuzz_inputs
 
 #: examples per target in the ordinary test run
-DEFAULT_EXAMPLES = 2000
+DEFAULT_EXAMPLES = 4000
 EXAMPLES = int(os.environ.get("AF_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
 
 
