@@ -3,10 +3,11 @@
 The compiler writes bundles with `write_bundle`; the runtime and `af inspect` read them with
 `read_bundle`, which never extracts to disk, never unpickles and never deserializes code. It checks
 that the file is exactly one complete zstd frame (a truncated frame decodes silently otherwise),
-reads the manifest first (and the bundle's signature, ``signature.json``, when it follows: a caller's
-``verify`` sees both before the manifest is parsed), and accepts only regular members with plain
-relative names, each listed exactly once in the manifest with its size and sha256; no member is inflated before its header has
-been checked against the manifest, nor when the listed members exceed the size cap. The manifest
+reads the manifest first (and the bundle's signature, ``signature.json``, when it follows: a
+caller's ``verify`` sees both before the manifest is parsed), and accepts only regular members with
+plain relative names, each listed exactly once in the manifest with its size and sha256, and zeros
+in every padding; no member is inflated before its header has been checked against the manifest,
+nor when the listed members exceed the size cap. The manifest
 itself is typed and checked in `afcore.manifest` (`Manifest`).
 
 Writing is reproducible: same manifest and members, same bytes (fixed member order, mtime 0,
