@@ -59,6 +59,7 @@ __all__ = [
     "sign_bundle",
     "sign_manifest",
     "signed_version",
+    "trusted_keys",
     "verify_loaded_bundle",
     "verify_signature",
 ]
@@ -360,6 +361,26 @@ def _encode_statement(statement: dict[str, Any]) -> bytes:
     return json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
 
 
+def trusted_keys(keys: Iterable[Any]) -> tuple[PublicKey, ...]:
+    """Return ``keys`` as `PublicKey` s: each a `PublicKey` or a `cryptography` Ed25519 public key.
+
+    Raises:
+        UsageError: AF0963 when ``keys`` is empty or holds anything else.
+    """
+    out = []
+    for key in keys:
+        if not isinstance(key, PublicKey):
+            raw = getattr(key, "public_bytes_raw", None)
+            if raw is None or type(key).__name__ != "Ed25519PublicKey":
+                raise UsageError(f"a trusted key must be an Ed25519 public key, not a {type(key).__name__}",
+                                 code="AF0963", hint="read it with afcore.signing.load_public_key")
+            key = PublicKey(raw())
+        out.append(key)
+    if not out:
+        raise UsageError("no trusted key was given", code="AF0963", hint="pass the signers' public keys (--trust)")
+    return tuple(out)
+
+
 def _trusted_ids(trusted: Sequence[PublicKey]) -> str:
     return ", ".join(sorted({key.key_id for key in trusted}))
 
@@ -418,7 +439,7 @@ def read_signed_bundle(source: bytes | str | os.PathLike, trusted: Iterable[Publ
 
     Args:
         source: the .afb bytes or a path to them.
-        trusted: the keys whose signatures are accepted (at least one).
+        trusted: the keys whose signatures are accepted (at least one; `trusted_keys`).
         max_total_bytes: as for `afcore.bundle.read_bundle`.
 
     Returns:
@@ -428,11 +449,9 @@ def read_signed_bundle(source: bytes | str | os.PathLike, trusted: Iterable[Publ
         BundleError: the container faults of `afcore.bundle.read_bundle` met before the signature;
             AF4050-AF4054 (`verify_signature`); AF4055 for a member that is not listed in the signed
             manifest, missing, or of another size or sha256 (mix-and-match).
-        UsageError: AF0963 when ``trusted`` is empty.
+        UsageError: AF0963 when ``trusted`` is empty or holds something other than a public key.
     """
-    keys = tuple(trusted)
-    if not keys:
-        raise UsageError("no trusted key was given", code="AF0963", hint="pass the signers' public keys (--trust)")
+    keys = trusted_keys(trusted)
     verified: list[Signature] = []
 
     def verify(manifest_bytes: bytes, signature: bytes | None) -> Signature:
@@ -456,9 +475,7 @@ def verify_loaded_bundle(bundle: Bundle, trusted: Iterable[PublicKey]) -> Signat
         BundleError: as `read_signed_bundle`.
         UsageError: AF0963 when ``trusted`` is empty.
     """
-    keys = tuple(trusted)
-    if not keys:
-        raise UsageError("no trusted key was given", code="AF0963", hint="pass the signers' public keys (--trust)")
+    keys = trusted_keys(trusted)
     if isinstance(bundle.verified, Signature) and bundle.verified.key in keys:
         return bundle.verified
     if not bundle.manifest_bytes:

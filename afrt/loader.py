@@ -115,7 +115,7 @@ def load_bundle(source: str | os.PathLike | bytes | Any, *, max_total_bytes: int
     Args:
         source: a path to an .afb, its bytes, or an `afcore.bundle.Bundle` already read.
         max_total_bytes: cap on the decompressed size (`afcore.bundle.MAX_TOTAL_BYTES` when None).
-        trust: `afcore.signing.PublicKey` s; when given, the bundle must carry a signature by one
+        trust: `afcore.signing.PublicKey` s (or `cryptography` Ed25519 public keys); when given, the bundle must carry a signature by one
             of them over its manifest, checked before the manifest is parsed (a `Bundle` already
             read is checked too: its signature, then each member's sha256).
 
@@ -161,9 +161,12 @@ def ensure_trusted(loaded: LoadedBundle, trust: Sequence[Any]) -> None:
         BundleError: AF4050 when it was loaded without a verified signature; AF4051 when the
             key that verified it is not among ``trust``.
     """
+    from afcore.signing import trusted_keys
+
+    keys = trusted_keys(trust)
     if loaded.signature is None:
         raise BundleError("the bundle was loaded without a verified signature", code="AF4050",
                           hint="load it with afrt.load_bundle(..., trust=keys)")
-    if loaded.signature.key not in tuple(trust):
+    if loaded.signature.key not in keys:
         raise BundleError(f"the bundle is signed by key {loaded.signature.key_id}, which is not trusted",
                           code="AF4051", hint="pass the signer's public key in trust=")

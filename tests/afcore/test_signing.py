@@ -354,3 +354,15 @@ class TestTamperingWithAnyByte:
                 assert code == "AF4053", (position, code)  # the signature names another manifest
         assert by_code.get("AF4055", 0) > 500  # members' bytes: not as signed
         assert {"AF4001", "AF4052", "AF4053", "AF4054", "AF4055"} <= set(by_code), by_code
+
+
+class TestTrustedKeys:
+    def test_cryptography_keys_are_accepted(self, signed: bytes):
+        key = KEY.private_key.public_key()
+        assert signing.read_signed_bundle(signed, [key]).verified.key_id == KEY.key_id
+
+    @pytest.mark.parametrize("key", [b"raw bytes", "team.pub", None])
+    def test_anything_else_is_a_usage_error(self, signed: bytes, key):
+        with pytest.raises(UsageError) as caught:
+            signing.read_signed_bundle(signed, [key])
+        assert caught.value.code == "AF0963"
