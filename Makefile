@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 AF := $(VENV)/bin/af
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv lint bench examples clean
+.PHONY: demo test venv lint bench examples clean fuzz
 
 venv: $(STAMP)
 
@@ -36,6 +36,14 @@ demo: $(STAMP)
 # Rebuilds examples/*.af reproducibly (trains on scikit-learn's bundled digits).
 examples: $(STAMP)
 	$(PY) examples/build.py
+
+# Fuzzes each parser (tests/fuzz/fuzz_targets.py) for AF_FUZZ_SECONDS seconds (default 600) per target,
+# with atheris where it installs, else hypothesis; inputs that fail go to tests/corpus/fuzz/<target>/.
+# (`make test` runs the same targets for AF_FUZZ_EXAMPLES inputs each, default 4000, about 30 s.)
+fuzz: $(STAMP)
+	$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install --quiet atheris \
+		|| echo "atheris does not install here: hypothesis will drive the targets"
+	$(PY) tests/fuzz/run.py --seconds $${AF_FUZZ_SECONDS:-600}
 
 bench: $(STAMP)
 	$(PY) benchmarks/format.py

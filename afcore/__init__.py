@@ -1,8 +1,9 @@
 """Shared layer of af: errors, source spans, diagnostics, parsed steps, the bundle container and its
 typed manifest, and the one atomic file writer (`afcore.fsutil`).
 
-It imports only the standard library and zstandard, so that the compiler (`afc`) and the
-runtime (`afrt`) can share it without importing each other. The names below are resolved on
+It imports only the standard library and zstandard (and `cryptography`, on first use, in
+`afcore.signing`), so that the compiler (`afc`) and the runtime (`afrt`) can share it without
+importing each other. The names below are resolved on
 first use, as in `af`: `import afcore` (which `import af` does, for ``__version__``) stays cheap
 for `af run`, which needs the errors but not the diagnostics until something goes wrong.
 """

@@ -3,9 +3,11 @@
 The compiler writes bundles with `write_bundle`; the runtime and `af inspect` read them with
 `read_bundle`, which never extracts to disk, never unpickles and never deserializes code. It checks
 that the file is exactly one complete zstd frame (a truncated frame decodes silently otherwise),
-reads the manifest first, and accepts only regular members with plain relative names, each listed
-exactly once in the manifest with its size and sha256; no member is inflated before its header has
-been checked against the manifest, nor when the listed members exceed the size cap. The manifest
+reads the manifest first (and the bundle's signature, ``signature.json``, when it follows: a
+caller's ``verify`` sees both before the manifest is parsed), and accepts only regular members with
+plain relative names, each listed exactly once in the manifest with its size and sha256, and zeros
+in every padding; no member is inflated before its header has been checked against the manifest,
+nor when the listed members exceed the size cap. The manifest
 itself is typed and checked in `afcore.manifest` (`Manifest`).
 
 Writing is reproducible: same manifest and members, same bytes (fixed member order, mtime 0,
@@ -19,7 +21,7 @@ import json
 import os
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import zstandard
 
@@ -31,14 +33,17 @@ __all__ = [
     "IN_MEMORY_BYTES",
     "MANIFEST_NAME",
     "MAX_MANIFEST_BYTES",
+    "MAX_SIGNATURE_BYTES",
     "MAX_TOTAL_BYTES",
     "MEMBER_ORDER",
     "Member",
+    "SIGNATURE_NAME",
     "SUPPORTED_FORMAT_VERSIONS",
     "WINDOW_LOG",
     "ZSTD_LEVEL",
     "Bundle",
     "Manifest",
+    "assemble_bundle",
     "encode_manifest",
     "iter_bundle",
     "member_size",
@@ -48,6 +53,11 @@ __all__ = [
 
 #: name of the first member
 MANIFEST_NAME = "manifest.json"
+#: name of the signature member (`afcore.signing`): second when present, never listed in the manifest,
+#: whose bytes it signs
+SIGNATURE_NAME = "signature.json"
+#: the largest signature member accepted (one Ed25519 signature takes about 400 bytes)
+MAX_SIGNATURE_BYTES = 64 << 10
 #: the tar block size (tarfile.BLOCKSIZE: tarfile itself is imported only to write)
 BLOCK = 512
 #: default cap on the decompressed size of a whole bundle (tar stream), in bytes: 1 GiB. A valid bundle
@@ -103,13 +113,20 @@ class Bundle:
 
     Attributes:
         manifest: the parsed ``manifest.json``.
-        members: member name -> bytes (``manifest.json`` excluded); every size and sha256 verified.
+        members: member name -> bytes (``manifest.json`` and ``signature.json`` excluded); every size
+            and sha256 verified.
         digest: sha256 (hex) of the .afb file's bytes.
+        manifest_bytes: ``manifest.json`` exactly as stored (what a signature signs).
+        signature: the bytes of ``signature.json``, None for an unsigned bundle (not verified here).
+        verified: what ``read_bundle``'s ``verify`` returned (`afcore.signing.Signature`), else None.
     """
 
     manifest: dict
     members: Mapping[str, bytes]
     digest: str
+    manifest_bytes: bytes = b""
+    signature: bytes | None = None
+    verified: Any = None
 
 
 # --------------------------------------------------------------------------- writing
@@ -120,11 +137,12 @@ def _member_key(name: str) -> tuple[int, str]:
 
 
 def _check_member_name(name: str) -> None:
-    if name == MANIFEST_NAME or not _is_safe_name(name) or len(name.encode()) > 100:
+    if name in (MANIFEST_NAME, SIGNATURE_NAME) or not _is_safe_name(name) or len(name.encode()) > 100:
         raise BundleError(
             f"cannot write a member named {name!r}",
             code="AF4016",
-            hint="member names are relative POSIX paths of at most 100 bytes, other than manifest.json",
+            hint="member names are relative POSIX paths of at most 100 bytes, other than manifest.json "
+            "and signature.json",
         )
 
 
@@ -250,12 +268,39 @@ def iter_bundle(
     digests = {**known, **_digests(chunked, known)}
     full = dict(manifest)
     full["members"] = [{"name": name, "size": sizes[name], "sha256": digests[name]} for name in sorted(members)]
-    manifest_bytes = encode_manifest(full)
+    return _compress_parts(_archive_parts(encode_manifest(full), chunked, sizes, None))
+
+
+def _archive_parts(manifest_bytes: bytes, chunked: Mapping[str, list[Any]], sizes: Mapping[str, int],
+                   signature: bytes | None) -> list[Any]:
     parts = _tar_member(MANIFEST_NAME, [manifest_bytes], len(manifest_bytes))
-    for name in sorted(members, key=_member_key):
+    if signature is not None:
+        parts += _tar_member(SIGNATURE_NAME, [signature], len(signature))
+    for name in sorted(chunked, key=_member_key):
         parts += _tar_member(name, chunked[name], sizes[name])
     parts.append(bytes(2 * BLOCK))  # end-of-archive marker
-    return _compress_parts(parts)
+    return parts
+
+
+def assemble_bundle(manifest_bytes: bytes, members: Mapping[str, Member], *, signature: bytes | None = None) -> bytes:
+    """Write a bundle around manifest bytes kept as they are (`af sign` adds a signature this way).
+
+    Args:
+        manifest_bytes: ``manifest.json`` exactly as it is to be stored (a signature signs these bytes).
+        members: member name -> bytes (or buffers); they must be those the manifest lists.
+        signature: the bytes of ``signature.json``, written second; None for none.
+
+    Returns:
+        The .afb bytes, laid out as `write_bundle` lays them out.
+
+    Raises:
+        BundleError: AF4016 for a member name that is unsafe or too long.
+    """
+    for name in members:
+        _check_member_name(name)
+    chunked = {name: _member_chunks(data) for name, data in members.items()}
+    sizes = {name: _member_size(chunks) for name, chunks in chunked.items()}
+    return b"".join(_compress_parts(_archive_parts(manifest_bytes, chunked, sizes, signature)))
 
 
 def _compress_parts(parts: list[Any]) -> Iterator[bytes]:
@@ -390,6 +435,11 @@ def _too_big(limit: int, what: str = "the bundle decompresses to") -> BundleErro
     )
 
 
+def _nonzero(where: str) -> BundleError:
+    return BundleError(f"the bundle's tar archive is corrupt: non-zero bytes {where}", code="AF4001",
+                       hint="af writes zeros there; the bundle was altered after it was written")
+
+
 def _corrupt(exc: Exception) -> BundleError:
     return BundleError(f"the bundle's zstd data is corrupt: {exc}", code="AF4001")
 
@@ -399,6 +449,8 @@ class _Archive:
 
     def __init__(self, compressed: memoryview, limit: int) -> None:
         self.limit, self.pos = limit, 0
+        #: a header read ahead (after the manifest, to look for the signature) and given back
+        self.unread: list[_Header | None] = []
         decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
         try:
             declared = zstandard.get_frame_parameters(compressed).content_size
@@ -459,13 +511,26 @@ class _Archive:
         return digest.hexdigest()
 
     def drain(self) -> None:
-        """Read to the end of the frame (so that zstd checks its checksum), keeping nothing."""
+        """Read to the end of the frame (so that zstd checks its checksum), keeping nothing.
+
+        What follows the end-of-archive marker must be zeros: no byte of a bundle goes unchecked
+        (a signature covers the manifest, the manifest every member, and the rest is zeros).
+        """
         if self._buffer is not None:
+            if self._buffer[self.pos :].tobytes().strip(b"\0"):
+                raise _nonzero("after the end-of-archive marker")
             return
         while piece := self._read_stream(_READ_SIZE):
             self.pos += len(piece)
             if self.pos > self.limit:
                 raise _too_big(self.limit)
+            if piece.strip(b"\0"):
+                raise _nonzero("after the end-of-archive marker")
+
+    def skip_padding(self, size: int) -> None:
+        """Read the zeros that pad a member of ``size`` bytes to a whole block."""
+        if bytes(self.read(-size % BLOCK)).strip(b"\0"):
+            raise _nonzero("in a member's padding")
 
     def close(self) -> None:
         """Release the decoder."""
@@ -494,6 +559,8 @@ def _header(archive: _Archive) -> _Header | None:
     Parsed here rather than by `tarfile.TarInfo.frombuf`, which took ~15 us a header (1.5 s of a
     100,000-member bundle); only USTAR (what af writes) and the fields below are read.
     """
+    if archive.unread:
+        return archive.unread.pop()
     block = bytes(archive.read(BLOCK, eof_ok=True))
     if not block or block == _ZERO_BLOCK:
         return None  # end-of-archive marker, or the end of the data at a header boundary
@@ -538,7 +605,11 @@ def _refuse_member(info: _Header) -> None:
                           code="AF4006", hint="bundles hold regular files only; this bundle was not written by af")
 
 
-def _read_manifest(archive: _Archive) -> tuple[dict, dict[str, MemberEntry]]:
+def _read_head(archive: _Archive) -> tuple[bytes, bytes | None]:
+    """Return the bytes of ``manifest.json`` and of ``signature.json`` (None when the bundle has none).
+
+    Nothing is parsed but tar headers: this is all a signature check needs, before the manifest is read.
+    """
     info = _header(archive)
     if info is None and archive.pos == 0:
         raise BundleError("the bundle holds no tar archive", code="AF4001")
@@ -552,14 +623,29 @@ def _read_manifest(archive: _Archive) -> tuple[dict, dict[str, MemberEntry]]:
         raise BundleError(f"manifest.json is {info.size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a manifest may be",
                           code="AF4023", hint="this bundle was not written by af")
     data = bytes(archive.read(info.size))
-    archive.read(-info.size % BLOCK)
+    archive.skip_padding(info.size)
+    following = _header(archive)
+    if following is None or following.name != SIGNATURE_NAME:
+        archive.unread.append(following)  # the first member: `_read_members` takes it from here
+        return data, None
+    _refuse_member(following)
+    if following.size > MAX_SIGNATURE_BYTES:
+        raise BundleError(f"signature.json is {following.size:,} bytes, more than the {MAX_SIGNATURE_BYTES:,} a "
+                          "signature may be", code="AF4054", hint="this signature was not written by `af sign`")
+    signature = bytes(archive.read(following.size))
+    archive.skip_padding(following.size)
+    return data, signature
+
+
+def _parse_manifest(archive: _Archive, data: bytes) -> tuple[dict, dict[str, MemberEntry]]:
     try:
         manifest = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"manifest.json is not valid JSON: {exc}", code="AF4009") from None
     check_format(manifest)
     listed = {entry.name: entry for entry in parse_members(manifest)}
-    archived = archive.pos + sum(BLOCK + _padded(e.size) for e in listed.values()) + 2 * BLOCK
+    read_ahead = BLOCK if archive.unread and archive.unread[0] is not None else 0  # counted in pos already
+    archived = archive.pos - read_ahead + sum(BLOCK + _padded(e.size) for e in listed.values()) + 2 * BLOCK
     if archived > archive.limit:
         raise _too_big(archive.limit, "the members listed in manifest.json add up to")
     return manifest, listed
@@ -581,6 +667,9 @@ def _next_member(archive: _Archive, listed: Mapping[str, MemberEntry], seen: set
         return None
     _refuse_member(info)
     name = info.name
+    if name == SIGNATURE_NAME:
+        raise BundleError("member 'signature.json' is out of place: a signature directly follows manifest.json",
+                          code="AF4011", hint="the bundle was altered after it was written; sign it again with `af sign`")
     if name in seen or name == MANIFEST_NAME:
         raise BundleError(f"member {name!r} appears more than once", code="AF4007",
                           hint="a bundle holds each member once; this bundle was not written by af")
@@ -611,7 +700,7 @@ def _read_members(archive: _Archive, listed: Mapping[str, MemberEntry], *, keep:
             members[entry.name] = data
         elif archive.digest(entry.size) != entry.sha256:
             raise _mismatch(entry.name)
-        archive.read(-entry.size % BLOCK)
+        archive.skip_padding(entry.size)
     archive.drain()
     return members
 
@@ -630,13 +719,17 @@ def _read_source(source: bytes | str | os.PathLike, limit: int) -> bytes:
                           hint="check the path and its permissions") from None
 
 
-def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX_TOTAL_BYTES) -> Bundle:
+def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX_TOTAL_BYTES,
+                verify: Callable[[bytes, bytes | None], Any] | None = None) -> Bundle:
     """Read and verify a bundle in memory.
 
     Args:
         source: the .afb bytes or a path to them.
         max_total_bytes: cap on the decompressed size of the archive (`MAX_TOTAL_BYTES` by default);
             members are refused before they are inflated when the manifest lists more than this.
+        verify: called with the bytes of ``manifest.json`` and of ``signature.json`` (None when the
+            bundle is unsigned) before anything else is parsed; what it raises propagates, what it
+            returns is kept in `Bundle.verified` (`afcore.signing.read_signed_bundle` passes one).
 
     Returns:
         The verified `Bundle`.
@@ -645,7 +738,8 @@ def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX
         BundleError: with one code per fault (see docs/diagnostics.md, AF4001-AF4016, AF4023): not
             zstd or corrupt, truncated, too big, unsafe path, link, non-regular member, duplicate
             member, manifest missing or not first or too big, bad JSON, unsupported version,
-            unlisted or missing member, size or digest mismatch, unreadable file.
+            unlisted or missing member, size or digest mismatch, unreadable file; AF4054 for a
+            signature member over `MAX_SIGNATURE_BYTES`.
     """
     data = _read_source(source, max_total_bytes)
     view = memoryview(data)
@@ -654,7 +748,9 @@ def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX
                           hint="an .afb is one zstd frame; the file was altered or concatenated")
     archive = _Archive(view, max_total_bytes)
     try:
-        manifest, listed = _read_manifest(archive)
+        manifest_bytes, signature = _read_head(archive)
+        verified = verify(manifest_bytes, signature) if verify is not None else None
+        manifest, listed = _parse_manifest(archive, manifest_bytes)
         two_passes = not archive.in_memory and sum(e.size for e in listed.values()) > IN_MEMORY_BYTES
         members = _read_members(archive, listed, keep=not two_passes, verify=True)
     finally:
@@ -662,8 +758,9 @@ def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX
     if two_passes:  # verified without keeping anything; now inflate again and keep
         archive = _Archive(view, max_total_bytes)
         try:
-            _read_manifest(archive)
+            _read_head(archive)
             members = _read_members(archive, listed, keep=True, verify=False)
         finally:
             archive.close()
-    return Bundle(manifest=manifest, members=members, digest=hashlib.sha256(data).hexdigest())
+    return Bundle(manifest=manifest, members=members, digest=hashlib.sha256(data).hexdigest(),
+                  manifest_bytes=manifest_bytes, signature=signature, verified=verified)

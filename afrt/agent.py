@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from afcore.errors import InferenceError, UsageError
 
-from .loader import LoadedBundle, load_bundle
+from .loader import LoadedBundle, ensure_trusted, load_bundle
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -261,6 +261,8 @@ def load(
     cache_dir: Path | str | None = None,
     max_total_bytes: int | None = None,
     profile_layers: bool = False,
+    trust: Sequence[Any] | None = None,
+    state_dir: str | os.PathLike | None = None,
 ) -> Agent:
     """Load a bundle into an agent on one backend.
 
@@ -275,18 +277,33 @@ def load(
             1 GiB, when None); raise it for a trusted bigger bundle.
         profile_layers: onnx only: turn on onnxruntime's profiler, which times every node of every
             call; `Agent.layer_events` returns what it measured (`af profile`).
+        trust: `afcore.signing.PublicKey` s: the bundle must be signed by one of them
+            (`load_bundle`); None loads unsigned bundles too.
+        state_dir: with ``trust``, the state directory where the highest signed version that ran
+            is kept per agent and key (`afrt.trust.check_rollback`): an older one is refused.
 
     Returns:
         The `Agent`.
 
     Raises:
         UsageError: AF5090 for a bad option.
-        BundleError: the bundle is corrupt, unsupported or lacks the backend (AF4xxx, AF5040-AF5046).
+        BundleError: the bundle is corrupt, unsupported or lacks the backend (AF4xxx, AF5040-AF5046);
+            with ``trust``: unsigned, untrusted, forged or altered (AF4050-AF4055), or a rollback
+            (AF4056, AF4057).
         SandboxViolation: AF5020 (wasm imports), AF5021 (ONNX external data), AF5022 (custom ops).
         ResourceLimitError: AF5012 when the module cannot start within ``memory_mb``.
     """
     _check_options(backend, fuel_per_record, threads)
-    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle, max_total_bytes=max_total_bytes)
+    if isinstance(bundle, LoadedBundle):
+        loaded = bundle
+        if trust is not None:
+            ensure_trusted(loaded, trust)
+    else:
+        loaded = load_bundle(bundle, max_total_bytes=max_total_bytes, trust=trust)
+    if trust is not None and state_dir is not None:
+        from .trust import check_rollback
+
+        check_rollback(state_dir, loaded.name, loaded.signature)
     if backend == "wasm":
         engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None)
     else:

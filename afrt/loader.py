@@ -1,7 +1,9 @@
 """Bundle -> `LoadedBundle`: the checked, typed view of a bundle that the backends start from.
 
 `afcore.bundle.read_bundle` has already verified the container (format version, every member's
-size and sha256, safe member names). This module types the manifest (`afcore.manifest.Manifest`,
+size and sha256, safe member names). With ``trust`` (the signers' public keys), the bundle's
+signature is verified first, before its manifest is parsed (`afcore.signing.read_signed_bundle`):
+an unsigned, untrusted, forged or altered bundle is refused before af reads anything it says. This module types the manifest (`afcore.manifest.Manifest`,
 the one parser the compiler's emitter and `af inspect` use too) and keeps what the runtime needs
 at hand. It does
 not look inside the models: each backend checks the member it runs (`afrt.inference`,
@@ -12,13 +14,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from afcore.errors import BundleError, UsageError
 from afcore.manifest import WORKFLOW_NAMES, Manifest
 from afcore.steps import Step
 
-__all__ = ["WORKFLOW_NAMES", "LoadedBundle", "load_bundle"]
+__all__ = ["WORKFLOW_NAMES", "LoadedBundle", "ensure_trusted", "load_bundle"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class LoadedBundle:
         resources: ``resources`` (``limits``, ``requirements``), possibly empty.
         workflows: workflow name -> its parsed steps.
         info: the typed manifest.
+        signature: the verified `afcore.signing.Signature` when the bundle was loaded with ``trust``.
     """
 
     manifest: Mapping[str, Any]
@@ -56,6 +59,7 @@ class LoadedBundle:
     resources: Mapping[str, Any] = field(default_factory=dict)
     workflows: Mapping[str, tuple[Step, ...]] = field(default_factory=dict)
     info: Manifest | None = None
+    signature: Any = None
 
     def limit(self, name: str) -> float | None:
         """Return ``resources.limits.<name>`` or None when it is not declared."""
@@ -82,7 +86,7 @@ class LoadedBundle:
         return self.members[name]
 
 
-def _from_bundle(bundle: Any) -> LoadedBundle:
+def _from_bundle(bundle: Any, signature: Any = None) -> LoadedBundle:
     info = Manifest.from_json(bundle.manifest)
     network = info.network
     return LoadedBundle(
@@ -100,15 +104,20 @@ def _from_bundle(bundle: Any) -> LoadedBundle:
         resources={"limits": dict(info.limits), "requirements": dict(info.requirements)},
         workflows=info.workflows,
         info=info,
+        signature=signature,
     )
 
 
-def load_bundle(source: str | os.PathLike | bytes | Any, *, max_total_bytes: int | None = None) -> LoadedBundle:
+def load_bundle(source: str | os.PathLike | bytes | Any, *, max_total_bytes: int | None = None,
+                trust: Sequence[Any] | None = None) -> LoadedBundle:
     """Read, verify and index a bundle.
 
     Args:
         source: a path to an .afb, its bytes, or an `afcore.bundle.Bundle` already read.
         max_total_bytes: cap on the decompressed size (`afcore.bundle.MAX_TOTAL_BYTES` when None).
+        trust: `afcore.signing.PublicKey` s (or `cryptography` Ed25519 public keys); when given, the bundle must carry a signature by one
+            of them over its manifest, checked before the manifest is parsed (a `Bundle` already
+            read is checked too: its signature, then each member's sha256).
 
     Returns:
         The `LoadedBundle`.
@@ -116,15 +125,48 @@ def load_bundle(source: str | os.PathLike | bytes | Any, *, max_total_bytes: int
     Raises:
         BundleError: AF4xxx from `afcore.bundle.read_bundle` for a corrupt or unsafe container;
             AF4010 for an unsupported format version; AF4018 for a manifest field that is
-            missing or malformed (`afcore.manifest.Manifest.from_json`).
-        UsageError: AF5090 when ``source`` is none of these.
+            missing or malformed (`afcore.manifest.Manifest.from_json`); with ``trust``,
+            AF4050-AF4055 (`afcore.signing`): unsigned, untrusted key, bad signature, another
+            manifest, malformed signature, a member not as signed.
+        UsageError: AF5090 when ``source`` is none of these; AF0963 for an empty ``trust``.
     """
-    from afcore.bundle import MAX_TOTAL_BYTES, read_bundle
+    from afcore.bundle import MAX_TOTAL_BYTES, Bundle, read_bundle
 
     if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
         limit = MAX_TOTAL_BYTES if max_total_bytes is None else max_total_bytes
-        source = read_bundle(source, max_total_bytes=limit)
+        if trust is not None:
+            from afcore.signing import read_signed_bundle
+
+            source = read_signed_bundle(source, trust, max_total_bytes=limit)
+        else:
+            source = read_bundle(source, max_total_bytes=limit)
     if not all(hasattr(source, attr) for attr in ("manifest", "members", "digest")):
         raise UsageError(f"cannot load a bundle from a {type(source).__name__}", code="AF5090",
                          hint="pass a path, the .afb bytes or an afcore.bundle.Bundle")
-    return _from_bundle(source)
+    signature = None
+    if trust is not None:
+        from afcore.signing import verify_loaded_bundle
+
+        if not isinstance(source, Bundle):
+            raise BundleError("the bundle is not signed (it was not read from a file)", code="AF4050",
+                              hint="pass the path or bytes of a signed bundle")
+        signature = verify_loaded_bundle(source, trust)
+    return _from_bundle(source, signature)
+
+
+def ensure_trusted(loaded: LoadedBundle, trust: Sequence[Any]) -> None:
+    """Check that a `LoadedBundle` was loaded with a signature by one of the ``trust`` keys.
+
+    Raises:
+        BundleError: AF4050 when it was loaded without a verified signature; AF4051 when the
+            key that verified it is not among ``trust``.
+    """
+    from afcore.signing import trusted_keys
+
+    keys = trusted_keys(trust)
+    if loaded.signature is None:
+        raise BundleError("the bundle was loaded without a verified signature", code="AF4050",
+                          hint="load it with afrt.load_bundle(..., trust=keys)")
+    if loaded.signature.key not in keys:
+        raise BundleError(f"the bundle is signed by key {loaded.signature.key_id}, which is not trusted",
+                          code="AF4051", hint="pass the signer's public key in trust=")

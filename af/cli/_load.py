@@ -94,7 +94,8 @@ def open_stream(path: str, mode: str, std: Any) -> IO[bytes]:
 
 
 def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None, *, command: str = "af run",
-               max_bundle_mb: Optional[int] = None, profile_layers: bool = False) -> Any:
+               max_bundle_mb: Optional[int] = None, profile_layers: bool = False, trust: tuple[Path, ...] = (),
+               state_dir: Optional[Path] = None) -> Any:
     """Load a bundle, or compile an .af file in memory first (like `go run`: nothing is written).
 
     The file's kind is read from its content, not its name.
@@ -106,6 +107,9 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         command: the command, for messages.
         max_bundle_mb: ``--max-bundle-mb`` (None: the default cap).
         profile_layers: on onnx, turn onnxruntime's profiler on (`afrt.load`), for `af profile --trace`.
+        trust: ``--trust`` public key files: the bundle must be signed by one of them
+            (`afcore.signing`), and not older than what ran from ``state_dir``.
+        state_dir: ``--state-dir``, where signed versions that ran are recorded (with ``trust``).
 
     Returns:
         The `afrt.Agent`.
@@ -125,7 +129,15 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
     # starts. Measured on `af run` of one record of the example (alternating rounds, 2 vCPUs):
     # see docs/cli.md ("Start-up"). (Compiling an .af in memory makes garbage: it runs collected.)
     ensure_fuel_applies(backend, fuel)
-    if check_input(bundle, ("agent", "bundle"), command) == "agent":
+    kind = check_input(bundle, ("agent", "bundle"), command)
+    keys = None
+    if trust:
+        from ._keys import read_trusted_keys, refuse_unsigned_source
+
+        keys = read_trusted_keys(trust)
+        if kind == "agent":
+            refuse_unsigned_source(bundle)
+    if kind == "agent":
         import afrt
         from afc import compile_agent, load_agent_file
 
@@ -136,7 +148,7 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         return afrt.load(data, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize,
                          profile_layers=profile_layers and backend == "onnx")
     gc.disable()
-    read = _read_ahead(bundle, bundle_cap(max_bundle_mb))
+    read = _read_ahead(bundle, bundle_cap(max_bundle_mb), keys)
     import afrt
 
     loaded = read()
@@ -144,23 +156,30 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         targets = loaded.manifest.get("targets") or BACKENDS
         backend = next((b for b in BACKENDS if b in targets), BACKENDS[0])
         ensure_fuel_applies(backend, fuel)
-    return afrt.load(loaded, backend=backend, fuel_per_record=fuel, profile_layers=profile_layers and backend == "onnx")
+    return afrt.load(loaded, backend=backend, fuel_per_record=fuel, profile_layers=profile_layers and backend == "onnx",
+                     trust=keys, state_dir=state_dir)
 
 
-def _read_ahead(path: Path, max_total_bytes: int) -> Callable[[], Any]:
+def _read_ahead(path: Path, max_total_bytes: int, trust: Optional[list] = None) -> Callable[[], Any]:
     """Start reading and verifying the bundle at ``path`` on a thread; return a function that waits for it.
 
     Decompressing and hashing a bundle (zstd and sha256, which release the GIL) then overlaps
     with importing afrt, numpy and onnxruntime, which `af run` pays anyway: ~20 ms of start-up for
     the example bundle on a 2-core machine. The function returns the `afcore.bundle.Bundle`
     (what `afrt.load` reads from a path, with the same size cap) or raises what reading raised.
+    With ``trust`` (public keys), the signature is verified there too, before the manifest is read.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from afcore.bundle import read_bundle
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="af-read-bundle")
-    future = pool.submit(read_bundle, path, max_total_bytes=max_total_bytes)
+    if trust is not None:
+        from afcore.signing import read_signed_bundle
+
+        future = pool.submit(read_signed_bundle, path, trust, max_total_bytes=max_total_bytes)
+    else:
+        future = pool.submit(read_bundle, path, max_total_bytes=max_total_bytes)
     pool.shutdown(wait=False)  # the one task still runs; the pool takes no more
     return future.result
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 import click
 
 from ._app import command
+from ._keys import trust_option
 from ._load import MAX_REPLICAS, agent_options
 from ._output import say
 
@@ -47,13 +48,16 @@ AGENTS_SHOWN = 4
 @click.option("--json", "json_summary", is_flag=True, help="Print the summary as one JSON object on stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary (errors still show).")
 @agent_options
+@trust_option
 def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: int, backend: Optional[str],
                 swarm: str, state_dir: Optional[Path], max_batch: int, batch_wait_ms: float, fuel: Optional[int],
                 fail_on_error: bool, json_summary: bool, quiet: bool, max_bundle_mb: Optional[int], bus: str,
-                metrics_port: Optional[int], max_deliveries: int) -> None:
+                metrics_port: Optional[int], max_deliveries: int, trust: tuple[Path, ...]) -> None:
     """Run an agent on JSON Lines records: one output or error record per input record, in input order.
 
     BUNDLE is a bundle (.afb) or an .af file, compiled in memory first (told apart by content).
+    With --trust, only a bundle signed by one of those keys runs, and with --state-dir never one
+    older than a signed version that already ran from there (docs/security.md).
 
     Exit codes: 0 the input was consumed (even with record errors, unless --fail-on-error);
     1 the bundle cannot be loaded or an agent cannot start; 2 usage error;
@@ -63,7 +67,7 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
 
     if bus != "memory":
         _serve(bundle, url=bus, swarm=swarm, replicas=replicas, backend=backend, fuel=fuel, state_dir=state_dir,
-               max_batch=max_batch, metrics_port=metrics_port, max_deliveries=max_deliveries,
+               trust=trust, max_batch=max_batch, metrics_port=metrics_port, max_deliveries=max_deliveries,
                max_bundle_mb=max_bundle_mb, json_summary=json_summary, quiet=quiet,
                ignored=[flag for flag, given in (("--input", input_path != "-"), ("--output", output_path != "-"),
                                                  ("--fail-on-error", fail_on_error)) if given])
@@ -81,7 +85,7 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
         return opened[0]
 
     try:
-        agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb)
+        agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir)
         if input_path == "-" and sys.stdin.isatty() and not quiet:
             say("reading records from stdin (Ctrl-D to end)")
         summary = run_stream(agent, source, open_output, replicas=replicas, swarm=swarm, state_dir=state_dir,
@@ -98,7 +102,7 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
 
 
 def _serve(bundle: Path, *, url: str, swarm: str, replicas: int, backend: Optional[str], fuel: Optional[int],
-           state_dir: Optional[Path], max_batch: int, metrics_port: Optional[int], max_deliveries: int,
+           state_dir: Optional[Path], trust: tuple[Path, ...], max_batch: int, metrics_port: Optional[int], max_deliveries: int,
            max_bundle_mb: Optional[int], json_summary: bool, quiet: bool, ignored: list[str]) -> None:
     """Run as a worker of swarm ``swarm`` on Redis until SIGTERM/SIGINT, then drain and leave (exit 0)."""
     import json
@@ -111,7 +115,7 @@ def _serve(bundle: Path, *, url: str, swarm: str, replicas: int, backend: Option
     if ignored:
         raise UsageError(f"{', '.join(ignored)} do(es) not apply to a worker: its records come from the swarm",
                          code="AF0937", hint="send records with `af submit --bus URL --swarm NAME --agent AGENT`")
-    agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb)
+    agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir)
     if not quiet:
         say(f"serving swarm {swarm} at {_without_password(url)} as agent {agent.name} "
             f"({replicas} replica(s)); SIGTERM or Ctrl-C drains and leaves")

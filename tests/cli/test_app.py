@@ -70,7 +70,7 @@ class TestHelpText:
         result = runner.invoke(app, [name, "-h"], prog_name="af")
         assert result.exit_code == 0
         usage = result.output.splitlines()[0]
-        assert usage == f"Usage: af {name} [OPTIONS]" or usage.startswith(f"Usage: af {name} [OPTIONS] ")
+        assert usage == f"Usage: af {name} [OPTIONS]" or usage.startswith(f"Usage: af {name} [OPTIONS] ")  # keygen takes no argument
         assert "{" not in usage and "<str>" not in result.output
 
 
