@@ -49,6 +49,8 @@ WORKFLOW_NAMES = ("initialization", "execution", "shutdown")
 _KNOWN_KEYS = frozenset({"format", "format_version", "agent", "compiler", "source", "network", "targets",
                          "resources", "workflows", "onnx", "wasm", "members"})
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+#: an agent's name, as the .af schema allows it (it names the agent's directory under --state-dir)
+AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _malformed(path: str, want: str) -> BundleError:
@@ -281,8 +283,12 @@ class Manifest:
                 the first required field that is missing or malformed.
         """
         check_format(data)
+        name = _get(data, "agent.name", str, "a string")
+        if not AGENT_NAME.fullmatch(name):
+            # the name becomes a directory under --state-dir: `../x` must not escape it
+            raise _malformed("agent.name", "a name of letters, digits, `.`, `_` and `-` (the .af schema's)")
         agent = AgentInfo(
-            name=_get(data, "agent.name", str, "a string"),
+            name=name,
             version=str(_get(data, "agent.version", (str, int, float), "a version")),
             description=_get(data, "agent.description", (str, type(None)), "a string", default=None),
             author=_get(data, "agent.author", (str, type(None)), "a string", default=None),

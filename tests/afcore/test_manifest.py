@@ -100,3 +100,15 @@ class TestManifest:
         data = copy.deepcopy(minimal())
         edit(data)
         assert code_and_message(data)[0] == code
+
+
+class TestAgentName:
+    """The agent's name becomes a directory under --state-dir: a hostile manifest cannot escape it."""
+
+    @pytest.mark.parametrize("name", ["../escape", "a/b", "", ".hidden", "x" * 65, "a\x00b"])
+    def test_names_the_schema_would_refuse_are_af4018(self, name):
+        data = minimal()
+        data["agent"]["name"] = name
+        with pytest.raises(BundleError) as info:
+            Manifest.from_json(data)
+        assert info.value.code == "AF4018" and "agent.name" in info.value.message
