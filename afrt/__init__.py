@@ -7,6 +7,7 @@ when a backend that needs them is loaded. The Redis transport (`RedisBus`, `afrt
 
 import typing as _typing
 
+from .acl import acl_rules as acl_rules
 from .agent import Agent as Agent
 from .agent import load as load
 from .instrument import Instrument as Instrument
@@ -70,6 +71,7 @@ __all__ = [
     "SubmitSummary",
     "Swarm",
     "WorkerSummary",
+    "acl_rules",
     "load",
     "load_bundle",
     "new_submission_id",

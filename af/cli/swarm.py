@@ -85,6 +85,23 @@ def watch_command(url: str, *, name: str) -> None:
         say("")
 
 
+@swarm_command.command("acl", cls=AfCommand, context_settings=CONTEXT_SETTINGS)
+@_name
+@click.option("--role", required=True, type=click.Choice(("worker", "submitter", "observer", "admin")),
+              help="worker: af run --bus; submitter: af submit; observer: af swarm status|watch; admin: the swarm's keys.")
+def acl_command(*, name: str, role: str) -> None:
+    """Print the Redis ACL rules of a role in swarm NAME: use them as
+    `redis-cli ACL SETUSER USER on >PASSWORD RULES`. A user of one swarm can touch no other swarm's
+    keys and run no administrative command (docs/security.md)."""
+    from afcore.errors import UsageError
+    from afrt import acl_rules
+
+    try:
+        emit(acl_rules(name, role))
+    except ValueError as exc:
+        raise UsageError(str(exc), code="AF0938", hint="name the swarm with letters, digits, `.`, `_` and `-`") from None
+
+
 async def _refreshing(watch: Any, live: Any) -> None:
     # Live's own refresh thread is off: every update is drawn at once
     original = live.update
