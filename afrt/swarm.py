@@ -35,7 +35,7 @@ from .records import InputRecord, RecordBlock
 from .state import Identity, commit_checkpoint, load_or_create_identity, lock_state_dir, replica_dir
 from .workflow import AgentContext, WorkflowRunner
 
-__all__ = ["AgentGroup", "Swarm"]
+__all__ = ["AgentGroup", "Swarm", "resource_limits"]
 
 #: default number of records a replica runs in one backend call
 DEFAULT_MAX_BATCH = 64
@@ -205,7 +205,7 @@ class Swarm:
         return group
 
     def _context(self, agent: Any, replica: int, state_dir: Any) -> AgentContext:
-        limits = _limits(getattr(agent, "resources", None) or {})
+        limits = resource_limits(getattr(agent, "resources", None) or {})
         if state_dir is not None:
             directory = replica_dir(state_dir, agent.name, replica)
             self._locks.append(lock_state_dir(directory))
@@ -414,6 +414,7 @@ class Swarm:
         return errors
 
 
-def _limits(resources: Any) -> dict[str, float]:
+def resource_limits(resources: Any) -> dict[str, float]:
+    """Return the numeric ``resources.limits`` of a manifest (``disk_mb``, ``network_bandwidth_mbps`` ...)."""
     limits = resources.get("limits", resources) if isinstance(resources, dict) else {}
     return {k: float(v) for k, v in limits.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -36,7 +36,8 @@ from .metrics import WorkerMetrics
 from .records import parse_block
 from .redisbus import (GROUP, PRIORITIES, RESULTS_TTL, TASK_RECORDS, Keys, Reconnects, RedisBus, Task, connect,
                        decode_task, retrying, stream_after)
-from .swarm import Swarm
+from .bus import TokenBucket
+from .swarm import Swarm, resource_limits
 
 __all__ = ["DEFAULT_IDLE_MS", "WorkerSummary", "serve"]
 
@@ -82,6 +83,8 @@ class WorkerSummary:
     redeliveries: int = 0
     reconnects: int = 0
     seconds: float = 0.0
+    #: how long `network_bandwidth_mbps` held the results back
+    bandwidth_wait_seconds: float = 0.0
     shutdown_errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -145,6 +148,10 @@ class _Worker:
         self.idle_ms, self.heartbeat_seconds = idle_ms, heartbeat_seconds
         self.keys = Keys(swarm)
         self.streams = [self.keys.tasks(agent.name, p) for p in PRIORITIES]
+        # network_bandwidth_mbps bounds each replica's bytes on the wire (as in process): the worker
+        # writes the results of all its replicas, so it gets their limits together
+        bandwidth = resource_limits(getattr(agent, "resources", None) or {}).get("network_bandwidth_mbps")
+        self.bucket = TokenBucket(bandwidth * 125_000 * replicas) if bandwidth else None
         self.summary = WorkerSummary()
         self.metrics = WorkerMetrics(swarm, agent.name)
         # Records held at once: enough for every replica to have a block queued behind the one it runs.
@@ -372,6 +379,9 @@ class _Worker:
 
     async def _finish(self, done: list[_Held]) -> None:
         """Write the results of finished tasks and acknowledge the tasks, in one transaction."""
+        if self.bucket is not None:  # the bytes of the results are what goes on the wire
+            await self.bucket.consume(sum(len(line) for held in done for line in held.lines))
+            self.summary.bandwidth_wait_seconds = round(self.bucket.waited, 4)
 
         async def write() -> None:
             pipe = self.client.pipeline(transaction=True)

@@ -131,3 +131,33 @@ class TestWatch:
         # a terminal sees the frame drawn again and again, in place (cursor moves up between frames)
         assert text.count("swarm watched: members") >= 3 and "xor-agent" in text and "\x1b[" in text
         assert "Traceback" not in text
+
+
+class TestBandwidth:
+    def test_a_workers_results_keep_to_network_bandwidth_mbps(self, server, tmp_path):
+        """The bytes a worker writes to the results stream go through the agent's token bucket."""
+        import re
+
+        slow = tmp_path / "slow.af"
+        slow.write_text(re.sub(r"network_bandwidth_mbps: [0-9.]+", "network_bandwidth_mbps: 0.01", XOR.read_text()))
+        records = tmp_path / "in.jsonl"
+        records.write_bytes(b"".join(orjson.dumps({"id": f"record-{i:04d}", "input": [i % 2, 1]}) + b"\n"
+                                     for i in range(60)))
+        worker = subprocess.Popen([AF, "run", str(slow), "--bus", server.url, "--swarm", "slow", "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_for_member(server, "slow")
+            started = time.monotonic()
+            submit = subprocess.run([AF, "submit", "--bus", server.url, "--swarm", "slow", "--agent", "xor-agent",
+                                     "--input", str(records), "-o", str(tmp_path / "out.jsonl")],
+                                    capture_output=True, timeout=120)
+            took = time.monotonic() - started
+            assert submit.returncode == 0, submit.stderr
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, err = worker.communicate(timeout=60)
+        summary = json.loads(err.decode().strip().splitlines()[-1])
+        written = (tmp_path / "out.jsonl").stat().st_size  # about the bytes of the results on the wire
+        # 0.01 Mbit/s is 1,250 bytes/s with a one-second burst: the rest had to wait
+        assert written > 3 * 1250 and summary["bandwidth_wait_seconds"] >= (written - 1250) / 1250 * 0.5
+        assert took >= summary["bandwidth_wait_seconds"]
