@@ -32,10 +32,17 @@ SWARM = "test"
 
 
 @pytest.fixture(scope="module")
-def xor(example_bundles):
-    from afc import load_agent_file
+def xor(tmp_path_factory):
+    """The xor example without its 1 Mbit/s bandwidth limit: these tests are about the transport, and
+    a worker's results keep to the limit (tests/cli/test_swarm_commands.py::TestBandwidth)."""
+    import re
 
-    return example_bundles["xor"], load_agent_file(ROOT / "examples" / "xor.af").spec().network
+    import afc
+
+    source = tmp_path_factory.mktemp("xor") / "xor.af"
+    source.write_text(re.sub(r"network_bandwidth_mbps: [0-9.]+", "network_bandwidth_mbps: 10000",
+                             (ROOT / "examples" / "xor.af").read_text()))
+    return afc.compile_file(source, output=source.with_suffix(".afb")), afc.load_agent_file(source).spec().network
 
 
 @pytest.fixture
