@@ -45,10 +45,15 @@ fuzz: $(STAMP)
 		|| echo "atheris does not install here: hypothesis will drive the targets"
 	$(PY) tests/fuzz/run.py --seconds $${AF_FUZZ_SECONDS:-600}
 
+# One benchmark at a time: the machines have 2 cores, and each prints ratios measured side by side.
 bench: $(STAMP)
 	$(PY) benchmarks/format.py
 	$(PY) benchmarks/compile.py
+	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/records.py
 	$(PY) benchmarks/runtime.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/swarm.py
 
 clean:
 	rm -rf build .pytest_cache
