@@ -267,8 +267,3 @@ class JsonlWriter:
         for _, future in self._acks:
             future.cancel()
         self._acks = []
-
-
-def lines_of(outcomes: Sequence[Outcomes]) -> list[bytes]:
-    """Return the lines of several blocks' outcomes, in the given order (for tests and tools)."""
-    return [line for block in outcomes for line in encode_outcomes(block)]

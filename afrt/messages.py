@@ -11,10 +11,9 @@ from typing import Any
 
 import orjson
 
-from .records import decode_results as decode_results
 from .records import encode_results as encode_results
 
-__all__ = ["decode_results", "encode_event", "encode_results"]
+__all__ = ["encode_event", "encode_results"]
 
 
 def encode_event(event: dict[str, Any]) -> bytes:

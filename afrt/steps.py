@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .workflow import AgentContext, BatchState, RecordState
 
 __all__ = [
-    "BATCH_STEPS", "MEMORY_FIELDS", "RECORD_STEPS", "STEPS", "capabilities", "ensure_complete", "ensure_known",
+    "BATCH_STEPS", "MEMORY_FIELDS", "STEPS", "capabilities", "ensure_complete", "ensure_known",
     "fresh_memory", "lifecycle_event", "resolve_field",
 ]
 
@@ -377,8 +377,6 @@ BATCH_STEPS: Mapping[str, Callable[..., None]] = {
     "update_memory": update_memory_batch,
     "send_output": send_output_batch,
 }
-#: steps that need an input record (from the step table)
-RECORD_STEPS = frozenset(name for name, d in STEP_DEFS.items() if d.per_record)
 
 
 def ensure_complete() -> None:
