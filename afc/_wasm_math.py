@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# the erfc fit the trainer uses too, so both agree on gelu
+from afcore.learning import ERFC_P
+
 __all__ = ["ACTIVATION_FUNCS", "MATH_WAT", "f32x4", "i32x4"]
 
 
@@ -40,9 +43,6 @@ LN2_HI = 0.693145751953125
 LN2_LO = 1.428606820309417232e-06
 #: |x| below which expm1 uses its own polynomial instead of exp(x) - 1 (avoids cancellation)
 EXPM1_SMALL = 0.35
-#: Numerical Recipes' erfc Chebyshev fit, erfc(z) = t*exp(-z*z + P(t)), t = 1/(1+z/2); fractional error < 1.2e-7
-ERFC_P = [-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
-          0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277]
 
 _EXP = f"""
   (func $exp (param $x v128) (result v128)

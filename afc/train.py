@@ -22,15 +22,27 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from afcore.diagnostics import Diagnostic
 from afcore.errors import CheckError, ExecutionError, InternalError, SourceError, UsageError
+from afcore.learning import (
+    ACTIVATIONS,
+    DEFAULT_LEARNING_RATES,
+    LOSSES,
+    OPTIMIZERS,
+    Parameters,
+    activate,
+    activation_gradient,
+    backprop,
+    forward,
+    loss_and_delta,
+    loss_and_gradients,
+    make_optimizer,
+)
 
-# Numerical Recipes' erfc fit (fractional error < 1.2e-7), the one the WebAssembly backend uses too.
-from ._wasm_math import ERFC_P as _ERFC_P
 from .writer import write_af_file
 
 if TYPE_CHECKING:
@@ -55,276 +67,12 @@ __all__ = [
     "train_network",
 ]
 
-#: optimizers `train_file` accepts
-OPTIMIZERS = ("sgd", "adam", "rprop")
-#: the loss each output activation trains with
-LOSSES = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "linear": "squared_error"}
-#: learning rate (the initial step for rprop) when neither the caller nor the header gives one
-DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 0.001, "rprop": 0.01}
 #: records per batch when none is given (rprop: the whole training set, the batch it was designed for)
 DEFAULT_BATCH_SIZE = 32
-#: Adam's moment decay rates and the epsilon of its denominator (scikit-learn's and PyTorch's defaults)
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPSILON = 1e-8
-#: iRprop- factors for a step after a sign change and after none, and the limits of a step
-RPROP_ETAS = (0.5, 1.2)
-RPROP_STEP_LIMITS = (1e-6, 50.0)
 #: rows per forward pass when evaluating the validation set (bounds its memory)
 EVAL_CHUNK = 4096
 #: how far a softmax target row's sum may be from 1
 SOFTMAX_SUM_TOLERANCE = 1e-3
-
-
-# --- activations -------------------------------------------------------------------------------
-
-
-def _erf(x: np.ndarray) -> np.ndarray:
-    z = np.abs(x)
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = np.zeros_like(z)
-    for coefficient in reversed(_ERFC_P):
-        poly = poly * t + coefficient
-    erfc = t * np.exp(-z * z + poly)
-    return np.copysign(1.0 - erfc, x)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    # 1/(1+e^-z) written with tanh: no overflow warning for large |z|, same value.
-    return 0.5 + 0.5 * np.tanh(0.5 * z)
-
-
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _times(grad: np.ndarray, factor: Any) -> np.ndarray:
-    grad *= factor
-    return grad
-
-
-class _Activation(NamedTuple):
-    """``forward(z)``; ``backward(z, a, grad)`` returns ``grad * f'(z)`` (overwriting ``grad``), given
-    ``a = f(z)`` and, when ``needs_input``, ``z`` (else None: the derivative is read from ``a``)."""
-
-    forward: Callable[[np.ndarray], np.ndarray]
-    backward: Callable[[Any, np.ndarray, np.ndarray], np.ndarray]
-    needs_input: bool
-
-
-#: hidden activation -> forward and backward, written from the definitions in docs/format.md
-ACTIVATIONS: dict[str, _Activation] = {
-    "relu": _Activation(lambda z: np.maximum(z, 0), lambda z, a, g: _times(g, a > 0), False),
-    "leaky_relu": _Activation(lambda z: np.where(z > 0, z, z * 0.01),
-                              lambda z, a, g: _times(g, np.where(a > 0, 1.0, 0.01)), False),
-    "sigmoid": _Activation(_sigmoid, lambda z, a, g: _times(g, a * (1 - a)), False),
-    "tanh": _Activation(np.tanh, lambda z, a, g: _times(g, 1 - a * a), False),
-    "linear": _Activation(lambda z: z, lambda z, a, g: g, False),
-    # elu: f'(z) = e^z = a + 1 where z <= 0
-    "elu": _Activation(lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))),
-                       lambda z, a, g: _times(g, np.where(a > 0, 1, a + 1)), False),
-    "gelu": _Activation(lambda z: 0.5 * z * (1 + _erf(z * _INV_SQRT2)),
-                        lambda z, a, g: _times(g, 0.5 * (1 + _erf(z * _INV_SQRT2))
-                                               + z * _INV_SQRT_2PI * np.exp(-0.5 * z * z)), True),
-    "softplus": _Activation(lambda z: np.logaddexp(0, z), lambda z, a, g: _times(g, _sigmoid(z)), True),
-}
-
-
-def activate(name: str, z: np.ndarray) -> np.ndarray:
-    """Apply a hidden activation element-wise.
-
-    Args:
-        name: a key of `ACTIVATIONS` (the hidden activations of docs/format.md).
-        z: pre-activations, float32 or float64.
-
-    Returns:
-        ``f(z)`` in z's dtype.
-    """
-    return ACTIVATIONS[name].forward(z).astype(z.dtype, copy=False)
-
-
-def activation_gradient(name: str, z: np.ndarray | None, a: np.ndarray, grad: np.ndarray) -> np.ndarray:
-    """Chain a gradient through a hidden activation.
-
-    Args:
-        name: a key of `ACTIVATIONS`.
-        z: the pre-activations (may be None unless ``ACTIVATIONS[name].needs_input``).
-        a: ``f(z)``.
-        grad: dloss/da; overwritten.
-
-    Returns:
-        dloss/dz, that is ``grad * f'(z)`` (the ``grad`` array itself).
-    """
-    return ACTIVATIONS[name].backward(z, a, grad)
-
-
-# --- losses ------------------------------------------------------------------------------------
-
-
-def loss_and_delta(output_activation: str, z: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
-    """Compute the loss of a batch from the output layer's pre-activations, and its derivative.
-
-    softmax: cross-entropy ``-sum(t log softmax(z)) / N``; sigmoid: binary cross-entropy, summed over
-    outputs and averaged over records; linear: ``sum((z - t)^2) / (2 N)`` (scikit-learn's squared loss
-    for one output). The derivative is ``(f(z) - t) / N`` in all three.
-
-    Args:
-        output_activation: ``softmax``, ``sigmoid`` or ``linear`` (picks the loss, `LOSSES`).
-        z: the output layer's pre-activations [N, out].
-        targets: [N, out], of a range the loss takes (`ensure_targets_fit`).
-
-    Returns:
-        The loss (a Python float, summed in float64) and dloss/dz in z's dtype.
-    """
-    n = z.shape[0]
-    if output_activation == "softmax":
-        shifted = z - z.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        total = exp.sum(axis=1, keepdims=True)
-        loss = -float(np.sum(targets * (shifted - np.log(total)), dtype=np.float64)) / n
-        delta = exp / total - targets
-    elif output_activation == "sigmoid":
-        # softplus(z) - t z = -t log s(z) - (1 - t) log(1 - s(z)), without log(0)
-        loss = float(np.sum(np.logaddexp(0, z) - targets * z, dtype=np.float64)) / n
-        delta = _sigmoid(z) - targets
-    else:
-        delta = z - targets
-        loss = float(np.sum(delta * delta, dtype=np.float64)) / (2 * n)
-    delta *= 1 / n
-    return loss, delta.astype(z.dtype, copy=False)
-
-
-# --- forward and backward ----------------------------------------------------------------------
-
-
-def _forward(layers: Sequence[tuple[np.ndarray, np.ndarray]], hidden: str, x: np.ndarray,
-             keep: bool) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Return the output layer's pre-activation, and (when ``keep``) each layer's input and pre-activation."""
-    inputs, pre = [], []
-    h = x
-    last = len(layers) - 1
-    for i, (weight, bias) in enumerate(layers):
-        z = h @ weight.T
-        z += bias
-        if i == last:
-            return z, inputs + [h] if keep else inputs, pre
-        if keep:
-            inputs.append(h)
-            pre.append(z if ACTIVATIONS[hidden].needs_input else None)
-        h = activate(hidden, z)
-    raise InternalError("a network without layers")  # pragma: no cover - NetworkSpec always has one
-
-
-def _backprop(layers: Sequence[tuple[np.ndarray, np.ndarray]], grads: Sequence[tuple[np.ndarray, np.ndarray]],
-              hidden: str, output: str, x: np.ndarray, t: np.ndarray) -> float:
-    """Write dloss/dparameter into ``grads`` (arrays shaped like ``layers``); return the loss."""
-    z, inputs, pre = _forward(layers, hidden, x, keep=True)
-    loss, delta = loss_and_delta(output, z, t)
-    for i in range(len(layers) - 1, -1, -1):
-        grad_w, grad_b = grads[i]
-        np.matmul(delta.T, inputs[i], out=grad_w)
-        np.sum(delta, axis=0, out=grad_b)
-        if i:
-            # inputs[i] is layer i-1's activation a; pre[i-1] its pre-activation (kept where f' needs it)
-            delta = activation_gradient(hidden, pre[i - 1], inputs[i], delta @ layers[i][0])
-    return loss
-
-
-def loss_and_gradients(layers: Sequence[tuple[np.ndarray, np.ndarray]], hidden: str, output: str,
-                       x: np.ndarray, t: np.ndarray) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
-    """Return the loss of a batch and its gradient with respect to every weight and bias.
-
-    Args:
-        layers: ``(weight [out, in], bias [out])`` per layer; their dtype is the computation's.
-        hidden: the hidden activation; output: the output activation (which picks the loss).
-        x: inputs [N, in]; t: targets [N, out].
-
-    Returns:
-        The loss and ``(dweight, dbias)`` per layer: the backward pass `train_network` runs.
-    """
-    grads = [(np.empty_like(w), np.empty_like(b)) for w, b in layers]
-    return _backprop(layers, grads, hidden, output, x, t), grads
-
-
-# --- parameters and optimizers -----------------------------------------------------------------
-
-
-class _Parameters:
-    """Every weight and bias in one flat array (so an optimizer step is a few whole-array operations),
-    with ``(weight [out, in], bias [out])`` views per layer."""
-
-    def __init__(self, sizes: Sequence[int], dtype: Any) -> None:
-        shapes = [((n_out, n_in), (n_out,)) for n_in, n_out in zip(sizes, sizes[1:])]
-        self.flat = np.zeros(sum(o * i + o for (o, i), _ in shapes), dtype=dtype)
-        self.layers = self.views(self.flat, shapes)
-
-    @staticmethod
-    def views(flat: np.ndarray, shapes: list) -> list[tuple[np.ndarray, np.ndarray]]:
-        layers, start = [], 0
-        for (out, inp), _ in shapes:
-            weight = flat[start : start + out * inp].reshape(out, inp)
-            start += out * inp
-            layers.append((weight, flat[start : start + out]))
-            start += out
-        return layers
-
-    def gradient_buffers(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-        flat = np.zeros_like(self.flat)
-        return flat, self.views(flat, [(w.shape, b.shape) for w, b in self.layers])
-
-
-class _Sgd:
-    def __init__(self, size: int, learning_rate: float, dtype: Any) -> None:
-        self.rate = dtype.type(learning_rate)
-        self.scratch = np.empty(size, dtype)
-
-    def step(self, params: np.ndarray, grads: np.ndarray) -> None:
-        np.multiply(grads, self.rate, out=self.scratch)
-        params -= self.scratch
-
-
-class _Adam:
-    def __init__(self, size: int, learning_rate: float, dtype: Any) -> None:
-        self.rate, self.dtype, self.t = learning_rate, dtype, 0
-        self.m, self.v, self.scratch = np.zeros(size, dtype), np.zeros(size, dtype), np.empty(size, dtype)
-
-    def step(self, params: np.ndarray, grads: np.ndarray) -> None:
-        beta1, beta2 = ADAM_BETAS
-        self.t += 1
-        rate = self.rate * math.sqrt(1 - beta2**self.t) / (1 - beta1**self.t)
-        m, v, s = self.m, self.v, self.scratch
-        m *= beta1
-        np.multiply(grads, 1 - beta1, out=s)
-        m += s
-        v *= beta2
-        np.multiply(grads, grads, out=s)
-        s *= 1 - beta2
-        v += s
-        np.sqrt(v, out=s)
-        s += ADAM_EPSILON
-        np.divide(m, s, out=s)
-        s *= self.dtype.type(rate)
-        params -= s
-
-
-class _Rprop:
-    """iRprop-: a step grows by eta+ while the gradient keeps its sign; after a sign change it shrinks
-    by eta- and that weight skips one update (its remembered gradient is set to 0)."""
-
-    def __init__(self, size: int, learning_rate: float, dtype: Any) -> None:
-        self.steps = np.full(size, learning_rate, dtype)
-        self.previous = np.zeros(size, dtype)
-
-    def step(self, params: np.ndarray, grads: np.ndarray) -> None:
-        eta_minus, eta_plus = RPROP_ETAS
-        sign = np.sign(grads * self.previous)
-        self.steps *= np.where(sign > 0, eta_plus, np.where(sign < 0, eta_minus, 1.0)).astype(self.steps.dtype)
-        np.clip(self.steps, *RPROP_STEP_LIMITS, out=self.steps)
-        grads = np.where(sign < 0, 0, grads).astype(grads.dtype)
-        params -= np.sign(grads) * self.steps
-        self.previous = grads
-
-
-_OPTIMIZER_CLASSES = {"sgd": _Sgd, "adam": _Adam, "rprop": _Rprop}
 
 
 # --- options, statistics, results --------------------------------------------------------------
@@ -502,7 +250,7 @@ def train_network(network: NetworkSpec, dataset: Dataset, *, options: TrainOptio
     ensure_targets_fit(network.output_activation, dataset)
     rng = np.random.default_rng(opts.seed)
     train_rows, val_rows = _split(len(dataset), opts.validation_split, rng)
-    params = _Parameters([network.input_size, *(layer.out_size for layer in network.layers)], np.dtype(np.float32))
+    params = Parameters([network.input_size, *(layer.out_size for layer in network.layers)], np.dtype(np.float32))
     for (weight, bias), layer in zip(params.layers, network.layers):
         weight[...], bias[...] = layer.weight, layer.bias
     inputs = _network_inputs(network, dataset.inputs)
@@ -564,13 +312,13 @@ def ensure_targets_fit(output_activation: str, dataset: Dataset) -> None:
 class _Run:
     """One training run's state: parameters, gradient buffers, optimizer, data."""
 
-    def __init__(self, network: NetworkSpec, params: _Parameters, options: TrainOptions, x: np.ndarray,
+    def __init__(self, network: NetworkSpec, params: Parameters, options: TrainOptions, x: np.ndarray,
                  t: np.ndarray, x_val: np.ndarray, t_val: np.ndarray) -> None:
         self.hidden, self.output = network.hidden_activation, network.output_activation
         self.params, self.options = params, options
         self.grad_flat, self.grads = params.gradient_buffers()
         size, dtype = params.flat.size, params.flat.dtype
-        self.optimizer = _OPTIMIZER_CLASSES[options.optimizer](size, float(options.learning_rate), dtype)
+        self.optimizer = make_optimizer(options.optimizer, size, float(options.learning_rate), dtype)
         self.x, self.t, self.x_val, self.t_val = x, t, x_val, t_val
         self.best_params = params
 
@@ -609,7 +357,7 @@ class _Run:
             else:
                 rows = order[start : start + batch]
                 x, t = self.x[rows], self.t[rows]
-            total += _backprop(self.params.layers, self.grads, self.hidden, self.output, x, t) * len(x)
+            total += backprop(self.params.layers, self.grads, self.hidden, self.output, x, t) * len(x)
             self.optimizer.step(self.params.flat, self.grad_flat)
         trained = time.perf_counter() - started
         loss = total / n
@@ -625,7 +373,7 @@ class _Run:
         total, correct, n = 0.0, 0, len(self.x_val)
         for start in range(0, n, EVAL_CHUNK):
             x, t = self.x_val[start : start + EVAL_CHUNK], self.t_val[start : start + EVAL_CHUNK]
-            z, _, _ = _forward(self.params.layers, self.hidden, x, keep=False)
+            z, _, _ = forward(self.params.layers, self.hidden, x, keep=False)
             total += loss_and_delta(self.output, z, t)[0] * len(x)
             if self.output == "softmax":
                 correct += int((z.argmax(axis=1) == t.argmax(axis=1)).sum())
@@ -634,10 +382,10 @@ class _Run:
         return total / n, (correct / n if self.output != "linear" else None)
 
 
-def _copy(params: _Parameters) -> _Parameters:
-    clone = object.__new__(_Parameters)
+def _copy(params: Parameters) -> Parameters:
+    clone = object.__new__(Parameters)
     clone.flat = params.flat.copy()
-    clone.layers = _Parameters.views(clone.flat, [(w.shape, b.shape) for w, b in params.layers])
+    clone.layers = Parameters.views(clone.flat, [(w.shape, b.shape) for w, b in params.layers])
     return clone
 
 

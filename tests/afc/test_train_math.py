@@ -1,4 +1,4 @@
-"""afc.train's numbers against independent references.
+"""The numbers of learning (afcore.learning, as afc.train uses them) against independent references.
 
 - Every activation's and loss's derivative against central finite differences of the float64
   definitions in tests/float64_reference.py (scipy's erf for gelu), not of afc's own forward code.
@@ -15,17 +15,16 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 
 from afc.datasets import Dataset
 from afc.spec import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
-from afc.train import (
+from afc.train import TrainOptions, train_network
+from afcore.learning import (
     ACTIVATIONS,
     LOSSES,
     RPROP_ETAS,
     RPROP_STEP_LIMITS,
-    TrainOptions,
     activate,
     activation_gradient,
     loss_and_delta,
     loss_and_gradients,
-    train_network,
 )
 from float64_reference import HIDDEN, OUTPUT, forward64
 
