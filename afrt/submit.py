@@ -14,12 +14,15 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Sequence
 
 import orjson
 from redis.exceptions import ResponseError
 
 from afcore.errors import BusError, ExecutionError, UsageError
+from afcore.signing import PublicKey, generate_key
+
+from .busauth import REASONS, Signer, Verifier
 
 from .jsonl import encode_error
 from .records import MAX_LINE_BYTES
@@ -49,6 +52,8 @@ class SubmitSummary:
     filtered: int = 0
     error_codes: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    #: result entries dropped by ``admit``'s verification, by reason (`afrt.busauth.REASONS`)
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     timed_out: int = 0
     incomplete: bool = False
     seconds: float = 0.0
@@ -68,7 +73,7 @@ def new_submission_id() -> str:
 async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[bytes] | None = None,
                  sink: IO[bytes], priority: str = "normal", timeout: float | None = None,
                  attach: str | None = None, submission: str | None = None,
-                 written: int | None = None) -> SubmitSummary:
+                 written: int | None = None, admit: Sequence[PublicKey] | None = None) -> SubmitSummary:
     """Send every record of ``source`` to swarm ``swarm`` and write one line per record to ``sink``.
 
     Args:
@@ -88,12 +93,17 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
             lines of an output file that the attached submit appends to): writing resumes
             there, so that across the kill every line is written exactly once. None resumes
             from what the killed submit last recorded, which may repeat its last 0.2 s of lines.
+        admit: take only result entries signed by one of these keys (``--admit``; the workers'
+            keys, `afrt.busauth`) and drop the rest: unsigned, signed by another key, altered, or
+            replayed. The entries this submit writes itself (AF5237 answers) are signed with a
+            key of its own, which it admits too. None takes every entry, signed or not.
 
     Returns:
         The counts; ``summary.submission`` is the id.
 
     Raises:
-        UsageError: AF5264 for an unknown priority or a missing agent/source; AF5112 for a bad URL.
+        UsageError: AF5264 for an unknown priority or a missing agent/source; AF5112 for a bad URL;
+            AF0963 when ``admit`` is given but empty.
         BusError: AF5110/AF5111/AF5113 for Redis that cannot be reached; AF5262 when ``attach``
             names no submission; AF5263 when ``written`` is below what the submission recorded
             (the results before that are gone from Redis).
@@ -103,17 +113,24 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
     if priority not in PRIORITIES:
         raise UsageError(f"unknown priority `{priority}`", code="AF5264", hint="use high, normal or low")
     started = time.perf_counter()
+    signer = Signer(generate_key())
+    verifier = None
+    if admit is not None:
+        verifier = Verifier(admit)
+        verifier.admit(signer.public_key)
     client = await connect(url)
     keys = Keys(swarm)
     try:
         if attach is not None:
             receiver = await _Receiver.attached(client, keys, attach, sink, written)
+            receiver.signer, receiver.verifier = signer, verifier
             await receiver.run(timeout)
         else:
             if agent is None or source is None:
                 raise UsageError("submit needs an agent and a source (or attach=ID)", code="AF5264")
             sid = submission or new_submission_id()
             receiver = _Receiver(client, keys, sid, sink, 0)
+            receiver.signer, receiver.verifier = signer, verifier
             await receiver.open(agent, priority)
             sending = asyncio.ensure_future(_Sender(client, keys.tasks(agent, priority), receiver).run(source))
             try:
@@ -121,6 +138,8 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
             finally:
                 sending.cancel()
         summary = receiver.summary
+        if verifier is not None:
+            summary.dropped = dict(verifier.dropped)
     finally:
         await client.aclose()
     summary.seconds = time.perf_counter() - started
@@ -141,6 +160,8 @@ class _Receiver:
         self.last = b"0-0"
         self.progress = asyncio.Event()
         self.summary = SubmitSummary(sid)
+        self.signer: Signer | None = None  # signs what this submit writes to the results stream itself
+        self.verifier: Verifier | None = None
 
     @classmethod
     async def attached(cls, client: Any, keys: Keys, sid: str, sink: IO[bytes], written: int | None) -> _Receiver:
@@ -192,9 +213,11 @@ class _Receiver:
         await retrying(self._finish, what="close the submission")
 
     def _take(self, entries: list) -> None:
-        held, summary = self.held, self.summary
+        held, summary, verifier = self.held, self.summary, self.verifier
         for entry_id, fields in entries:
             self.last = entry_id
+            if verifier is not None and verifier.check(self.results, fields) is not None:
+                continue  # counted in summary.dropped and warned about by the verifier
             n = int(fields[b"n"])
             lines = fields[b"d"].split(b"\n")[:-1]
             for i, line in enumerate(lines, n):
@@ -332,9 +355,12 @@ class _Sender:
         # `sent` counts only records whose tasks (or answers) are in Redis: what an attach waits for
         batch, self.batch, sent = self.batch, [], self.covered
         receiver = self.receiver
-        for task in batch:
+        for i, task in enumerate(batch):
             if isinstance(task, Task):
                 receiver.tasks[task.index] = task
+            else:  # an answer of this submit's own: signed once, like a worker's results
+                fields = {"n": task[0], "d": task[1]}
+                batch[i] = receiver.signer.sign(receiver.results, fields) if receiver.signer else fields
 
         async def write(tasks: list[Any], last: bool) -> None:
             pipe = self.client.pipeline(transaction=False)
@@ -342,7 +368,7 @@ class _Sender:
                 if isinstance(task, Task):
                     pipe.xadd(self.stream, task.fields())
                 else:
-                    pipe.xadd(receiver.results, {"n": task[0], "d": task[1]})
+                    pipe.xadd(receiver.results, task)
             if last:
                 pipe.hset(receiver.hash, mapping={"sent": sent, **({"total": sent} if final else {})})
             await pipe.execute()
@@ -359,7 +385,7 @@ async def status(url: str, swarm: str) -> dict[str, Any]:
     """Return the members and queues of swarm ``swarm`` (what `af swarm status --json` prints).
 
     ``{"swarm", "members": [{"agent_id", "agent", "host", "pid", "replicas", "state",
-    "last_heartbeat_s", "processed", "errors"}], "queues": [{"agent", "priority", "length",
+    "last_heartbeat_s", "processed", "errors", "key_id", "dropped"}], "queues": [{"agent", "priority", "length",
     "pending", "lag", "dead_letters"}]}``; a member whose heartbeat expired is ``"gone"`` until
     it is forgotten.
 
@@ -383,7 +409,7 @@ async def _members(client: Any, keys: Keys) -> list[dict[str, Any]]:
             "agent_id": info["agent_id"], "agent": info["agent"], "host": info["host"], "pid": info["pid"],
             "replicas": info["replicas"], "state": info["state"] if alive else "gone",
             "last_heartbeat_s": round(now - info["last_heartbeat"], 3), "processed": info["processed"],
-            "errors": info["errors"],
+            "errors": info["errors"], "key_id": info.get("key_id", ""), "dropped": info.get("dropped", 0),
         })
     return members
 
