@@ -31,9 +31,9 @@ from afrt.worker import serve
 url, bundle, swarm, idle_ms, max_deliveries, metrics_port, slow_ms, poison, replicas, reconnect = sys.argv[1:11]
 identity, admit, unsigned = sys.argv[11:14]
 afrt.redisbus.RECONNECT_SECONDS = float(reconnect)
-if unsigned == "1":  # benchmarks/swarm.py's baseline: a worker that signs nothing
+if unsigned == "1":  # benchmarks/swarm.py's baseline: a worker that signs nothing (an empty envelope)
     import afrt.busauth
-    afrt.busauth.Signer.sign = lambda self, channel, fields: dict(fields)
+    afrt.busauth.Signer.sign = lambda self, channel, fields: {**fields, "a": b""}
 from afcore.signing import load_private_key, load_public_keys
 key = load_private_key(open(identity, "rb").read()) if identity != "-" else None
 admitted = load_public_keys(open(admit, "rb").read()) if admit != "-" else None
