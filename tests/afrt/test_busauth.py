@@ -193,3 +193,19 @@ class TestAdmittedKeys:
         with pytest.raises(UsageError) as info:
             Verifier([])
         assert info.value.code == "AF0963"
+
+
+class TestMetric:
+    def test_drops_reach_af_bus_dropped_total_once_each(self, signer, verifier):
+        from afrt.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics("s", "a")
+        fields = signed(signer)
+        verifier.check(CHANNEL, fields)
+        verifier.check(CHANNEL, fields)
+        verifier.check(CHANNEL, {b"n": b"0"})
+        metrics.set_dropped(verifier.dropped)
+        metrics.set_dropped(verifier.dropped)  # synced again at the next heartbeat: nothing counted twice
+        text = metrics.text().decode()
+        assert 'af_bus_dropped_total{agent="a",reason="replayed",swarm="s"} 1.0' in text
+        assert 'af_bus_dropped_total{agent="a",reason="unsigned",swarm="s"} 1.0' in text
