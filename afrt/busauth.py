@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTH_FIELD",
     "BAD_SIGNATURE",
+    "FOREIGN_TASK",
     "NOT_ADMITTED",
     "REASONS",
     "REPLAYED",
@@ -61,8 +62,11 @@ __all__ = [
 AUTH_FIELD = "a"
 #: drop reasons (the ``reason`` label of ``af_bus_dropped_total`` and the keys of ``dropped``)
 UNSIGNED, NOT_ADMITTED, BAD_SIGNATURE, REPLAYED = "unsigned", "not_admitted", "bad_signature", "replayed"
+#: a genuine result of a task its submit did not send (`afrt.submit` checks the task digest ``t``)
+FOREIGN_TASK = "foreign_task"
 #: every drop reason, with the code its warning carries
-REASONS = {UNSIGNED: "AF5400", NOT_ADMITTED: "AF5401", BAD_SIGNATURE: "AF5402", REPLAYED: "AF5403"}
+REASONS = {UNSIGNED: "AF5400", NOT_ADMITTED: "AF5401", BAD_SIGNATURE: "AF5402", REPLAYED: "AF5403",
+           FOREIGN_TASK: "AF5404"}
 #: how far (in sequence numbers) an entry may lag the newest of its session and still be taken once
 REPLAY_WINDOW = 4096
 #: sessions a verifier remembers (the oldest is forgotten past this: a bound on memory)
@@ -208,9 +212,15 @@ class Verifier:
         if reason is None:
             self.accepted += 1
             return None
-        self.dropped[reason] += 1
-        self._warn(reason, channel, key_id)
+        self.drop(reason, channel, fields)
         return reason
+
+    def drop(self, reason: str, channel: str, fields: Mapping[bytes, bytes]) -> None:
+        """Count an entry dropped for ``reason`` and warn (rate-limited): for the checks of a receiver
+        after `check` (`FOREIGN_TASK`), and `check`'s own."""
+        parsed = _parse(fields.get(_AUTH) or b"")
+        self.dropped[reason] += 1
+        self._warn(reason, channel, parsed[0] if parsed else None)
 
     def _check(self, channel: str, fields: Mapping[bytes, bytes]) -> tuple[str | None, bytes | None]:
         from cryptography.exceptions import InvalidSignature
@@ -270,7 +280,9 @@ class Verifier:
         what = {UNSIGNED: "it is not signed",
                 NOT_ADMITTED: f"it is signed by key {(key_id or b'?').decode()}, which is not admitted",
                 BAD_SIGNATURE: "its signature does not verify" + (f" with key {key_id.decode()}" if key_id else ""),
-                REPLAYED: f"it replays an entry of key {(key_id or b'?').decode()} already taken"}[reason]
+                REPLAYED: f"it replays an entry of key {(key_id or b'?').decode()} already taken",
+                FOREIGN_TASK: "it answers a task under this submission's id that this submit did not send "
+                              "(another input)"}[reason]
         since = f" ({count} more dropped for this reason in the last {WARN_SECONDS:.0f} s)" if count else ""
         _log.warning("warning[%s]: dropped an entry of %s: %s%s", REASONS[reason], channel, what, since)
 

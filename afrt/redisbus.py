@@ -20,6 +20,7 @@ Three things live here, each once:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 import uuid
@@ -93,6 +94,12 @@ class Task(NamedTuple):
     line: int
     count: int
     data: bytes
+
+    def digest(self) -> str:
+        """Return the task's digest: the first 32 hex digits of the sha256 of its lines. A worker
+        puts it in the signed result entry (``t``), so that a submit can tell the results of its own
+        tasks from those of a task someone else wrote under its submission id."""
+        return hashlib.sha256(self.data).hexdigest()[:32]
 
     def fields(self) -> dict[str, Any]:
         """Return the stream fields of the task (what XADD sends)."""

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 from afcore.errors import BusError, ExecutionError, UsageError
 from afcore.signing import PublicKey, generate_key
 
-from .busauth import REASONS, Signer, Verifier
+from .busauth import FOREIGN_TASK, REASONS, Signer, Verifier
 
 from .jsonl import encode_error
 from .records import MAX_LINE_BYTES
@@ -220,12 +220,30 @@ class _Receiver:
                 continue  # counted in summary.dropped and warned about by the verifier
             n = int(fields[b"n"])
             lines = fields[b"d"].split(b"\n")[:-1]
+            if verifier is not None and not self._ours(n, len(lines), fields.get(b"t")):
+                verifier.drop(FOREIGN_TASK, self.results, fields)
+                continue
             for i, line in enumerate(lines, n):
                 if i < self.next or i in held:
                     summary.duplicates += 1  # delivery is at-least-once: a task may have run twice
                 else:
                     held[i] = line + b"\n"
             self.entries.append((entry_id, n + len(lines) - 1))
+
+    def _ours(self, n: int, count: int, digest: bytes | None) -> bool:
+        """Return False when a signed result answers a task other than the one this submit sent for
+        index ``n`` (its task digest differs: someone wrote a task under this submission's id).
+        True when it matches, or cannot be checked (no digest: this submit's own answers; the task
+        is already written, or unknown after an attach)."""
+        if digest is None:
+            return True
+        task = self.tasks.get(n) or next((t for t in self.tasks.values() if t.index <= n < t.index + t.count), None)
+        if task is None:  # written already (the index decides), or sent by the submit this one attached to
+            return True
+        if task.index == n and task.count == count:
+            return task.digest().encode() == digest
+        # a worker splits a task delivered twice into one task per record: a result of one record
+        return count == 1 and task.singles()[n - task.index].digest().encode() == digest
 
     def _write(self) -> None:
         held, parts = self.held, []
@@ -238,8 +256,8 @@ class _Receiver:
         self.sink.write(data)
         self.sink.flush()
         self._count(parts)
-        for index in [i for i in self.tasks if i < self.next]:
-            del self.tasks[index]
+        for index in [i for i, task in self.tasks.items() if i + task.count <= self.next]:
+            del self.tasks[index]  # fully written: its results are duplicates now
         self.progress.set()
 
     def _count(self, lines: list[bytes]) -> None:

@@ -415,7 +415,8 @@ class _Worker:
             self.summary.bandwidth_wait_seconds = round(self.bucket.waited, 4)
 
         # signed once: a retried write sends the same entries (the submit drops a second copy)
-        entries = [(results, self.signer.sign(results, {"n": held.task.index, "d": b"".join(held.lines)}))
+        entries = [(results, self.signer.sign(results, {"n": held.task.index, "d": b"".join(held.lines),
+                                                         "t": held.task.digest()}))
                    for held in done for results in [self.keys.results(held.task.submission)]]
 
         async def write() -> None:
@@ -462,7 +463,7 @@ class _Worker:
         if task is not None:
             results = self.keys.results(task.submission)
             lines = [encode_error(rid, "AF5260", message) for rid in task.record_ids()]
-            answer = (results, self.signer.sign(results, {"n": task.index, "d": b"".join(lines)}))
+            answer = (results, self.signer.sign(results, {"n": task.index, "d": b"".join(lines), "t": task.digest()}))
 
         async def write() -> None:
             pipe = self.client.pipeline(transaction=True)

@@ -21,7 +21,7 @@ from redis_swarm_kit import finish, start_submit, start_worker, stop_workers, wr
 
 from afcore.signing import generate_key
 from afrt.bus import Message
-from afrt.busauth import BAD_SIGNATURE, NOT_ADMITTED, REPLAYED, UNSIGNED, Signer, Verifier
+from afrt.busauth import BAD_SIGNATURE, FOREIGN_TASK, NOT_ADMITTED, REPLAYED, UNSIGNED, Signer, Verifier
 from afrt.redisbus import RedisBus
 from afrt.submit import status, submit
 from float64_reference import forward64
@@ -83,7 +83,7 @@ class TestSubmitAdmit:
         summary = asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(SOURCE), sink=out,
                                      submission=sid, timeout=30, admit=[key.public_key]))
         assert out.getvalue() == GENUINE  # every record once, from the genuine entry
-        assert summary.dropped == {UNSIGNED: 1, NOT_ADMITTED: 1, BAD_SIGNATURE: 1, REPLAYED: 1}
+        assert summary.dropped == {UNSIGNED: 1, NOT_ADMITTED: 1, BAD_SIGNATURE: 1, REPLAYED: 1, FOREIGN_TASK: 0}
         assert (summary.records, summary.results, summary.duplicates, summary.timed_out) == (2, 2, 0, 0)
         assert summary.to_json()["dropped"] == summary.dropped
 
@@ -144,6 +144,47 @@ class TestSigningWorkers:
         assert sum(summary.dropped.values()) == summary.dropped[NOT_ADMITTED]
 
 
+class TestForgedTasks:
+    def test_a_result_of_a_task_the_submit_did_not_send_is_dropped(self, server, xor, tmp_path):
+        """Someone writes a task under the submission's id before the submit does: a genuine worker
+        runs it and signs its result, which carries the forged task's digest."""
+        bundle, network = xor
+        key, key_path, _ = keyfiles(tmp_path, "worker")
+        sid = "00000000deadbeef"
+        forged = b'{"id": "a", "input": [0.5, 0.5]}\n{"id": "b", "input": [0.5, 0.5]}'
+        r = redis.Redis.from_url(server.url)
+        r.xadd(f"af:{SWARM}:tasks:{AGENT}:normal", {"s": sid, "n": 0, "l": 1, "c": 2, "d": forged})
+        r.close()
+        worker = start_worker(server.url, bundle, SWARM, identity=key_path)
+        out = io.BytesIO()
+        summary = asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(SOURCE), sink=out,
+                                     submission=sid, timeout=60, admit=[key.public_key]))
+        assert stop_workers(worker)[0]["records"] == 4  # it ran both tasks
+        records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+        x = np.array([[0, 1], [1, 1]], dtype=np.float32)
+        np.testing.assert_allclose([r["output"] for r in records], forward64(network, x), rtol=1e-5, atol=1e-6)
+        assert summary.dropped[FOREIGN_TASK] == 1 and summary.results == 2
+
+    def test_a_split_task_is_still_recognised(self, server):
+        """A task delivered twice is split into one task per record: each result is checked
+        against its own record's digest."""
+        from afrt.redisbus import Task
+
+        key = generate_key()
+        sid = "00000000feedbeef"
+        results = f"af:{SWARM}:results:{sid}"
+        task = Task(sid, 0, 1, 2, SOURCE.rstrip(b"\n"))
+        worker = Signer(key)
+        r = redis.Redis.from_url(server.url)
+        for single, line in zip(task.singles(), GENUINE.splitlines(keepends=True)):
+            r.xadd(results, worker.sign(results, {"n": single.index, "d": line, "t": single.digest()}))
+        r.close()
+        out = io.BytesIO()
+        summary = asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(SOURCE), sink=out,
+                                     submission=sid, timeout=30, admit=[key.public_key]))
+        assert out.getvalue() == GENUINE and sum(summary.dropped.values()) == 0
+
+
 class TestRedisBusTopics:
     def test_a_subscriber_takes_only_admitted_fresh_messages(self, server):
         key, stranger = generate_key(), generate_key()
@@ -171,7 +212,7 @@ class TestRedisBusTopics:
 
         got, left, verifier = asyncio.run(main())
         assert got == [b"good 1", b"good 2"] and left == 0
-        assert verifier.dropped == {UNSIGNED: 1, NOT_ADMITTED: 1, BAD_SIGNATURE: 1, REPLAYED: 1}
+        assert verifier.dropped == {UNSIGNED: 1, NOT_ADMITTED: 1, BAD_SIGNATURE: 1, REPLAYED: 1, FOREIGN_TASK: 0}
 
     def test_a_message_is_signed_for_its_swarm_and_topic(self, server):
         key = generate_key()
