@@ -23,7 +23,8 @@ accepted or is older than its replay window (`REPLAY_WINDOW` sequence numbers be
 it has seen of that session: entries of concurrent writes can land slightly out of order). It
 counts each reason (`Verifier.dropped`) and logs a warning per reason at most every
 `WARN_SECONDS`, with the number of drops in between. The reasons are `REASONS`; their codes,
-AF5400-AF5403, are in docs/diagnostics.md.
+AF5400-AF5404, are in docs/diagnostics.md (`FOREIGN_TASK` is `afrt.submit`'s own check, counted
+through `Verifier.drop`: a result carries the digest of the task it answers, ``t``).
 """
 
 from __future__ import annotations
