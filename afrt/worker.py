@@ -151,15 +151,15 @@ async def serve(agent: Any, *, url: str, swarm: str, replicas: int = 1, max_batc
         UsageError: AF0963 when ``admit`` is given but empty.
     """
     worker = _Worker(agent, url, swarm, replicas=replicas, max_batch=max_batch, max_deliveries=max_deliveries,
-                     idle_ms=idle_ms, heartbeat_seconds=heartbeat_seconds)
-    worker.verifier = Verifier(admit) if admit is not None else None
-    worker.identity = identity
+                     idle_ms=idle_ms, heartbeat_seconds=heartbeat_seconds, identity=identity,
+                     verifier=Verifier(admit) if admit is not None else None)
     return await worker.run(stop or asyncio.Event(), batch_wait_ms, state_dir, metrics_port)
 
 
 class _Worker:
     def __init__(self, agent: Any, url: str, swarm: str, *, replicas: int, max_batch: int, max_deliveries: int,
-                 idle_ms: int, heartbeat_seconds: float) -> None:
+                 idle_ms: int, heartbeat_seconds: float, identity: SigningKey | None, verifier: Verifier | None,
+                 ) -> None:
         self.agent, self.url, self.name = agent, url, swarm
         self.replicas, self.max_batch, self.max_deliveries = replicas, max_batch, max_deliveries
         self.idle_ms, self.heartbeat_seconds = idle_ms, heartbeat_seconds
@@ -186,9 +186,8 @@ class _Worker:
         self.swarm: Swarm | None = None
         self.replica_of: dict[str, str] = {}
         self.labels = _labels(agent)
-        self.identity: SigningKey | None = None
-        self.signer: Signer | None = None
-        self.verifier: Verifier | None = None
+        self.identity, self.verifier = identity, verifier
+        self.signer: Signer | None = None  # made in `run`: replica 0's key may come from the state directory
 
     # lifecycle ----------------------------------------------------------------------------------
 
