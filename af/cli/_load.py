@@ -141,15 +141,7 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         if kind == "agent":
             refuse_unsigned_source(bundle)
     if kind == "agent":
-        import afrt
-        from afc import compile_agent, load_agent_file
-
-        backend = backend or "onnx"
-        targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
-        data = compile_agent(load_agent_file(bundle).spec(), targets=targets)
-        # made here and now, from a file that validated: no cap on what it inflates to
-        return afrt.load(data, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize,
-                         profile_layers=profile_layers and backend == "onnx", lean=lean)
+        return _compile_and_load(bundle, backend or "onnx", fuel, profile_layers=profile_layers, lean=lean)
     gc.disable()
     read = _read_ahead(bundle, bundle_cap(max_bundle_mb), keys, backend if lean else "")
     import afrt
@@ -161,6 +153,31 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         ensure_fuel_applies(backend, fuel)
     return afrt.load(loaded, backend=backend, fuel_per_record=fuel, profile_layers=profile_layers and backend == "onnx",
                      trust=keys, state_dir=state_dir)
+
+
+def _compile_and_load(path: Path, backend: str, fuel: Optional[int], *, profile_layers: bool, lean: bool) -> Any:
+    """Compile an .af file into a private temporary bundle and load that (`load_agent`).
+
+    The bundle goes to a file rather than memory, and the compiler's arrays are gone before the
+    agent loads: a run then costs what compiling costs or what loading the bundle costs, whichever
+    is more, not both (docs/runtime.md, "Memory").
+    """
+    import shutil
+    import tempfile
+
+    import afrt
+    from afc import compile_spec, load_agent_file
+
+    targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
+    directory = tempfile.mkdtemp(prefix="af-run-")  # mode 0700: this user's only
+    try:
+        output = Path(directory) / "agent.afb"
+        compile_spec(load_agent_file(path).spec(), output=output, targets=targets)  # its result holds the spec
+        # made here and now, from a file that validated: no cap on what it inflates to
+        return afrt.load(output, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize,
+                         profile_layers=profile_layers and backend == "onnx", lean=lean)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _read_ahead(path: Path, max_total_bytes: int, trust: Optional[list] = None,
