@@ -92,6 +92,7 @@ def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str]
         close_streams(source, sink if output_path else None)
     baseline = _baseline(spare, input_path, options) if spare is not None and not summary.interrupted else None
     profiler.merge_onnxruntime(*agent.layer_events())
+    profiler.merge_staged_calls(agent.staged_calls())
     profiler.measure_layers(agent)
     report = profiler.report(summary, baseline_records_per_second=baseline)
     if trace_path is not None:
@@ -155,18 +156,35 @@ def _print(report: ProfileReport) -> None:
                 drop_order=WORKFLOW_DROP_ORDER)
     print_table("steps (wall time per call, µs)", STEP_COLUMNS, steps, left=_TEXT_COLUMNS, drop_order=STEP_DROP_ORDER)
     _print_backend(report)
-    if report.layers:
-        rows = [[str(layer.layer), layer.ops, str(layer.calls), *_dist(layer.seconds), _us(layer.per_record.mean)]
-                for layer in report.layers]
-        print_table("layers (kernel time per call, µs, measured in a separate pass)",
-                    ("layer", "ops", "calls", "mean", "p50", "p95", "p99", "per record"), rows, left=("ops",),
-                    drop_order=("p99", "p95", "calls"))
-    elif report.backend == "wasm":
-        _say_wrapped("layers: the wasm module computes every layer in one call (ABI v1): no time per layer")
+    _print_layers(report)
     for title, counts in (("messages sent", report.messages), ("traps", report.traps)):
         if counts:
             say(f"{title}: " + ", ".join(f"{k} x{n}" for k, n in sorted(counts.items())))
     _print_pictures(report)
+
+
+def _print_layers(report: ProfileReport) -> None:
+    """The layers table (from the separate pass), what the layers add up to, or why there is none."""
+    layer_pass = report.layer_pass
+    if report.layers:
+        wasm = report.backend == "wasm"
+        rows = [[str(layer.layer), layer.ops, str(layer.calls), *_dist(layer.seconds), _us(layer.per_record.mean)]
+                + ([f"{layer.fuel_per_record.mean:,.0f}"] if wasm and layer.fuel_per_record is not None else [])
+                for layer in report.layers]
+        how = "stage by stage" if wasm else "onnxruntime's profiler"
+        print_table(f"layers (µs per call; a separate pass, {how})",
+                    ("layer", "ops", "calls", "mean", "p50", "p95", "p99", "per record", *(["fuel/record"] if wasm else [])),
+                    rows, left=("ops",), drop_order=("p99", "p95", "calls", "fuel/record"))
+    if layer_pass is None:
+        return
+    if layer_pass.reason is not None:
+        _say_wrapped(f"layers: per-layer time is not available: {layer_pass.reason}")
+    elif layer_pass.call_seconds is not None and layer_pass.layers_seconds is not None:
+        whole, parts = layer_pass.call_seconds.p50, layer_pass.layers_seconds.p50
+        timer = (f"; timing a call costs {_us(layer_pass.timer_seconds)} µs, taken off each time"
+                 if layer_pass.timer_seconds is not None else "")
+        _say_wrapped(f"layers: a call's parts add up to {_us(parts)} µs at p50, the whole call took {_us(whole)} µs "
+                     f"in the same pass{timer}")
 
 
 def _dist(d: Distribution) -> list[str]:
