@@ -51,7 +51,7 @@ class _Discard:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as one JSON object on stdout (schemas/profile-1.0.schema.json).")
 @click.option("--trace", "trace_path", type=click.Path(path_type=Path),
-              help="Write the blocks, backend calls and steps as Chrome trace events (Perfetto, chrome://tracing).")
+              help="Write the blocks, backend calls, steps and layers as Chrome trace events (Perfetto, chrome://tracing).")
 @agent_options
 def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str], backend: Optional[str],
                     replicas: int, max_batch: int, fuel: Optional[int], overhead: bool, as_json: bool,
@@ -74,9 +74,10 @@ def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str]
 
     if trace_path is not None:
         check_output(trace_path)
-    # With --trace, onnxruntime's own profile of the run is merged into the trace: that costs ~17 µs
-    # a call, so the traced run is slower than a plain one (the report's layer times come from a
-    # separate pass, which slows nothing: afprof.layers).
+    # With --trace, the run times its own layers (onnx: onnxruntime's profiler, ~17 µs a call; wasm: each
+    # call stage by stage, ~15 µs a call), merged into the trace inside each backend call, so the traced
+    # run is slower than a plain one (the report's layer times come from a separate pass, which slows
+    # nothing: afprof.layers).
     agent = load_agent(bundle, backend, fuel, command="af profile", max_bundle_mb=max_bundle_mb,
                        profile_layers=trace_path is not None)
     options = {"replicas": replicas, "max_batch": max_batch}
