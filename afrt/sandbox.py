@@ -9,6 +9,11 @@ All agents in a process share one `Engine`; the replicas of one agent share one 
 and a `WasmPool` of instances, each with its own Store (fuel, memory cap). With
 ``memory_init_cow`` wasmtime maps the module's data segments (the weights) copy-on-write from
 one image, so an instance costs only the pages it writes.
+
+A module compiled by this af also has the optional per-stage exports ``stage_count``/``stage``
+(`STAGE_EXPORTS`, docs/bundle.md): `WasmStages` runs an instance one stage at a time under the same
+limits, for per-layer timing (`afprof`), and `StagedWasmBackend` runs every call that way and
+records it (``profile_layers``). A module without them runs as before.
 """
 
 from __future__ import annotations
