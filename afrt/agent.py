@@ -170,6 +170,7 @@ class Agent:
             self._run = self._raise_closed
             engine.close()
             self._layer_events = getattr(engine, "layer_events", _no_layer_events)()
+            self._staged_calls = getattr(engine, "staged_calls", list)()
 
     def layer_events(self) -> tuple[int, list[dict]]:
         """Return onnxruntime's profile of the calls so far (loaded with ``profile_layers``): its start
@@ -178,6 +179,34 @@ class Agent:
         if self._engine is None:
             return getattr(self, "_layer_events", (0, []))
         return getattr(self._engine, "layer_events", _no_layer_events)()
+
+    def staged_calls(self) -> list[Any]:
+        """Return the wasm calls made stage by stage so far (loaded with ``profile_layers``): each an
+        `afrt.sandbox.StagedCall`, with `time.perf_counter` readings around every stage and its fuel.
+        Every replica's calls are listed (they share the record); empty without ``profile_layers``."""
+        if self._engine is None:
+            return list(getattr(self, "_staged_calls", ()))
+        return getattr(self._engine, "staged_calls", list)()
+
+    def stages(self) -> Any:
+        """Return a new instance of the agent's wasm module, to run one stage at a time (per-layer timing).
+
+        The instance is the agent's own (not one its replicas use), with the agent's memory cap and a
+        whole call's fuel per `load`: see `afrt.sandbox.WasmStages`. Close it when done.
+
+        Raises:
+            UsageError: AF5502 on the onnx backend (its per-layer time comes from ``profile_layers``).
+            BundleError: AF5500 when the module has no per-stage exports (a bundle compiled before them);
+                the message says so.
+            InferenceError: AF5032 after `close`.
+        """
+        if self._engine is None:
+            raise self._closed_error()
+        stages = getattr(self._engine, "stages", None)
+        if stages is None:
+            raise UsageError(f"agent `{self.name}` runs on {self.backend}: only the wasm backend runs stage by stage",
+                             code="AF5502", hint="load it with backend='wasm', or use profile_layers on onnx")
+        return stages(layers=len(self.bundle.layers))
 
     def _raise_closed(self, inputs: np.ndarray) -> np.ndarray:
         raise self._closed_error()
@@ -206,7 +235,8 @@ def _check_options(backend: str, fuel_per_record: int | None, threads: int | Non
         raise UsageError("; ".join(problems), code="AF5090")
 
 
-def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: Path | None) -> Backend:
+def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: Path | None,
+                 profile_layers: bool = False) -> Backend:
     from . import sandbox
     from .modcache import ModuleCache
 
@@ -224,7 +254,15 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
         memory_limit=int(memory_mb * 2**20),
         fuel_per_record=fuel_per_record or sandbox.fuel_per_record(list(bundle.layers)),
     )
-    return sandbox.WasmBackend(sandbox.WasmPool(module, limits))
+    pool = sandbox.WasmPool(module, limits)
+    if profile_layers:
+        problem = sandbox.stage_exports_problem(module)
+        if problem is None:
+            return sandbox.StagedWasmBackend(pool, len(bundle.layers))
+        backend = sandbox.WasmBackend(pool)
+        backend.notices = [f"per-layer time is not available: {problem}"]  # type: ignore[attr-defined]
+        return backend
+    return sandbox.WasmBackend(pool)
 
 
 def _onnx_engine(bundle: LoadedBundle, threads: int | None, profile_dir: str | None = None) -> Backend:
@@ -292,8 +330,10 @@ def load(
         cache_dir: the compiled-module cache (wasm); default ``$XDG_CACHE_HOME/af/modules``.
         max_total_bytes: cap on what the bundle may decompress to (`afcore.bundle.MAX_TOTAL_BYTES`,
             1 GiB, when None); raise it for a trusted bigger bundle.
-        profile_layers: onnx only: turn on onnxruntime's profiler, which times every node of every
-            call; `Agent.layer_events` returns what it measured (`af profile`).
+        profile_layers: onnx: turn on onnxruntime's profiler, which times every node of every call;
+            `Agent.layer_events` returns what it measured. wasm: run every call stage by stage (the
+            module's per-stage exports) and record when each stage ran, for `Agent.staged_calls`; a
+            module without those exports runs whole, with a notice (`af profile --trace`).
         trust: `afcore.signing.PublicKey` s: the bundle must be signed by one of them
             (`load_bundle`); None loads unsigned bundles too.
         state_dir: with ``trust``, the state directory where the highest signed version that ran
@@ -329,7 +369,8 @@ def load(
 
         check_rollback(state_dir, loaded.name, loaded.signature)
     if backend == "wasm":
-        engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None)
+        engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None,
+                              profile_layers)
     else:
         engine = _onnx_engine(loaded, threads, _profile_dir() if profile_layers else None)
     return Agent(loaded, engine, backend=backend)

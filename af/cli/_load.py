@@ -106,7 +106,8 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         fuel: wasm fuel per record (None: derived from the network's size).
         command: the command, for messages.
         max_bundle_mb: ``--max-bundle-mb`` (None: the default cap).
-        profile_layers: on onnx, turn onnxruntime's profiler on (`afrt.load`), for `af profile --trace`.
+        profile_layers: time the layers of every call of the run (`afrt.load`: onnxruntime's profiler on onnx,
+            stage by stage on wasm), for `af profile --trace`.
         trust: ``--trust`` public key files: the bundle must be signed by one of them
             (`afcore.signing`), and not older than what ran from ``state_dir``.
         state_dir: ``--state-dir``, where signed versions that ran are recorded (with ``trust``).
@@ -151,7 +152,7 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         targets = loaded.manifest.get("targets") or BACKENDS
         backend = next((b for b in BACKENDS if b in targets), BACKENDS[0])
         ensure_fuel_applies(backend, fuel)
-    return afrt.load(loaded, backend=backend, fuel_per_record=fuel, profile_layers=profile_layers and backend == "onnx",
+    return afrt.load(loaded, backend=backend, fuel_per_record=fuel, profile_layers=profile_layers,
                      trust=keys, state_dir=state_dir)
 
 
@@ -175,7 +176,7 @@ def _compile_and_load(path: Path, backend: str, fuel: Optional[int], *, profile_
         compile_spec(load_agent_file(path).spec(), output=output, targets=targets)  # its result holds the spec
         # made here and now, from a file that validated: no cap on what it inflates to
         return afrt.load(output, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize,
-                         profile_layers=profile_layers and backend == "onnx", lean=lean)
+                         profile_layers=profile_layers, lean=lean)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
