@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from afcore.bundle import LARGE_MEMBER_BYTES
 from afcore.errors import InferenceError, UsageError
+from afcore.manifest import target_keeper
 
 from .loader import LoadedBundle, ensure_trusted, load_bundle
 
@@ -239,6 +241,8 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
     from .modcache import ModuleCache
 
     wasm = bundle.member("wasm")
+    if not isinstance(wasm, (bytes, bytearray, memoryview)):  # an `afcore.bundle.MemberFile` (`load`'s ``lean``)
+        wasm = wasm.read_bytes()
     sandbox.ensure_abi(bundle.wasm_abi())
     module = ModuleCache(cache_dir).load(wasm, member="model.wasm")
     sandbox.ensure_policy(module)
@@ -262,18 +266,30 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
 
 
 def _onnx_engine(bundle: LoadedBundle, threads: int | None, profile_dir: str | None = None) -> Backend:
-    from .inference import OnnxModel, ensure_safe_onnx, session_threads, threads_notice
+    from .inference import OnnxModel, ensure_safe_onnx, ensure_safe_onnx_file, session_threads, threads_notice
 
-    model_bytes = bundle.member("onnx")
-    ensure_safe_onnx(model_bytes)
-    model = OnnxModel(
-        model_bytes,
-        agent=bundle.name,
-        input_name=bundle.input_name,
-        output_name=bundle.output_name,
-        threads=session_threads(bundle.limit("cpu_cores"), threads),
-        profile_dir=profile_dir,
-    )
+    member = bundle.member("onnx")
+    if isinstance(member, (bytes, bytearray, memoryview)):
+        ensure_safe_onnx(member)
+        source: bytes | str = bytes(member)
+    else:
+        # A member the bundle reader wrote to a private file (`afcore.bundle.MemberFile`, see `load`'s
+        # ``lean``): checked through a memory map, then read by onnxruntime itself, so that no copy of the
+        # weights is held in Python while onnxruntime makes its two (docs/runtime.md, "Memory").
+        ensure_safe_onnx_file(member.path)
+        source = member.path
+    try:
+        model = OnnxModel(
+            source,
+            agent=bundle.name,
+            input_name=bundle.input_name,
+            output_name=bundle.output_name,
+            threads=session_threads(bundle.limit("cpu_cores"), threads),
+            profile_dir=profile_dir,
+        )
+    finally:
+        if isinstance(source, str):
+            member.remove()  # onnxruntime has read it: the disk space goes back now
     model.ensure_signature(bundle.input_size, bundle.output_size)
     notice = threads_notice(bundle.limit("cpu_cores"), threads)
     model.notices = [notice] if notice else []
@@ -301,6 +317,7 @@ def load(
     profile_layers: bool = False,
     trust: Sequence[Any] | None = None,
     state_dir: str | os.PathLike | None = None,
+    lean: bool = False,
 ) -> Agent:
     """Load a bundle into an agent on one backend.
 
@@ -321,6 +338,11 @@ def load(
             (`load_bundle`); None loads unsigned bundles too.
         state_dir: with ``trust``, the state directory where the highest signed version that ran
             is kept per agent and key (`afrt.trust.check_rollback`): an older one is refused.
+        lean: when reading a path or bytes, keep only the backend's model, and an ONNX model of
+            more than `afcore.bundle.LARGE_MEMBER_BYTES` not even that: it goes to a private
+            temporary file that onnxruntime reads, removed once it has (``af run``; peak memory about
+            twice the weights instead of about four times). `Agent.bundle` then lacks the other
+            members (`afcore.bundle.Bundle.left_out`).
 
     Returns:
         The `Agent`.
@@ -339,7 +361,9 @@ def load(
         if trust is not None:
             ensure_trusted(loaded, trust)
     else:
-        loaded = load_bundle(bundle, max_total_bytes=max_total_bytes, trust=trust)
+        keep = target_keeper((backend,)) if lean else None
+        loaded = load_bundle(bundle, max_total_bytes=max_total_bytes, trust=trust, keep=keep,
+                             spill_over=LARGE_MEMBER_BYTES if lean else None)
     if trust is not None and state_dir is not None:
         from .trust import check_rollback
 

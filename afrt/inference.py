@@ -16,9 +16,10 @@ import numpy as np
 from afcore.errors import BundleError
 
 from ._errormap import OnnxCallErrors, map_onnx_load_errors
-from ._onnxproto import ALLOWED_DOMAINS, ensure_safe_onnx
+from ._onnxproto import ALLOWED_DOMAINS, ensure_safe_onnx, ensure_safe_onnx_file
 
-__all__ = ["ALLOWED_DOMAINS", "OnnxModel", "available_cores", "ensure_safe_onnx", "session_threads", "threads_notice"]
+__all__ = ["ALLOWED_DOMAINS", "OnnxModel", "available_cores", "ensure_safe_onnx", "ensure_safe_onnx_file",
+           "session_threads", "threads_notice"]
 
 
 
@@ -65,7 +66,8 @@ class OnnxModel:
     """One onnxruntime session for a bundle's model, shared by the replicas of an agent.
 
     Args:
-        model_bytes: the checked model (see `ensure_safe_onnx`).
+        model_bytes: the checked model (see `ensure_safe_onnx`), or the path of a file holding it
+            (onnxruntime then reads it itself: no copy of it in Python while it builds the session).
         agent: the agent's name, for errors.
         input_name: the graph input (manifest ``network.input.name``).
         output_name: the graph output (manifest ``network.output.name``).
@@ -75,7 +77,7 @@ class OnnxModel:
         BundleError: AF5043 when onnxruntime refuses the model.
     """
 
-    def __init__(self, model_bytes: bytes, *, agent: str, input_name: str, output_name: str, threads: int,
+    def __init__(self, model_bytes: bytes | str, *, agent: str, input_name: str, output_name: str, threads: int,
                  profile_dir: str | None = None) -> None:
         import onnxruntime as ort
 
