@@ -16,9 +16,10 @@ import numpy as np
 from afcore.errors import BundleError
 
 from ._errormap import OnnxCallErrors, map_onnx_load_errors
-from ._onnxproto import ALLOWED_DOMAINS, ensure_safe_onnx
+from ._onnxproto import ALLOWED_DOMAINS, ensure_safe_onnx, ensure_safe_onnx_file
 
-__all__ = ["ALLOWED_DOMAINS", "OnnxModel", "available_cores", "ensure_safe_onnx", "session_threads", "threads_notice"]
+__all__ = ["ALLOWED_DOMAINS", "OnnxModel", "available_cores", "ensure_safe_onnx", "ensure_safe_onnx_file",
+           "session_threads", "threads_notice"]
 
 
 
@@ -65,7 +66,8 @@ class OnnxModel:
     """One onnxruntime session for a bundle's model, shared by the replicas of an agent.
 
     Args:
-        model_bytes: the checked model (see `ensure_safe_onnx`).
+        model_bytes: the checked model (see `ensure_safe_onnx`), or the path of a file holding it
+            (onnxruntime then reads it itself: no copy of it in Python while it builds the session).
         agent: the agent's name, for errors.
         input_name: the graph input (manifest ``network.input.name``).
         output_name: the graph output (manifest ``network.output.name``).
@@ -75,7 +77,7 @@ class OnnxModel:
         BundleError: AF5043 when onnxruntime refuses the model.
     """
 
-    def __init__(self, model_bytes: bytes, *, agent: str, input_name: str, output_name: str, threads: int,
+    def __init__(self, model_bytes: bytes | str, *, agent: str, input_name: str, output_name: str, threads: int,
                  profile_dir: str | None = None) -> None:
         import onnxruntime as ort
 
@@ -142,7 +144,8 @@ class OnnxModel:
         """End onnxruntime's profiling (once) and return its start (ns, system clock) and node events.
 
         Each event is onnxruntime's (``name`` such as ``fused layers.0.gemm_kernel_time``, ``ts`` in
-        µs from the start, ``dur`` in µs). Empty when the model was loaded without profiling.
+        µs from the start, ``dur`` in µs), with each run's ``model_run`` event among them. Empty when
+        the model was loaded without profiling.
         """
         if not self._profiling:
             return 0, []
@@ -155,7 +158,9 @@ class OnnxModel:
                     events = json.load(handle)
             finally:
                 os.unlink(path)
-            self._node_events = [e for e in events if e.get("cat") == "Node" and e.get("ph") == "X"]
+            # the nodes, and each run's whole time (``model_run``, what the nodes add up to)
+            self._node_events = [e for e in events if e.get("ph") == "X"
+                                 and (e.get("cat") == "Node" or e.get("name") == "model_run")]
         return self.session.get_profiling_start_time_ns(), self._node_events
 
     def close(self) -> None:

@@ -101,7 +101,8 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
         return opened[0]
 
     try:
-        agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir)
+        agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir,
+                           lean=True)
         if input_path == "-" and sys.stdin.isatty() and not quiet:
             say("reading records from stdin (Ctrl-D to end)")
         summary = run_stream(agent, source, open_output, replicas=replicas, swarm=swarm, state_dir=state_dir,
@@ -135,7 +136,8 @@ def _serve(bundle: Path, *, url: str, swarm: str, replicas: int, backend: Option
                          code="AF0937", hint="send records with `af submit --bus URL --swarm NAME --agent AGENT`")
     key = read_signing_key(identity) if identity is not None else None
     admitted = read_admitted_keys(admit)
-    agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir)
+    agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir,
+                       lean=True)
     if not quiet:
         signing = f"signing as key {key.key_id}" if key is not None else "signing with its identity"
         say(f"serving swarm {swarm} at {_without_password(url)} as agent {agent.name} "
