@@ -20,7 +20,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from afcore.errors import BusError, ExecutionError, UsageError
-from afcore.signing import PublicKey, generate_key
+from afcore.signing import PublicKey, SigningKey, generate_key
 
 from .busauth import FOREIGN_TASK, REASONS, Signer, Verifier
 
@@ -73,7 +73,8 @@ def new_submission_id() -> str:
 async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[bytes] | None = None,
                  sink: IO[bytes], priority: str = "normal", timeout: float | None = None,
                  attach: str | None = None, submission: str | None = None,
-                 written: int | None = None, admit: Sequence[PublicKey] | None = None) -> SubmitSummary:
+                 written: int | None = None, admit: Sequence[PublicKey] | None = None,
+                 identity: SigningKey | None = None) -> SubmitSummary:
     """Send every record of ``source`` to swarm ``swarm`` and write one line per record to ``sink``.
 
     Args:
@@ -95,8 +96,11 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
             from what the killed submit last recorded, which may repeat its last 0.2 s of lines.
         admit: take only result entries signed by one of these keys (``--admit``; the workers'
             keys, `afrt.busauth`) and drop the rest: unsigned, signed by another key, altered, or
-            replayed. The entries this submit writes itself (AF5237 answers) are signed with a
-            key of its own, which it admits too. None takes every entry, signed or not.
+            replayed. The entries this submit writes itself (AF5237 answers) are signed with
+            ``identity``, which it admits too. None takes every entry, signed or not.
+        identity: the key that signs this submit's own answers (``--identity``); None: a fresh
+            key of this process. Give the same key to a submit and to the one that attaches to it
+            after a kill, so that the attached one takes the answers the first one wrote.
 
     Returns:
         The counts; ``summary.submission`` is the id.
@@ -113,7 +117,7 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
     if priority not in PRIORITIES:
         raise UsageError(f"unknown priority `{priority}`", code="AF5264", hint="use high, normal or low")
     started = time.perf_counter()
-    signer = Signer(generate_key())
+    signer = Signer(identity or generate_key())
     verifier = None
     if admit is not None:
         verifier = Verifier(admit)

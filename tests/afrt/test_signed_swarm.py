@@ -235,3 +235,35 @@ class TestRedisBusTopics:
 
         got, verifier = asyncio.run(main())
         assert got == b"event" and verifier.dropped[BAD_SIGNATURE] == 1
+
+
+class TestAttachAdmit:
+    @pytest.mark.parametrize("same_identity", [True, False])
+    def test_an_attached_submit_takes_the_answers_of_the_one_it_replaces(self, server, monkeypatch, same_identity):
+        """A submit answers an over-long line itself (AF5237, through the results stream) and is
+        killed; the attached submit takes that answer only if it signs with the same identity."""
+        import afrt.submit
+
+        monkeypatch.setattr(afrt.submit, "MAX_LINE_BYTES", 40)
+        first, admitted = generate_key(), generate_key()
+        source = b'{"id": "a", "input": [0, 1]}\n{"id": "b", "input": [0, 1], "note": "longer than forty bytes"}\n'
+        sid = "00000000aaaabbbb"
+
+        async def killed():
+            task = asyncio.ensure_future(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(source),
+                                                sink=io.BytesIO(), submission=sid, identity=first,
+                                                admit=[admitted.public_key]))
+            r = redis.Redis.from_url(server.url)
+            while r.xlen(f"af:{SWARM}:results:{sid}") < 1:  # its answer is written; no worker: "a" waits
+                await asyncio.sleep(0.02)
+            r.close()
+            task.cancel()  # as a kill: nothing more is written
+            await asyncio.gather(task, return_exceptions=True)
+
+        asyncio.run(killed())
+        out = io.BytesIO()
+        summary = asyncio.run(submit(url=server.url, swarm=SWARM, sink=out, attach=sid, timeout=2,
+                                     identity=first if same_identity else None, admit=[admitted.public_key]))
+        codes = [orjson.loads(line)["error"]["code"] for line in out.getvalue().splitlines()]
+        assert codes == ["AF5261", "AF5237" if same_identity else "AF5261"]
+        assert summary.dropped[NOT_ADMITTED] == (0 if same_identity else 1)
