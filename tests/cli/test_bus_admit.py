@@ -120,3 +120,6 @@ class TestAdmit:
         bad_identity = CliRunner().invoke(app, ["run", str(XOR), "--bus", "redis://127.0.0.1:1/0",
                                                 "--identity", str(pub)])
         assert bad_identity.exit_code == 2 and "AF0962" in bad_identity.stderr
+        submit_identity = CliRunner().invoke(app, ["submit", "--bus", "redis://127.0.0.1:1/0", "--swarm", "s",
+                                                   "--agent", "a", "--identity", str(pub)])
+        assert submit_identity.exit_code == 2 and "AF0962" in submit_identity.stderr
