@@ -1,4 +1,4 @@
-"""Lower a `NetworkSpec` to a self-contained WebAssembly module (ABI v1, see docs/bundle.md).
+"""Lower a `NetworkSpec` to a self-contained WebAssembly module (ABI v2, see docs/bundle.md).
 
 The code is generated as WebAssembly text and assembled with `wasmtime.wat2wasm`; the weights are spliced in
 afterwards as binary data segments (`afc._wasm_binary`), so the text never holds a weight. The module has no
@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ABI_VERSION", "WasmModule", "lower_network", "plan_memory_pages"]
 
-#: the version of the host <-> module contract documented in docs/bundle.md
-ABI_VERSION = 1
+#: the version of the host <-> module contract documented in docs/bundle.md. v2 adds the export
+#: ``weights_ptr(layer) -> address`` of each layer's packed weights and bias (writable: online learning)
+ABI_VERSION = 2
 #: bytes in a WebAssembly page
 PAGE = 65536
 #: the most pages a 32-bit linear memory may have (4 GiB)
@@ -57,12 +58,14 @@ class WasmModule:
         max_batch: the largest ``batch`` that ``infer`` accepts.
         memory_pages: the initial (and maximum) number of 64 KiB pages of the exported memory.
         wat: the generated WebAssembly text without the weights (for ``af compile --emit=wat``).
+        abi: the ABI version the module implements (the manifest's ``wasm.abi``).
     """
 
     wasm: bytes | bytearray
     max_batch: int
     memory_pages: int
     wat: str
+    abi: int = ABI_VERSION
 
 
 @dataclass(frozen=True)
@@ -439,6 +442,14 @@ def _normalize_function(network: NetworkSpec, layout: _Layout) -> str:
       (br_if $rows (i32.lt_u (local.tee $p (i32.add (local.get $p) (i32.const {row}))) (local.get $end)))))"""
 
 
+def _weights_ptr_function(layout: _Layout) -> str:
+    """WAT for the ABI v2 export ``weights_ptr(layer)``: where layer ``layer``'s packed weights start
+    (its bias follows them, `_PackedLayer`), or 0 for no such layer."""
+    cases = " ".join(f"(if (i32.eq (local.get $layer) (i32.const {p.index})) (then (return (i32.const {p.weights}))))"
+                     for p in layout.layers)
+    return f'  (func (export "weights_ptr") (param $layer i32) (result i32)\n    {cases}\n    (i32.const 0))'
+
+
 def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
     layers = "".join(_Kernel(plan, layout.splat).function() for plan in layout.layers)
     calls = " ".join(f"(call $layer{plan.index} (local.get $batch))" for plan in layout.layers)
@@ -451,6 +462,7 @@ def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
   (func (export "input_ptr") (result i32) (i32.const {layout.input_ptr}))
   (func (export "output_ptr") (result i32) (i32.const {layout.output_ptr}))
   (func (export "max_batch") (result i32) (i32.const {max_batch}))
+{_weights_ptr_function(layout)}
   (func (export "infer") (param $batch i32) (result i32)
     ;; batch - 1 >= max_batch as unsigned rejects 0, negatives and too large at once
     (if (i32.ge_u (i32.sub (local.get $batch) (i32.const 1)) (i32.const {max_batch}))
@@ -467,7 +479,7 @@ def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
 
 
 def lower_network(network: NetworkSpec, *, max_batch: int = 64) -> WasmModule:
-    """Lower ``network`` to a self-contained, validated WebAssembly module (ABI v1).
+    """Lower ``network`` to a self-contained, validated WebAssembly module (ABI v2).
 
     Args:
         network: the IR of the network (float32 weights ``[out, in]`` per layer).

@@ -17,6 +17,7 @@ import numpy as np
 from afcore.errors import InferenceError, UsageError
 
 from .loader import LoadedBundle, ensure_trusted, load_bundle
+from .weights import WeightStore, ensure_layers
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -43,6 +44,12 @@ class Backend(Protocol):
     def replica(self) -> Backend:
         """Return a backend for another replica, sharing compiled code."""
 
+    def read_weights(self, shapes: Sequence[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Return the weights it was loaded with (new float32 arrays, (weight [out, in], bias [out]) per layer)."""
+
+    def set_weights(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Use checked weights from the next call on, for every replica."""
+
     def close(self) -> None:
         """Release what this replica holds."""
 
@@ -53,6 +60,8 @@ class Agent:
     Create it with `load`; make more instances sharing the compiled code with `replica`. Calls
     from several threads are safe (the ONNX session is thread-safe; each wasm call takes an
     instance of its own), but give each worker its own replica so that `fuel_used` is its own.
+    `weights` and `set_weights` read and replace the weights of the agent and all its replicas
+    (online and federated learning; replace them between calls, not during one).
 
     Attributes:
         manifest: the bundle's manifest.
@@ -68,7 +77,8 @@ class Agent:
         bundle: the `LoadedBundle`.
     """
 
-    def __init__(self, bundle: LoadedBundle, engine: Backend, *, backend: str) -> None:
+    def __init__(self, bundle: LoadedBundle, engine: Backend, *, backend: str,
+                 weights: WeightStore | None = None) -> None:
         self.bundle = bundle
         self.manifest: Mapping[str, Any] = bundle.manifest
         self.name, self.version, self.digest = bundle.name, bundle.version, bundle.digest
@@ -81,6 +91,9 @@ class Agent:
         self._run: Callable[[np.ndarray], np.ndarray] = engine.run
         #: what loading adjusted and the user should hear of (e.g. inference threads capped at the CPUs)
         self.notices: list[str] = list(getattr(engine, "notices", ()))
+        #: the current weights, shared with the replicas (read from the backend when first asked)
+        self._weights = weights if weights is not None else WeightStore(
+            lambda: engine.read_weights(bundle.layers))
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} {self.version} backend={self.backend}>"
@@ -159,7 +172,46 @@ class Agent:
         """
         if self._engine is None:
             raise self._closed_error()
-        return Agent(self.bundle, self._engine.replica(), backend=self.backend)
+        return Agent(self.bundle, self._engine.replica(), backend=self.backend, weights=self._weights)
+
+    def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Return the agent's current weights.
+
+        Returns:
+            ``(weight [out, in], bias [out])`` per dense layer, float32 copies (the layout of
+            `afcore.learning`): changing them changes nothing until passed to `set_weights`.
+
+        Raises:
+            BundleError: AF6101 on the wasm backend of an ABI v1 bundle (its weights cannot be
+                located); AF6102 when model.onnx lacks the layer initializers.
+        """
+        return [(w.copy(), b.copy()) for w, b in self._weights.current()]
+
+    def set_weights(self, layers: Sequence[tuple[Any, Any]]) -> None:
+        """Replace the agent's weights, for this agent and all its replicas, from the next `infer` on.
+
+        Call it between inference calls (a call already running finishes with the old weights).
+
+        Args:
+            layers: ``(weight [out, in], bias [out])`` per dense layer, as `weights` returns; copied.
+
+        Raises:
+            UsageError: AF6100 when the shapes do not fit the network, AF6103 for NaN or infinity.
+            BundleError: AF6101 on the wasm backend of an ABI v1 bundle (read-only weights), AF6102
+                when model.onnx lacks the layer initializers.
+            InferenceError: AF5032 after `close`.
+        """
+        if self._engine is None:
+            raise self._closed_error()
+        checked = ensure_layers(layers, self.bundle.layers, agent=self.name)
+        self._weights.current()  # the backend can locate its weights (AF6101/AF6102) before anything changes
+        self._engine.set_weights(checked)
+        self._weights.replace(checked)
+
+    @property
+    def weights_generation(self) -> int:
+        """How many times `set_weights` replaced the weights of this agent and its replicas (0: as loaded)."""
+        return self._weights.generation
 
     def close(self) -> None:
         """Release the backend; later calls to `infer` raise `InferenceError` AF5032. Idempotent."""
@@ -209,9 +261,10 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
     from .modcache import ModuleCache
 
     wasm = bundle.member("wasm")
-    sandbox.ensure_abi(bundle.wasm_abi())
+    abi = bundle.wasm_abi()
+    sandbox.ensure_abi(abi)
     module = ModuleCache(cache_dir).load(wasm, member="model.wasm")
-    sandbox.ensure_policy(module)
+    sandbox.ensure_policy(module, policy=sandbox.policy_for(abi))
     memory_mb = bundle.limit("memory_mb") or DEFAULT_MEMORY_MB
     limits = sandbox.InstanceLimits(
         agent=bundle.name,
@@ -219,6 +272,7 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
         output_size=bundle.output_size,
         memory_limit=int(memory_mb * 2**20),
         fuel_per_record=fuel_per_record or sandbox.fuel_per_record(list(bundle.layers)),
+        layers=tuple(bundle.layers) if abi != 1 else (),
     )
     return sandbox.WasmBackend(sandbox.WasmPool(module, limits))
 

@@ -2,13 +2,18 @@
 
 The policy is data, checked in one place (`ensure_policy`), as Jinja's sandbox keeps its rules in
 ``is_safe_callable``: an agent module may import nothing (no host functions, no WASI) and must
-export exactly the ABI v1 entry points with their types. Everything an agent can do is compute on
+export the entry points of its ABI (v1, or v2 with ``weights_ptr``) with their types. Everything an agent can do is compute on
 its own linear memory, bounded by fuel (per call) and a memory cap (per store).
 
 All agents in a process share one `Engine`; the replicas of one agent share one `wasmtime.Module`
 and a `WasmPool` of instances, each with its own Store (fuel, memory cap). With
 ``memory_init_cow`` wasmtime maps the module's data segments (the weights) copy-on-write from
 one image, so an instance costs only the pages it writes.
+
+ABI v2 modules also say where each layer's weights live (``weights_ptr``): `WasmPool.set_weights`
+writes new weights into every instance of the pool, in the module's blocked layout
+(`afrt.weights.pack_blocked`); an instance made or handed out later gets them before its call.
+The weights of a v1 module are read-only (AF6101).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ __all__ = [
     "ABI_VERSION",
     "ENGINE_CONFIG",
     "POLICY",
+    "POLICY_V2",
+    "SUPPORTED_ABIS",
     "InstanceLimits",
     "SandboxPolicy",
     "WasmBackend",
@@ -40,11 +47,15 @@ __all__ = [
     "ensure_abi",
     "ensure_policy",
     "fuel_per_record",
+    "packed_size",
+    "policy_for",
     "shared_engine",
 ]
 
-#: the WebAssembly ABI version this sandbox implements (docs/bundle.md)
-ABI_VERSION = 1
+#: the newest WebAssembly ABI version this sandbox implements (docs/bundle.md)
+ABI_VERSION = 2
+#: the ABI versions it runs: v1 bundles keep running, with read-only weights
+SUPPORTED_ABIS = (1, 2)
 #: wasmtime Config settings of the shared engine; part of the module-cache key
 ENGINE_CONFIG: Mapping[str, object] = {
     "consume_fuel": True,
@@ -95,8 +106,15 @@ class SandboxPolicy:
     )
 
 
-#: the one policy of ABI v1
+#: the policy of ABI v1
 POLICY = SandboxPolicy()
+#: the policy of ABI v2: v1's exports and ``weights_ptr(layer) -> address`` (0: no such layer)
+POLICY_V2 = SandboxPolicy(exports={**POLICY.exports, "weights_ptr": ("func", ("i32",), ("i32",))})
+
+
+def policy_for(abi: object) -> SandboxPolicy:
+    """Return the policy of a manifest's ``wasm.abi`` (`ensure_abi` has checked it)."""
+    return POLICY_V2 if abi == 2 else POLICY
 
 
 @functools.cache
@@ -157,11 +175,11 @@ def ensure_abi(abi: object) -> None:
     """Check the manifest's ``wasm.abi`` against the ABI this sandbox implements.
 
     Raises:
-        BundleError: AF5042 for another ABI version.
+        BundleError: AF5042 for an ABI version other than `SUPPORTED_ABIS`.
     """
-    if abi != ABI_VERSION:
+    if abi not in SUPPORTED_ABIS or isinstance(abi, bool):
         raise BundleError(
-            f"the bundle's wasm module uses ABI {abi!r}, and this runtime runs ABI {ABI_VERSION}",
+            f"the bundle's wasm module uses ABI {abi!r}, and this runtime runs ABI 1 and {ABI_VERSION}",
             code="AF5042",
             hint="recompile the bundle with this af, or run it with `--backend onnx`",
         )
@@ -191,10 +209,10 @@ def ensure_policy(module: wasmtime.Module, *, member: str = "model.wasm", policy
     for name, want in policy.exports.items():
         if found.get(name) != want:
             raise BundleError(
-                f"`{member}` does not follow ABI v1: export `{name}` is {found.get(name, 'missing')}, "
-                f"expected {want}",
+                f"`{member}` does not follow ABI v{2 if policy is POLICY_V2 else 1}: export `{name}` is "
+                f"{found.get(name, 'missing')}, expected {want}",
                 code="AF5042",
-                hint="see docs/bundle.md, WebAssembly ABI v1; recompile the bundle with `af compile`",
+                hint="see docs/bundle.md, WebAssembly ABI; recompile the bundle with `af compile`",
             )
 
 
@@ -208,6 +226,7 @@ class InstanceLimits:
         output_size: floats per output record.
         memory_limit: cap on linear memory, in bytes (``Store.set_limits``).
         fuel_per_record: fuel budget of one record (see `fuel_per_record`).
+        layers: (in, out) of each layer when the module's weights are writable (ABI v2), else empty.
     """
 
     agent: str
@@ -215,6 +234,7 @@ class InstanceLimits:
     output_size: int
     memory_limit: int
     fuel_per_record: int
+    layers: tuple[tuple[int, int], ...] = ()
 
 
 class WasmInstance:
@@ -238,6 +258,8 @@ class WasmInstance:
         #: calls made so far; lets a backend tell whether the fuel counter is still its own
         self.calls = 0
         self.fuel_budget = 0
+        #: the `WasmPool.generation` of the weights in this instance's memory
+        self.generation = 0
         store = wasmtime.Store(shared_engine())
         store.set_limits(memory_size=limits.memory_limit, instances=1, tables=1, memories=1)
         store.set_fuel(FUEL_PER_CALL)  # for a start function and the three pointer getters
@@ -246,7 +268,11 @@ class WasmInstance:
             exports = instance.exports(store)
             self.max_batch: int = exports["max_batch"](store)
             input_ptr, output_ptr = exports["input_ptr"](store), exports["output_ptr"](store)
+            where = exports.get("weights_ptr") if limits.layers else None
+            pointers = [where(store, k) for k in range(len(limits.layers))] if where is not None else None
         self.store, self.memory = store, exports["memory"]
+        #: one writable view per layer over its packed weights and bias (ABI v2), else None
+        self.weight_views = self._weight_views(pointers) if pointers is not None else None
         self._infer = fast_func(store, exports["infer"])
         self._input, self._output = self._views(input_ptr, output_ptr)
         self._errors = WasmCallErrors(limits.agent, limits.memory_limit, self.memory_pages)
@@ -267,6 +293,26 @@ class WasmInstance:
         view_in = memory_view(self.store, self.memory, input_ptr, n_in, np.dtype("<f4"))
         view_out = memory_view(self.store, self.memory, output_ptr, n_out, np.dtype("<f4"))
         return view_in.reshape(batch, limits.input_size), view_out.reshape(batch, limits.output_size)
+
+    def _weight_views(self, pointers: list[int]) -> list[np.ndarray]:
+        size, views = self.memory.data_len(self.store), []
+        for ptr, (n_in, n_out) in zip(pointers, self.limits.layers):
+            count = packed_size(n_in, n_out)
+            if ptr <= 0 or not _fits(ptr, count * 4, size):
+                raise BundleError(
+                    f"the module's weights_ptr gives {ptr} for a layer of {count * 4} bytes, "
+                    f"outside its {size}-byte memory",
+                    code="AF5042",
+                    hint="see docs/bundle.md, WebAssembly ABI v2; recompile the bundle with `af compile`",
+                )
+            views.append(memory_view(self.store, self.memory, ptr, count, np.dtype("<f4")))
+        return views
+
+    def load_weights(self, packed: list[np.ndarray], generation: int) -> None:
+        """Write packed layers (`afrt.weights.pack_blocked`) over this instance's weights."""
+        for view, values in zip(self.weight_views, packed):
+            view[:] = values
+        self.generation = generation
 
     def memory_pages(self) -> int:
         """Return the current size of the linear memory in pages."""
@@ -347,16 +393,66 @@ class WasmPool:
         self.module, self.limits, self.max_idle = module, limits, max_idle
         first = WasmInstance(module, limits)  # fail at load time, not at the first record
         self.max_batch = first.max_batch
+        #: True when the module says where its weights live (ABI v2), so `set_weights` can replace them
+        self.writable = first.weight_views is not None
         self.created = 1
         self._idle = [first]
+        #: the replaced weights, packed per layer (None: the module's own); `generation` counts them
+        self._packed: list[np.ndarray] | None = None
+        self.generation = 0
 
     def acquire(self) -> WasmInstance:
-        """Return an idle instance, or a new one when none is idle (thread-safe: list.pop is atomic)."""
+        """Return an idle instance, or a new one when none is idle (thread-safe: list.pop is atomic).
+
+        Its memory holds the pool's current weights."""
         try:
-            return self._idle.pop()
+            instance = self._idle.pop()
         except IndexError:
             self.created += 1
-            return WasmInstance(self.module, self.limits)
+            instance = WasmInstance(self.module, self.limits)
+        if instance.generation != self.generation:
+            instance.load_weights(self._packed, self.generation)
+        return instance
+
+    def read_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Return the module's current weights, ``(weight [out, in], bias [out])`` per layer (new arrays).
+
+        Raises:
+            BundleError: AF6101 for a module whose weights are read-only (ABI v1).
+        """
+        from .weights import unpack_blocked
+
+        self._ensure_writable()
+        instance = self.acquire()
+        try:
+            return [unpack_blocked(view, n_out, n_in) for view, (n_in, n_out) in
+                    zip(instance.weight_views, self.limits.layers)]
+        finally:
+            self.release(instance)
+
+    def set_weights(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Write new weights (checked by `afrt.weights.ensure_layers`) into every instance of the pool.
+
+        Idle instances are written now; one busy in a call gets them when it is next handed out.
+
+        Raises:
+            BundleError: AF6101 for a module whose weights are read-only (ABI v1).
+        """
+        from .weights import pack_blocked
+
+        self._ensure_writable()
+        self._packed = [pack_blocked(weight, bias) for weight, bias in layers]
+        self.generation += 1
+        for instance in list(self._idle):
+            instance.load_weights(self._packed, self.generation)
+
+    def _ensure_writable(self) -> None:
+        if not self.writable:
+            raise BundleError(
+                f"the WebAssembly module of agent `{self.limits.agent}` has read-only weights (ABI v1)",
+                code="AF6101",
+                hint="recompile the bundle with this af (ABI v2 modules have writable weights), or use `--backend onnx`",
+            )
 
     def release(self, instance: WasmInstance) -> None:
         """Give back an instance whose last call succeeded."""
@@ -403,9 +499,23 @@ class WasmBackend:
         """Return another replica sharing the pool."""
         return WasmBackend(self.pool)
 
+    def read_weights(self, shapes: object = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Return the pool's current weights (see `WasmPool.read_weights`)."""
+        return self.pool.read_weights()
+
+    def set_weights(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Replace the weights of every replica (see `WasmPool.set_weights`)."""
+        self.pool.set_weights(layers)
+
     def close(self) -> None:
         """Forget the last instance; the pool lives while any replica does."""
         self._last = None
+
+
+def packed_size(n_in: int, n_out: int) -> int:
+    """Return the float32 values of a layer in the blocked layout: weights in 4-neuron blocks, then the bias."""
+    blocks = -(-n_out // 4)
+    return blocks * n_in * 4 + blocks * 4
 
 
 def _fits(ptr: int, nbytes: int, size: int) -> bool:
