@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ABI_VERSION", "WasmModule", "lower_network", "plan_memory_pages"]
 
-#: the version of the host <-> module contract documented in docs/bundle.md. v2 adds the export
-#: ``weights_ptr(layer) -> address`` of each layer's packed weights and bias (writable: online learning)
+#: the version of the host <-> module contract documented in docs/bundle.md. v2 adds the exports
+#: ``weights_ptr(layer)``, the address of each layer's packed weights and bias (writable: online learning),
+#: and ``normalization_ptr()``, the address of the input normalisation (0 without)
 ABI_VERSION = 2
 #: bytes in a WebAssembly page
 PAGE = 65536
@@ -443,11 +444,13 @@ def _normalize_function(network: NetworkSpec, layout: _Layout) -> str:
 
 
 def _weights_ptr_function(layout: _Layout) -> str:
-    """WAT for the ABI v2 export ``weights_ptr(layer)``: where layer ``layer``'s packed weights start
-    (its bias follows them, `_PackedLayer`), or 0 for no such layer."""
+    """WAT for the ABI v2 exports ``weights_ptr(layer)``: where layer ``layer``'s packed weights start
+    (its bias follows them, `_PackedLayer`), or 0 for no such layer; and ``normalization_ptr()``: where
+    the input means and then the scales are (what a learner must apply to inputs), or 0 without."""
     cases = " ".join(f"(if (i32.eq (local.get $layer) (i32.const {p.index})) (then (return (i32.const {p.weights}))))"
                      for p in layout.layers)
-    return f'  (func (export "weights_ptr") (param $layer i32) (result i32)\n    {cases}\n    (i32.const 0))'
+    return (f'  (func (export "weights_ptr") (param $layer i32) (result i32)\n    {cases}\n    (i32.const 0))\n'
+            f'  (func (export "normalization_ptr") (result i32) (i32.const {layout.normalization}))')
 
 
 def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from afcore.errors import InferenceError, UsageError
+from afcore.errors import BundleError, InferenceError, UsageError
 
 from .loader import LoadedBundle, ensure_trusted, load_bundle
 from .weights import WeightStore, ensure_layers
@@ -49,6 +49,9 @@ class Backend(Protocol):
 
     def set_weights(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Use checked weights from the next call on, for every replica."""
+
+    def read_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the input normalisation (mean, scale) the model applies, or None."""
 
     def close(self) -> None:
         """Release what this replica holds."""
@@ -208,6 +211,18 @@ class Agent:
         self._engine.set_weights(checked)
         self._weights.replace(checked)
 
+    def input_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the ``(mean, scale)`` the network applies to its inputs first (``(x - mean) / scale``),
+        or None when it applies none (a learner must see the inputs as the network does).
+
+        Raises:
+            BundleError: AF6101 on the wasm backend of an ABI v1 bundle.
+        """
+        engine = self._engine
+        if engine is None:
+            raise self._closed_error()
+        return engine.read_normalization()
+
     @property
     def weights_generation(self) -> int:
         """How many times `set_weights` replaced the weights of this agent and its replicas (0: as loaded)."""
@@ -342,6 +357,7 @@ def load(
     Raises:
         UsageError: AF5090 for a bad option.
         BundleError: the bundle is corrupt, unsupported or lacks the backend (AF4xxx, AF5040-AF5046);
+            AF6101 on the wasm backend when the agent learns (update_weights) and its module is ABI v1;
             with ``trust``: unsigned, untrusted, forged or altered (AF4050-AF4055), or a rollback
             (AF4056, AF4057).
         SandboxViolation: AF5020 (wasm imports), AF5021 (ONNX external data), AF5022 (custom ops).
@@ -360,6 +376,12 @@ def load(
         check_rollback(state_dir, loaded.name, loaded.signature)
     if backend == "wasm":
         engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None)
+        if not engine.pool.writable and any(s.name == "update_weights" for s in loaded.workflows.get("execution", ())):
+            raise BundleError(
+                f"agent `{loaded.name}` learns (update_weights), and its WebAssembly module has read-only weights "
+                "(ABI v1)", code="AF6101",
+                hint="recompile the bundle with this af (ABI v2 modules have writable weights), or use `--backend onnx`",
+            )
     else:
         engine = _onnx_engine(loaded, threads, _profile_dir() if profile_layers else None)
     return Agent(loaded, engine, backend=backend)

@@ -137,6 +137,17 @@ class OnnxModel:
             layers.append((pair[0], pair[1]))
         return layers
 
+    def read_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the input normalisation ``(mean, scale)`` (initializers ``input.mean``/``input.scale``),
+        or None when the model has none."""
+        from ._onnxproto import parse_model
+
+        found = {t.name: t for t in parse_model(self._model_bytes).graph.initializer}
+        if "input.mean" not in found:
+            return None
+        mean, scale = found["input.mean"], found["input.scale"]
+        return _float_tensor(mean, tuple(mean.dims)), _float_tensor(scale, tuple(scale.dims))
+
     def set_weights(self, layers: Layers) -> None:
         """Make ``layers`` (checked by `afrt.weights.ensure_layers`) the model's weights.
 

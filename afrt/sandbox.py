@@ -108,8 +108,10 @@ class SandboxPolicy:
 
 #: the policy of ABI v1
 POLICY = SandboxPolicy()
-#: the policy of ABI v2: v1's exports and ``weights_ptr(layer) -> address`` (0: no such layer)
-POLICY_V2 = SandboxPolicy(exports={**POLICY.exports, "weights_ptr": ("func", ("i32",), ("i32",))})
+#: the policy of ABI v2: v1's exports, ``weights_ptr(layer) -> address`` (0: no such layer) and
+#: ``normalization_ptr() -> address`` (0: no input normalisation)
+POLICY_V2 = SandboxPolicy(exports={**POLICY.exports, "weights_ptr": ("func", ("i32",), ("i32",)),
+                                   "normalization_ptr": ("func", (), ("i32",))})
 
 
 def policy_for(abi: object) -> SandboxPolicy:
@@ -270,6 +272,8 @@ class WasmInstance:
             input_ptr, output_ptr = exports["input_ptr"](store), exports["output_ptr"](store)
             where = exports.get("weights_ptr") if limits.layers else None
             pointers = [where(store, k) for k in range(len(limits.layers))] if where is not None else None
+            #: the address of the input means, then scales (0: none); None for an ABI v1 module
+            self.normalization_ptr = exports["normalization_ptr"](store) if where is not None else None
         self.store, self.memory = store, exports["memory"]
         #: one writable view per layer over its packed weights and bias (ABI v2), else None
         self.weight_views = self._weight_views(pointers) if pointers is not None else None
@@ -430,6 +434,26 @@ class WasmPool:
         finally:
             self.release(instance)
 
+    def read_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the input normalisation ``(mean, scale)`` the module applies, or None without one.
+
+        Raises:
+            BundleError: AF6101 for an ABI v1 module (it does not say); AF5042 when it lies outside memory.
+        """
+        self._ensure_writable()
+        instance = self.acquire()
+        try:
+            ptr, n = instance.normalization_ptr, self.limits.input_size
+            if not ptr:
+                return None
+            if not _fits(ptr, 8 * n, instance.memory.data_len(instance.store)):
+                raise BundleError(f"the module's normalization_ptr {ptr} lies outside its memory", code="AF5042",
+                                  hint="see docs/bundle.md, WebAssembly ABI v2; recompile the bundle with `af compile`")
+            values = np.array(memory_view(instance.store, instance.memory, ptr, 2 * n, np.dtype("<f4")), np.float32)
+            return values[:n], values[n:]
+        finally:
+            self.release(instance)
+
     def set_weights(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Write new weights (checked by `afrt.weights.ensure_layers`) into every instance of the pool.
 
@@ -502,6 +526,10 @@ class WasmBackend:
     def read_weights(self, shapes: object = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Return the pool's current weights (see `WasmPool.read_weights`)."""
         return self.pool.read_weights()
+
+    def read_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the module's input normalisation (see `WasmPool.read_normalization`)."""
+        return self.pool.read_normalization()
 
     def set_weights(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Replace the weights of every replica (see `WasmPool.set_weights`)."""

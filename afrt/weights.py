@@ -10,13 +10,18 @@ replacement. The backends apply a replacement themselves (`afrt.inference.OnnxMo
 
 from __future__ import annotations
 
+import base64
+import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from afcore.errors import UsageError
 
-__all__ = ["Layers", "WeightStore", "ensure_layers", "pack_blocked", "unpack_blocked"]
+__all__ = [
+    "Layers", "WeightStore", "decode_array", "decode_layers", "encode_array", "encode_layers", "ensure_layers",
+    "pack_blocked", "unpack_blocked",
+]
 
 #: ``(weight [out, in], bias [out])`` per layer, float32
 Layers = list[tuple[np.ndarray, np.ndarray]]
@@ -91,6 +96,47 @@ def unpack_blocked(packed: np.ndarray, n_out: int, n_in: int) -> tuple[np.ndarra
     weight = grid.transpose(0, 2, 1).reshape(blocks * 4, n_in)[:n_out]
     bias = np.asarray(packed[blocks * n_in * 4 : blocks * n_in * 4 + n_out], dtype=_F32)
     return np.ascontiguousarray(weight), bias.copy()
+
+
+def encode_array(array: np.ndarray) -> dict[str, Any]:
+    """Return a float32 array as JSON: ``{"shape": [...], "f32le": "<base64 of its little-endian bytes>"}``.
+
+    Exact (JSON numbers would round-trip float32 only through careful printing) and about 4x smaller
+    than decimal text; checkpoints and ``neural.updates`` messages use it (docs/runtime.md).
+    """
+    data = np.ascontiguousarray(array, dtype="<f4")
+    return {"shape": list(data.shape), "f32le": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def decode_array(data: Any) -> np.ndarray:
+    """Return the float32 array of `encode_array`'s form (a new, writable array).
+
+    Raises:
+        ValueError: when ``data`` is not that form.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("f32le"), str) or not isinstance(data.get("shape"), list):
+        raise ValueError("not an encoded float32 array")
+    raw = base64.b64decode(data["f32le"], validate=True)
+    shape = tuple(int(n) for n in data["shape"])
+    if len(raw) != 4 * math.prod(shape) or any(n < 0 for n in shape):
+        raise ValueError(f"{len(raw)} bytes do not hold float32 {list(shape)}")
+    return np.frombuffer(raw, dtype="<f4").astype(_F32).reshape(shape)
+
+
+def encode_layers(layers: Layers) -> list[dict[str, Any]]:
+    """Return weights as JSON: ``[{"weight": encode_array(w), "bias": encode_array(b)}, ...]``, one per layer."""
+    return [{"weight": encode_array(w), "bias": encode_array(b)} for w, b in layers]
+
+
+def decode_layers(data: Any) -> Layers:
+    """Return the weights of `encode_layers`' form.
+
+    Raises:
+        ValueError: when ``data`` is not that form.
+    """
+    if not isinstance(data, list) or not all(isinstance(layer, dict) for layer in data):
+        raise ValueError("not a list of encoded layers")
+    return [(decode_array(layer.get("weight")), decode_array(layer.get("bias"))) for layer in data]
 
 
 class WeightStore:
