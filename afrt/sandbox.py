@@ -401,9 +401,14 @@ class WasmPool:
         self.writable = first.weight_views is not None
         self.created = 1
         self._idle = [first]
-        #: the replaced weights, packed per layer (None: the module's own); `generation` counts them
-        self._packed: list[np.ndarray] | None = None
-        self.generation = 0
+        #: (generation, the replaced weights packed per layer): one tuple, swapped whole, so that a
+        #: thread never pairs a generation with other weights (generation 0: the module's own)
+        self._current: tuple[int, list[np.ndarray] | None] = (0, None)
+
+    @property
+    def generation(self) -> int:
+        """How many times `set_weights` replaced the weights (0: the module's own)."""
+        return self._current[0]
 
     def acquire(self) -> WasmInstance:
         """Return an idle instance, or a new one when none is idle (thread-safe: list.pop is atomic).
@@ -414,8 +419,9 @@ class WasmPool:
         except IndexError:
             self.created += 1
             instance = WasmInstance(self.module, self.limits)
-        if instance.generation != self.generation:
-            instance.load_weights(self._packed, self.generation)
+        current = self._current
+        if instance.generation != current[0]:
+            instance.load_weights(current[1], current[0])
         return instance
 
     def read_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -465,10 +471,10 @@ class WasmPool:
         from .weights import pack_blocked
 
         self._ensure_writable()
-        self._packed = [pack_blocked(weight, bias) for weight, bias in layers]
-        self.generation += 1
+        generation, packed = self._current[0] + 1, [pack_blocked(weight, bias) for weight, bias in layers]
+        self._current = (generation, packed)
         for instance in list(self._idle):
-            instance.load_weights(self._packed, self.generation)
+            instance.load_weights(packed, generation)
 
     def _ensure_writable(self) -> None:
         if not self.writable:

@@ -22,7 +22,7 @@ neural_config:
   activation_function: "{activation}"
   output_activation: "{output}"
   learning_rate: 0.1
-resources:
+{normalization}resources:
   limits:
     memory_mb: 256
     cpu_cores: 1
@@ -56,10 +56,14 @@ def initial_layers(sizes: Sequence[int], seed: int) -> list[tuple[np.ndarray, np
 
 def learning_bundle(directory: Path, sizes: Sequence[int], *, learn: str = "update_weights", seed: int = 0,
                     activation: str = "relu", output: str = "softmax", name: str = "learner",
-                    save_every: int | None = None) -> Path:
-    """Write and compile an agent that learns online; return the .afb path."""
+                    save_every: int | None = None, normalization: tuple | None = None) -> Path:
+    """Write and compile an agent that learns online; return the .afb path.
+
+    ``normalization``: (mean, scale) lists for ``neural_config.input_normalization``."""
     extra = f"    - save_state(every={save_every})\n" if save_every else ""
-    header = HEADER.format(name=name, n_in=sizes[0], n_out=sizes[-1], hidden=list(sizes[1:-1]), activation=activation, output=output,
+    norm = ("  input_normalization:\n    mean: {}\n    scale: {}\n".format(*map(json.dumps, normalization))
+            if normalization else "")
+    header = HEADER.format(normalization=norm, name=name, n_in=sizes[0], n_out=sizes[-1], hidden=list(sizes[1:-1]), activation=activation, output=output,
                            learn=learn, extra=extra)
     tensors = {}
     for k, (w, b) in enumerate(initial_layers(sizes, seed)):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import signal
 import subprocess
@@ -96,6 +95,37 @@ class TestLearning:
         assert flat(agent.weights()) == flat_params.tobytes()
 
 
+    def test_a_normalised_network_learns_from_the_inputs_it_sees(self, tmp_path):
+        # the network sees (x - mean) / scale; the gradient must be taken there too, on both backends
+        mean, scale = [0.5, -1.0, 2.0], [2.0, 0.5, 4.0]
+        bundle = learning_bundle(tmp_path, (3, 4, 2), learn="update_weights(learning_rate=0.3, every=4)",
+                                 output="linear", activation="tanh", normalization=(mean, scale))
+        x = np.random.default_rng(2).random((8, 3)).astype(np.float32) * 4
+        t = np.random.default_rng(3).random((8, 2)).astype(np.float32)
+        learnt = []
+        for backend in ("onnx", "wasm"):
+            agent = afrt.load(bundle, backend=backend, cache_dir=tmp_path)
+            start = agent.weights()
+            np.testing.assert_array_equal(agent.input_normalization()[0], np.float32(mean))
+            run(agent, labelled_lines(x, [list(map(float, row)) for row in t]))
+            learnt.append(flat(agent.weights()))
+        params = [(w.astype(np.float64), b.astype(np.float64)) for w, b in start]
+        xn = (x.astype(np.float64) - mean) / scale
+        for batch in range(2):  # plain float64 SGD on the normalised inputs: the independent reference
+            xs, ts = xn[batch * 4 : batch * 4 + 4], t[batch * 4 : batch * 4 + 4].astype(np.float64)
+            h = np.tanh(xs @ params[0][0].T + params[0][1])
+            z = h @ params[1][0].T + params[1][1]
+            delta = (z - ts) / len(xs)
+            g1 = (delta.T @ h, delta.sum(0))
+            dh = (delta @ params[1][0]) * (1 - h * h)
+            g0 = (dh.T @ xs, dh.sum(0))
+            params = [(w - 0.3 * gw, b - 0.3 * gb) for (w, b), (gw, gb) in zip(params, (g0, g1))]
+        assert learnt[0] == learnt[1]
+        got = np.frombuffer(learnt[0], np.float32)
+        want = np.concatenate([a.reshape(-1) for pair in params for a in pair])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 class TestDeterminism:
     def test_same_stream_twice_gives_the_same_weights_and_outputs_whatever_the_blocks(self, adam_bundle, data):
         x, y, _, _ = data
@@ -106,6 +136,21 @@ class TestDeterminism:
             outputs, _ = run(agent, lines, max_batch=max_batch)
             runs.append((flat(agent.weights()), [o["output"] for o in outputs]))
         assert all(r == runs[0] for r in runs[1:])
+
+    def test_the_per_record_path_learns_what_the_batched_path_learns(self, adam_bundle, data):
+        x, y, _, _ = data
+        lines = labelled_lines(x[:100], [int(v) if i % 3 else None for i, v in enumerate(y[:100])])
+
+        class PerStep(afrt.Instrument):  # a per-step hook sends every block down the instrumented path
+            def before_step(self, ctx, workflow, step, state):
+                pass
+
+        found = []
+        for instrument in (None, PerStep()):
+            agent = afrt.load(adam_bundle)
+            outputs, _ = run(agent, lines, instrument=instrument)
+            found.append((flat(agent.weights()), [o["output"] for o in outputs]))
+        assert found[0] == found[1]
 
     def test_both_backends_learn_the_same_weights(self, adam_bundle, data, tmp_path):
         x, y, _, _ = data
@@ -127,11 +172,6 @@ class TestDeterminism:
         agent = afrt.load(bundle)
         rng = np.random.default_rng(1)
         x = rng.random((6, 3)).astype(np.float32)
-        seen = []
-
-        class Watch(afrt.Instrument):
-            def block_start(self, ctx, block):
-                seen.append(len(block))
 
         weights = [agent.weights()]
         outputs = []
@@ -141,7 +181,7 @@ class TestDeterminism:
             outputs.append(reference.infer(row[None])[0])
             run(reference, labelled_lines(row[None], [[0.5, -0.5]]))
             weights.append(reference.weights())
-        got, _ = run(agent, labelled_lines(x, [[0.5, -0.5]] * 6), instrument=Watch())
+        got, _ = run(agent, labelled_lines(x, [[0.5, -0.5]] * 6))  # one block of 6
         np.testing.assert_array_equal(np.array([g["output"] for g in got], np.float32), np.array(outputs))
         assert flat(agent.weights()) == flat(weights[-1])
 
