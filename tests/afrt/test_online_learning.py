@@ -214,6 +214,17 @@ class TestTargets:
         assert afrt.load(labelled).weights_generation == 0
 
 
+    def test_targets_cross_the_redis_work_queue(self):
+        from afrt.records import RecordBlock
+        from afrt.redisbus import decode_item, encode_item
+
+        array = np.arange(6, dtype=np.float32).reshape(3, 2)
+        for targets in ([None, 2, [0.5, 0.5]], None):
+            back = decode_item(encode_item(RecordBlock([0, 1, 2], ["a", 1, "c"], [1, 2, 3], array, targets)))
+            assert back.targets == targets and back.ids == ["a", 1, "c"]
+            np.testing.assert_array_equal(back.array, array)
+
+
 class TestPublished:
     def test_each_update_is_published_on_neural_updates(self, tmp_path, data):
         x, y, _, _ = data
