@@ -186,6 +186,15 @@ class TestDeterminism:
         assert flat(agent.weights()) == flat(weights[-1])
 
 
+class TestArguments:
+    def test_an_integer_learning_rate_validates_compiles_and_runs(self, tmp_path, data):
+        x, y, _, _ = data
+        bundle = learning_bundle(tmp_path, SIZES, learn='update_weights(learning_rate=1, every=2, optimizer="rprop")')
+        agent = afrt.load(bundle)
+        _, summary = run(agent, labelled_lines(x[:4], [int(v) for v in y[:4]]))
+        assert summary.errors == 0 and summary.to_json()["updates"] == 2
+
+
 class TestTargets:
     def test_bad_targets_fail_only_their_record(self, tmp_path, data):
         x, y, _, _ = data
