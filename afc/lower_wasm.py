@@ -6,6 +6,11 @@ imports. Dense layers are f32x4 SIMD kernels over a weight layout made for them:
 matrix is stored in blocks of 4 output neurons, interleaved by input (``block[b][i] = w[4b:4b+4, i]``), so
 one ``v128.load`` gives 4 neurons' weights for one input, multiplied by that input splatted to 4 lanes. How
 the inner loop is shaped, and why, is told in `_Kernel`.
+
+The weights stay in linear memory, where `infer` reads them on every call; ABI v2's exports
+``weights_ptr(layer)`` and ``normalization_ptr()`` tell the host where they and the input normalisation
+are, so that the runtime can write new weights in the same blocked layout (online learning,
+`afrt.weights.pack_blocked`).
 """
 
 from __future__ import annotations
