@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/runtime.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/swarm.py
+	$(PY) benchmarks/wasm_layers.py
 
 clean:
 	rm -rf build .pytest_cache

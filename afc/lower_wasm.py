@@ -28,7 +28,7 @@ from ._wasm_math import ACTIVATION_FUNCS, MATH_WAT, f32x4
 if TYPE_CHECKING:
     from .spec import LayerSpec, NetworkSpec
 
-__all__ = ["ABI_VERSION", "WasmModule", "lower_network", "plan_memory_pages"]
+__all__ = ["ABI_VERSION", "STAGE_BAD_INDEX", "WasmModule", "lower_network", "plan_memory_pages"]
 
 #: the version of the host <-> module contract documented in docs/bundle.md. v2 adds the exports
 #: ``weights_ptr(layer)``, the address of each layer's packed weights and bias (writable: online learning),
@@ -458,6 +458,30 @@ def _weights_ptr_function(layout: _Layout) -> str:
             f'  (func (export "normalization_ptr") (result i32) (i32.const {layout.normalization}))')
 
 
+#: status of ``stage`` for an index outside ``0 .. stage_count - 1`` (1 is a bad batch, as for ``infer``)
+STAGE_BAD_INDEX = 2
+
+
+def _stage_functions(layout: _Layout, max_batch: int) -> str:
+    """WAT for the optional per-stage exports (docs/bundle.md, "Per-stage exports"): ``stage_count`` and
+    ``stage(index, batch)``, which runs one of the functions ``infer`` calls, in ``infer``'s order:
+    0 ``$normalize``, 1..L ``$layer<k>``, L + 1 ``$finish``. They call the very functions ``infer`` calls,
+    on the same memory, so that the profiler times the run's own kernels one at a time (`afprof.layers`)."""
+    targets = ["normalize"] + [f"layer{plan.index}" for plan in layout.layers] + ["finish"]
+    labels = " ".join(f"$s_{name}" for name in targets)
+    code = f"(br_table {labels} $bad (local.get $index))"
+    for name in targets:  # each block's end is where br_table sends its index
+        code = f"(block $s_{name}\n      {code})\n    (call ${name} (local.get $batch)) (return (i32.const 0))"
+    return f"""
+  (func (export "stage_count") (result i32) (i32.const {len(targets)}))
+  (func (export "stage") (param $index i32) (param $batch i32) (result i32)
+    (if (i32.ge_u (i32.sub (local.get $batch) (i32.const 1)) (i32.const {max_batch}))
+      (then (return (i32.const 1))))
+    (block $bad
+    {code})
+    (i32.const {STAGE_BAD_INDEX}))"""
+
+
 def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
     layers = "".join(_Kernel(plan, layout.splat).function() for plan in layout.layers)
     calls = " ".join(f"(call $layer{plan.index} (local.get $batch))" for plan in layout.layers)
@@ -479,6 +503,7 @@ def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
     {calls}
     (call $finish (local.get $batch))
     (i32.const 0))
+{_stage_functions(layout, max_batch)}
 {_normalize_function(network, layout)}
 {layers}
 {_finish_function(network, layout)}

@@ -21,7 +21,7 @@ import json
 import os
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence, Union
 
 import zstandard
 
@@ -31,12 +31,14 @@ from .manifest import FORMAT_VERSION, SUPPORTED_FORMAT_VERSIONS, Manifest, Membe
 __all__ = [
     "FORMAT_VERSION",
     "IN_MEMORY_BYTES",
+    "LARGE_MEMBER_BYTES",
     "MANIFEST_NAME",
     "MAX_MANIFEST_BYTES",
     "MAX_SIGNATURE_BYTES",
     "MAX_TOTAL_BYTES",
     "MEMBER_ORDER",
     "Member",
+    "MemberFile",
     "SIGNATURE_NAME",
     "SUPPORTED_FORMAT_VERSIONS",
     "WINDOW_LOG",
@@ -68,6 +70,9 @@ MAX_TOTAL_BYTES = 1 << 30
 #: archives up to this size are decoded in one call and read in one pass; members adding up to more
 #: are verified in a first pass that keeps nothing, so a hostile bundle costs at most about this much
 IN_MEMORY_BYTES = 64 << 20
+#: members bigger than this are worth leaving on disk for a runtime that can read them from a file
+#: (`read_bundle`'s ``spill_over`` as `af run` passes it: onnxruntime then reads the model itself)
+LARGE_MEMBER_BYTES = 16 << 20
 #: the largest manifest.json accepted (100,000 members take about 13 MB)
 MAX_MANIFEST_BYTES = 32 << 20
 #: the members written first, in this order; any others follow sorted by name
@@ -107,26 +112,72 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _READ_SIZE = 1 << 20
 
 
+class MemberFile:
+    """A member that `read_bundle` wrote to a private temporary file (``spill_over``) instead of keeping it.
+
+    Its size and sha256 were verified as it was written. The file and its directory (made by
+    `tempfile.mkdtemp`, readable by this user only) go when the object is collected, at exit, or
+    at `remove`.
+
+    Attributes:
+        path: the file.
+        size: its size in bytes.
+    """
+
+    def __init__(self, path: str, size: int, directory: str) -> None:
+        import shutil
+        import weakref
+
+        self.path, self.size = path, size
+        self._finalizer = weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        return f"<MemberFile {self.path} ({self.size:,} bytes)>"
+
+    def read_bytes(self) -> bytes:
+        """Return the member's bytes (read into memory).
+
+        Raises:
+            BundleError: AF4015 when the file is gone (after `remove`).
+        """
+        try:
+            with open(self.path, "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise BundleError(f"cannot read the extracted member {self.path!r}: {exc.strerror}", code="AF4015",
+                              hint="the bundle's temporary file was removed; read the bundle again") from None
+
+    def remove(self) -> None:
+        """Remove the file now (it may be removed while open or mapped)."""
+        self._finalizer()
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A bundle read and verified by `read_bundle`.
 
     Attributes:
         manifest: the parsed ``manifest.json``.
-        members: member name -> bytes (``manifest.json`` and ``signature.json`` excluded); every size
-            and sha256 verified.
+        members: member name -> bytes, or a `MemberFile` for a member spilled to disk (see
+            `read_bundle`'s ``spill_over``), ``manifest.json`` and ``signature.json`` excluded; every
+            size and sha256 verified.
         digest: sha256 (hex) of the .afb file's bytes.
         manifest_bytes: ``manifest.json`` exactly as stored (what a signature signs).
         signature: the bytes of ``signature.json``, None for an unsigned bundle (not verified here).
         verified: what ``read_bundle``'s ``verify`` returned (`afcore.signing.Signature`), else None.
+        left_out: members the manifest lists that were verified but not kept (``keep``).
     """
 
     manifest: dict
-    members: Mapping[str, bytes]
+    members: Mapping[str, Any]
     digest: str
     manifest_bytes: bytes = b""
     signature: bytes | None = None
     verified: Any = None
+    left_out: frozenset[str] = frozenset()
 
 
 # --------------------------------------------------------------------------- writing
@@ -688,21 +739,59 @@ def _mismatch(name: str) -> BundleError:
                        hint="the bundle is corrupt or was tampered with; compile it again")
 
 
-def _read_members(archive: _Archive, listed: Mapping[str, MemberEntry], *, keep: bool, verify: bool) -> dict[str, bytes]:
-    """Read every member after the manifest: verify its sha256 and/or keep its bytes."""
-    members: dict[str, bytes] = {}
+class _Keep:
+    """Which members `_read_members` keeps, and where: in memory, or in a file (``spill_over``)."""
+
+    def __init__(self, names: Collection[str] | None, spill_over: int | None) -> None:
+        self.names, self.spill_over = names, spill_over
+
+    def wants(self, name: str) -> bool:
+        return self.names is None or name in self.names
+
+    def spills(self, size: int) -> bool:
+        return self.spill_over is not None and size > self.spill_over
+
+
+def _read_members(archive: _Archive, listed: Mapping[str, MemberEntry], *, keep: _Keep | None,
+                  verify: bool) -> dict[str, Any]:
+    """Read every member after the manifest: verify its sha256 and/or keep it (in memory or in a file)."""
+    members: dict[str, Any] = {}
     seen: set[str] = set()
     while (entry := _next_member(archive, listed, seen)) is not None:
-        if keep:
+        if keep is not None and keep.wants(entry.name) and keep.spills(entry.size):
+            members[entry.name] = _spill(archive, entry, verify=verify)
+        elif keep is not None and keep.wants(entry.name):
             data = bytes(archive.read(entry.size))
             if verify and hashlib.sha256(data).hexdigest() != entry.sha256:
                 raise _mismatch(entry.name)
             members[entry.name] = data
-        elif archive.digest(entry.size) != entry.sha256:
+        elif verify and archive.digest(entry.size) != entry.sha256:
             raise _mismatch(entry.name)
+        elif not verify:
+            archive.digest(entry.size)  # checked in the first pass: only skipped here
         archive.skip_padding(entry.size)
     archive.drain()
     return members
+
+
+def _spill(archive: _Archive, entry: MemberEntry, *, verify: bool) -> MemberFile:
+    """Write a member to a file of its own in pieces, hashing them; a member that fails is removed."""
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="af-member-")  # mode 0700: this user's only
+    member = MemberFile(os.path.join(directory, posixpath.basename(entry.name)), entry.size, directory)
+    digest = hashlib.sha256()
+    with open(member.path, "xb") as handle:
+        size = entry.size
+        while size:
+            piece = archive.read(min(size, _READ_SIZE))
+            digest.update(piece)
+            handle.write(piece)
+            size -= len(piece)
+    if verify and digest.hexdigest() != entry.sha256:
+        member.remove()
+        raise _mismatch(entry.name)
+    return member
 
 
 def _read_source(source: bytes | str | os.PathLike, limit: int) -> bytes:
@@ -720,7 +809,9 @@ def _read_source(source: bytes | str | os.PathLike, limit: int) -> bytes:
 
 
 def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX_TOTAL_BYTES,
-                verify: Callable[[bytes, bytes | None], Any] | None = None) -> Bundle:
+                verify: Callable[[bytes, bytes | None], Any] | None = None,
+                keep: Collection[str] | Callable[[dict], Collection[str]] | None = None,
+                spill_over: int | None = None) -> Bundle:
     """Read and verify a bundle in memory.
 
     Args:
@@ -730,6 +821,12 @@ def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX
         verify: called with the bytes of ``manifest.json`` and of ``signature.json`` (None when the
             bundle is unsigned) before anything else is parsed; what it raises propagates, what it
             returns is kept in `Bundle.verified` (`afcore.signing.read_signed_bundle` passes one).
+        keep: the names of the members to keep, or a function of the parsed manifest that returns
+            them; the others are verified all the same, then left out (`Bundle.left_out`). None
+            keeps every member. A runtime that needs one model keeps its memory to that model.
+        spill_over: members kept that are bigger than this many bytes are written to a private
+            temporary file (a `MemberFile`, verified as it is written) instead of memory; None
+            keeps every member in memory.
 
     Returns:
         The verified `Bundle`.
@@ -751,16 +848,19 @@ def read_bundle(source: bytes | str | os.PathLike, *, max_total_bytes: int = MAX
         manifest_bytes, signature = _read_head(archive)
         verified = verify(manifest_bytes, signature) if verify is not None else None
         manifest, listed = _parse_manifest(archive, manifest_bytes)
-        two_passes = not archive.in_memory and sum(e.size for e in listed.values()) > IN_MEMORY_BYTES
-        members = _read_members(archive, listed, keep=not two_passes, verify=True)
+        wanted = _Keep(None if keep is None else set(keep(manifest) if callable(keep) else keep), spill_over)
+        in_memory = sum(e.size for e in listed.values() if wanted.wants(e.name) and not wanted.spills(e.size))
+        two_passes = not archive.in_memory and in_memory > IN_MEMORY_BYTES
+        members = _read_members(archive, listed, keep=None if two_passes else wanted, verify=True)
     finally:
         archive.close()
     if two_passes:  # verified without keeping anything; now inflate again and keep
         archive = _Archive(view, max_total_bytes)
         try:
             _read_head(archive)
-            members = _read_members(archive, listed, keep=True, verify=False)
+            members = _read_members(archive, listed, keep=wanted, verify=False)
         finally:
             archive.close()
     return Bundle(manifest=manifest, members=members, digest=hashlib.sha256(data).hexdigest(),
-                  manifest_bytes=manifest_bytes, signature=signature, verified=verified)
+                  manifest_bytes=manifest_bytes, signature=signature, verified=verified,
+                  left_out=frozenset(listed) - frozenset(members))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import BundleError
 from .steps import Step
@@ -35,6 +35,7 @@ __all__ = [
     "WasmInfo",
     "check_format",
     "parse_members",
+    "target_keeper",
 ]
 
 #: the bundle format the compiler writes
@@ -345,6 +346,29 @@ class Manifest:
         """Return the member name of a compiled target, or None when the bundle lacks it."""
         info = self.onnx if target == "onnx" else self.wasm if target == "wasm" else None
         return info.member if info is not None and target in self.targets else None
+
+
+def target_keeper(backends: Sequence[str]) -> Callable[[Any], set[str]]:
+    """Return a ``keep`` for `afcore.bundle.read_bundle`: the model of the first of ``backends`` the bundle has.
+
+    Args:
+        backends: the backends in order of preference (one when the user chose).
+
+    Returns:
+        A function of the manifest's JSON data returning the member names to keep (none when the
+        bundle has none of the backends: loading it then says so).
+
+    Raises:
+        BundleError: AF4018 (when the function is called) for a malformed manifest.
+    """
+
+    def keep(data: Any) -> set[str]:
+        manifest = Manifest.from_json(data)
+        chosen = next((b for b in backends if b in manifest.targets), None)
+        member = manifest.target_member(chosen) if chosen is not None else None
+        return {member} if member is not None else set()
+
+    return keep
 
 
 def _parse_tensor(data: Any, side: str) -> TensorInfo:

@@ -434,13 +434,15 @@ def _not_as_signed(error: BundleError, signature: Signature) -> BundleError:
 
 
 def read_signed_bundle(source: bytes | str | os.PathLike, trusted: Iterable[PublicKey], *,
-                       max_total_bytes: int = MAX_TOTAL_BYTES) -> Bundle:
+                       max_total_bytes: int = MAX_TOTAL_BYTES, keep: Any = None, spill_over: int | None = None) -> Bundle:
     """Read a bundle, verifying its signature before its manifest is parsed, then every member.
 
     Args:
         source: the .afb bytes or a path to them.
         trusted: the keys whose signatures are accepted (at least one; `trusted_keys`).
         max_total_bytes: as for `afcore.bundle.read_bundle`.
+        keep: as for `afcore.bundle.read_bundle`.
+        spill_over: as for `afcore.bundle.read_bundle`.
 
     Returns:
         The `Bundle`, its ``verified`` the `Signature`.
@@ -459,7 +461,7 @@ def read_signed_bundle(source: bytes | str | os.PathLike, trusted: Iterable[Publ
         return verified[0]
 
     try:
-        return read_bundle(source, max_total_bytes=max_total_bytes, verify=verify)
+        return read_bundle(source, max_total_bytes=max_total_bytes, verify=verify, keep=keep, spill_over=spill_over)
     except BundleError as error:
         if verified and error.code in ("AF4011", "AF4012", "AF4013"):
             raise _not_as_signed(error, verified[0]) from None
@@ -486,10 +488,23 @@ def verify_loaded_bundle(bundle: Bundle, trusted: Iterable[PublicKey]) -> Signat
 
     listed = {entry.name: entry for entry in parse_members(json.loads(bundle.manifest_bytes))}
     for name in sorted(set(listed) | set(bundle.members)):
+        if name in bundle.left_out and name in listed and name not in bundle.members:
+            continue  # verified against these very manifest bytes when read, then not kept
         data, entry = bundle.members.get(name), listed.get(name)
-        if data is None or entry is None or len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        if data is None or entry is None or len(data) != entry.size or _sha256(data) != entry.sha256:
             raise _not_as_signed(BundleError(f"member {name!r} does not match manifest.json", code="AF4013"), signature)
     return signature
+
+
+def _sha256(data: Any) -> str:
+    """sha256 (hex) of a member's bytes, or of a `afcore.bundle.MemberFile` read in pieces."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with open(data.path, "rb") as handle:
+        while piece := handle.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def sign_bundle(source: Bundle | bytes | str | os.PathLike, key: SigningKey, *, version: int,

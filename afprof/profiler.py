@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from afrt import Instrument
 
-from .layers import LAYER_SAMPLE_BLOCKS, layer_calls, measure_layers
+from .layers import LAYER_SAMPLE_BLOCKS, LayerPass, layer_calls, measure_layers, measure_wasm_layers
 from .report import Distribution, ProfileReport, StepProfile, WorkflowProfile
 
 if TYPE_CHECKING:
@@ -34,6 +34,10 @@ WARMUP_STEP = "load_neural_network"
 BACKEND_STEP = "process_neural_network"
 #: trap events remembered to count an error reported twice only once (a batch holds at most this many)
 RECENT_TRAPS = 4096
+#: trace timestamps are µs with 3 decimals: two roundings may differ by this much
+EPSILON_US = 0.002
+#: backend spans starting after a call's stages that `TraceRecorder.call_layers` looks past (other replicas')
+MAX_SKIPPED_SPANS = 64
 
 
 @dataclass
@@ -74,8 +78,10 @@ class Profiler(Instrument):
         self._replicas: dict[str, int] = {}  # agent id -> records it ran
         self._samples: list[Any] = []  # input arrays of the first blocks (`samples`)
         self._layers: list[Any] = []  # `LayerProfile`s, once `measure_layers` ran
+        self._layer_pass: LayerPass | None = None  # how they were measured, or why they were not
         # the system clock and this clock at one moment: onnxruntime's profile is on the system clock
         self._wall_origin, self._clock_origin = time.time_ns(), clock()
+        self._perf_origin = time.perf_counter()  # the wasm stages' clock (`merge_staged_calls`)
         self._calls: list[tuple[int, float, int | None]] = []  # (records, seconds, fuel) per backend call
         self._warmups = 0
         self._fuel_budget: int | None = None
@@ -142,13 +148,36 @@ class Profiler(Instrument):
                             fuel=fuel)
 
     def measure_layers(self, agent: Any, *, threads: int | None = None) -> None:
-        """Time each network layer on a sample of this run's blocks, after the run (`afprof.layers`).
-
-        Only the onnx backend has per-layer times: the WebAssembly module computes every layer in
-        one exported call (ABI v1).
+        """Time each network layer on a sample of this run's blocks, after the run (`afprof.layers`): on onnx
+        with onnxruntime's profiler, on wasm through the module's per-stage exports. When the layers cannot
+        be timed (a wasm module compiled before those exports, no records), the report says why.
         """
-        if getattr(agent, "backend", "onnx") == "onnx" and "model.onnx" in agent.bundle.members:
-            self._layers = measure_layers(agent.bundle, self._samples, threads=threads)
+        from afcore.errors import AfError
+
+        if getattr(agent, "backend", "onnx") == "wasm":
+            try:
+                self._layers, self._layer_pass = measure_wasm_layers(agent.bundle, self._samples,
+                                                                     fuel_per_record=self._fuel_budget)
+            except AfError as error:
+                self._layers, self._layer_pass = [], LayerPass("wasm-stages", reason=_reason(error))
+        elif "model.onnx" in agent.bundle.members:
+            self._layers, self._layer_pass = measure_layers(agent.bundle, self._samples, threads=threads)
+
+    def merge_staged_calls(self, calls: list[Any]) -> None:
+        """Add the stages of the wasm calls run stage by stage (``afrt.load(..., profile_layers=True)``,
+        `afrt.Agent.staged_calls`) to the trace, as ``layer`` spans inside the backend call that ran them.
+
+        The stages are on `time.perf_counter`, converted to this profiler's clock. The runner reports a
+        backend call a few µs after it ended, so a call's span may end a little later than its stages
+        did: a call's stages are then moved later together, just enough to lie inside the span (they keep
+        their durations and the gaps between them).
+        """
+        if self.trace is None or not calls:
+            return
+        offset = self._clock_origin - self._perf_origin
+        names = ["input", *(f"layer {k}" for k in range(len(calls[0].stages) - 2)), "output"]
+        self.trace.call_layers([[(names[index], start + offset, end + offset, {"fuel": fuel, "records": call.records})
+                                 for index, (start, end, fuel) in enumerate(call.stages)] for call in calls])
 
     def merge_onnxruntime(self, start_ns: int, events: list[dict]) -> None:
         """Add onnxruntime's node events of this run (loaded with ``profile_layers``) to the trace, as
@@ -224,6 +253,7 @@ class Profiler(Instrument):
             replicas=dict(self._replicas),
             latencies=tuple(_per_record(self._execution)),
             layers=list(self._layers),
+            layer_pass=self._layer_pass,
         )
 
     def _workflows(self) -> list[WorkflowProfile]:
@@ -311,6 +341,42 @@ class TraceRecorder:
                                 "args": {"name": "onnxruntime (outside the traced calls)"}})
         self.events.append(self._event(name, "layer", tid, started, ended, {}))
 
+    def call_layers(self, calls: list[list[tuple[str, float, float, dict[str, Any]]]]) -> None:
+        """Record the stages of backend calls, each call's as (name, start, end, args) in clock seconds,
+        inside the ``backend`` span of the call that ran them: the earliest-ending span, not yet given
+        stages, that ends after them and starts before their end. When that span starts later than the
+        call's first stage (the runner reports a call a few µs after it ended, and the span is placed by
+        that report) the call's stages are moved later together, just enough. Stages no span holds go on
+        a thread of their own."""
+        import bisect
+
+        holders = sorted((e["ts"] + e["dur"], i) for i, e in enumerate(self.events) if e.get("cat") == "backend")
+        ends = [end for end, _ in holders]
+        held: set[int] = set()
+        for spans in calls:
+            ts, end = (round((t - self._origin) * 1e6, 3) for t in (spans[0][1], spans[-1][2]))
+            tid, shift, later = 0, 0.0, 0
+            for span_end, i in holders[bisect.bisect_left(ends, end - EPSILON_US):]:
+                holder = self.events[i]
+                if holder["ts"] > end + EPSILON_US:
+                    later += 1
+                    if later > MAX_SKIPPED_SPANS:  # sorted by end: the spans from here on start later still
+                        break
+                    continue
+                if i not in held and end + max(holder["ts"] - ts, 0.0) <= span_end + EPSILON_US:
+                    held.add(i)
+                    tid, shift = holder["tid"], max(holder["ts"] - ts, 0.0) / 1e6
+                    break
+            if tid == 0:
+                self._ensure_outside_thread()
+            for name, started, ended, args in spans:
+                self.events.append(self._event(name, "layer", tid, started + shift, ended + shift, args))
+
+    def _ensure_outside_thread(self) -> None:
+        if not any(e.get("tid") == 0 and e["ph"] == "M" for e in self.events):
+            self.events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": 0,
+                                "args": {"name": "layers outside the traced calls"}})
+
     def to_json(self) -> dict[str, Any]:
         """Return ``{"traceEvents": [...], "displayTimeUnit": "ms"}``, parents before children."""
         events = list(self.events)
@@ -319,6 +385,13 @@ class TraceRecorder:
         # Viewers nest spans of one thread by time; a parent listed first when two start together.
         events.sort(key=lambda e: (e.get("tid", 0), e.get("ts", -1), -e.get("dur", 0)))
         return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def _reason(error: Any) -> str:
+    """The sentence saying why layers could not be timed, from the error that said so."""
+    message = str(getattr(error, "message", error))
+    marker = "per-layer time is not available: "
+    return message.split(marker, 1)[1] if marker in message else f"{getattr(error, 'code', '')}: {message}".strip(": ")
 
 
 def _workflow_rank(name: str) -> int:

@@ -121,6 +121,8 @@ class ProfileReport:
     latencies: tuple[float, ...] = field(default=(), repr=False)
     #: each network layer's kernel time (`afprof.layers.LayerProfile`), when measured
     layers: list[Any] = field(default_factory=list)
+    #: how the layers were timed, or why they were not (`afprof.layers.LayerPass`); None when not asked
+    layer_pass: Any = None
 
     @property
     def records_per_second(self) -> float | None:
@@ -182,6 +184,7 @@ class ProfileReport:
             "replicas": dict(sorted(self.replicas.items())),
             "breakdown": [{"part": name, "seconds": seconds} for name, seconds in self.breakdown()],
             "layers": [layer.to_json() for layer in self.layers],
+            "layer_pass": None if self.layer_pass is None else self.layer_pass.to_json(),
         }
 
 

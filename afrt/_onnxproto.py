@@ -4,10 +4,16 @@ The one place the runtime reads ONNX protobuf. It parses with onnx's own generat
 (``onnx_ml_pb2``) loaded without ``import onnx`` (~150 ms, see `_onnx_pb2`), consumes every byte as
 `onnx.load_model_from_string` does, and refuses external data and non-standard operator domains
 before onnxruntime sees the model. Tested on its own in tests/afrt/test_onnxproto.py.
+
+`strip_initializer_data` lets the check run on a big model without a second copy of its weights:
+it walks the serialized model (the wire format of the few messages on the way to
+``graph.initializer``) and returns it without the big initializers' ``raw_data``, which the check
+never looks at; parsing the whole model made protobuf copy every weight.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Iterator
 
@@ -15,7 +21,8 @@ from afcore.errors import SandboxViolation
 
 from ._errormap import map_onnx_parse_errors
 
-__all__ = ["ALLOWED_DOMAINS", "ensure_safe_onnx", "parse_model"]
+__all__ = ["ALLOWED_DOMAINS", "STRIP_MIN_BYTES", "ensure_safe_onnx", "ensure_safe_onnx_file", "parse_model",
+           "strip_initializer_data"]
 
 #: operator-set domains an agent model may use: the standard ONNX operators only
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx"})
@@ -99,8 +106,27 @@ def _iter_node_domains(graph) -> Iterator[tuple[str, str]]:
                 yield from _iter_node_domains(sub)
 
 
+def ensure_safe_onnx_file(path: str, *, member: str = "model.onnx") -> None:
+    """`ensure_safe_onnx` of a model in a file, which is mapped: its weights are never read.
+
+    Raises:
+        As `ensure_safe_onnx`.
+    """
+    import mmap
+
+    with open(path, "rb") as handle:
+        if not os.fstat(handle.fileno()).st_size:
+            return ensure_safe_onnx(b"", member=member)
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            model = strip_initializer_data(mapped)
+    ensure_safe_onnx(model, member=member)
+
+
 def ensure_safe_onnx(model_bytes: bytes, *, member: str = "model.onnx") -> None:
     """Refuse a model that reaches outside the sandbox.
+
+    The check parses the model without its big initializers' data (`strip_initializer_data`),
+    which it never looks at: protobuf would copy every weight.
 
     Args:
         model_bytes: the serialized ModelProto.
@@ -112,7 +138,7 @@ def ensure_safe_onnx(model_bytes: bytes, *, member: str = "model.onnx") -> None:
             or model-local functions.
     """
     with map_onnx_parse_errors(member):
-        model = parse_model(bytes(model_bytes))
+        model = parse_model(strip_initializer_data(model_bytes))
     external = _onnx_pb2().TensorProto.EXTERNAL
     for where, tensor in _iter_graph_tensors(model.graph):
         if tensor.data_location == external or len(tensor.external_data):
@@ -133,3 +159,145 @@ def ensure_safe_onnx(model_bytes: bytes, *, member: str = "model.onnx") -> None:
             code="AF5022",
             hint="custom operators need native libraries outside the sandbox; recompile with `af compile`",
         )
+
+
+
+#: ``raw_data`` fields of at least this many bytes are left out of what `strip_initializer_data`
+#: returns; smaller ones stay (protobuf copies them, which costs nothing worth noticing)
+STRIP_MIN_BYTES = 1 << 16
+#: field numbers of onnx.proto on the way to an initializer's data: ModelProto.graph,
+#: GraphProto.initializer, TensorProto.raw_data
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+_LEN = 2  # wire type of length-delimited fields
+
+
+class _Malformed(Exception):
+    """The bytes are not well-framed protobuf: left to the parser, which says why."""
+
+
+def strip_initializer_data(model: Any, *, min_bytes: int = STRIP_MIN_BYTES) -> bytes:
+    """Return a serialized model without its big initializers' data, read without copying the data.
+
+    Walks the protobuf wire format of the model, its ``graph`` and each initializer of the graph,
+    and leaves out every ``raw_data`` field of an initializer of at least ``min_bytes`` (adjusting
+    the lengths around it). Everything else is kept byte for byte, so `ensure_safe_onnx` of the
+    result decides as it would on the whole model: it looks at tensors' data locations, external
+    data and operator domains, never at ``raw_data``. Only the bytes around the weights are read,
+    so a model in a memory-mapped file is checked without reading its weights into memory.
+    Bytes that are not well-framed, or a model with more than one ``graph`` field (protobuf
+    merges them), are returned whole, for the parser to judge.
+
+    Args:
+        model: a serialized ModelProto (bytes, or an `mmap.mmap` of a file).
+        min_bytes: the smallest ``raw_data`` left out.
+
+    Returns:
+        The model's bytes, without those fields.
+    """
+    try:
+        found = _find_big_data(model, min_bytes)
+    except _Malformed:
+        found = None
+    if found is None:
+        return bytes(model)
+    graph, spans = found
+    view = memoryview(model)
+    try:
+        return _without(view, graph, spans)
+    finally:
+        view.release()  # an mmap cannot close while a view of it exists
+
+
+class _Span:
+    """One field: its whole extent, and where its payload starts."""
+
+    __slots__ = ("start", "payload", "end")
+
+    def __init__(self, start: int, payload: int, end: int) -> None:
+        self.start, self.payload, self.end = start, payload, end
+
+
+def _varint(data: Any, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _Malformed
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _iter_fields(data: Any, pos: int, end: int) -> Iterator[tuple[int, int, _Span]]:
+    """Yield (field number, wire type, extent) of each field in ``data[pos:end]``."""
+    while pos < end:
+        start = pos
+        key, pos = _varint(data, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos, end)
+            payload = pos
+        elif wire == _LEN:
+            size, payload = _varint(data, pos, end)
+            pos = payload + size
+        elif wire in (1, 5):
+            payload, pos = pos, pos + (8 if wire == 1 else 4)
+        else:  # groups: not in onnx.proto
+            raise _Malformed
+        if number == 0 or pos > end:
+            raise _Malformed
+        yield number, wire, _Span(start, payload, pos)
+
+
+def _find_big_data(data: Any, min_bytes: int) -> tuple[_Span, list[tuple[_Span, list[_Span]]]] | None:
+    """The graph field, and each initializer with its raw_data fields of at least ``min_bytes``."""
+    graphs = [span for number, wire, span in _iter_fields(data, 0, len(data)) if number == _MODEL_GRAPH]
+    if len(graphs) != 1 or graphs[0].payload == graphs[0].end or _wire(data, graphs[0]) != _LEN:
+        return None
+    graph = graphs[0]
+    found = []
+    for number, wire, tensor in _iter_fields(data, graph.payload, graph.end):
+        if number != _GRAPH_INITIALIZER or wire != _LEN or tensor.end - tensor.payload < min_bytes:
+            continue
+        big = [raw for field, kind, raw in _iter_fields(data, tensor.payload, tensor.end)
+               if field == _TENSOR_RAW_DATA and kind == _LEN and raw.end - raw.payload >= min_bytes]
+        if big:
+            found.append((tensor, big))
+    return (graph, found) if found else None
+
+
+def _wire(data: Any, span: _Span) -> int:
+    return _varint(data, span.start, span.end)[0] & 7
+
+
+def _key_and_length(number: int, size: int) -> bytes:
+    return _encode_varint(number << 3 | _LEN) + _encode_varint(size)
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _without(view: memoryview, graph: _Span, tensors: list[tuple[_Span, list[_Span]]]) -> bytes:
+    """The model with the given raw_data fields left out and the lengths around them adjusted."""
+    graph_parts: list[bytes] = []
+    pos = graph.payload
+    for tensor, raws in tensors:
+        body, at = [], tensor.payload
+        for raw in raws:
+            body.append(bytes(view[at : raw.start]))
+            at = raw.end
+        body.append(bytes(view[at : tensor.end]))
+        graph_parts += [bytes(view[pos : tensor.start]), _key_and_length(_GRAPH_INITIALIZER, sum(map(len, body))), *body]
+        pos = tensor.end
+    graph_parts.append(bytes(view[pos : graph.end]))
+    graph_body = b"".join(graph_parts)
+    return b"".join([bytes(view[: graph.start]), _key_and_length(_MODEL_GRAPH, len(graph_body)), graph_body,
+                     bytes(view[graph.end :])])

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from afcore.bundle import LARGE_MEMBER_BYTES
 from afcore.errors import BundleError, InferenceError, UsageError
+from afcore.manifest import target_keeper
 
 from .loader import LoadedBundle, ensure_trusted, load_bundle
 from .weights import WeightStore, ensure_layers
@@ -235,6 +237,7 @@ class Agent:
             self._run = self._raise_closed
             engine.close()
             self._layer_events = getattr(engine, "layer_events", _no_layer_events)()
+            self._staged_calls = getattr(engine, "staged_calls", list)()
 
     def layer_events(self) -> tuple[int, list[dict]]:
         """Return onnxruntime's profile of the calls so far (loaded with ``profile_layers``): its start
@@ -243,6 +246,34 @@ class Agent:
         if self._engine is None:
             return getattr(self, "_layer_events", (0, []))
         return getattr(self._engine, "layer_events", _no_layer_events)()
+
+    def staged_calls(self) -> list[Any]:
+        """Return the wasm calls made stage by stage so far (loaded with ``profile_layers``): each an
+        `afrt.sandbox.StagedCall`, with `time.perf_counter` readings around every stage and its fuel.
+        Every replica's calls are listed (they share the record); empty without ``profile_layers``."""
+        if self._engine is None:
+            return list(getattr(self, "_staged_calls", ()))
+        return getattr(self._engine, "staged_calls", list)()
+
+    def stages(self) -> Any:
+        """Return a new instance of the agent's wasm module, to run one stage at a time (per-layer timing).
+
+        The instance is the agent's own (not one its replicas use), with the agent's memory cap and a
+        whole call's fuel per `load`: see `afrt.sandbox.WasmStages`. Close it when done.
+
+        Raises:
+            UsageError: AF5502 on the onnx backend (its per-layer time comes from ``profile_layers``).
+            BundleError: AF5500 when the module has no per-stage exports (a bundle compiled before them);
+                the message says so.
+            InferenceError: AF5032 after `close`.
+        """
+        if self._engine is None:
+            raise self._closed_error()
+        stages = getattr(self._engine, "stages", None)
+        if stages is None:
+            raise UsageError(f"agent `{self.name}` runs on {self.backend}: only the wasm backend runs stage by stage",
+                             code="AF5502", hint="load it with backend='wasm', or use profile_layers on onnx")
+        return stages(layers=len(self.bundle.layers))
 
     def _raise_closed(self, inputs: np.ndarray) -> np.ndarray:
         raise self._closed_error()
@@ -271,11 +302,14 @@ def _check_options(backend: str, fuel_per_record: int | None, threads: int | Non
         raise UsageError("; ".join(problems), code="AF5090")
 
 
-def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: Path | None) -> Backend:
+def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: Path | None,
+                 profile_layers: bool = False) -> Backend:
     from . import sandbox
     from .modcache import ModuleCache
 
     wasm = bundle.member("wasm")
+    if not isinstance(wasm, (bytes, bytearray, memoryview)):  # an `afcore.bundle.MemberFile` (`load`'s ``lean``)
+        wasm = wasm.read_bytes()
     abi = bundle.wasm_abi()
     sandbox.ensure_abi(abi)
     module = ModuleCache(cache_dir).load(wasm, member="model.wasm")
@@ -289,22 +323,42 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
         fuel_per_record=fuel_per_record or sandbox.fuel_per_record(list(bundle.layers)),
         layers=tuple(bundle.layers) if abi != 1 else (),
     )
-    return sandbox.WasmBackend(sandbox.WasmPool(module, limits))
+    pool = sandbox.WasmPool(module, limits)
+    if profile_layers:
+        problem = sandbox.stage_exports_problem(module)
+        if problem is None:
+            return sandbox.StagedWasmBackend(pool, len(bundle.layers))
+        backend = sandbox.WasmBackend(pool)
+        backend.notices = [f"per-layer time is not available: {problem}"]  # type: ignore[attr-defined]
+        return backend
+    return sandbox.WasmBackend(pool)
 
 
 def _onnx_engine(bundle: LoadedBundle, threads: int | None, profile_dir: str | None = None) -> Backend:
-    from .inference import OnnxModel, ensure_safe_onnx, session_threads, threads_notice
+    from .inference import OnnxModel, ensure_safe_onnx, ensure_safe_onnx_file, session_threads, threads_notice
 
-    model_bytes = bundle.member("onnx")
-    ensure_safe_onnx(model_bytes)
-    model = OnnxModel(
-        model_bytes,
-        agent=bundle.name,
-        input_name=bundle.input_name,
-        output_name=bundle.output_name,
-        threads=session_threads(bundle.limit("cpu_cores"), threads),
-        profile_dir=profile_dir,
-    )
+    member = bundle.member("onnx")
+    if isinstance(member, (bytes, bytearray, memoryview)):
+        ensure_safe_onnx(member)
+        source: bytes | str = bytes(member)
+    else:
+        # A member the bundle reader wrote to a private file (`afcore.bundle.MemberFile`, see `load`'s
+        # ``lean``): checked through a memory map, then read by onnxruntime itself, so that no copy of the
+        # weights is held in Python while onnxruntime makes its two (docs/runtime.md, "Memory").
+        ensure_safe_onnx_file(member.path)
+        source = member.path
+    try:
+        model = OnnxModel(
+            source,
+            agent=bundle.name,
+            input_name=bundle.input_name,
+            output_name=bundle.output_name,
+            threads=session_threads(bundle.limit("cpu_cores"), threads),
+            profile_dir=profile_dir,
+        )
+    finally:
+        if isinstance(source, str):
+            member.remove()  # onnxruntime has read it: the disk space goes back now
     model.ensure_signature(bundle.input_size, bundle.output_size)
     notice = threads_notice(bundle.limit("cpu_cores"), threads)
     model.notices = [notice] if notice else []
@@ -332,6 +386,7 @@ def load(
     profile_layers: bool = False,
     trust: Sequence[Any] | None = None,
     state_dir: str | os.PathLike | None = None,
+    lean: bool = False,
 ) -> Agent:
     """Load a bundle into an agent on one backend.
 
@@ -344,12 +399,19 @@ def load(
         cache_dir: the compiled-module cache (wasm); default ``$XDG_CACHE_HOME/af/modules``.
         max_total_bytes: cap on what the bundle may decompress to (`afcore.bundle.MAX_TOTAL_BYTES`,
             1 GiB, when None); raise it for a trusted bigger bundle.
-        profile_layers: onnx only: turn on onnxruntime's profiler, which times every node of every
-            call; `Agent.layer_events` returns what it measured (`af profile`).
+        profile_layers: onnx: turn on onnxruntime's profiler, which times every node of every call;
+            `Agent.layer_events` returns what it measured. wasm: run every call stage by stage (the
+            module's per-stage exports) and record when each stage ran, for `Agent.staged_calls`; a
+            module without those exports runs whole, with a notice (`af profile --trace`).
         trust: `afcore.signing.PublicKey` s: the bundle must be signed by one of them
             (`load_bundle`); None loads unsigned bundles too.
         state_dir: with ``trust``, the state directory where the highest signed version that ran
             is kept per agent and key (`afrt.trust.check_rollback`): an older one is refused.
+        lean: when reading a path or bytes, keep only the backend's model, and an ONNX model of
+            more than `afcore.bundle.LARGE_MEMBER_BYTES` not even that: it goes to a private
+            temporary file that onnxruntime reads, removed once it has (``af run``; peak memory about
+            twice the weights instead of about four times). `Agent.bundle` then lacks the other
+            members (`afcore.bundle.Bundle.left_out`).
 
     Returns:
         The `Agent`.
@@ -369,13 +431,16 @@ def load(
         if trust is not None:
             ensure_trusted(loaded, trust)
     else:
-        loaded = load_bundle(bundle, max_total_bytes=max_total_bytes, trust=trust)
+        keep = target_keeper((backend,)) if lean else None
+        loaded = load_bundle(bundle, max_total_bytes=max_total_bytes, trust=trust, keep=keep,
+                             spill_over=LARGE_MEMBER_BYTES if lean else None)
     if trust is not None and state_dir is not None:
         from .trust import check_rollback
 
         check_rollback(state_dir, loaded.name, loaded.signature)
     if backend == "wasm":
-        engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None)
+        engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None,
+                              profile_layers)
         if not engine.pool.writable and any(s.name == "update_weights" for s in loaded.workflows.get("execution", ())):
             raise BundleError(
                 f"agent `{loaded.name}` learns (update_weights), and its WebAssembly module has read-only weights "

@@ -17,12 +17,13 @@ import numpy as np
 from afcore.errors import BundleError
 
 from ._errormap import OnnxCallErrors, map_onnx_load_errors
-from ._onnxproto import ALLOWED_DOMAINS, ensure_safe_onnx
+from ._onnxproto import ALLOWED_DOMAINS, ensure_safe_onnx, ensure_safe_onnx_file
 
 if TYPE_CHECKING:
     from .weights import Layers
 
-__all__ = ["ALLOWED_DOMAINS", "OnnxModel", "available_cores", "ensure_safe_onnx", "session_threads", "threads_notice"]
+__all__ = ["ALLOWED_DOMAINS", "OnnxModel", "available_cores", "ensure_safe_onnx", "ensure_safe_onnx_file",
+           "session_threads", "threads_notice"]
 
 
 
@@ -69,7 +70,8 @@ class OnnxModel:
     """One onnxruntime session for a bundle's model, shared by the replicas of an agent.
 
     Args:
-        model_bytes: the checked model (see `ensure_safe_onnx`).
+        model_bytes: the checked model (see `ensure_safe_onnx`), or the path of a file holding it
+            (onnxruntime then reads it itself: no copy of it in Python while it builds the session).
         agent: the agent's name, for errors.
         input_name: the graph input (manifest ``network.input.name``).
         output_name: the graph output (manifest ``network.output.name``).
@@ -79,7 +81,7 @@ class OnnxModel:
         BundleError: AF5043 when onnxruntime refuses the model.
     """
 
-    def __init__(self, model_bytes: bytes, *, agent: str, input_name: str, output_name: str, threads: int,
+    def __init__(self, model_bytes: bytes | str, *, agent: str, input_name: str, output_name: str, threads: int,
                  profile_dir: str | None = None) -> None:
         self._model_bytes, self._threads, self._profile_dir = model_bytes, threads, profile_dir
         #: OrtValues of replaced weights: the session reads them, so they live as long as it does
@@ -112,6 +114,16 @@ class OnnxModel:
         with map_onnx_load_errors("model.onnx"):
             return ort.InferenceSession(self._model_bytes, options, providers=["CPUExecutionProvider"])
 
+    def _initializers(self) -> Any:
+        """Return the model's initializers (parsed again on each call: weights are read rarely)."""
+        from ._onnxproto import parse_model
+
+        data = self._model_bytes
+        if isinstance(data, str):  # a member the bundle reader wrote to a private file (lean loading)
+            with open(data, "rb") as handle:
+                data = handle.read()
+        return parse_model(data).graph.initializer
+
     def read_weights(self, shapes: Sequence[tuple[int, int]]) -> Layers:
         """Return the weights the model was loaded with: initializers ``layers.<i>.weight``/``.bias``.
 
@@ -121,9 +133,7 @@ class OnnxModel:
         Raises:
             BundleError: AF6102 when the model lacks them (it was not made by `af compile`).
         """
-        from ._onnxproto import parse_model
-
-        found = {t.name: t for t in parse_model(self._model_bytes).graph.initializer}
+        found = {t.name: t for t in self._initializers()}
         layers = []
         for index, (n_in, n_out) in enumerate(shapes):
             pair = [_float_tensor(found.get(f"layers.{index}.{part}"), shape)
@@ -140,9 +150,7 @@ class OnnxModel:
     def read_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Return the input normalisation ``(mean, scale)`` (initializers ``input.mean``/``input.scale``),
         or None when the model has none."""
-        from ._onnxproto import parse_model
-
-        found = {t.name: t for t in parse_model(self._model_bytes).graph.initializer}
+        found = {t.name: t for t in self._initializers()}
         if "input.mean" not in found:
             return None
         mean, scale = found["input.mean"], found["input.scale"]
@@ -216,7 +224,8 @@ class OnnxModel:
         """End onnxruntime's profiling (once) and return its start (ns, system clock) and node events.
 
         Each event is onnxruntime's (``name`` such as ``fused layers.0.gemm_kernel_time``, ``ts`` in
-        µs from the start, ``dur`` in µs). Empty when the model was loaded without profiling.
+        µs from the start, ``dur`` in µs), with each run's ``model_run`` event among them. Empty when
+        the model was loaded without profiling.
         """
         if not self._profiling:
             return 0, []
@@ -229,7 +238,9 @@ class OnnxModel:
                     events = json.load(handle)
             finally:
                 os.unlink(path)
-            self._node_events = [e for e in events if e.get("cat") == "Node" and e.get("ph") == "X"]
+            # the nodes, and each run's whole time (``model_run``, what the nodes add up to)
+            self._node_events = [e for e in events if e.get("ph") == "X"
+                                 and (e.get("cat") == "Node" or e.get("name") == "model_run")]
         return self.session.get_profiling_start_time_ns(), self._node_events
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ class LoadedBundle:
 
     Attributes:
         manifest: the whole manifest, as read.
-        members: member name -> bytes.
+        members: member name -> bytes (or `afcore.bundle.MemberFile`, read with ``spill_over``).
         digest: sha256 (hex) of the .afb bytes (or whatever digest the given `Bundle` carried).
         name: ``agent.name``.
         version: ``agent.version``.
@@ -46,7 +46,7 @@ class LoadedBundle:
     """
 
     manifest: Mapping[str, Any]
-    members: Mapping[str, bytes]
+    members: Mapping[str, Any]
     digest: str
     name: str
     version: str
@@ -70,8 +70,9 @@ class LoadedBundle:
         """Return ``wasm.abi`` of the manifest (None when absent)."""
         return self.info.wasm.abi if self.info is not None and self.info.wasm is not None else None
 
-    def member(self, target: str) -> bytes:
-        """Return the bytes of a backend's member (``manifest[target].member``).
+    def member(self, target: str) -> Any:
+        """Return the bytes of a backend's member (``manifest[target].member``), or its
+        `afcore.bundle.MemberFile` when it was read to a file.
 
         Raises:
             BundleError: AF5044 when the bundle was not compiled for ``target``.
@@ -109,7 +110,7 @@ def _from_bundle(bundle: Any, signature: Any = None) -> LoadedBundle:
 
 
 def load_bundle(source: str | os.PathLike | bytes | Any, *, max_total_bytes: int | None = None,
-                trust: Sequence[Any] | None = None) -> LoadedBundle:
+                trust: Sequence[Any] | None = None, keep: Any = None, spill_over: int | None = None) -> LoadedBundle:
     """Read, verify and index a bundle.
 
     Args:
@@ -118,6 +119,9 @@ def load_bundle(source: str | os.PathLike | bytes | Any, *, max_total_bytes: int
         trust: `afcore.signing.PublicKey` s (or `cryptography` Ed25519 public keys); when given, the bundle must carry a signature by one
             of them over its manifest, checked before the manifest is parsed (a `Bundle` already
             read is checked too: its signature, then each member's sha256).
+        keep: when reading a path or bytes, the members to keep (`afcore.bundle.read_bundle`).
+        spill_over: when reading a path or bytes, members kept bigger than this go to temporary
+            files (`afcore.bundle.MemberFile`; `afcore.bundle.read_bundle`).
 
     Returns:
         The `LoadedBundle`.
@@ -137,9 +141,9 @@ def load_bundle(source: str | os.PathLike | bytes | Any, *, max_total_bytes: int
         if trust is not None:
             from afcore.signing import read_signed_bundle
 
-            source = read_signed_bundle(source, trust, max_total_bytes=limit)
+            source = read_signed_bundle(source, trust, max_total_bytes=limit, keep=keep, spill_over=spill_over)
         else:
-            source = read_bundle(source, max_total_bytes=limit)
+            source = read_bundle(source, max_total_bytes=limit, keep=keep, spill_over=spill_over)
     if not all(hasattr(source, attr) for attr in ("manifest", "members", "digest")):
         raise UsageError(f"cannot load a bundle from a {type(source).__name__}", code="AF5090",
                          hint="pass a path, the .afb bytes or an afcore.bundle.Bundle")

@@ -14,15 +14,21 @@ ABI v2 modules also say where each layer's weights live (``weights_ptr``): `Wasm
 writes new weights into every instance of the pool, in the module's blocked layout
 (`afrt.weights.pack_blocked`); an instance made or handed out later gets them before its call.
 The weights of a v1 module are read-only (AF6101).
+
+A module compiled by this af also has the optional per-stage exports ``stage_count``/``stage``
+(`STAGE_EXPORTS`, docs/bundle.md): `WasmStages` runs an instance one stage at a time under the same
+limits, for per-layer timing (`afprof`), and `StagedWasmBackend` runs every call that way and
+records it (``profile_layers``). A module without them runs as before.
 """
 
 from __future__ import annotations
 
 import functools
 import platform
+import time
 from dataclasses import dataclass, field
 from importlib.metadata import version as _dist_version
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import wasmtime
@@ -39,10 +45,14 @@ __all__ = [
     "POLICY_V2",
     "SUPPORTED_ABIS",
     "InstanceLimits",
+    "STAGE_EXPORTS",
     "SandboxPolicy",
+    "StagedCall",
+    "StagedWasmBackend",
     "WasmBackend",
     "WasmInstance",
     "WasmPool",
+    "WasmStages",
     "engine_fingerprint",
     "ensure_abi",
     "ensure_policy",
@@ -50,6 +60,7 @@ __all__ = [
     "packed_size",
     "policy_for",
     "shared_engine",
+    "stage_exports_problem",
 ]
 
 #: the newest WebAssembly ABI version this sandbox implements (docs/bundle.md)
@@ -255,6 +266,9 @@ class WasmInstance:
         BundleError: AF5042 when the module's buffers do not fit its memory.
     """
 
+    #: the instance run stage by stage (`StagedWasmBackend`), made on its first such call
+    staged: WasmStages | None = None
+
     def __init__(self, module: wasmtime.Module, limits: InstanceLimits) -> None:
         self.limits = limits
         #: calls made so far; lets a backend tell whether the fuel counter is still its own
@@ -277,6 +291,7 @@ class WasmInstance:
         self.store, self.memory = store, exports["memory"]
         #: one writable view per layer over its packed weights and bias (ABI v2), else None
         self.weight_views = self._weight_views(pointers) if pointers is not None else None
+        self._exports = exports  # the optional ones are looked up on demand (`stages`)
         self._infer = fast_func(store, exports["infer"])
         self._input, self._output = self._views(input_ptr, output_ptr)
         self._errors = WasmCallErrors(limits.agent, limits.memory_limit, self.memory_pages)
@@ -541,6 +556,23 @@ class WasmBackend:
         """Replace the weights of every replica (see `WasmPool.set_weights`)."""
         self.pool.set_weights(layers)
 
+    def stages(self, *, layers: int) -> WasmStages:
+        """Return a new instance of the module (the pool's limits), to run one stage at a time.
+
+        Args:
+            layers: the network's dense layers, from the manifest.
+
+        Raises:
+            BundleError: AF5500 when the module has no per-stage exports (`stage_exports_problem` says why).
+            ResourceLimitError, AgentTrap: from creating the instance (see `WasmInstance`).
+        """
+        problem = stage_exports_problem(self.pool.module)
+        if problem is not None:
+            agent = self.pool.limits.agent
+            raise BundleError(f"agent `{agent}`: per-layer time is not available: {problem}", code="AF5500",
+                              hint="the bundle runs as it is; only its layers cannot be timed")
+        return WasmStages(WasmInstance(self.pool.module, self.pool.limits), expected=layers + 2)
+
     def close(self) -> None:
         """Forget the last instance; the pool lives while any replica does."""
         self._last = None
@@ -550,6 +582,238 @@ def packed_size(n_in: int, n_out: int) -> int:
     """Return the float32 values of a layer in the blocked layout: weights in 4-neuron blocks, then the bias."""
     blocks = -(-n_out // 4)
     return blocks * n_in * 4 + blocks * 4
+
+
+#: the optional exports that run a module one stage at a time (docs/bundle.md, "Per-stage exports"). A module
+#: without them still runs (ABI v1 does not require them); only its per-layer timing is unavailable
+STAGE_EXPORTS: Mapping[str, tuple] = {
+    "stage_count": ("func", (), ("i32",)),
+    "stage": ("func", ("i32", "i32"), ("i32",)),
+}
+#: what ``stage`` returns for an index past the last stage (`WasmStages.nothing` relies on it)
+STAGE_BAD_INDEX = 2
+
+
+def stage_exports_problem(module: wasmtime.Module) -> str | None:
+    """Return why ``module`` cannot be run stage by stage, or None when it has the per-stage exports.
+
+    Args:
+        module: the compiled module (already checked with `ensure_policy`).
+
+    Returns:
+        A sentence for the user (it follows "per-layer time is not available: "), or None.
+    """
+    found = {exp.name: _describe_export(exp.type) for exp in module.exports}
+    if not any(name in found for name in STAGE_EXPORTS):
+        return ("the bundle's model.wasm has no per-stage exports (`stage_count`, `stage`): it was compiled "
+                "before af had them; recompile it with `af compile` to time its layers")
+    for name, want in STAGE_EXPORTS.items():
+        if found.get(name) != want:
+            return f"the bundle's model.wasm has export `{name}` as {found.get(name, 'missing')}, expected {want}"
+    return None
+
+
+@dataclass(frozen=True)
+class StagedCall:
+    """One backend call run stage by stage (`StagedWasmBackend`).
+
+    Attributes:
+        records: the records of the call.
+        stages: per stage, in order: (start, end, fuel) with start and end `time.perf_counter` readings taken
+            right around the stage's call into the module, and the fuel the stage used.
+    """
+
+    records: int
+    stages: tuple[tuple[float, float, int], ...]
+
+
+class WasmStages:
+    """One instance of an agent's module, run one stage at a time through its per-stage exports.
+
+    Stage 0 normalises the input (nothing without a normalisation), stages 1..L are the dense layers, stage
+    L + 1 writes the output buffer. Run in order on the loaded records they compute what ``infer`` computes:
+    ``stage`` calls the very functions ``infer`` calls, on the same memory. The limits are a whole call's:
+    `load` grants the fuel budget of ``infer`` on those records, which the calls after it draw on in turn,
+    and the store keeps the agent's memory cap. The calls are methods of equal cost (`nothing` is one that
+    does no work), so that a caller timing each can subtract what the timing itself costs (`afprof.layers`).
+
+    Made by `WasmBackend.stages` (``Agent.stages()``), on an instance of its own, not one of the pool's.
+
+    Args:
+        instance: a fresh instance of the module.
+        expected: the number of stages the manifest implies (its layers + 2).
+
+    Raises:
+        BundleError: AF5500 when the module lacks the per-stage exports, or its ``stage_count`` is not
+            ``expected``.
+    """
+
+    def __init__(self, instance: WasmInstance, *, expected: int) -> None:
+        module_exports = instance._exports
+        self.instance = instance
+        agent = instance.limits.agent
+        instance.store.set_fuel(FUEL_PER_CALL)
+        try:
+            stage_count = module_exports["stage_count"]
+            with instance._errors:
+                count = stage_count(instance.store)
+        except KeyError:
+            count = None
+        if count != expected or "stage" not in module_exports:
+            raise BundleError(
+                f"agent `{agent}`: per-layer time is not available: the module's stage_count is {count}, "
+                f"expected {expected} (input, {expected - 2} layers, output)",
+                code="AF5500",
+                hint="recompile the bundle with `af compile`; it runs as it is (only its layers cannot be timed)",
+            )
+        #: the number of stages
+        self.count: int = count
+        self._stage = fast_func(instance.store, module_exports["stage"])
+        self._errors = instance._errors
+        self._n = 0
+
+    def load(self, inputs: np.ndarray) -> None:
+        """Write ``n`` records into the input buffer and grant the fuel of an ``infer`` call on them.
+
+        Args:
+            inputs: float32 ``[n, input_size]``, n between 1 and ``max_batch``.
+
+        Raises:
+            InferenceError: AF5501 when n is out of range.
+        """
+        instance, n = self.instance, inputs.shape[0]
+        if not 1 <= n <= instance.max_batch:
+            raise _stage_error(instance.limits.agent, f"{n} records do not fit a call of at most {instance.max_batch}")
+        instance._input[:n] = inputs
+        instance.calls += 1
+        instance.fuel_budget = n * instance.limits.fuel_per_record + FUEL_PER_CALL
+        instance.store.set_fuel(instance.fuel_budget)
+        self._n = n
+
+    def run(self, index: int) -> None:
+        """Run stage ``index`` on the loaded records.
+
+        Raises:
+            ResourceLimitError: AF5010/AF5011 (the call's fuel or the memory cap ran out).
+            AgentTrap: AF5001 when the module traps.
+            InferenceError: AF5501 when ``stage`` returns a non-zero status (a bad index).
+        """
+        with self._errors:
+            status = self._stage(index, self._n)
+        if status:
+            raise _stage_error(self.instance.limits.agent, f"stage({index}, {self._n}) returned status {status}")
+
+    def nothing(self) -> None:
+        """Call ``stage`` with an index past the last: it returns at once. The cost of `run` without its work.
+
+        Raises:
+            InferenceError: AF5501 when it does not return `STAGE_BAD_INDEX`.
+        """
+        with self._errors:
+            status = self._stage(self.count, self._n)
+        if status != STAGE_BAD_INDEX:
+            raise _stage_error(self.instance.limits.agent, f"stage({self.count}, {self._n}) returned status {status}")
+
+    def infer(self) -> None:
+        """Run the whole network on the loaded records with the module's ``infer``, as `WasmInstance.run` does.
+
+        Raises:
+            ResourceLimitError, AgentTrap: as `run`.
+            InferenceError: AF5014 when ``infer`` returns a non-zero status.
+        """
+        with self._errors:
+            status = self.instance._infer(self._n)
+        if status:
+            raise _status_error(self.instance.limits.agent, status)
+
+    def fuel_used(self) -> int:
+        """Return the fuel used since the last `load`."""
+        return self.instance.fuel_budget - self.instance.store.get_fuel()
+
+    def outputs(self) -> np.ndarray:
+        """Return a copy of the output buffer's first ``n`` rows (n of the last `load`)."""
+        return self.instance._output[: self._n].copy()
+
+    def run_all(self, inputs: np.ndarray, clock: Callable[[], float] = time.perf_counter) -> tuple[np.ndarray, StagedCall]:
+        """Run ``inputs`` through every stage in turn, reading ``clock`` right around each stage's call.
+
+        Returns:
+            The outputs (as `WasmInstance.run` returns them) and the `StagedCall`.
+
+        Raises:
+            ResourceLimitError: AF5010 (with the fuel the whole call would have needed) or AF5011.
+            AgentTrap, InferenceError: as `run`.
+        """
+        self.load(inputs)
+        marks = []
+        used = 0
+        try:
+            for index in range(self.count):
+                started = clock()
+                self.run(index)
+                ended = clock()
+                fuel = self.fuel_used()
+                marks.append((started, ended, fuel - used))
+                used = fuel
+        except ResourceLimitError as exc:
+            if exc.code == "AF5010":
+                raise self.instance._fuel_error(exc, self._n) from exc.__cause__
+            raise
+        return self.outputs(), StagedCall(self._n, tuple(marks))
+
+    def close(self) -> None:
+        """Drop the instance (its store and memory go with the last reference)."""
+        self._stage = None  # type: ignore[assignment]
+
+
+class StagedWasmBackend(WasmBackend):
+    """A `WasmBackend` whose calls run stage by stage and are recorded (``afrt.load(..., profile_layers=True)``
+    on wasm, for `af profile --trace`).
+
+    The outputs are bit-identical to the plain backend's; each call costs one host call per stage instead of
+    one in all, and the clock and fuel readings around them (docs/tools.md gives the figure). The replicas
+    share the record of calls, as they share the pool.
+
+    Args:
+        pool: the agent's shared pool (of a module with the per-stage exports).
+        layers: the network's dense layers (the stages are those + 2).
+        calls: the shared record of calls (a new one when None).
+    """
+
+    def __init__(self, pool: WasmPool, layers: int, calls: list[StagedCall] | None = None) -> None:
+        super().__init__(pool)
+        self.layers = layers
+        self._calls: list[StagedCall] = [] if calls is None else calls
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """Run ``n <= max_batch`` records stage by stage on an instance of the pool, and record the call."""
+        pool = self.pool
+        instance = pool.acquire()
+        self._last = (instance, instance.calls + 1)
+        stages = getattr(instance, "staged", None)  # made once per instance of the pool
+        if stages is None:
+            stages = instance.staged = WasmStages(instance, expected=self.layers + 2)
+        out, call = stages.run_all(inputs)  # on error the instance is not given back, as in `WasmBackend.run`
+        self._calls.append(call)  # list.append is atomic: replicas may call from several threads
+        pool.release(instance)
+        return out
+
+    def replica(self) -> StagedWasmBackend:
+        """Return another replica sharing the pool and the record of calls."""
+        return StagedWasmBackend(self.pool, self.layers, self._calls)
+
+    def staged_calls(self) -> list[StagedCall]:
+        """Return the calls made so far by every replica, in the order they ended."""
+        return list(self._calls)
+
+
+def _stage_error(agent: str, what: str) -> InferenceError:
+    return InferenceError(
+        f"agent `{agent}`: {what}",
+        code="AF5501",
+        hint="stage indices run from 0 to stage_count - 1 and batches from 1 to max_batch (docs/bundle.md)",
+        agent=agent,
+    )
 
 
 def _fits(ptr: int, nbytes: int, size: int) -> bool:

@@ -95,7 +95,7 @@ def open_stream(path: str, mode: str, std: Any) -> IO[bytes]:
 
 def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None, *, command: str = "af run",
                max_bundle_mb: Optional[int] = None, profile_layers: bool = False, trust: tuple[Path, ...] = (),
-               state_dir: Optional[Path] = None) -> Any:
+               state_dir: Optional[Path] = None, lean: bool = False) -> Any:
     """Load a bundle, or compile an .af file in memory first (like `go run`: nothing is written).
 
     The file's kind is read from its content, not its name.
@@ -106,10 +106,14 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         fuel: wasm fuel per record (None: derived from the network's size).
         command: the command, for messages.
         max_bundle_mb: ``--max-bundle-mb`` (None: the default cap).
-        profile_layers: on onnx, turn onnxruntime's profiler on (`afrt.load`), for `af profile --trace`.
+        profile_layers: time the layers of every call of the run (`afrt.load`: onnxruntime's profiler on onnx,
+            stage by stage on wasm), for `af profile --trace`.
         trust: ``--trust`` public key files: the bundle must be signed by one of them
             (`afcore.signing`), and not older than what ran from ``state_dir``.
         state_dir: ``--state-dir``, where signed versions that ran are recorded (with ``trust``).
+        lean: keep only the backend's model, a big ONNX one in a temporary file (`afrt.load`'s
+            ``lean``): `af run`, whose agent needs nothing else of the bundle (`af debug` and
+            `af profile` read the other members).
 
     Returns:
         The `afrt.Agent`.
@@ -138,17 +142,9 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         if kind == "agent":
             refuse_unsigned_source(bundle)
     if kind == "agent":
-        import afrt
-        from afc import compile_agent, load_agent_file
-
-        backend = backend or "onnx"
-        targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
-        data = compile_agent(load_agent_file(bundle).spec(), targets=targets)
-        # made here and now, from a file that validated: no cap on what it inflates to
-        return afrt.load(data, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize,
-                         profile_layers=profile_layers and backend == "onnx")
+        return _compile_and_load(bundle, backend or "onnx", fuel, profile_layers=profile_layers, lean=lean)
     gc.disable()
-    read = _read_ahead(bundle, bundle_cap(max_bundle_mb), keys)
+    read = _read_ahead(bundle, bundle_cap(max_bundle_mb), keys, backend if lean else "")
     import afrt
 
     loaded = read()
@@ -156,11 +152,37 @@ def load_agent(bundle: Path, backend: Optional[str], fuel: Optional[int] = None,
         targets = loaded.manifest.get("targets") or BACKENDS
         backend = next((b for b in BACKENDS if b in targets), BACKENDS[0])
         ensure_fuel_applies(backend, fuel)
-    return afrt.load(loaded, backend=backend, fuel_per_record=fuel, profile_layers=profile_layers and backend == "onnx",
+    return afrt.load(loaded, backend=backend, fuel_per_record=fuel, profile_layers=profile_layers,
                      trust=keys, state_dir=state_dir)
 
 
-def _read_ahead(path: Path, max_total_bytes: int, trust: Optional[list] = None) -> Callable[[], Any]:
+def _compile_and_load(path: Path, backend: str, fuel: Optional[int], *, profile_layers: bool, lean: bool) -> Any:
+    """Compile an .af file into a private temporary bundle and load that (`load_agent`).
+
+    The bundle goes to a file rather than memory, and the compiler's arrays are gone before the
+    agent loads: a run then costs what compiling costs or what loading the bundle costs, whichever
+    is more, not both (docs/runtime.md, "Memory").
+    """
+    import shutil
+    import tempfile
+
+    import afrt
+    from afc import compile_spec, load_agent_file
+
+    targets = ("onnx",) if backend == "onnx" else ("onnx", "wasm")
+    directory = tempfile.mkdtemp(prefix="af-run-")  # mode 0700: this user's only
+    try:
+        output = Path(directory) / "agent.afb"
+        compile_spec(load_agent_file(path).spec(), output=output, targets=targets)  # its result holds the spec
+        # made here and now, from a file that validated: no cap on what it inflates to
+        return afrt.load(output, backend=backend, fuel_per_record=fuel, max_total_bytes=sys.maxsize,
+                         profile_layers=profile_layers, lean=lean)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _read_ahead(path: Path, max_total_bytes: int, trust: Optional[list] = None,
+                lean: Optional[str] = "") -> Callable[[], Any]:
     """Start reading and verifying the bundle at ``path`` on a thread; return a function that waits for it.
 
     Decompressing and hashing a bundle (zstd and sha256, which release the GIL) then overlaps
@@ -168,18 +190,24 @@ def _read_ahead(path: Path, max_total_bytes: int, trust: Optional[list] = None) 
     the example bundle on a 2-core machine. The function returns the `afcore.bundle.Bundle`
     (what `afrt.load` reads from a path, with the same size cap) or raises what reading raised.
     With ``trust`` (public keys), the signature is verified there too, before the manifest is read.
+    ``lean`` other than "" keeps only the model of that backend (None: the first of `BACKENDS` the
+    bundle has), a big one in a temporary file, as `afrt.load`'s ``lean`` does.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from afcore.bundle import read_bundle
+    from afcore.bundle import LARGE_MEMBER_BYTES, read_bundle
+    from afcore.manifest import target_keeper
 
+    options: dict[str, Any] = {"max_total_bytes": max_total_bytes}
+    if lean != "":
+        options.update(keep=target_keeper((lean,) if lean else BACKENDS), spill_over=LARGE_MEMBER_BYTES)
     pool = ThreadPoolExecutor(1, thread_name_prefix="af-read-bundle")
     if trust is not None:
         from afcore.signing import read_signed_bundle
 
-        future = pool.submit(read_signed_bundle, path, trust, max_total_bytes=max_total_bytes)
+        future = pool.submit(read_signed_bundle, path, trust, **options)
     else:
-        future = pool.submit(read_bundle, path, max_total_bytes=max_total_bytes)
+        future = pool.submit(read_bundle, path, **options)
     pool.shutdown(wait=False)  # the one task still runs; the pool takes no more
     return future.result
 

@@ -51,7 +51,7 @@ class _Discard:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as one JSON object on stdout (schemas/profile-1.0.schema.json).")
 @click.option("--trace", "trace_path", type=click.Path(path_type=Path),
-              help="Write the blocks, backend calls and steps as Chrome trace events (Perfetto, chrome://tracing).")
+              help="Write the blocks, backend calls, steps and layers as Chrome trace events (Perfetto, chrome://tracing).")
 @agent_options
 def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str], backend: Optional[str],
                     replicas: int, max_batch: int, fuel: Optional[int], overhead: bool, as_json: bool,
@@ -74,9 +74,10 @@ def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str]
 
     if trace_path is not None:
         check_output(trace_path)
-    # With --trace, onnxruntime's own profile of the run is merged into the trace: that costs ~17 µs
-    # a call, so the traced run is slower than a plain one (the report's layer times come from a
-    # separate pass, which slows nothing: afprof.layers).
+    # With --trace, the run times its own layers (onnx: onnxruntime's profiler, ~17 µs a call; wasm: each
+    # call stage by stage, ~15 µs a call), merged into the trace inside each backend call, so the traced
+    # run is slower than a plain one (the report's layer times come from a separate pass, which slows
+    # nothing: afprof.layers).
     agent = load_agent(bundle, backend, fuel, command="af profile", max_bundle_mb=max_bundle_mb,
                        profile_layers=trace_path is not None)
     options = {"replicas": replicas, "max_batch": max_batch}
@@ -92,6 +93,7 @@ def profile_command(bundle: Path, *, input_path: str, output_path: Optional[str]
         close_streams(source, sink if output_path else None)
     baseline = _baseline(spare, input_path, options) if spare is not None and not summary.interrupted else None
     profiler.merge_onnxruntime(*agent.layer_events())
+    profiler.merge_staged_calls(agent.staged_calls())
     profiler.measure_layers(agent)
     report = profiler.report(summary, baseline_records_per_second=baseline)
     if trace_path is not None:
@@ -155,18 +157,35 @@ def _print(report: ProfileReport) -> None:
                 drop_order=WORKFLOW_DROP_ORDER)
     print_table("steps (wall time per call, µs)", STEP_COLUMNS, steps, left=_TEXT_COLUMNS, drop_order=STEP_DROP_ORDER)
     _print_backend(report)
-    if report.layers:
-        rows = [[str(layer.layer), layer.ops, str(layer.calls), *_dist(layer.seconds), _us(layer.per_record.mean)]
-                for layer in report.layers]
-        print_table("layers (kernel time per call, µs, measured in a separate pass)",
-                    ("layer", "ops", "calls", "mean", "p50", "p95", "p99", "per record"), rows, left=("ops",),
-                    drop_order=("p99", "p95", "calls"))
-    elif report.backend == "wasm":
-        _say_wrapped("layers: the wasm module computes every layer in one call (ABI v1): no time per layer")
+    _print_layers(report)
     for title, counts in (("messages sent", report.messages), ("traps", report.traps)):
         if counts:
             say(f"{title}: " + ", ".join(f"{k} x{n}" for k, n in sorted(counts.items())))
     _print_pictures(report)
+
+
+def _print_layers(report: ProfileReport) -> None:
+    """The layers table (from the separate pass), what the layers add up to, or why there is none."""
+    layer_pass = report.layer_pass
+    if report.layers:
+        wasm = report.backend == "wasm"
+        rows = [[str(layer.layer), layer.ops, str(layer.calls), *_dist(layer.seconds), _us(layer.per_record.mean)]
+                + ([f"{layer.fuel_per_record.mean:,.0f}"] if wasm and layer.fuel_per_record is not None else [])
+                for layer in report.layers]
+        how = "stage by stage" if wasm else "onnxruntime's profiler"
+        print_table(f"layers (µs per call; a separate pass, {how})",
+                    ("layer", "ops", "calls", "mean", "p50", "p95", "p99", "per record", *(["fuel/record"] if wasm else [])),
+                    rows, left=("ops",), drop_order=("p99", "p95", "calls", "fuel/record"))
+    if layer_pass is None:
+        return
+    if layer_pass.reason is not None:
+        _say_wrapped(f"layers: per-layer time is not available: {layer_pass.reason}")
+    elif layer_pass.call_seconds is not None and layer_pass.layers_seconds is not None:
+        whole, parts = layer_pass.call_seconds.p50, layer_pass.layers_seconds.p50
+        timer = (f"; timing a call costs {_us(layer_pass.timer_seconds)} µs, taken off each time"
+                 if layer_pass.timer_seconds is not None else "")
+        _say_wrapped(f"layers: a call's parts add up to {_us(parts)} µs at p50, the whole call took {_us(whole)} µs "
+                     f"in the same pass{timer}")
 
 
 def _dist(d: Distribution) -> list[str]:

@@ -85,7 +85,8 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
         return opened[0]
 
     try:
-        agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir)
+        agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir,
+                           lean=True)
         if input_path == "-" and sys.stdin.isatty() and not quiet:
             say("reading records from stdin (Ctrl-D to end)")
         summary = run_stream(agent, source, open_output, replicas=replicas, swarm=swarm, state_dir=state_dir,
@@ -115,7 +116,8 @@ def _serve(bundle: Path, *, url: str, swarm: str, replicas: int, backend: Option
     if ignored:
         raise UsageError(f"{', '.join(ignored)} do(es) not apply to a worker: its records come from the swarm",
                          code="AF0937", hint="send records with `af submit --bus URL --swarm NAME --agent AGENT`")
-    agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir)
+    agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir,
+                           lean=True)
     if not quiet:
         say(f"serving swarm {swarm} at {_without_password(url)} as agent {agent.name} "
             f"({replicas} replica(s)); SIGTERM or Ctrl-C drains and leaves")

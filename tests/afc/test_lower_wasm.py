@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -176,13 +177,14 @@ class TestAbi:
         assert module.imports == []
         exports = {e.name: e.type for e in module.exports}
         assert set(exports) == {"memory", "input_ptr", "output_ptr", "max_batch", "infer", "weights_ptr",
-                                "normalization_ptr"}
+                                "normalization_ptr", "stage_count", "stage"}
         assert isinstance(exports["memory"], wasmtime.MemoryType)
         i32 = wasmtime.ValType.i32()
-        for name in ("input_ptr", "output_ptr", "max_batch"):
+        for name in ("input_ptr", "output_ptr", "max_batch", "stage_count"):
             assert exports[name].params == [] and exports[name].results == [i32]
         assert exports["infer"].params == [i32] and exports["infer"].results == [i32]
         assert exports["weights_ptr"].params == [i32] and exports["weights_ptr"].results == [i32]
+        assert exports["stage"].params == [i32, i32] and exports["stage"].results == [i32]
 
     def test_weights_ptr_finds_each_layer_in_the_blocked_layout(self):
         # ABI v2: the host reads (and may write) layer k at weights_ptr(k); 0 past the last layer
@@ -238,6 +240,69 @@ class TestAbi:
         starved = Runner(lowered, fuel=100)
         with pytest.raises(wasmtime.Trap):
             starved.call("infer", 8)
+
+
+class TestStageExports:
+    """The optional per-stage exports: the stages run in order are ``infer``, one function at a time."""
+
+    @pytest.mark.parametrize("sizes, output, normalized", [
+        ([784, 128, 64, 32, 10], "softmax", False),
+        ([5, 7, 3], "sigmoid", True),
+        ([8, 8], "linear", False),  # the last layer writes the output directly: the output stage does nothing
+        ([33, 17, 29, 5], "linear", True),
+    ])
+    def test_stages_in_order_give_infers_bits_and_each_layer_numpys(self, sizes, output, normalized):
+        network = make_network(sizes, "relu", output)
+        if normalized:
+            rng = np.random.default_rng(1)
+            network = dataclasses.replace(network, input_mean=rng.standard_normal(sizes[0]).astype(np.float32),
+                                          input_scale=rng.uniform(0.5, 2.0, sizes[0]).astype(np.float32))
+        lowered = lower_network(network, max_batch=8)
+        x = np.random.default_rng(2).standard_normal((7, sizes[0])).astype(np.float32)
+        whole = Runner(lowered).run(x, sizes[-1])
+        staged = Runner(lowered)
+        assert staged.call("stage_count") == len(network.layers) + 2
+        staged.memory.write(staged.store, x.tobytes(), staged.call("input_ptr"))
+        assert [staged.call("stage", k, 7) for k in range(len(network.layers) + 2)] == [0] * (len(network.layers) + 2)
+        start = staged.call("output_ptr")
+        got = np.frombuffer(bytes(staged.memory.read(staged.store, start, start + x.size // sizes[0] * sizes[-1] * 4)),
+                            dtype="<f4").reshape(7, sizes[-1])
+        np.testing.assert_array_equal(got.view(np.uint32), whole.view(np.uint32))  # bit for bit
+        if normalized:
+            x = (x - network.input_mean) / network.input_scale
+        np.testing.assert_allclose(got, numpy_forward(network, x), rtol=1e-5, atol=1e-5)
+
+    def test_bad_index_and_bad_batch(self):
+        runner = Runner(lower_network(make_network([5, 4, 3]), max_batch=8))
+        count = runner.call("stage_count")
+        assert count == 4
+        assert [runner.call("stage", k, 8) for k in range(count)] == [0] * count
+        for index in (count, count + 1, -1, 2**31 - 1):
+            assert runner.call("stage", index, 1) == 2
+        for batch in (0, -1, 9):
+            assert runner.call("stage", 0, batch) == 1
+
+    def test_each_stage_is_metered_and_their_fuel_adds_up_to_infers(self):
+        lowered = lower_network(make_network([30, 20, 4], "tanh", "softmax"), max_batch=8)
+        whole = Runner(lowered, fuel=10**8)
+        assert whole.call("infer", 8) == 0
+        infer_fuel = 10**8 - whole.store.get_fuel()
+        staged = Runner(lowered, fuel=10**8)
+        used = []
+        for k in range(staged.call("stage_count")):
+            before = staged.store.get_fuel()
+            assert staged.call("stage", k, 8) == 0
+            used.append(before - staged.store.get_fuel())
+        # each call of the dispatcher costs a few instructions (bounds check, br_table, call, return)
+        assert 0 <= sum(used) - infer_fuel <= 16 * len(used)
+        assert used[1] > used[2] > 0  # 30x20 multiply-adds against 20x4
+
+    def test_module_grows_by_a_few_hundred_bytes(self):
+        network = make_network([784, 128, 64, 32, 10], "relu", "softmax")
+        lowered = lower_network(network)
+        stripped = lowered.wat.replace(lowered.wat[lowered.wat.index('  (func (export "stage_count")'):
+                                                   lowered.wat.index("  (func $normalize")], "")
+        assert len(wasmtime.wat2wasm(lowered.wat)) - len(wasmtime.wat2wasm(stripped)) < 400
 
 
 class TestModuleBytes:

@@ -18,6 +18,7 @@ import pytest
 import zstandard
 
 from afcore.bundle import MANIFEST_NAME, read_bundle, write_bundle
+from afcore.errors import BundleError
 
 ROOT = Path(__file__).resolve().parents[2]
 #: what refusing any hostile bundle may cost, whole process included (issue 9 #12)
@@ -150,7 +151,7 @@ class TestStreamedReading:
         monkeypatch.setattr(bundle, "IN_MEMORY_BYTES", 1024)
         monkeypatch.setattr(bundle, "_read_members", lambda *a, **k: passes.append(k) or real(*a, **k))
         streamed = read_bundle(data)
-        assert passes == [{"keep": False, "verify": True}, {"keep": True, "verify": False}]
+        assert [(k["keep"] is not None, k["verify"]) for k in passes] == [(False, True), (True, False)]
         assert streamed == expected
 
     def test_tampered_member_is_found_in_the_first_pass(self, monkeypatch):
@@ -163,3 +164,65 @@ class TestStreamedReading:
         with pytest.raises(bundle.BundleError) as info:
             read_bundle(zstandard.ZstdCompressor(write_checksum=True).compress(bytes(tampered)))
         assert info.value.code == "AF4013"
+
+
+class TestKeepAndSpill:
+    """read_bundle(keep=, spill_over=): what af run reads of a bundle (only its model, a big one in a file)."""
+
+    MEMBERS = {"model.onnx": bytes(range(256)) * 64, "model.wasm": b"\0asm" * 1000, "agent.yaml": b"name: a\n"}
+
+    def test_members_left_out_are_verified_all_the_same(self):
+        data = write_bundle({"format": "afb", "format_version": "1.0"}, self.MEMBERS)
+        kept = read_bundle(data, keep=lambda manifest: {"model.onnx"})
+        assert dict(kept.members) == {"model.onnx": self.MEMBERS["model.onnx"]}
+        assert kept.left_out == {"model.wasm", "agent.yaml"}
+        with pytest.raises(BundleError) as info:  # a member that fails its sha256 is refused even when not kept
+            read_bundle(_swap_member(data, "model.wasm", b"\0asm" * 999 + b"evil"), keep={"model.onnx"})
+        assert info.value.code == "AF4013"
+
+    @pytest.mark.parametrize("in_memory_bytes", [None, 1024])
+    def test_a_big_member_goes_to_a_private_file_removed_with_it(self, monkeypatch, in_memory_bytes):
+        import os
+        import stat
+
+        from afcore import bundle
+
+        if in_memory_bytes:
+            monkeypatch.setattr(bundle, "IN_MEMORY_BYTES", in_memory_bytes)
+        data = write_bundle({"format": "afb", "format_version": "1.0"}, self.MEMBERS)
+        read = read_bundle(data, keep={"model.onnx", "agent.yaml"}, spill_over=1000)
+        spilled = read.members["model.onnx"]
+        assert isinstance(spilled, bundle.MemberFile) and read.members["agent.yaml"] == b"name: a\n"
+        assert spilled.read_bytes() == self.MEMBERS["model.onnx"] and len(spilled) == len(self.MEMBERS["model.onnx"])
+        directory = os.path.dirname(spilled.path)
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        spilled.remove()
+        assert not os.path.exists(directory)
+
+    def test_a_spilled_member_that_fails_its_digest_leaves_no_file(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+        import tempfile
+
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        good = write_bundle({"format": "afb", "format_version": "1.0"}, self.MEMBERS)
+        bad = _swap_member(good, "model.onnx", bytes(reversed(self.MEMBERS["model.onnx"])))
+        with pytest.raises(BundleError) as info:
+            read_bundle(bad, keep={"model.onnx"}, spill_over=1000)
+        assert info.value.code == "AF4013"
+        import gc
+
+        gc.collect()
+        assert not list(tmp_path.glob("af-member-*/*"))
+
+
+def _swap_member(data: bytes, name: str, replacement: bytes) -> bytes:
+    """The bundle with one member's bytes replaced (same size), its manifest unchanged."""
+    import zstandard
+
+    archive = zstandard.ZstdDecompressor().decompress(data)
+    from afcore import bundle
+
+    original = bundle.read_bundle(data).members[name]
+    assert len(original) == len(replacement) and archive.count(original) == 1
+    return zstandard.ZstdCompressor(write_checksum=True, write_content_size=True).compress(
+        archive.replace(original, replacement))

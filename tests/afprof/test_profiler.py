@@ -276,3 +276,50 @@ def _assert_nested(spans: list[dict]) -> None:
             parent = stack[-1]
             assert span["ts"] + span["dur"] <= parent["ts"] + parent["dur"] + EPSILON_US, (span, parent)
         stack.append(span)
+
+
+class TestStagedCallsInTheTrace:
+    """`Profiler.merge_staged_calls`: a wasm call's stages go inside the backend span of the call that ran them."""
+
+    def _profiler(self):
+        import time as _time
+
+        profiler = Profiler(trace=True)  # perf_counter: the stages' own clock, so no conversion is needed
+        return profiler, _time.perf_counter()
+
+    def test_stages_reported_late_are_moved_inside_their_call(self):
+        profiler, now = self._profiler()
+        ctx = SimpleNamespace(agent_id="a-1")
+        stages = tuple((now + 0.001 + k * 1e-5, now + 0.001 + (k + 1) * 1e-5, 100 * k) for k in range(4))
+        # the runner reports the call 5 µs after its stages ended: the span is [start + 5 µs, end + 5 µs]
+        ended = stages[-1][1] + 5e-6
+        profiler.trace.span(ctx, "backend (wasm)", "backend", ended - 4.2e-5, ended, records=3)
+        profiler.merge_staged_calls([SimpleNamespace(records=3, stages=stages)])
+        events = profiler.trace_json()["traceEvents"]
+        (call,) = [e for e in events if e.get("cat") == "backend"]
+        layers = [e for e in events if e.get("cat") == "layer"]
+        assert [e["name"] for e in layers] == ["input", "layer 0", "layer 1", "output"]
+        assert all(e["tid"] == call["tid"] for e in layers)
+        assert layers[0]["ts"] >= call["ts"] and layers[-1]["ts"] + layers[-1]["dur"] <= call["ts"] + call["dur"] + 0.002
+        assert [e["dur"] for e in layers] == pytest.approx([10.0] * 4, abs=0.002)  # moved, never resized
+        assert [e["args"]["fuel"] for e in layers] == [0, 100, 200, 300]
+
+    def test_each_call_goes_to_its_own_span_and_others_to_a_thread_of_their_own(self):
+        profiler, now = self._profiler()
+        ctx = SimpleNamespace(agent_id="a-1")
+        calls = []
+        for i in range(3):
+            start = now + 0.01 * (i + 1)
+            stages = ((start, start + 1e-5, 1), (start + 1e-5, start + 3e-5, 2), (start + 3e-5, start + 4e-5, 3))
+            calls.append(SimpleNamespace(records=1, stages=stages))
+            if i:  # the first call (a warm-up) has no traced span
+                profiler.trace.span(ctx, "backend (wasm)", "backend", start - 1e-6, start + 4.5e-5, records=1)
+        profiler.merge_staged_calls(calls)
+        events = profiler.trace_json()["traceEvents"]
+        backend = [e for e in events if e.get("cat") == "backend"]
+        layers = [e for e in events if e.get("cat") == "layer"]
+        assert sum(e["tid"] == 0 for e in layers) == 3
+        for call in backend:
+            inside = [e for e in layers if e["tid"] == call["tid"] and call["ts"] <= e["ts"]
+                      and e["ts"] + e["dur"] <= call["ts"] + call["dur"] + EPSILON_US]
+            assert len(inside) == 3
