@@ -356,9 +356,14 @@ def _onnx_engine(bundle: LoadedBundle, threads: int | None, profile_dir: str | N
             threads=session_threads(bundle.limit("cpu_cores"), threads),
             profile_dir=profile_dir,
         )
-    finally:
+    except BaseException:
         if isinstance(source, str):
-            member.remove()  # onnxruntime has read it: the disk space goes back now
+            member.remove()
+        raise
+    if isinstance(source, str):
+        # The file lives as long as the model: set_weights (online and federated learning) makes the
+        # session again from it. It costs disk, not memory, and goes with the model or at exit.
+        model.backing_file = member
     model.ensure_signature(bundle.input_size, bundle.output_size)
     notice = threads_notice(bundle.limit("cpu_cores"), threads)
     model.notices = [notice] if notice else []

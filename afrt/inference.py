@@ -86,6 +86,9 @@ class OnnxModel:
         self._model_bytes, self._threads, self._profile_dir = model_bytes, threads, profile_dir
         #: OrtValues of replaced weights: the session reads them, so they live as long as it does
         self._overrides: dict[str, object] = {}
+        #: what keeps the file of a path ``model_bytes`` alive (an `afcore.bundle.MemberFile`, removed
+        #: with it): the session is made again from that file when the weights change
+        self.backing_file: object | None = None
         self.session = self._new_session()
         self._profiling = profile_dir is not None
         #: onnxruntime's node events once profiling ended (`layer_events`)

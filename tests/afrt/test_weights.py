@@ -3,6 +3,8 @@ and onnx's own reading of the model; ABI v1 bundles keep running with read-only 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -167,3 +169,27 @@ def test_blocked_layout_round_trip(n_out, n_in):
     back_w, back_b = unpack_blocked(packed, n_out, n_in)
     np.testing.assert_array_equal(back_w, w)
     np.testing.assert_array_equal(back_b, b)
+
+
+class TestLeanLoading:
+    """`af run` loads lean: an ONNX model over LARGE_MEMBER_BYTES is read by onnxruntime from a private
+    file. Changing the weights makes the session again from that file, so it must outlive loading."""
+
+    def test_set_weights_after_the_model_was_spilled_to_a_file(self, example_bundles, monkeypatch):
+        import afrt.agent
+
+        monkeypatch.setattr(afrt.agent, "LARGE_MEMBER_BYTES", 0)  # spill even the xor model
+        with afrt.load(example_bundles["xor"], backend="onnx", lean=True) as agent:
+            spilled = agent._engine.backing_file.path
+            layers = random_layers([(w.shape[1], w.shape[0]) for w, _ in agent.weights()], seed=3)
+            agent.set_weights(layers)
+            x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+            np.testing.assert_allclose(agent.infer(x), numpy_forward(layers, "tanh", "sigmoid", x), atol=1e-6)
+            for (w, b), (w2, b2) in zip(agent.weights(), layers):
+                np.testing.assert_array_equal(w, w2)
+                np.testing.assert_array_equal(b, b2)
+        del agent
+        import gc
+
+        gc.collect()
+        assert not Path(spilled).exists()
