@@ -173,6 +173,7 @@ def load_agent_bytes(data: bytes, *, path: str, max_section_bytes: int = DEFAULT
     found += check.check_resources(document, valid=valid)
     found += check.check_interop_fields(document, valid=valid)
     found += check.check_steps(document, workflows)
+    found += check.check_learning(document, workflows)
     _raise_errors(syntax, schema.diagnostics, found)
     return AgentFile(path, container, document, sections, workflows, sort_diagnostics(found), tensors, data)
 

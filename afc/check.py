@@ -12,6 +12,7 @@ stays silent about what depends on an invalid node, rather than guessing from it
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -38,6 +39,7 @@ __all__ = [
     "REQUIREMENT_LIMITS",
     "STEP_SIGNATURES",
     "check_interop_fields",
+    "check_learning",
     "check_resources",
     "check_steps",
     "check_training_data",
@@ -145,6 +147,36 @@ def check_steps(document: YamlDocument, workflows: Mapping[str, tuple[Step, ...]
     return diagnostics
 
 
+def check_learning(document: YamlDocument, workflows: Mapping[str, tuple[Step, ...]]) -> list[Diagnostic]:
+    """Check where ``update_weights`` stands: once, after ``process_neural_network``.
+
+    A record is predicted before the agent learns from it (its output is what the weights before
+    it made of it); a second update_weights would learn from each record twice.
+
+    Returns:
+        AF6110 for an update_weights with no process_neural_network before it, AF6111 for a second one.
+    """
+    out, processed, learning = [], False, False
+    for step in workflows.get("execution", ()):
+        if step.name == "process_neural_network":
+            processed = True
+        if step.name != "update_weights":
+            continue
+        span = Span.from_json(dict(step.span)) if step.span else None
+        span = _text_span(document, span, step.source, 0, len(step.name))
+        if learning:
+            out.append(Diagnostic("AF6111", "error", "a second `update_weights` in the execution workflow", span=span,
+                                  label="the agent would learn from each record twice",
+                                  help="keep one update_weights step"))
+        elif not processed:
+            out.append(Diagnostic("AF6110", "error", "`update_weights` stands before `process_neural_network`",
+                                  span=span, label="no output yet",
+                                  help="put update_weights after process_neural_network: a record is predicted, "
+                                       "then learnt from (docs/training.md, \"Online learning\")"))
+        learning = True
+    return out
+
+
 def _misplaced(step: Step, workflow: str, span: Span | None) -> Diagnostic:
     places = " and ".join(f"`{w}`" for w in sorted(STEP_DEFS[step.name].workflows))
     return Diagnostic("AF2023", "error", f"step `{step.name}` cannot run in the `{workflow}` workflow", span=span,
@@ -250,22 +282,22 @@ def _check_arguments(document: YamlDocument, step: Step, signature: Mapping[str,
     for key, value in step.args.items():
         wanted = signature.get(key)
         found_at = re.search(rf"\b{re.escape(key)}\s*=", step.source)
-        span = _text_span(document, span, step.source, found_at.start() if found_at else 0, len(key))
+        at = _text_span(document, span, step.source, found_at.start() if found_at else 0, len(key))
         if wanted is None:
             allowed = ", ".join(f"`{k}`" for k in signature) or "none"
             close = difflib.get_close_matches(key, list(signature), n=1, cutoff=0.6)
             hint = f"did you mean `{close[0]}`?" if close else f"arguments of `{step.name}`: {allowed}"
-            out.append(Diagnostic("AF2021", "error", f"step `{step.name}` has no argument `{key}`", span=span,
+            out.append(Diagnostic("AF2021", "error", f"step `{step.name}` has no argument `{key}`", span=at,
                                   label="unknown argument", help=hint))
-        elif type(value) is not wanted:
+        elif type(value) is not wanted and not (wanted is float and type(value) is int):
             found = _TYPE_NAMES.get(type(value), "null" if value is None else type(value).__name__)
             out.append(Diagnostic("AF2022", "error",
                                   f"argument `{key}` of `{step.name}` must be {_TYPE_NAMES[wanted]}, not {found}",
-                                  span=span, label=f"found {found}", help=_argument_example(step.name, key, wanted)))
+                                  span=at, label=f"found {found}", help=_argument_example(step.name, key, wanted)))
         else:
             problem = _out_of_range(STEP_DEFS[step.name].arguments[key], value)
             if problem:
-                out.append(Diagnostic("AF2027", "error", f"argument `{key}` of `{step.name}` {problem}", span=span,
+                out.append(Diagnostic("AF2027", "error", f"argument `{key}` of `{step.name}` {problem}", span=at,
                                       label="out of range", help=_argument_example(step.name, key, wanted)))
     return out
 
@@ -273,13 +305,18 @@ def _check_arguments(document: YamlDocument, step: Step, signature: Mapping[str,
 def _out_of_range(definition: ArgDef, value: Any) -> str | None:
     if isinstance(value, int) and definition.minimum is not None and value < definition.minimum:
         return f"must be at least {definition.minimum}, found {value}"
+    if definition.above is not None and not (math.isfinite(value) and value > definition.above):
+        return f"must be a finite number above {definition.above:g}, found {value}"
+    if definition.choices is not None and value not in definition.choices:
+        return f"must be one of {', '.join(definition.choices)}, found {value!r}"
     if isinstance(value, str) and not 1 <= len(value) <= MAX_TOPIC_CHARS:
         return f"must be 1 to {MAX_TOPIC_CHARS} characters, found {len(value)}"
     return None
 
 
 def _argument_example(step: str, key: str, wanted: type) -> str:
-    example = '"results"' if wanted is str else "100"
+    choices = STEP_DEFS[step].arguments[key].choices
+    example = f'"{choices[0]}"' if choices else '"results"' if wanted is str else "0.01" if wanted is float else "100"
     return f"e.g. `{step}({key}={example})`"
 
 

@@ -129,7 +129,7 @@ def build_manifest(spec: AgentSpec, lowered: Lowered) -> Manifest:
             for name in WORKFLOW_NAMES
         },
         onnx=OnnxInfo("model.onnx", lowered.opset, lowered.ir_version) if lowered.onnx is not None else None,
-        wasm=WasmInfo("model.wasm", 1, lowered.wasm.max_batch, lowered.wasm.memory_pages)
+        wasm=WasmInfo("model.wasm", lowered.wasm.abi, lowered.wasm.max_batch, lowered.wasm.memory_pages)
         if lowered.wasm is not None else None,
     )
 

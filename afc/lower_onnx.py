@@ -53,6 +53,8 @@ OUTPUT_NAME = "output"
 LABELS_METADATA = "af.labels"
 #: the largest serialized model protobuf can hold (defined in `afc.spec`, which validation reads)
 MAX_MODEL_BYTES = ONNX_MAX_MODEL_BYTES
+#: models above this size are checked without parsing their weights a second time (`_check_bytes`)
+LEAN_CHECK_BYTES = 64 << 20
 
 #: activation -> (ONNX op, attributes); definitions in docs/format.md ("linear" adds no node)
 ACTIVATION_OPS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -276,17 +278,36 @@ def _check_bytes(data: bytes, *, skeleton: onnx.ModelProto | None = None) -> byt
     50M-parameter network. Shape inference reads initializers' types and dims, never their values
     (Gemm, the activations and the normalisation's Sub/Div use only the types and dims of their
     constants), so inferring on the skeleton decides the same.
+
+    Above `LEAN_CHECK_BYTES` the checker's half runs on the skeleton too, its initializers emptied:
+    parsing ``data`` would hold a second copy of every weight (`af run big.af` peaked at 3x the
+    weights). What the checker reads of an initializer's data is that its size fits its dims, which
+    `_model_parts` guarantees (each raw_data is the very array whose shape gave the dims); that the
+    spliced bytes frame as protobuf is what tests/afc/test_lower_onnx.py holds against
+    ``SerializeToString``.
     """
     try:
         if skeleton is None:
             onnx.checker.check_model(data, full_check=True)
         else:
-            onnx.checker.check_model(data)
+            onnx.checker.check_model(data if len(data) <= LEAN_CHECK_BYTES else _structure_of(skeleton))
             onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise LoweringError(f"the generated ONNX model is invalid: {exc}", code="AF3003",
                             hint="this is a bug in af: please report it") from None
     return data
+
+
+def _structure_of(skeleton: onnx.ModelProto) -> onnx.ModelProto:
+    """``skeleton`` with each initializer an empty tensor (dims ``[0]``): what the checker reads of a
+    model's graph, nodes, names and opsets, without any weight."""
+    structure = onnx.ModelProto()
+    structure.CopyFrom(skeleton)
+    for tensor in structure.graph.initializer:
+        del tensor.dims[:]
+        tensor.dims.append(0)
+        tensor.raw_data = b""
+    return structure
 
 
 def model_text(model: onnx.ModelProto) -> str:

@@ -1,4 +1,4 @@
-"""Lower a `NetworkSpec` to a self-contained WebAssembly module (ABI v1, see docs/bundle.md).
+"""Lower a `NetworkSpec` to a self-contained WebAssembly module (ABI v2, see docs/bundle.md).
 
 The code is generated as WebAssembly text and assembled with `wasmtime.wat2wasm`; the weights are spliced in
 afterwards as binary data segments (`afc._wasm_binary`), so the text never holds a weight. The module has no
@@ -6,6 +6,11 @@ imports. Dense layers are f32x4 SIMD kernels over a weight layout made for them:
 matrix is stored in blocks of 4 output neurons, interleaved by input (``block[b][i] = w[4b:4b+4, i]``), so
 one ``v128.load`` gives 4 neurons' weights for one input, multiplied by that input splatted to 4 lanes. How
 the inner loop is shaped, and why, is told in `_Kernel`.
+
+The weights stay in linear memory, where `infer` reads them on every call; ABI v2's exports
+``weights_ptr(layer)`` and ``normalization_ptr()`` tell the host where they and the input normalisation
+are, so that the runtime can write new weights in the same blocked layout (online learning,
+`afrt.weights.pack_blocked`).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ABI_VERSION", "STAGE_BAD_INDEX", "WasmModule", "lower_network", "plan_memory_pages"]
 
-#: the version of the host <-> module contract documented in docs/bundle.md
-ABI_VERSION = 1
+#: the version of the host <-> module contract documented in docs/bundle.md. v2 adds the exports
+#: ``weights_ptr(layer)``, the address of each layer's packed weights and bias (writable: online learning),
+#: and ``normalization_ptr()``, the address of the input normalisation (0 without)
+ABI_VERSION = 2
 #: bytes in a WebAssembly page
 PAGE = 65536
 #: the most pages a 32-bit linear memory may have (4 GiB)
@@ -57,12 +64,14 @@ class WasmModule:
         max_batch: the largest ``batch`` that ``infer`` accepts.
         memory_pages: the initial (and maximum) number of 64 KiB pages of the exported memory.
         wat: the generated WebAssembly text without the weights (for ``af compile --emit=wat``).
+        abi: the ABI version the module implements (the manifest's ``wasm.abi``).
     """
 
     wasm: bytes | bytearray
     max_batch: int
     memory_pages: int
     wat: str
+    abi: int = ABI_VERSION
 
 
 @dataclass(frozen=True)
@@ -439,6 +448,16 @@ def _normalize_function(network: NetworkSpec, layout: _Layout) -> str:
       (br_if $rows (i32.lt_u (local.tee $p (i32.add (local.get $p) (i32.const {row}))) (local.get $end)))))"""
 
 
+def _weights_ptr_function(layout: _Layout) -> str:
+    """WAT for the ABI v2 exports ``weights_ptr(layer)``: where layer ``layer``'s packed weights start
+    (its bias follows them, `_PackedLayer`), or 0 for no such layer; and ``normalization_ptr()``: where
+    the input means and then the scales are (what a learner must apply to inputs), or 0 without."""
+    cases = " ".join(f"(if (i32.eq (local.get $layer) (i32.const {p.index})) (then (return (i32.const {p.weights}))))"
+                     for p in layout.layers)
+    return (f'  (func (export "weights_ptr") (param $layer i32) (result i32)\n    {cases}\n    (i32.const 0))\n'
+            f'  (func (export "normalization_ptr") (result i32) (i32.const {layout.normalization}))')
+
+
 #: status of ``stage`` for an index outside ``0 .. stage_count - 1`` (1 is a bad batch, as for ``infer``)
 STAGE_BAD_INDEX = 2
 
@@ -475,6 +494,7 @@ def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
   (func (export "input_ptr") (result i32) (i32.const {layout.input_ptr}))
   (func (export "output_ptr") (result i32) (i32.const {layout.output_ptr}))
   (func (export "max_batch") (result i32) (i32.const {max_batch}))
+{_weights_ptr_function(layout)}
   (func (export "infer") (param $batch i32) (result i32)
     ;; batch - 1 >= max_batch as unsigned rejects 0, negatives and too large at once
     (if (i32.ge_u (i32.sub (local.get $batch) (i32.const 1)) (i32.const {max_batch}))
@@ -492,7 +512,7 @@ def _module_wat(network: NetworkSpec, layout: _Layout, max_batch: int) -> str:
 
 
 def lower_network(network: NetworkSpec, *, max_batch: int = 64) -> WasmModule:
-    """Lower ``network`` to a self-contained, validated WebAssembly module (ABI v1).
+    """Lower ``network`` to a self-contained, validated WebAssembly module (ABI v2).
 
     Args:
         network: the IR of the network (float32 weights ``[out, in]`` per layer).

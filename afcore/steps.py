@@ -65,12 +65,19 @@ WORKFLOWS = ("initialization", "execution", "shutdown")
 
 @dataclass(frozen=True)
 class ArgDef:
-    """One argument of a step: its type, its default, and the smallest value an integer may take."""
+    """One argument of a step: its type, its default, and the values it may take.
+
+    ``minimum`` is the smallest value an integer may take; a float argument must be greater than
+    ``above`` (an integer literal is taken for a float); a string argument must be one of
+    ``choices`` when they are given.
+    """
 
     type: type
     default: Any
     minimum: int | None = None
     doc: str = ""
+    above: float | None = None
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,15 @@ STEP_DEFS: Mapping[str, StepDef] = {
         StepDef("send_output", _EXEC, per_record=True,
                 arguments={"topic": ArgDef(str, "task.completion", None, "where the result is published")},
                 summary="publish the result; it becomes the output record"),
+        StepDef("update_weights", _EXEC, per_record=True,
+                arguments={
+                    "learning_rate": ArgDef(float, None, None, "the step size (rprop: the first step); default "
+                                            "neural_config.learning_rate, else 0.01 (adam 0.001)", above=0.0),
+                    "every": ArgDef(int, 1, 1, "one optimizer step per N records that carry a target"),
+                    "optimizer": ArgDef(str, "sgd", None, "sgd, adam or rprop (afcore.learning)",
+                                        choices=("sgd", "adam", "rprop")),
+                },
+                summary="learn from the records that carry a target (online learning)"),
         StepDef("save_state", frozenset(WORKFLOWS),
                 arguments={"every": ArgDef(int, 1, 1, "in execution: a checkpoint every N records")},
                 summary="write a checkpoint"),

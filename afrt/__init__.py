@@ -32,9 +32,23 @@ if _typing.TYPE_CHECKING:
     from .submit import submit as submit_records
     from .worker import WorkerSummary as WorkerSummary
     from .worker import serve as serve_worker
+    from .federated.control import AdoptedModel as AdoptedModel
+    from .federated.control import federation_status as federation_status
+    from .federated.control import follow_rounds as follow_federation
+    from .federated.control import pull_model as pull_federated_model
+    from .federated.control import start_federation as start_federation
+    from .federated.member import Participation as Participation
+    from .federated.record import FedConfig as FedConfig
 
 #: names imported on first use -> (their module, the name there)
 _LAZY = {
+    "AdoptedModel": ("federated.control", "AdoptedModel"),
+    "FedConfig": ("federated.record", "FedConfig"),
+    "Participation": ("federated.member", "Participation"),
+    "federation_status": ("federated.control", "federation_status"),
+    "follow_federation": ("federated.control", "follow_rounds"),
+    "pull_federated_model": ("federated.control", "pull_model"),
+    "start_federation": ("federated.control", "start_federation"),
     "RedisBus": ("redisbus", "RedisBus"),
     "SubmitSummary": ("submit", "SubmitSummary"),
     "WorkerSummary": ("worker", "WorkerSummary"),
@@ -57,12 +71,15 @@ def __getattr__(name: str) -> _typing.Any:
 
 
 __all__ = [
+    "AdoptedModel",
     "Agent",
+    "FedConfig",
     "Instrument",
     "Instruments",
     "LoadedBundle",
     "Outcome",
     "Outcomes",
+    "Participation",
     "RecordError",
     "RedisBus",
     "RunOptions",
@@ -72,12 +89,16 @@ __all__ = [
     "Swarm",
     "WorkerSummary",
     "acl_rules",
+    "federation_status",
+    "follow_federation",
     "load",
     "load_bundle",
     "new_submission_id",
+    "pull_federated_model",
     "resolve_field",
     "run_jsonl",
     "serve_worker",
+    "start_federation",
     "submit_records",
     "swarm_status",
 ]

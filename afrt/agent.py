@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from afcore.bundle import LARGE_MEMBER_BYTES
-from afcore.errors import InferenceError, UsageError
+from afcore.errors import BundleError, InferenceError, UsageError
 from afcore.manifest import target_keeper
 
 from .loader import LoadedBundle, ensure_trusted, load_bundle
+from .weights import WeightStore, ensure_layers
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -45,6 +46,15 @@ class Backend(Protocol):
     def replica(self) -> Backend:
         """Return a backend for another replica, sharing compiled code."""
 
+    def read_weights(self, shapes: Sequence[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Return the weights it was loaded with (new float32 arrays, (weight [out, in], bias [out]) per layer)."""
+
+    def set_weights(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Use checked weights from the next call on, for every replica."""
+
+    def read_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the input normalisation (mean, scale) the model applies, or None."""
+
     def close(self) -> None:
         """Release what this replica holds."""
 
@@ -55,6 +65,8 @@ class Agent:
     Create it with `load`; make more instances sharing the compiled code with `replica`. Calls
     from several threads are safe (the ONNX session is thread-safe; each wasm call takes an
     instance of its own), but give each worker its own replica so that `fuel_used` is its own.
+    `weights` and `set_weights` read and replace the weights of the agent and all its replicas
+    (online and federated learning; replace them between calls, not during one).
 
     Attributes:
         manifest: the bundle's manifest.
@@ -70,7 +82,8 @@ class Agent:
         bundle: the `LoadedBundle`.
     """
 
-    def __init__(self, bundle: LoadedBundle, engine: Backend, *, backend: str) -> None:
+    def __init__(self, bundle: LoadedBundle, engine: Backend, *, backend: str,
+                 weights: WeightStore | None = None) -> None:
         self.bundle = bundle
         self.manifest: Mapping[str, Any] = bundle.manifest
         self.name, self.version, self.digest = bundle.name, bundle.version, bundle.digest
@@ -83,6 +96,9 @@ class Agent:
         self._run: Callable[[np.ndarray], np.ndarray] = engine.run
         #: what loading adjusted and the user should hear of (e.g. inference threads capped at the CPUs)
         self.notices: list[str] = list(getattr(engine, "notices", ()))
+        #: the current weights, shared with the replicas (read from the backend when first asked)
+        self._weights = weights if weights is not None else WeightStore(
+            lambda: engine.read_weights(bundle.layers))
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} {self.version} backend={self.backend}>"
@@ -161,7 +177,58 @@ class Agent:
         """
         if self._engine is None:
             raise self._closed_error()
-        return Agent(self.bundle, self._engine.replica(), backend=self.backend)
+        return Agent(self.bundle, self._engine.replica(), backend=self.backend, weights=self._weights)
+
+    def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Return the agent's current weights.
+
+        Returns:
+            ``(weight [out, in], bias [out])`` per dense layer, float32 copies (the layout of
+            `afcore.learning`): changing them changes nothing until passed to `set_weights`.
+
+        Raises:
+            BundleError: AF6101 on the wasm backend of an ABI v1 bundle (its weights cannot be
+                located); AF6102 when model.onnx lacks the layer initializers.
+        """
+        return [(w.copy(), b.copy()) for w, b in self._weights.current()]
+
+    def set_weights(self, layers: Sequence[tuple[Any, Any]]) -> None:
+        """Replace the agent's weights, for this agent and all its replicas, from the next `infer` on.
+
+        Call it between inference calls (a call already running finishes with the old weights).
+
+        Args:
+            layers: ``(weight [out, in], bias [out])`` per dense layer, as `weights` returns; copied.
+
+        Raises:
+            UsageError: AF6100 when the shapes do not fit the network, AF6103 for NaN or infinity.
+            BundleError: AF6101 on the wasm backend of an ABI v1 bundle (read-only weights), AF6102
+                when model.onnx lacks the layer initializers.
+            InferenceError: AF5032 after `close`.
+        """
+        if self._engine is None:
+            raise self._closed_error()
+        checked = ensure_layers(layers, self.bundle.layers, agent=self.name)
+        self._weights.current()  # the backend can locate its weights (AF6101/AF6102) before anything changes
+        self._engine.set_weights(checked)
+        self._weights.replace(checked)
+
+    def input_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the ``(mean, scale)`` the network applies to its inputs first (``(x - mean) / scale``),
+        or None when it applies none (a learner must see the inputs as the network does).
+
+        Raises:
+            BundleError: AF6101 on the wasm backend of an ABI v1 bundle.
+        """
+        engine = self._engine
+        if engine is None:
+            raise self._closed_error()
+        return engine.read_normalization()
+
+    @property
+    def weights_generation(self) -> int:
+        """How many times `set_weights` replaced the weights of this agent and its replicas (0: as loaded)."""
+        return self._weights.generation
 
     def close(self) -> None:
         """Release the backend; later calls to `infer` raise `InferenceError` AF5032. Idempotent."""
@@ -243,9 +310,10 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
     wasm = bundle.member("wasm")
     if not isinstance(wasm, (bytes, bytearray, memoryview)):  # an `afcore.bundle.MemberFile` (`load`'s ``lean``)
         wasm = wasm.read_bytes()
-    sandbox.ensure_abi(bundle.wasm_abi())
+    abi = bundle.wasm_abi()
+    sandbox.ensure_abi(abi)
     module = ModuleCache(cache_dir).load(wasm, member="model.wasm")
-    sandbox.ensure_policy(module)
+    sandbox.ensure_policy(module, policy=sandbox.policy_for(abi))
     memory_mb = bundle.limit("memory_mb") or DEFAULT_MEMORY_MB
     limits = sandbox.InstanceLimits(
         agent=bundle.name,
@@ -253,6 +321,7 @@ def _wasm_engine(bundle: LoadedBundle, fuel_per_record: int | None, cache_dir: P
         output_size=bundle.output_size,
         memory_limit=int(memory_mb * 2**20),
         fuel_per_record=fuel_per_record or sandbox.fuel_per_record(list(bundle.layers)),
+        layers=tuple(bundle.layers) if abi != 1 else (),
     )
     pool = sandbox.WasmPool(module, limits)
     if profile_layers:
@@ -287,9 +356,14 @@ def _onnx_engine(bundle: LoadedBundle, threads: int | None, profile_dir: str | N
             threads=session_threads(bundle.limit("cpu_cores"), threads),
             profile_dir=profile_dir,
         )
-    finally:
+    except BaseException:
         if isinstance(source, str):
-            member.remove()  # onnxruntime has read it: the disk space goes back now
+            member.remove()
+        raise
+    if isinstance(source, str):
+        # The file lives as long as the model: set_weights (online and federated learning) makes the
+        # session again from it. It costs disk, not memory, and goes with the model or at exit.
+        model.backing_file = member
     model.ensure_signature(bundle.input_size, bundle.output_size)
     notice = threads_notice(bundle.limit("cpu_cores"), threads)
     model.notices = [notice] if notice else []
@@ -350,6 +424,7 @@ def load(
     Raises:
         UsageError: AF5090 for a bad option.
         BundleError: the bundle is corrupt, unsupported or lacks the backend (AF4xxx, AF5040-AF5046);
+            AF6101 on the wasm backend when the agent learns (update_weights) and its module is ABI v1;
             with ``trust``: unsigned, untrusted, forged or altered (AF4050-AF4055), or a rollback
             (AF4056, AF4057).
         SandboxViolation: AF5020 (wasm imports), AF5021 (ONNX external data), AF5022 (custom ops).
@@ -371,6 +446,12 @@ def load(
     if backend == "wasm":
         engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None,
                               profile_layers)
+        if not engine.pool.writable and any(s.name == "update_weights" for s in loaded.workflows.get("execution", ())):
+            raise BundleError(
+                f"agent `{loaded.name}` learns (update_weights), and its WebAssembly module has read-only weights "
+                "(ABI v1)", code="AF6101",
+                hint="recompile the bundle with this af (ABI v2 modules have writable weights), or use `--backend onnx`",
+            )
     else:
         engine = _onnx_engine(loaded, threads, _profile_dir() if profile_layers else None)
     return Agent(loaded, engine, backend=backend)

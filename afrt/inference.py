@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from afcore.errors import BundleError
 
 from ._errormap import OnnxCallErrors, map_onnx_load_errors
 from ._onnxproto import ALLOWED_DOMAINS, ensure_safe_onnx, ensure_safe_onnx_file
+
+if TYPE_CHECKING:
+    from .weights import Layers
 
 __all__ = ["ALLOWED_DOMAINS", "OnnxModel", "available_cores", "ensure_safe_onnx", "ensure_safe_onnx_file",
            "session_threads", "threads_notice"]
@@ -79,18 +83,13 @@ class OnnxModel:
 
     def __init__(self, model_bytes: bytes | str, *, agent: str, input_name: str, output_name: str, threads: int,
                  profile_dir: str | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3  # errors only: warnings would go to stderr, bypassing diagnostics
-        if profile_dir is not None:  # onnxruntime's own profiler: the time of every node of every run
-            options.enable_profiling = True
-            options.profile_file_prefix = os.path.join(profile_dir, "onnxruntime")
-        with map_onnx_load_errors("model.onnx"):
-            self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self._model_bytes, self._threads, self._profile_dir = model_bytes, threads, profile_dir
+        #: OrtValues of replaced weights: the session reads them, so they live as long as it does
+        self._overrides: dict[str, object] = {}
+        #: what keeps the file of a path ``model_bytes`` alive (an `afcore.bundle.MemberFile`, removed
+        #: with it): the session is made again from that file when the weights change
+        self.backing_file: object | None = None
+        self.session = self._new_session()
         self._profiling = profile_dir is not None
         #: onnxruntime's node events once profiling ended (`layer_events`)
         self._node_events: list[dict] | None = None
@@ -101,6 +100,90 @@ class OnnxModel:
         self.input_name, self.output_name = input_name, output_name
         self._outputs = [output_name]
         self._errors = OnnxCallErrors(agent)
+
+    def _new_session(self) -> object:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only: warnings would go to stderr, bypassing diagnostics
+        if self._profile_dir is not None:  # onnxruntime's own profiler: the time of every node of every run
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(self._profile_dir, "onnxruntime")
+        for name, value in self._overrides.items():
+            options.add_initializer(name, value)
+        with map_onnx_load_errors("model.onnx"):
+            return ort.InferenceSession(self._model_bytes, options, providers=["CPUExecutionProvider"])
+
+    def _initializers(self) -> Any:
+        """Return the model's initializers (parsed again on each call: weights are read rarely)."""
+        from ._onnxproto import parse_model
+
+        data = self._model_bytes
+        if isinstance(data, str):  # a member the bundle reader wrote to a private file (lean loading)
+            with open(data, "rb") as handle:
+                data = handle.read()
+        return parse_model(data).graph.initializer
+
+    def read_weights(self, shapes: Sequence[tuple[int, int]]) -> Layers:
+        """Return the weights the model was loaded with: initializers ``layers.<i>.weight``/``.bias``.
+
+        Args:
+            shapes: ``(in, out)`` of each layer, from the manifest.
+
+        Raises:
+            BundleError: AF6102 when the model lacks them (it was not made by `af compile`).
+        """
+        found = {t.name: t for t in self._initializers()}
+        layers = []
+        for index, (n_in, n_out) in enumerate(shapes):
+            pair = [_float_tensor(found.get(f"layers.{index}.{part}"), shape)
+                    for part, shape in (("weight", (n_out, n_in)), ("bias", (n_out,)))]
+            if pair[0] is None or pair[1] is None:
+                raise BundleError(
+                    f"model.onnx has no float32 initializers `layers.{index}.weight` [{n_out}, {n_in}] and "
+                    f"`layers.{index}.bias` [{n_out}]: agent `{self.agent}` cannot replace its weights",
+                    code="AF6102", hint="recompile the bundle with `af compile`",
+                )
+            layers.append((pair[0], pair[1]))
+        return layers
+
+    def read_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the input normalisation ``(mean, scale)`` (initializers ``input.mean``/``input.scale``),
+        or None when the model has none."""
+        found = {t.name: t for t in self._initializers()}
+        if "input.mean" not in found:
+            return None
+        mean, scale = found["input.mean"], found["input.scale"]
+        return _float_tensor(mean, tuple(mean.dims)), _float_tensor(scale, tuple(scale.dims))
+
+    def set_weights(self, layers: Layers) -> None:
+        """Make ``layers`` (checked by `afrt.weights.ensure_layers`) the model's weights.
+
+        The session is made again with the new values as overriding initializers
+        (``SessionOptions.add_initializer``), so onnxruntime still pre-packs them as constants and
+        inference runs exactly as fast as before (feeding them as graph inputs would cost every
+        call; docs/runtime.md). Calls already running finish on the old session; the next call
+        uses the new one. Replicas share this model, so all of them see the change.
+
+        Raises:
+            BundleError: AF5043 when onnxruntime refuses the session (a bug in af).
+        """
+        import onnxruntime as ort
+
+        overrides = {}
+        for index, (weight, bias) in enumerate(layers):
+            overrides[f"layers.{index}.weight"] = ort.OrtValue.ortvalue_from_numpy(weight)
+            overrides[f"layers.{index}.bias"] = ort.OrtValue.ortvalue_from_numpy(bias)
+        previous, self._overrides = self._overrides, overrides
+        try:
+            session = self._new_session()
+        except BaseException:
+            self._overrides = previous
+            raise
+        self.session = session
 
     def ensure_signature(self, input_size: int, output_size: int) -> None:
         """Check the graph's input and output against the manifest's network signature.
@@ -166,3 +249,20 @@ class OnnxModel:
     def close(self) -> None:
         """End profiling (when on); the session is shared by the replicas and freed with the last reference."""
         self.layer_events()
+
+
+#: onnx TensorProto.FLOAT
+_ONNX_FLOAT = 1
+
+
+def _float_tensor(tensor: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Return a float32 initializer as a new array of ``shape``, or None when it is not one."""
+    if tensor is None or tensor.data_type != _ONNX_FLOAT or tuple(tensor.dims) != shape:
+        return None
+    if tensor.raw_data:
+        values = np.frombuffer(tensor.raw_data, dtype="<f4")
+    else:
+        values = np.asarray(tensor.float_data, dtype=np.float32)
+    if values.size != math.prod(shape):
+        return None
+    return values.astype(np.float32).reshape(shape)

@@ -90,6 +90,24 @@ class Outcomes:
         )
 
     @classmethod
+    def concat(cls, parts: Sequence[Outcomes]) -> Outcomes:
+        """Return the outcomes of consecutive blocks (of one replica) as one, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        seqs, ids, errors, filtered, rows, start = [], [], {}, {}, [], 0
+        width = next((p.outputs.shape[1] for p in parts if p.outputs is not None), None)
+        for part in parts:
+            seqs += part.seqs
+            ids += part.ids
+            errors.update({start + i: e for i, e in part.errors.items()})
+            filtered.update({start + i: f for i, f in part.filtered.items()})
+            if width is not None:
+                rows.append(part.outputs if part.outputs is not None else np.zeros((len(part), width), np.float32))
+            start += len(part)
+        outputs = np.concatenate(rows) if width is not None else None
+        return cls(seqs, ids, parts[0].agent, outputs, errors, filtered)
+
+    @classmethod
     def failed(cls, seqs: list[int], ids: list[Any], error: RecordError, agent: str | None = None) -> Outcomes:
         """Return outcomes in which every record failed with ``error``."""
         return cls(list(seqs), list(ids), agent, None, dict.fromkeys(range(len(seqs)), error))

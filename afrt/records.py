@@ -3,6 +3,9 @@
 Input, one record per line (docs/runtime.md, "Input records")::
 
     {"id": "a1", "input": [0.0, 0.5, ...]}      id: a string or a 64-bit integer
+    {"id": "a2", "input": [...], "target": 3}    target (optional): what the agent should have said,
+                                                 for `update_weights` (online learning): a list of
+                                                 numbers, a class index or a label
     [0.0, 0.5, ...]                              a bare array: its id is its line number (1-based)
 
 Output, one record per input record::
@@ -79,12 +82,15 @@ class InputRecord:
         id: the record's id as given (or its line number for a bare array).
         values: the input vector as parsed (a list of numbers); checked for length and type.
         line: the 1-based line number it came from.
+        target: the record's ``target`` as given (a list of floats, a class index or a label), or
+            None without one; `update_weights` reads it (afrt.learner).
     """
 
     seq: int
     id: Union[str, int]
     values: list
     line: int
+    target: Any = None
 
 
 @dataclass(slots=True)
@@ -119,13 +125,16 @@ class _Record(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
     input: list[float]
     id: Union[str, int, msgspec.UnsetType] = msgspec.UNSET
+    target: Union[list[float], int, str, msgspec.UnsetType] = msgspec.UNSET
 
 
 class _OpenRecord(msgspec.Struct, gc=False):
-    """The record type with unknown fields ignored: the plain path's, once the nesting is bounded."""
+    """The record type with unknown fields ignored: the plain path's, once the nesting is bounded
+    (so that ``target`` may be decoded as any value, then checked: `_check_target`)."""
 
     input: list[float]
     id: Union[str, int, msgspec.UnsetType] = msgspec.UNSET
+    target: Any = msgspec.UNSET
 
 
 class _AnyRecord(msgspec.Struct, gc=False):
@@ -133,6 +142,7 @@ class _AnyRecord(msgspec.Struct, gc=False):
 
     input: Union[msgspec.Raw, msgspec.UnsetType] = msgspec.UNSET
     id: Union[msgspec.Raw, msgspec.UnsetType] = msgspec.UNSET
+    target: Union[msgspec.Raw, msgspec.UnsetType] = msgspec.UNSET
 
 
 _RECORD = msgspec.json.Decoder(Union[_Record, list[float]])
@@ -184,8 +194,10 @@ def parse_line(line: bytes, *, seq: int, line_no: int, input_size: int) -> Input
     problem = _check_text(raw)
     if problem is not None:
         return ErrorRecord(seq, None, problem[0], f"line {line_no}: {problem[1]}", line_no)
+    decoded = None
     try:
-        rid, values = _take(_OPEN_RECORD.decode(raw), line_no, input_size)
+        decoded = _OPEN_RECORD.decode(raw)
+        rid, values = _take(decoded, line_no, input_size)
     except _DecodeError:
         values = None
     if values is None:
@@ -193,7 +205,23 @@ def parse_line(line: bytes, *, seq: int, line_no: int, input_size: int) -> Input
     bad = _first_non_float32(values)
     if bad is not None:
         return ErrorRecord(seq, rid, "AF5231", f"line {line_no}: {_not_float32(bad, repr(values[bad]))}", line_no)
-    return InputRecord(seq, rid, values, line_no)
+    target, problem = _check_target(_target_of(decoded))
+    if problem:
+        return ErrorRecord(seq, rid, "AF5300", f"line {line_no}: {problem}", line_no)
+    return InputRecord(seq, rid, values, line_no, target)
+
+
+def _target_of(data: Any) -> Any:
+    return None if type(data) is list or data is None or data.target is msgspec.UNSET else data.target
+
+
+def _check_target(target: Any) -> tuple[Any, str]:
+    """Return (the target, "") when it is a list of numbers, an integer or a string, else (None, the problem)."""
+    if target is None or type(target) in (int, str):
+        return target, ""
+    if type(target) is list and all(type(v) in (int, float) for v in target):
+        return [float(v) for v in target], ""
+    return None, f"`target` must be a list of numbers, a class index or a label, found {_kind(target)}"
 
 
 def _take(data: Any, line_no: int, input_size: int) -> tuple[Any, list | None]:
@@ -231,7 +259,11 @@ def _explain(raw: bytes, *, seq: int, line_no: int, input_size: int) -> InputRec
             values, problem = _read_input(bytes(data.input), None, input_size)
     if problem is not None:
         return ErrorRecord(seq, rid, problem[0], f"line {line_no}: {problem[1]}", line_no)
-    return InputRecord(seq, rid, values, line_no)
+    raw_target = None if type(data) is list or data.target is msgspec.UNSET else data.target
+    target, why = _check_target(msgspec.json.decode(bytes(raw_target)) if raw_target is not None else None)
+    if why:
+        return ErrorRecord(seq, rid, "AF5300", f"line {line_no}: {why}", line_no)
+    return InputRecord(seq, rid, values, line_no, target)
 
 
 def _check_text(raw: bytes) -> tuple[str, str] | None:
@@ -439,30 +471,38 @@ class RecordBlock:
     ids: list[Union[str, int]]
     lines: list[int]
     array: np.ndarray
+    #: each record's ``target`` (None for a record without one), or None when no record has one
+    targets: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.seqs)
 
     def record(self, i: int) -> InputRecord:
         """Return record ``i`` as an `InputRecord` (its values are a float32 row)."""
-        return InputRecord(self.seqs[i], self.ids[i], self.array[i], self.lines[i])
+        target = self.targets[i] if self.targets is not None else None
+        return InputRecord(self.seqs[i], self.ids[i], self.array[i], self.lines[i], target)
 
     def split(self, n: int) -> tuple[RecordBlock, RecordBlock]:
         """Return the first ``n`` records and the rest (views: nothing is copied)."""
-        head = RecordBlock(self.seqs[:n], self.ids[:n], self.lines[:n], self.array[:n])
-        return head, RecordBlock(self.seqs[n:], self.ids[n:], self.lines[n:], self.array[n:])
+        targets = self.targets
+        head = RecordBlock(self.seqs[:n], self.ids[:n], self.lines[:n], self.array[:n],
+                           targets[:n] if targets is not None else None)
+        return head, RecordBlock(self.seqs[n:], self.ids[n:], self.lines[n:], self.array[n:],
+                                 targets[n:] if targets is not None else None)
 
     @classmethod
     def concat(cls, blocks: Sequence[RecordBlock]) -> RecordBlock:
         """Return one block holding the records of ``blocks`` in order."""
         if len(blocks) == 1:
             return blocks[0]
-        seqs, ids, lines = [], [], []
+        seqs, ids, lines, targets = [], [], [], []
         for block in blocks:
             seqs += block.seqs
             ids += block.ids
             lines += block.lines
-        return cls(seqs, ids, lines, np.concatenate([b.array for b in blocks]))
+            targets += block.targets if block.targets is not None else [None] * len(block)
+        return cls(seqs, ids, lines, np.concatenate([b.array for b in blocks]),
+                   targets if any(t is not None for t in targets) else None)
 
     @classmethod
     def from_records(cls, records: Sequence[InputRecord], input_size: int) -> tuple[RecordBlock, list[ErrorRecord]]:
@@ -482,7 +522,9 @@ class RecordBlock:
 
     @classmethod
     def _of(cls, records: Sequence[InputRecord], array_: np.ndarray) -> RecordBlock:
-        return cls([r.seq for r in records], [r.id for r in records], [r.line for r in records], array_)
+        targets = [getattr(r, "target", None) for r in records]
+        return cls([r.seq for r in records], [r.id for r in records], [r.line for r in records], array_,
+                   targets if any(t is not None for t in targets) else None)
 
 
 def _check_each(records: Sequence[InputRecord]) -> tuple[list[InputRecord], list[ErrorRecord]]:
@@ -517,15 +559,20 @@ def parse_block(lines: Sequence[bytes], *, seq: int, line_no: int,
         (the block of good records or None, the error records in input order, the ``seq`` of
         the next record).
     """
-    decode, take = _RECORD.decode, _take
+    decode, take, unset = _RECORD.decode, _take, msgspec.UNSET
     seqs: list[int] = []
     ids: list[Any] = []
     numbers: list[int] = []
     rows: list[list] = []
     errors: list[ErrorRecord] = []
+    targets: list[Any] | None = None
     for line in lines:
+        target = None
         try:
-            rid, values = take(decode(line), line_no, input_size)
+            data = decode(line)
+            rid, values = take(data, line_no, input_size)
+            if type(data) is not list and data.target is not unset:
+                target = data.target
         except _DecodeError:
             values = None
         if values is None:
@@ -538,7 +585,13 @@ def parse_block(lines: Sequence[bytes], *, seq: int, line_no: int,
                 seq += 1
                 line_no += 1
                 continue
-            rid, values = record.id, record.values
+            rid, values, target = record.id, record.values, record.target
+        if target is not None:
+            if targets is None:
+                targets = [None] * len(seqs)
+            targets.append(target)
+        elif targets is not None:
+            targets.append(None)
         seqs.append(seq)
         ids.append(rid)
         numbers.append(line_no)
@@ -547,17 +600,17 @@ def parse_block(lines: Sequence[bytes], *, seq: int, line_no: int,
         line_no += 1
     if not rows:
         return None, errors, seq
-    return _stack(seqs, ids, numbers, rows, errors, input_size) + (seq,)
+    return _stack(seqs, ids, numbers, rows, errors, input_size, targets) + (seq,)
 
 
 def _stack(seqs: list[int], ids: list[Any], numbers: list[int], rows: list[list], errors: list[ErrorRecord],
-           input_size: int) -> tuple[RecordBlock | None, list[ErrorRecord]]:
+           input_size: int, targets: list[Any] | None = None) -> tuple[RecordBlock | None, list[ErrorRecord]]:
     """Stack decoded rows (lists of floats) into a block; a row that is no finite float32 becomes
     an AF5231 error record instead, with the message `parse_line` gives it."""
     array_ = _float32_rows(rows, input_size)
     finite = np.isfinite(array_)
     if finite.all():
-        return RecordBlock(seqs, ids, numbers, array_), errors
+        return RecordBlock(seqs, ids, numbers, array_, targets), errors
     good = finite.all(axis=1)
     for i in np.flatnonzero(~good).tolist():
         bad = _first_non_float32(rows[i])
@@ -568,7 +621,10 @@ def _stack(seqs: list[int], ids: list[Any], numbers: list[int], rows: list[list]
     if not keep:
         return None, errors
     pick = lambda column: [column[i] for i in keep]  # noqa: E731
-    return RecordBlock(pick(seqs), pick(ids), pick(numbers), array_[good]), errors
+    kept_targets = pick(targets) if targets is not None else None
+    if kept_targets is not None and all(t is None for t in kept_targets):
+        kept_targets = None
+    return RecordBlock(pick(seqs), pick(ids), pick(numbers), array_[good], kept_targets), errors
 
 
 def parse_lines(lines: Iterable[bytes], *, input_size: int, start_seq: int = 0, start_line: int = 1) -> Iterator[InputRecord | ErrorRecord]:

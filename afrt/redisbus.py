@@ -369,7 +369,10 @@ def encode_item(item: Any) -> bytes:
     """Return the bytes of a queue item: a `RecordBlock`, or anything orjson encodes."""
     if isinstance(item, RecordBlock):
         array = np.ascontiguousarray(item.array, dtype="<f4")
-        head = orjson.dumps([item.seqs, item.ids, item.lines, array.shape[1] if array.ndim == 2 else 0])
+        fields = [item.seqs, item.ids, item.lines, array.shape[1] if array.ndim == 2 else 0]
+        if item.targets is not None:  # the records' targets (update_weights), only when some record has one
+            fields.append(item.targets)
+        head = orjson.dumps(fields)
         return b"B" + head + b"\n" + array.tobytes()
     return b"J" + orjson.dumps(item)
 
@@ -378,9 +381,9 @@ def decode_item(data: bytes) -> Any:
     """Return the item `encode_item` encoded."""
     if data[:1] == b"B":
         head, _, body = data[1:].partition(b"\n")
-        seqs, ids, lines, width = orjson.loads(head)
+        seqs, ids, lines, width, *targets = orjson.loads(head)
         array = np.frombuffer(body, dtype="<f4").reshape(len(seqs), width).astype(np.float32)
-        return RecordBlock(seqs, ids, lines, array)
+        return RecordBlock(seqs, ids, lines, array, targets[0] if targets else None)
     return orjson.loads(data[1:])
 
 

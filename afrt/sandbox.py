@@ -2,13 +2,18 @@
 
 The policy is data, checked in one place (`ensure_policy`), as Jinja's sandbox keeps its rules in
 ``is_safe_callable``: an agent module may import nothing (no host functions, no WASI) and must
-export exactly the ABI v1 entry points with their types. Everything an agent can do is compute on
+export the entry points of its ABI (v1, or v2 with ``weights_ptr``) with their types. Everything an agent can do is compute on
 its own linear memory, bounded by fuel (per call) and a memory cap (per store).
 
 All agents in a process share one `Engine`; the replicas of one agent share one `wasmtime.Module`
 and a `WasmPool` of instances, each with its own Store (fuel, memory cap). With
 ``memory_init_cow`` wasmtime maps the module's data segments (the weights) copy-on-write from
 one image, so an instance costs only the pages it writes.
+
+ABI v2 modules also say where each layer's weights live (``weights_ptr``): `WasmPool.set_weights`
+writes new weights into every instance of the pool, in the module's blocked layout
+(`afrt.weights.pack_blocked`); an instance made or handed out later gets them before its call.
+The weights of a v1 module are read-only (AF6101).
 
 A module compiled by this af also has the optional per-stage exports ``stage_count``/``stage``
 (`STAGE_EXPORTS`, docs/bundle.md): `WasmStages` runs an instance one stage at a time under the same
@@ -37,6 +42,8 @@ __all__ = [
     "ABI_VERSION",
     "ENGINE_CONFIG",
     "POLICY",
+    "POLICY_V2",
+    "SUPPORTED_ABIS",
     "InstanceLimits",
     "STAGE_EXPORTS",
     "SandboxPolicy",
@@ -50,12 +57,16 @@ __all__ = [
     "ensure_abi",
     "ensure_policy",
     "fuel_per_record",
+    "packed_size",
+    "policy_for",
     "shared_engine",
     "stage_exports_problem",
 ]
 
-#: the WebAssembly ABI version this sandbox implements (docs/bundle.md)
-ABI_VERSION = 1
+#: the newest WebAssembly ABI version this sandbox implements (docs/bundle.md)
+ABI_VERSION = 2
+#: the ABI versions it runs: v1 bundles keep running, with read-only weights
+SUPPORTED_ABIS = (1, 2)
 #: wasmtime Config settings of the shared engine; part of the module-cache key
 ENGINE_CONFIG: Mapping[str, object] = {
     "consume_fuel": True,
@@ -106,8 +117,17 @@ class SandboxPolicy:
     )
 
 
-#: the one policy of ABI v1
+#: the policy of ABI v1
 POLICY = SandboxPolicy()
+#: the policy of ABI v2: v1's exports, ``weights_ptr(layer) -> address`` (0: no such layer) and
+#: ``normalization_ptr() -> address`` (0: no input normalisation)
+POLICY_V2 = SandboxPolicy(exports={**POLICY.exports, "weights_ptr": ("func", ("i32",), ("i32",)),
+                                   "normalization_ptr": ("func", (), ("i32",))})
+
+
+def policy_for(abi: object) -> SandboxPolicy:
+    """Return the policy of a manifest's ``wasm.abi`` (`ensure_abi` has checked it)."""
+    return POLICY_V2 if abi == 2 else POLICY
 
 
 @functools.cache
@@ -168,11 +188,11 @@ def ensure_abi(abi: object) -> None:
     """Check the manifest's ``wasm.abi`` against the ABI this sandbox implements.
 
     Raises:
-        BundleError: AF5042 for another ABI version.
+        BundleError: AF5042 for an ABI version other than `SUPPORTED_ABIS`.
     """
-    if abi != ABI_VERSION:
+    if abi not in SUPPORTED_ABIS or isinstance(abi, bool):
         raise BundleError(
-            f"the bundle's wasm module uses ABI {abi!r}, and this runtime runs ABI {ABI_VERSION}",
+            f"the bundle's wasm module uses ABI {abi!r}, and this runtime runs ABI 1 and {ABI_VERSION}",
             code="AF5042",
             hint="recompile the bundle with this af, or run it with `--backend onnx`",
         )
@@ -202,10 +222,10 @@ def ensure_policy(module: wasmtime.Module, *, member: str = "model.wasm", policy
     for name, want in policy.exports.items():
         if found.get(name) != want:
             raise BundleError(
-                f"`{member}` does not follow ABI v1: export `{name}` is {found.get(name, 'missing')}, "
-                f"expected {want}",
+                f"`{member}` does not follow ABI v{2 if policy is POLICY_V2 else 1}: export `{name}` is "
+                f"{found.get(name, 'missing')}, expected {want}",
                 code="AF5042",
-                hint="see docs/bundle.md, WebAssembly ABI v1; recompile the bundle with `af compile`",
+                hint="see docs/bundle.md, WebAssembly ABI; recompile the bundle with `af compile`",
             )
 
 
@@ -219,6 +239,7 @@ class InstanceLimits:
         output_size: floats per output record.
         memory_limit: cap on linear memory, in bytes (``Store.set_limits``).
         fuel_per_record: fuel budget of one record (see `fuel_per_record`).
+        layers: (in, out) of each layer when the module's weights are writable (ABI v2), else empty.
     """
 
     agent: str
@@ -226,6 +247,7 @@ class InstanceLimits:
     output_size: int
     memory_limit: int
     fuel_per_record: int
+    layers: tuple[tuple[int, int], ...] = ()
 
 
 class WasmInstance:
@@ -252,6 +274,8 @@ class WasmInstance:
         #: calls made so far; lets a backend tell whether the fuel counter is still its own
         self.calls = 0
         self.fuel_budget = 0
+        #: the `WasmPool.generation` of the weights in this instance's memory
+        self.generation = 0
         store = wasmtime.Store(shared_engine())
         store.set_limits(memory_size=limits.memory_limit, instances=1, tables=1, memories=1)
         store.set_fuel(FUEL_PER_CALL)  # for a start function and the three pointer getters
@@ -260,7 +284,13 @@ class WasmInstance:
             exports = instance.exports(store)
             self.max_batch: int = exports["max_batch"](store)
             input_ptr, output_ptr = exports["input_ptr"](store), exports["output_ptr"](store)
+            where = exports.get("weights_ptr") if limits.layers else None
+            pointers = [where(store, k) for k in range(len(limits.layers))] if where is not None else None
+            #: the address of the input means, then scales (0: none); None for an ABI v1 module
+            self.normalization_ptr = exports["normalization_ptr"](store) if where is not None else None
         self.store, self.memory = store, exports["memory"]
+        #: one writable view per layer over its packed weights and bias (ABI v2), else None
+        self.weight_views = self._weight_views(pointers) if pointers is not None else None
         self._exports = exports  # the optional ones are looked up on demand (`stages`)
         self._infer = fast_func(store, exports["infer"])
         self._input, self._output = self._views(input_ptr, output_ptr)
@@ -282,6 +312,26 @@ class WasmInstance:
         view_in = memory_view(self.store, self.memory, input_ptr, n_in, np.dtype("<f4"))
         view_out = memory_view(self.store, self.memory, output_ptr, n_out, np.dtype("<f4"))
         return view_in.reshape(batch, limits.input_size), view_out.reshape(batch, limits.output_size)
+
+    def _weight_views(self, pointers: list[int]) -> list[np.ndarray]:
+        size, views = self.memory.data_len(self.store), []
+        for ptr, (n_in, n_out) in zip(pointers, self.limits.layers):
+            count = packed_size(n_in, n_out)
+            if ptr <= 0 or not _fits(ptr, count * 4, size):
+                raise BundleError(
+                    f"the module's weights_ptr gives {ptr} for a layer of {count * 4} bytes, "
+                    f"outside its {size}-byte memory",
+                    code="AF5042",
+                    hint="see docs/bundle.md, WebAssembly ABI v2; recompile the bundle with `af compile`",
+                )
+            views.append(memory_view(self.store, self.memory, ptr, count, np.dtype("<f4")))
+        return views
+
+    def load_weights(self, packed: list[np.ndarray], generation: int) -> None:
+        """Write packed layers (`afrt.weights.pack_blocked`) over this instance's weights."""
+        for view, values in zip(self.weight_views, packed):
+            view[:] = values
+        self.generation = generation
 
     def memory_pages(self) -> int:
         """Return the current size of the linear memory in pages."""
@@ -362,16 +412,92 @@ class WasmPool:
         self.module, self.limits, self.max_idle = module, limits, max_idle
         first = WasmInstance(module, limits)  # fail at load time, not at the first record
         self.max_batch = first.max_batch
+        #: True when the module says where its weights live (ABI v2), so `set_weights` can replace them
+        self.writable = first.weight_views is not None
         self.created = 1
         self._idle = [first]
+        #: (generation, the replaced weights packed per layer): one tuple, swapped whole, so that a
+        #: thread never pairs a generation with other weights (generation 0: the module's own)
+        self._current: tuple[int, list[np.ndarray] | None] = (0, None)
+
+    @property
+    def generation(self) -> int:
+        """How many times `set_weights` replaced the weights (0: the module's own)."""
+        return self._current[0]
 
     def acquire(self) -> WasmInstance:
-        """Return an idle instance, or a new one when none is idle (thread-safe: list.pop is atomic)."""
+        """Return an idle instance, or a new one when none is idle (thread-safe: list.pop is atomic).
+
+        Its memory holds the pool's current weights."""
         try:
-            return self._idle.pop()
+            instance = self._idle.pop()
         except IndexError:
             self.created += 1
-            return WasmInstance(self.module, self.limits)
+            instance = WasmInstance(self.module, self.limits)
+        current = self._current
+        if instance.generation != current[0]:
+            instance.load_weights(current[1], current[0])
+        return instance
+
+    def read_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Return the module's current weights, ``(weight [out, in], bias [out])`` per layer (new arrays).
+
+        Raises:
+            BundleError: AF6101 for a module whose weights are read-only (ABI v1).
+        """
+        from .weights import unpack_blocked
+
+        self._ensure_writable()
+        instance = self.acquire()
+        try:
+            return [unpack_blocked(view, n_out, n_in) for view, (n_in, n_out) in
+                    zip(instance.weight_views, self.limits.layers)]
+        finally:
+            self.release(instance)
+
+    def read_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the input normalisation ``(mean, scale)`` the module applies, or None without one.
+
+        Raises:
+            BundleError: AF6101 for an ABI v1 module (it does not say); AF5042 when it lies outside memory.
+        """
+        self._ensure_writable()
+        instance = self.acquire()
+        try:
+            ptr, n = instance.normalization_ptr, self.limits.input_size
+            if not ptr:
+                return None
+            if not _fits(ptr, 8 * n, instance.memory.data_len(instance.store)):
+                raise BundleError(f"the module's normalization_ptr {ptr} lies outside its memory", code="AF5042",
+                                  hint="see docs/bundle.md, WebAssembly ABI v2; recompile the bundle with `af compile`")
+            values = np.array(memory_view(instance.store, instance.memory, ptr, 2 * n, np.dtype("<f4")), np.float32)
+            return values[:n], values[n:]
+        finally:
+            self.release(instance)
+
+    def set_weights(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Write new weights (checked by `afrt.weights.ensure_layers`) into every instance of the pool.
+
+        Idle instances are written now; one busy in a call gets them when it is next handed out.
+
+        Raises:
+            BundleError: AF6101 for a module whose weights are read-only (ABI v1).
+        """
+        from .weights import pack_blocked
+
+        self._ensure_writable()
+        generation, packed = self._current[0] + 1, [pack_blocked(weight, bias) for weight, bias in layers]
+        self._current = (generation, packed)
+        for instance in list(self._idle):
+            instance.load_weights(packed, generation)
+
+    def _ensure_writable(self) -> None:
+        if not self.writable:
+            raise BundleError(
+                f"the WebAssembly module of agent `{self.limits.agent}` has read-only weights (ABI v1)",
+                code="AF6101",
+                hint="recompile the bundle with this af (ABI v2 modules have writable weights), or use `--backend onnx`",
+            )
 
     def release(self, instance: WasmInstance) -> None:
         """Give back an instance whose last call succeeded."""
@@ -418,6 +544,18 @@ class WasmBackend:
         """Return another replica sharing the pool."""
         return WasmBackend(self.pool)
 
+    def read_weights(self, shapes: object = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Return the pool's current weights (see `WasmPool.read_weights`)."""
+        return self.pool.read_weights()
+
+    def read_normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the module's input normalisation (see `WasmPool.read_normalization`)."""
+        return self.pool.read_normalization()
+
+    def set_weights(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Replace the weights of every replica (see `WasmPool.set_weights`)."""
+        self.pool.set_weights(layers)
+
     def stages(self, *, layers: int) -> WasmStages:
         """Return a new instance of the module (the pool's limits), to run one stage at a time.
 
@@ -438,6 +576,12 @@ class WasmBackend:
     def close(self) -> None:
         """Forget the last instance; the pool lives while any replica does."""
         self._last = None
+
+
+def packed_size(n_in: int, n_out: int) -> int:
+    """Return the float32 values of a layer in the blocked layout: weights in 4-neuron blocks, then the bias."""
+    blocks = -(-n_out // 4)
+    return blocks * n_in * 4 + blocks * 4
 
 
 #: the optional exports that run a module one stage at a time (docs/bundle.md, "Per-stage exports"). A module

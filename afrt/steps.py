@@ -26,7 +26,7 @@ from afcore.errors import AgentTrap, ExecutionError, ResourceLimitError, StateEr
 from afcore.steps import MEMORY_FIELDS as MEMORY_FIELD_TYPES
 from afcore.steps import STEP_DEFS, Step
 
-from .bus import TOPIC_LIFECYCLE, ensure_topic
+from .bus import TOPIC_LIFECYCLE, TOPIC_UPDATES, ensure_topic
 from .state import commit_checkpoint, load_checkpoint, prepare_checkpoint
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_STEPS", "MEMORY_FIELDS", "STEPS", "capabilities", "ensure_complete", "ensure_known",
-    "fresh_memory", "lifecycle_event", "resolve_field",
+    "fresh_memory", "learner_of", "lifecycle_event", "resolve_field", "step_arg",
 ]
 
 #: the fields of ``memory`` (usable in guards as ``memory.<field>``), from the step table
@@ -49,7 +49,7 @@ def fresh_memory() -> dict[str, Any]:
     }
 
 
-def _arg(step: Step, name: str) -> Any:
+def step_arg(step: Step, name: str) -> Any:
     """Return argument ``name`` of ``step``, or its default from `STEP_DEFS`.
 
     Raises:
@@ -61,6 +61,8 @@ def _arg(step: Step, name: str) -> Any:
     if value is spec.default:
         return value
     kind = spec.type
+    if kind is float and type(value) is int:
+        value = float(value)
     if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
         raise ExecutionError(
             f"argument `{name}` of `{step.name}` must be {kind.__name__}, found {value!r}",
@@ -68,6 +70,10 @@ def _arg(step: Step, name: str) -> Any:
         )
     if spec.minimum is not None and value < spec.minimum:
         raise ExecutionError(f"`{name}` must be at least {spec.minimum}, found {value}", code="AF5204")
+    if spec.above is not None and not (math.isfinite(value) and value > spec.above):
+        raise ExecutionError(f"`{name}` must be a finite number above {spec.above:g}, found {value}", code="AF5204")
+    if spec.choices is not None and value not in spec.choices:
+        raise ExecutionError(f"`{name}` must be one of {', '.join(spec.choices)}, found {value!r}", code="AF5204")
     return value
 
 
@@ -96,10 +102,38 @@ def initialize_memory(ctx: AgentContext, step: Step, state: None) -> None:
         payload = load_checkpoint(ctx.state_dir, ctx.identity)
         if payload is not None:
             _check_same_bundle(ctx, payload)
+            _restore_learning(ctx, payload)
             memory.update(_restored_memory(ctx, payload.get("memory")))
             memory["started"] = int(memory.get("started", 0)) + 1
             ctx.restored = {"count": memory["count"], "saved_at": payload.get("saved_at")}
     ctx.memory = memory
+
+
+def _restore_learning(ctx: AgentContext, payload: Mapping[str, Any]) -> None:
+    """Put back the weights and the learner state of a checkpoint (online learning).
+
+    Weights are restored only into the build that wrote them (same bundle digest): a recompiled
+    or retrained bundle starts from its own weights, as its author meant.
+    """
+    saved = payload.get("weights")
+    if saved is None:
+        return
+    agent = ctx.agent
+    if payload.get("bundle_digest") not in (None, getattr(agent, "digest", None)):
+        ctx.notice("initialize_memory: the checkpoint's weights belong to another build of this agent; "
+                   "it starts from the bundle's own weights")
+        return
+    from afcore.errors import AfError
+
+    from .weights import decode_layers
+
+    try:
+        agent.set_weights(decode_layers(saved))
+    except (ValueError, AfError) as exc:
+        raise StateError(f"the checkpoint of {ctx.agent_id} holds weights that do not fit the network "
+                         f"({getattr(exc, 'message', exc)})", code="AF5304",
+                         hint="delete the checkpoint, or use a fresh --state-dir") from None
+    ctx.saved_learner = payload.get("learner")
 
 
 def _restored_memory(ctx: AgentContext, saved: Any) -> dict[str, Any]:
@@ -268,7 +302,7 @@ def _remember(memory: dict[str, Any], step: Step, rid: Any, out: np.ndarray | No
     memory["last_output"] = out
     memory["last_argmax"] = argmax
     memory["last_max"] = peak
-    window = _arg(step, "window") if step.args else None
+    window = step_arg(step, "window") if step.args else None
     if window is None:
         memory["mean_max"] += (peak - memory["mean_max"]) / memory["count"]
     else:
@@ -283,7 +317,7 @@ def _remember(memory: dict[str, Any], step: Step, rid: Any, out: np.ndarray | No
 
 def _output_topic(ctx: AgentContext, step: Step, has_output: bool) -> str | None:
     """Return where send_output publishes, or None when not connected (said once)."""
-    topic = ensure_topic(_arg(step, "topic")) if step.args else STEP_DEFS["send_output"].arguments["topic"].default
+    topic = ensure_topic(step_arg(step, "topic")) if step.args else STEP_DEFS["send_output"].arguments["topic"].default
     if not has_output:
         raise ExecutionError(
             "no output to send for this record", code="AF5207",
@@ -314,6 +348,59 @@ def send_output_batch(ctx: AgentContext, step: Step, batch: BatchState) -> None:
         batch.sent.append((topic, list(batch.alive)))  # published for the records that do not fail later
 
 
+def learner_of(ctx: AgentContext, step: Step) -> Any:
+    """Return the replica's `afrt.learner.OnlineLearner`, made at its first use (and given the
+    checkpoint's learner state when one was restored)."""
+    if ctx.learner is None:
+        from .learner import OnlineLearner, learning_options
+
+        agent = ctx.agent
+        optimizer, rate, every = learning_options(step, agent.bundle.info.network.learning_rate)
+        ctx.learner = OnlineLearner(agent, optimizer=optimizer, learning_rate=rate, every=every)
+        if ctx.saved_learner is not None:
+            ctx.learner.restore(ctx.saved_learner)
+            ctx.saved_learner = None
+    return ctx.learner
+
+
+def _learn(ctx: AgentContext, step: Step, row: np.ndarray, target: Any) -> None:
+    """Feed one labelled record to the learner; publish the update it may complete."""
+    update = learner_of(ctx, step).add(row, target)
+    if update is not None:
+        ctx.stats["updates"] += 1
+        ctx.publish(TOPIC_UPDATES, {
+            "event": "update", "agent": ctx.agent.name, "agent_id": ctx.agent_id, "swarm": ctx.swarm,
+            "time": time.time(), "sequence": update.sequence, "examples": update.examples,
+            "examples_total": update.examples_total, "loss": update.loss,
+            "optimizer": ctx.learner.optimizer_name, "learning_rate": ctx.learner.learning_rate,
+            "weights": update.weights,
+        })
+
+
+def update_weights(ctx: AgentContext, step: Step, state: RecordState) -> None:
+    """Learn from the record when it carries a ``target`` (online learning, docs/training.md); a record
+    without one passes unchanged. Every ``every`` labelled records one optimizer step changes the
+    weights of the agent and its replicas, and the update is published on ``neural.updates``."""
+    target = state.record.target
+    if target is not None:
+        _learn(ctx, step, state.vector, target)
+
+
+def update_weights_batch(ctx: AgentContext, step: Step, batch: BatchState) -> None:
+    """`update_weights` for every record of ``batch``, in order (the runner ends a block where an
+    update may happen, so later records of a block never ran with older weights)."""
+    targets = batch.block.targets
+    if targets is None:
+        return
+    rows = batch.block.array
+    for i in batch.alive:
+        if targets[i] is not None:
+            try:
+                _learn(ctx, step, rows[i], targets[i])
+            except ExecutionError as exc:
+                batch.fail(i, exc)
+
+
 def save_state(ctx: AgentContext, step: Step, state: RecordState | None) -> None:
     """Write a checkpoint (memory and identity) to the state directory; ``every=N`` per N records.
 
@@ -321,7 +408,7 @@ def save_state(ctx: AgentContext, step: Step, state: RecordState | None) -> None
     here (its size checked against ``disk_mb``) and written once the outcomes of the records it
     counts are written, so that a restored memory never counts a record with no output line.
     """
-    every = _arg(step, "every")
+    every = step_arg(step, "every")
     if state is not None and ctx.stats["records"] % every:
         return
     if ctx.state_dir is None:
@@ -336,8 +423,9 @@ def save_state(ctx: AgentContext, step: Step, state: RecordState | None) -> None
         "bundle_digest": getattr(ctx.agent, "digest", None),
         "saved_at": time.time(),
         "memory": memory,
-        # The runtime has no step that changes weights, so none are ever written here.
-        "weights": None,
+        # the weights once they differ from the bundle's (update_weights, Agent.set_weights), exactly
+        "weights": _saved_weights(ctx.agent),
+        "learner": ctx.learner.state() if ctx.learner is not None else None,
     }
     data = prepare_checkpoint(ctx.state_dir, ctx.identity, payload, max_bytes=ctx.disk_bytes)
     if state is not None and ctx.defer_checkpoints:
@@ -345,6 +433,14 @@ def save_state(ctx: AgentContext, step: Step, state: RecordState | None) -> None
     else:
         commit_checkpoint(ctx.state_dir, data)
     ctx.stats["checkpoints"] += 1
+
+
+def _saved_weights(agent: Any) -> list[dict[str, Any]] | None:
+    if not getattr(agent, "weights_generation", 0):
+        return None
+    from .weights import encode_layers
+
+    return encode_layers(agent.weights())
 
 
 def disconnect_from_swarm(ctx: AgentContext, step: Step, state: None) -> None:
@@ -367,7 +463,8 @@ STEPS: Mapping[str, Callable[..., None]] = {
     fn.__name__: fn
     for fn in (
         load_neural_network, initialize_memory, connect_to_swarm, register_capabilities, receive_input,
-        process_neural_network, update_memory, send_output, save_state, disconnect_from_swarm, cleanup_resources,
+        process_neural_network, update_memory, send_output, update_weights, save_state, disconnect_from_swarm,
+        cleanup_resources,
     )
 }
 #: step name -> batch form (see `afrt.workflow`); the other steps run record by record
@@ -376,6 +473,7 @@ BATCH_STEPS: Mapping[str, Callable[..., None]] = {
     "process_neural_network": process_neural_network_batch,
     "update_memory": update_memory_batch,
     "send_output": send_output_batch,
+    "update_weights": update_weights_batch,
 }
 
 

@@ -96,7 +96,8 @@ class RunSummary:
             "seconds": round(self.seconds, 4),
             "records_per_second": round(rate, 1) if rate else None, "interrupted": self.interrupted,
             "agents": self.agents, "published": self.stats.get("published", 0),
-            "checkpoints": self.stats.get("checkpoints", 0), "restored": self.restored,
+            "checkpoints": self.stats.get("checkpoints", 0), "updates": self.stats.get("updates", 0),
+            "restored": self.restored,
             "bandwidth_wait_seconds": round(self.stats.get("bandwidth_wait", 0.0), 3),
             "notices": self.notices, "shutdown_errors": self.shutdown_errors, "ephemeral_identity": self.ephemeral,
         }

@@ -116,8 +116,8 @@ class _Held:
 async def serve(agent: Any, *, url: str, swarm: str, replicas: int = 1, max_batch: int = 64,
                 batch_wait_ms: float = 0.0, state_dir: Any = None, metrics_port: int | None = None,
                 stop: asyncio.Event | None = None, max_deliveries: int = 3, idle_ms: int = DEFAULT_IDLE_MS,
-                heartbeat_seconds: float = HEARTBEAT_SECONDS, identity: SigningKey | None = None,
-                admit: Sequence[PublicKey] | None = None) -> WorkerSummary:
+                heartbeat_seconds: float = HEARTBEAT_SECONDS, federation: Any = None,
+                identity: SigningKey | None = None, admit: Sequence[PublicKey] | None = None) -> WorkerSummary:
     """Serve swarm ``swarm``'s tasks for ``agent`` until ``stop`` is set, then drain and leave.
 
     Args:
@@ -134,6 +134,8 @@ async def serve(agent: Any, *, url: str, swarm: str, replicas: int = 1, max_batc
         max_deliveries: a task delivered more often goes to the dead-letter stream (``--max-deliveries``).
         idle_ms: a task unacknowledged this long is claimed from its worker (above the slowest block).
         heartbeat_seconds: the heartbeat period; the heartbeat key expires after three periods.
+        federation: an `afrt.federated.Participation` (``--local-data``): the worker also takes part in
+            its agent's federated rounds (docs/federated.md), or None.
         identity: the key that signs every entry this worker writes (``--identity``); None signs
             with replica 0's identity (from ``state_dir``, whose public key is then written beside
             it as ``identity.pub``; an ephemeral key without one).
@@ -153,6 +155,7 @@ async def serve(agent: Any, *, url: str, swarm: str, replicas: int = 1, max_batc
     worker = _Worker(agent, url, swarm, replicas=replicas, max_batch=max_batch, max_deliveries=max_deliveries,
                      idle_ms=idle_ms, heartbeat_seconds=heartbeat_seconds, identity=identity,
                      verifier=Verifier(admit) if admit is not None else None)
+    worker.federation = federation
     return await worker.run(stop or asyncio.Event(), batch_wait_ms, state_dir, metrics_port)
 
 
@@ -188,6 +191,8 @@ class _Worker:
         self.labels = _labels(agent)
         self.identity, self.verifier = identity, verifier
         self.signer: Signer | None = None  # made in `run`: replica 0's key may come from the state directory
+        self.federation: Any = None
+        self.federation_stop = asyncio.Event()
 
     # lifecycle ----------------------------------------------------------------------------------
 
@@ -215,12 +220,17 @@ class _Worker:
         await self._join(bus)
         loops = [asyncio.ensure_future(c) for c in (self._read_loop(), self._consume(), self._heartbeat_loop(),
                                                     self._reclaim_loop())]
+        federating = self._federate()
         try:
-            failure = await self._wait(stop, loops)
+            failure = await self._wait(stop, loops + federating)
         except asyncio.CancelledError:
-            for loop in loops:
+            for loop in loops + federating:
                 loop.cancel()
             raise
+        self.federation_stop.set()
+        fed_results = await asyncio.gather(*federating, return_exceptions=True)
+        if failure is None and fed_results and isinstance(fed_results[0], Exception):
+            failure = fed_results[0]
         if failure is not None:
             bus.reconnect_seconds = GIVE_UP_SECONDS
         await self._drain(loops, failed=failure is not None)
@@ -234,6 +244,16 @@ class _Worker:
         if failure is not None:
             raise failure
         return self.summary
+
+    def _federate(self) -> list[asyncio.Future]:
+        """Start taking part in the agent's federated rounds (``--local-data``), when asked to."""
+        self.federation_stop = asyncio.Event()
+        if self.federation is None:
+            return []
+        from .federated.member import take_part
+
+        return [asyncio.ensure_future(take_part(self.agent, self.consumer, self.federation, url=self.url,
+                                                swarm=self.name, stop=self.federation_stop))]
 
     async def _wait(self, stop: asyncio.Event, loops: list[asyncio.Future]) -> BaseException | None:
         """Wait for ``stop`` or for a loop to fail (e.g. Redis gone for good); return the failure."""

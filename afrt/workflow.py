@@ -134,7 +134,7 @@ class AgentContext:
     #: counters reported in the run summary
     stats: dict[str, int] = field(
         default_factory=lambda: {"records": 0, "published": 0, "unpublished": 0, "errors": 0, "filtered": 0,
-                                 "checkpoints": 0}
+                                 "checkpoints": 0, "updates": 0}
     )
     #: messages for the user, each said once (e.g. "the execution workflow has no send_output")
     notices: list[str] = field(default_factory=list)
@@ -143,6 +143,10 @@ class AgentContext:
     initialized: bool = False
     #: defer checkpoints made while records run until their outcomes are written (set by the swarm)
     defer_checkpoints: bool = False
+    #: the `afrt.learner.OnlineLearner` of update_weights, made at its first use
+    learner: Any = None
+    #: the learner state of the restored checkpoint, until the learner takes it
+    saved_learner: dict[str, Any] | None = None
 
     @property
     def agent_id(self) -> str:
@@ -203,6 +207,8 @@ class WorkflowRunner:
             (BATCH_STEPS[s.name], s) for s in execution
         ]
         self.computes = any(s.name == "process_neural_network" for s in execution)
+        #: the update_weights step, when the agent learns
+        self._learning = next((s for s in execution if s.name == "update_weights"), None)
         self.publishes = any(s.name == "send_output" for s in execution)
         #: "batched" or "instrumented": the path the last block took
         self.path_taken: str | None = None
@@ -247,17 +253,41 @@ class WorkflowRunner:
         instrument = self.instrument
         if instrument is not None:
             instrument.block_start(self.ctx, block)
-        batch = await self._compute(block)
-        if self.takes_batched_path():
-            self.path_taken = "batched"
-            outcomes = self._run_batched(batch)
-        else:
-            self.path_taken = "instrumented"
-            outcomes = self._run_records(batch)
+        if self._learning is None or block.targets is None:
+            outcomes = await self._run_piece(block)
+        else:  # weights may change inside the block: each piece is computed with the weights before it
+            parts, rest = [], block
+            while len(rest):
+                piece, rest = rest.split(self._learning_cut(rest))
+                parts.append(await self._run_piece(piece))
+            outcomes = Outcomes.concat(parts)
         await self.flush()
         if instrument is not None:
             instrument.block_end(self.ctx, block, outcomes)
         return outcomes
+
+    async def _run_piece(self, block: RecordBlock) -> Outcomes:
+        batch = await self._compute(block)
+        if self.takes_batched_path():
+            self.path_taken = "batched"
+            return self._run_batched(batch)
+        self.path_taken = "instrumented"
+        return self._run_records(batch)
+
+    def _learning_cut(self, block: RecordBlock) -> int:
+        """Return how many records of ``block`` run before the weights may next change: up to the one
+        that would fill the learner's batch if every labelled record were learnt from. Records that are
+        not (a guard, a failure) only delay the update, so it never falls inside a piece."""
+        from .steps import step_arg
+
+        learner = self.ctx.learner
+        need = (learner.every - learner.pending) if learner is not None else step_arg(self._learning, "every")
+        for i, target in enumerate(block.targets):
+            if target is not None:
+                need -= 1
+                if need <= 0:
+                    return i + 1
+        return len(block)
 
     async def run_records(self, records: Sequence[InputRecord]) -> list[Any]:
         """Run the execution workflow for ``records`` (lists of values), in order: a convenience for

@@ -11,7 +11,7 @@ from ._app import make_app
 
 #: subcommand modules, in the order `af --help` lists them
 COMMAND_MODULES = ("validate", "init", "pack", "unpack", "train", "import", "compile", "inspect", "export", "run",
-                   "submit", "swarm", "profile", "debug", "keygen", "sign", "verify")
+                   "submit", "swarm", "federate", "profile", "debug", "keygen", "sign", "verify")
 
 #: the `af` group (a click.Group)
 app = make_app(COMMAND_MODULES)

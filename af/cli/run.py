@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
@@ -38,6 +38,14 @@ AGENTS_SHOWN = 4
               help="With --bus URL: serve Prometheus metrics on this port.")
 @click.option("--max-deliveries", default=3, show_default=True, type=click.IntRange(min=1),
               help="With --bus URL: a task delivered this often goes to the dead-letter stream.")
+@click.option("--local-data", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="With --bus URL: take part in the agent's federated rounds with these records (safetensors "
+                   "inputs/targets; never sent anywhere; docs/federated.md).")
+@click.option("--validation-data", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="With --local-data: validate proposed models on these records (default: the local data).")
+@click.option("--simulate-attack", type=click.Choice(("sign-flip", "gaussian", "label-flip")),
+              help="With --local-data: misbehave on purpose, to evaluate robust strategies (marked in "
+                   "`af federate status`).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep identities and checkpoints here.")
 @click.option("--max-batch", default=64, show_default=True, type=click.IntRange(min=1),
@@ -56,7 +64,8 @@ AGENTS_SHOWN = 4
 def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: int, backend: Optional[str],
                 swarm: str, state_dir: Optional[Path], max_batch: int, batch_wait_ms: float, fuel: Optional[int],
                 fail_on_error: bool, json_summary: bool, quiet: bool, max_bundle_mb: Optional[int], bus: str,
-                metrics_port: Optional[int], max_deliveries: int, trust: tuple[Path, ...], identity: Optional[Path],
+                metrics_port: Optional[int], max_deliveries: int, trust: tuple[Path, ...], local_data: Optional[Path],
+                validation_data: Optional[Path], simulate_attack: Optional[str], identity: Optional[Path],
                 admit: tuple[Path, ...]) -> None:
     """Run an agent on JSON Lines records: one output or error record per input record, in input order.
 
@@ -74,13 +83,20 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
     """
     from ._load import close_streams, load_agent, open_stream, run_stream
 
+    federated = {"local_data": local_data, "validation_data": validation_data, "attack": simulate_attack}
     if bus != "memory":
-        _serve(bundle, url=bus, swarm=swarm, replicas=replicas, backend=backend, fuel=fuel, state_dir=state_dir,
+        _serve(bundle, federated=federated, url=bus, swarm=swarm, replicas=replicas, backend=backend, fuel=fuel, state_dir=state_dir,
                trust=trust, max_batch=max_batch, metrics_port=metrics_port, max_deliveries=max_deliveries,
                max_bundle_mb=max_bundle_mb, json_summary=json_summary, quiet=quiet, identity=identity, admit=admit,
                ignored=[flag for flag, given in (("--input", input_path != "-"), ("--output", output_path != "-"),
                                                  ("--fail-on-error", fail_on_error)) if given])
         return
+    if any(federated.values()):
+        from afcore.errors import UsageError
+
+        raise UsageError("--local-data, --validation-data and --simulate-attack belong to a worker of a federation: "
+                         "they need --bus URL", code="AF0973",
+                         hint="af run BUNDLE --bus redis://HOST:PORT/DB --swarm NAME --local-data FILE")
     if metrics_port is not None:
         from afcore.errors import UsageError
 
@@ -102,7 +118,7 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
 
     try:
         agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir,
-                           lean=True)
+                       lean=True)
         if input_path == "-" and sys.stdin.isatty() and not quiet:
             say("reading records from stdin (Ctrl-D to end)")
         summary = run_stream(agent, source, open_output, replicas=replicas, swarm=swarm, state_dir=state_dir,
@@ -118,7 +134,7 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
         raise click.exceptions.Exit(1)
 
 
-def _serve(bundle: Path, *, url: str, swarm: str, replicas: int, backend: Optional[str], fuel: Optional[int],
+def _serve(bundle: Path, *, federated: dict, url: str, swarm: str, replicas: int, backend: Optional[str], fuel: Optional[int],
            state_dir: Optional[Path], trust: tuple[Path, ...], max_batch: int, metrics_port: Optional[int], max_deliveries: int,
            max_bundle_mb: Optional[int], json_summary: bool, quiet: bool, ignored: list[str], identity: Optional[Path],
            admit: tuple[Path, ...]) -> None:
@@ -138,13 +154,15 @@ def _serve(bundle: Path, *, url: str, swarm: str, replicas: int, backend: Option
     admitted = read_admitted_keys(admit)
     agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir,
                        lean=True)
+    participation = _participation(bundle, federated, state_dir)
     if not quiet:
         signing = f"signing as key {key.key_id}" if key is not None else "signing with its identity"
         say(f"serving swarm {swarm} at {_without_password(url)} as agent {agent.name} "
             f"({replicas} replica(s), {signing}); SIGTERM or Ctrl-C drains and leaves")
     summary, caught = run_with_signals(lambda stop: afrt.serve_worker(
         agent, url=url, swarm=swarm, replicas=replicas, max_batch=max_batch, state_dir=state_dir,
-        metrics_port=metrics_port, stop=stop, max_deliveries=max_deliveries, identity=key, admit=admitted))
+        metrics_port=metrics_port, stop=stop, max_deliveries=max_deliveries, federation=participation,
+        identity=key, admit=admitted))
     data = summary.to_json()
     if json_summary:
         say(json.dumps(data, sort_keys=True))
@@ -157,6 +175,22 @@ def _serve(bundle: Path, *, url: str, swarm: str, replicas: int, backend: Option
             say(f"dropped bus messages that --admit does not accept: {dropped}")
     for error in summary.shutdown_errors:
         say(f"shutdown error: {error}")
+
+
+def _participation(bundle: Path, federated: dict, state_dir: Optional[Path]) -> Any:
+    """Return the worker's `afrt.Participation` in federated rounds (``--local-data``), or None."""
+    import afrt
+    from afcore.errors import UsageError
+    from afcore.sniff import file_kind
+
+    if federated["local_data"] is None:
+        if federated["validation_data"] or federated["attack"]:
+            raise UsageError("--validation-data and --simulate-attack need --local-data", code="AF0974",
+                             hint="a worker takes part in federated rounds with --local-data FILE")
+        return None
+    data = bundle.read_bytes()
+    return afrt.Participation(federated["local_data"], federated["validation_data"], federated["attack"],
+                              source=data if file_kind(data) == "agent" else None, state_dir=state_dir)
 
 
 def _without_password(url: str) -> str:

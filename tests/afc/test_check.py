@@ -122,7 +122,11 @@ class TestSteps:
         assert set(STEP_SIGNATURES) == {
             "load_neural_network", "initialize_memory", "connect_to_swarm", "register_capabilities",
             "receive_input", "process_neural_network", "update_memory", "send_output", "save_state",
-            "disconnect_from_swarm", "cleanup_resources"}
+            "disconnect_from_swarm", "cleanup_resources", "update_weights"}
+
+    def test_update_weights_arguments(self):
+        # a whole number is a number; the optimizer is one of three; the rate is above 0
+        assert STEP_SIGNATURES["update_weights"] == {"learning_rate": float, "every": int, "optimizer": str}
 
     def test_unknown_step_did_you_mean(self):
         (diag,) = diags(build(HEADER.replace("- send_output", "- send_outptu")))

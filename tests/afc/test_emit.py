@@ -57,7 +57,7 @@ class TestManifest:
         assert manifest["compiler"]["name"] == "af"
         assert manifest["targets"] == ["onnx", "wasm"]
         assert manifest["onnx"] == {"member": "model.onnx", "opset": 21, "ir_version": 10}
-        assert manifest["wasm"]["abi"] == 1 and manifest["wasm"]["max_batch"] >= 1
+        assert manifest["wasm"]["abi"] == 2 and manifest["wasm"]["max_batch"] >= 1
 
     def test_network_signature_and_layers(self, xor_bundle, xor_spec):
         network = xor_bundle.manifest["network"]

@@ -119,6 +119,47 @@ class TestSkeletonShapeCheck:
         onnx.checker.check_model(data, full_check=True)
 
 
+class TestLeanCheck:
+    """Above LEAN_CHECK_BYTES the checker reads the skeleton's structure, never the bytes of the weights
+    (a parse of them was a third copy of every weight in `af run big.af`), and still refuses what the
+    full check refuses."""
+
+    @pytest.fixture
+    def lean(self, monkeypatch):
+        import afc.lower_onnx as lower_onnx
+
+        monkeypatch.setattr(lower_onnx, "LEAN_CHECK_BYTES", 0)
+        seen: list[type] = []
+        real = onnx.checker.check_model
+        monkeypatch.setattr(onnx.checker, "check_model", lambda model, *a, **k: (seen.append(type(model)), real(model, *a, **k)))
+        return seen
+
+    def test_weights_are_never_parsed_again(self, lean, make_network):
+        network = make_network([6, 4, 3])
+        data = network_model_bytes(network)
+        assert lean == [onnx.ModelProto]
+        assert data == model_bytes(lower_network(network))
+
+    def test_a_bad_node_is_still_refused(self, lean, make_network):
+        from afc.lower_onnx import _check_bytes
+
+        network = make_network([6, 4, 3])
+        model, skeleton = lower_network(network), lower_network(network, with_data=False)
+        for proto in (model, skeleton):
+            proto.graph.node[0].op_type = "NoSuchOp"
+        with pytest.raises(LoweringError) as info:
+            _check_bytes(model.SerializeToString(), skeleton=skeleton)
+        assert info.value.code == "AF3003"
+
+    def test_a_shape_error_is_still_refused(self, lean, make_network):
+        from afc.lower_onnx import _check_bytes
+
+        data, skeleton = TestSkeletonShapeCheck._broken(make_network([6, 4, 3]))
+        with pytest.raises(LoweringError) as info:
+            _check_bytes(data, skeleton=skeleton)
+        assert info.value.code == "AF3003"
+
+
 class TestActivations:
     @pytest.mark.parametrize("hidden", HIDDEN_ACTIVATIONS)
     @pytest.mark.parametrize("output", OUTPUT_ACTIVATIONS)

@@ -176,13 +176,44 @@ class TestAbi:
         module = wasmtime.Module(wasmtime.Engine(), lower_network(make_network([5, 4, 3])).wasm)
         assert module.imports == []
         exports = {e.name: e.type for e in module.exports}
-        assert set(exports) == {"memory", "input_ptr", "output_ptr", "max_batch", "infer", "stage_count", "stage"}
+        assert set(exports) == {"memory", "input_ptr", "output_ptr", "max_batch", "infer", "weights_ptr",
+                                "normalization_ptr", "stage_count", "stage"}
         assert isinstance(exports["memory"], wasmtime.MemoryType)
         i32 = wasmtime.ValType.i32()
         for name in ("input_ptr", "output_ptr", "max_batch", "stage_count"):
             assert exports[name].params == [] and exports[name].results == [i32]
         assert exports["infer"].params == [i32] and exports["infer"].results == [i32]
+        assert exports["weights_ptr"].params == [i32] and exports["weights_ptr"].results == [i32]
         assert exports["stage"].params == [i32, i32] and exports["stage"].results == [i32]
+
+    def test_weights_ptr_finds_each_layer_in_the_blocked_layout(self):
+        # ABI v2: the host reads (and may write) layer k at weights_ptr(k); 0 past the last layer
+        network = make_network([5, 6, 3])
+        store = wasmtime.Store(wasmtime.Engine())
+        instance = wasmtime.Instance(store, wasmtime.Module(store.engine, lower_network(network).wasm), [])
+        exports = instance.exports(store)
+        memory = exports["memory"]
+        for k, layer in enumerate(network.layers):
+            n_out, n_in = layer.weight.shape
+            blocks = -(-n_out // 4)
+            ptr = exports["weights_ptr"](store, k)
+            raw = np.frombuffer(memory.read(store, ptr, ptr + 4 * (blocks * n_in * 4 + n_out)), "<f4")
+            grid = raw[: blocks * n_in * 4].reshape(blocks, n_in, 4)
+            for o in range(n_out):  # block o // 4, lane o % 4, input i
+                np.testing.assert_array_equal(grid[o // 4, :, o % 4], layer.weight[o])
+            np.testing.assert_array_equal(raw[blocks * n_in * 4 :], layer.bias)
+        assert exports["weights_ptr"](store, len(network.layers)) == 0
+        assert exports["normalization_ptr"](store) == 0
+
+    def test_normalization_ptr_finds_means_then_scales(self):
+        network = make_network([3, 4, 2])
+        mean, scale = np.array([1, 2, 3], np.float32), np.array([0.5, 4, 8], np.float32)
+        network = NetworkSpec(3, 2, network.layers, "relu", "linear", input_mean=mean, input_scale=scale)
+        store = wasmtime.Store(wasmtime.Engine())
+        exports = wasmtime.Instance(store, wasmtime.Module(store.engine, lower_network(network).wasm), []).exports(store)
+        ptr = exports["normalization_ptr"](store)
+        raw = np.frombuffer(exports["memory"].read(store, ptr, ptr + 24), "<f4")
+        np.testing.assert_array_equal(raw, np.concatenate([mean, scale]))
 
     def test_pointers_batch_and_pages(self):
         lowered = lower_network(make_network([784, 128, 64, 32, 10]), max_batch=48)

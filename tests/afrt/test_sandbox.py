@@ -89,8 +89,8 @@ class TestPolicy:
     def test_another_abi_version_is_refused(self, tmp_path):
         data, _ = make_bundle((6, 5, 3))
         bundle = afrt.load_bundle(data)
-        manifest = {**bundle.manifest, "wasm": {**bundle.manifest["wasm"], "abi": 2}}
-        with pytest.raises(BundleError, match="ABI 2") as info:
+        manifest = {**bundle.manifest, "wasm": {**bundle.manifest["wasm"], "abi": 3}}
+        with pytest.raises(BundleError, match="ABI 3") as info:
             afrt.load(Bundle(manifest=manifest, members=bundle.members, digest=bundle.digest), backend="wasm",
                       cache_dir=tmp_path)
         assert info.value.code == "AF5042"
