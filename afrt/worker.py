@@ -201,6 +201,8 @@ class _Worker:
         started = time.perf_counter()
         self.signer = Signer(self.identity or _replica_key(self.agent.name, state_dir))
         self.summary.key_id = self.signer.key_id
+        if self.verifier is not None and self.signer.public_key not in self.verifier.admitted:
+            self.verifier.admit(self.signer.public_key)  # what it wrote itself (e.g. as the aggregator)
         self.client = await connect(self.url)
         bus = RedisBus(self.url, self.name, local_queues=True, signer=self.signer, verifier=self.verifier)
         self.swarm = Swarm(self.name, bus=bus, max_batch=self.max_batch, batch_wait_ms=batch_wait_ms,
@@ -253,7 +255,8 @@ class _Worker:
         from .federated.member import take_part
 
         return [asyncio.ensure_future(take_part(self.agent, self.consumer, self.federation, url=self.url,
-                                                swarm=self.name, stop=self.federation_stop))]
+                                                swarm=self.name, stop=self.federation_stop, signer=self.signer,
+                                                verifier=self.verifier))]
 
     async def _wait(self, stop: asyncio.Event, loops: list[asyncio.Future]) -> BaseException | None:
         """Wait for ``stop`` or for a loop to fail (e.g. Redis gone for good); return the failure."""
