@@ -132,6 +132,9 @@ async def follow_adopted(agent: Any, *, url: str, swarm: str, stop: asyncio.Even
                 _log.warning("agent %s keeps its bundle's weights: the federation's version %d cannot be "
                              "run here (%s: %s)", agent.name, newest["version"], exc.code, exc.message)
                 return
+            except ValueError as exc:  # a stored model that does not match its digest: serve on, unchanged
+                _log.warning("agent %s keeps version %d: %s", agent.name, version, exc)
+                continue
             version = newest["version"]
     finally:
         await client.aclose()
