@@ -222,7 +222,7 @@ class _Worker:
         await self._join(bus)
         loops = [asyncio.ensure_future(c) for c in (self._read_loop(), self._consume(), self._heartbeat_loop(),
                                                     self._reclaim_loop())]
-        federating = self._federate()
+        federating = self._federate(state_dir)
         try:
             failure = await self._wait(stop, loops + federating)
         except asyncio.CancelledError:
@@ -247,11 +247,15 @@ class _Worker:
             raise failure
         return self.summary
 
-    def _federate(self) -> list[asyncio.Future]:
-        """Start taking part in the agent's federated rounds (``--local-data``), when asked to."""
+    def _federate(self, state_dir: Any) -> list[asyncio.Future]:
+        """Take part in the agent's federated rounds (``--local-data``), or else follow the models they
+        adopt: every worker of the agent runs the adopted version."""
         self.federation_stop = asyncio.Event()
         if self.federation is None:
-            return []
+            from .federated.member import follow_adopted
+
+            return [asyncio.ensure_future(follow_adopted(self.agent, url=self.url, swarm=self.name,
+                                                         stop=self.federation_stop, state_dir=state_dir))]
         from .federated.member import take_part
 
         return [asyncio.ensure_future(take_part(self.agent, self.consumer, self.federation, url=self.url,

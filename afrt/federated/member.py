@@ -39,7 +39,7 @@ from . import local
 from .aggregate import aggregate
 from .record import ADOPT, FENCED_XADD, RENEW, FedConfig, FedKeys, decode_entry, quorum_need
 
-__all__ = ["Participation", "take_part"]
+__all__ = ["Participation", "adopt_model", "follow_adopted", "take_part"]
 
 _log = logging.getLogger(__name__)
 
@@ -91,6 +91,61 @@ async def take_part(agent: Any, member: str, participation: Participation, *, ur
         me = _Member(agent, member, participation, network, data, validation, client, FedKeys(swarm, agent.name))
         me.signer, me.verifier = signer, verifier
         await me.run(stop)
+    finally:
+        await client.aclose()
+
+
+async def adopt_model(agent: Any, client: Any, keys: FedKeys, network: local.Network, data: dict,
+                      state_dir: Path | None) -> None:
+    """Make the adopted model of an ``adopt`` event ``agent``'s weights, and checkpoint it in ``state_dir``
+    (``federated/<agent>/v<version>.f32``) when there is one."""
+    raw = await retrying(lambda: client.hget(keys.models, data["digest"]), what="read a model")
+    flat = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if local.digest_of(flat) != data["digest"]:
+        raise ValueError(f"model {data['digest'][:12]} does not match its digest")
+    agent.set_weights([(w.copy(), b.copy()) for w, b in local.unflatten(flat, network)])
+    if state_dir is not None:
+        from afcore.fsutil import write_file_atomic
+
+        path = Path(state_dir) / "federated" / keys.agent / f"v{data['version']}.f32"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(path, flat.astype("<f4").tobytes())
+
+
+async def follow_adopted(agent: Any, *, url: str, swarm: str, stop: asyncio.Event,
+                         state_dir: Path | None = None) -> None:
+    """Run each model the agent's federation adopts, from the next block on, until ``stop`` is set.
+
+    For the workers that serve without taking part (no ``--local-data``): they read only the log's
+    ``adopt`` events, so every worker of the agent runs the adopted version, not just participants.
+    A worker whose weights are read-only (the wasm backend of an ABI v1 bundle) says so once and
+    keeps its bundle's weights.
+    """
+    from afcore.errors import AfError
+
+    keys, network, cursor, version = FedKeys(swarm, agent.name), local.Network.of(agent), b"0-0", -1
+    client = await connect(url)
+    try:
+        while not stop.is_set():
+            reply = await retrying(lambda: client.xread({keys.log: cursor}, count=1000, block=READ_BLOCK_MS),
+                                   what="read the federation log")
+            if not reply:
+                continue
+            cursor = reply[0][1][-1][0]
+            adopted = [data for kind, data in (decode_entry(f) for _, f in reply[0][1]) if kind == "adopt"]
+            newest = max(adopted, key=lambda data: data["version"], default=None)
+            if newest is None or newest["version"] <= version:
+                continue
+            try:
+                await adopt_model(agent, client, keys, network, newest, state_dir)
+            except AfError as exc:
+                _log.warning("agent %s keeps its bundle's weights: the federation's version %d cannot be "
+                             "run here (%s: %s)", agent.name, newest["version"], exc.code, exc.message)
+                return
+            except ValueError as exc:  # a stored model that does not match its digest: serve on, unchanged
+                _log.warning("agent %s keeps version %d: %s", agent.name, version, exc)
+                continue
+            version = newest["version"]
     finally:
         await client.aclose()
 
@@ -233,16 +288,8 @@ class _Member:
 
     async def _adopt(self, data: dict) -> None:
         """Run the adopted model from the next block on (a hot swap: no record is lost), and checkpoint it."""
-        flat = await self._model(data["digest"])
-        layers = local.unflatten(flat, self.network)
-        self.agent.set_weights([(w.copy(), b.copy()) for w, b in layers])
+        await adopt_model(self.agent, self.client, self.keys, self.network, data, self.p.state_dir)
         self.version = data["version"]
-        if self.p.state_dir is not None:
-            from afcore.fsutil import write_file_atomic
-
-            path = Path(self.p.state_dir) / "federated" / self.keys.agent / f"v{self.version}.f32"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_file_atomic(path, flat.astype("<f4").tobytes())
 
     # the aggregator's lease ---------------------------------------------------------------------
 

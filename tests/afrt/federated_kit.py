@@ -75,6 +75,14 @@ def start_member(url: str, agent: Path, swarm: str, shard: Path, validation: Pat
     return process
 
 
+def start_worker(url: str, agent: Path, swarm: str, *, state_dir: Path) -> subprocess.Popen:
+    """Start `af run --bus URL` without --local-data (a worker that serves but does not take part)."""
+    process = subprocess.Popen([AF, "run", str(agent), "--bus", url, "--swarm", swarm, "--json", "--state-dir",
+                                str(state_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
+    _STARTED.append(process)
+    return process
+
+
 def start_federation(url: str, swarm: str, *options: str) -> subprocess.Popen:
     """Start `af federate start --json` (its stdout gets one JSON line per adopted round)."""
     process = subprocess.Popen([AF, "federate", "start", "--bus", url, "--swarm", swarm, "--agent", AGENT,

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 from federated_kit import (AF, AGENT, _env, af_json, check_history, finish, log_events, make_federation_files,
-                           redis_client, start_federation, start_member, stop_members, wait_for)
+                           redis_client, start_federation, start_member, start_worker, stop_members, wait_for)
 from redis_server import RedisServer
 
 from afcore import learning
@@ -43,6 +43,9 @@ class TestFederation:
         with RedisServer(tmp_path / "redis") as server:
             members = [start_member(server.url, agent, "fa", s, test, state_dir=tmp_path / f"st{i}")
                        for i, s in enumerate(shards)]
+            # serves without taking part: it must still run each adopted version
+            plain = start_worker(server.url, agent, "fa", state_dir=tmp_path / "plain")
+            members.append(plain)
             try:
                 code, out, err = finish(start_federation(server.url, "fa", "--rounds", "3", "--min-clients", "3",
                                                          "--local-epochs", "2", "--round-timeout", "20",
@@ -63,6 +66,9 @@ class TestFederation:
                 # the workers now answer with version 3 (hot-swapped): submit records, compare with numpy
                 from safetensors.numpy import load_file
 
+                plain_checkpoint = tmp_path / "plain" / "federated" / AGENT / "v3.f32"
+                wait_for(plain_checkpoint.exists, timeout=30, what="the plain worker to adopt version 3")
+
                 held = load_file(str(test))["inputs"][:40]
                 lines = b"".join(orjson.dumps({"id": i, "input": row.tolist()}) + b"\n" for i, row in enumerate(held))
                 result = subprocess.run([AF, "submit", "--bus", server.url, "--swarm", "fa", "--agent", AGENT],
@@ -80,6 +86,14 @@ class TestFederation:
                                         timeout=60)
                 pulled_out = np.array([orjson.loads(line)["output"] for line in result.stdout.splitlines()])
                 np.testing.assert_allclose(pulled_out, _forward(final, held), atol=1e-5)
+                # only the plain worker left: it answers with the adopted model too
+                stop_members(*members[:-1])
+                result = subprocess.run([AF, "submit", "--bus", server.url, "--swarm", "fa", "--agent", AGENT],
+                                        input=lines, capture_output=True, env=_env(), timeout=60)
+                assert result.returncode == 0, result.stderr.decode()
+                outputs = np.array([orjson.loads(line)["output"] for line in result.stdout.splitlines()])
+                np.testing.assert_allclose(outputs, _forward(final, held), atol=1e-5)
+                np.testing.assert_array_equal(np.fromfile(plain_checkpoint, "<f4"), final)
             finally:
                 stop_members(*members)
             assert all(m.returncode == 0 for m in members), [m.stderr.read().decode() for m in members]
