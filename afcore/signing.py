@@ -54,6 +54,7 @@ __all__ = [
     "key_id_of",
     "load_private_key",
     "load_public_key",
+    "load_public_keys",
     "parse_signature",
     "read_signed_bundle",
     "sign_bundle",
@@ -204,6 +205,33 @@ def load_public_key(data: bytes, *, name: str = "the key") -> PublicKey:
         raise UsageError(f"{name} is " + ("a private key" if private else "not an Ed25519 public key"), code="AF0963",
                          hint="give the .pub file `af keygen` wrote beside the .key (PEM SubjectPublicKeyInfo)")
     return PublicKey(key.public_bytes_raw())
+
+
+#: one PEM block of a public key (a file of admitted keys holds one or more, one after the other)
+_PEM_PUBLIC_RE = re.compile(rb"-----BEGIN PUBLIC KEY-----\r?\n.*?-----END PUBLIC KEY-----\r?\n?", re.S)
+
+
+def load_public_keys(data: bytes, *, name: str = "the file") -> list[PublicKey]:
+    """Read every PEM Ed25519 public key of ``data`` (``.pub`` files of `af keygen`, concatenated).
+
+    Returns:
+        The keys, in file order, each once.
+
+    Raises:
+        UsageError: AF0963 when ``data`` holds no public key, anything but public keys and
+            blank lines, or a block that is not an Ed25519 public key.
+    """
+    keys: list[PublicKey] = []
+    blocks = _PEM_PUBLIC_RE.findall(data)
+    if not blocks or _PEM_PUBLIC_RE.sub(b"", data).strip():
+        load_public_key(data, name=name)  # says what the file is instead (a private key, not a key)
+        raise UsageError(f"{name} holds something other than PEM public keys", code="AF0963",
+                         hint="concatenate the .pub files `af keygen` wrote, nothing else")
+    for block in blocks:
+        key = load_public_key(block, name=name)
+        if key not in keys:
+            keys.append(key)
+    return keys
 
 
 # --------------------------------------------------------------------------- the envelope

@@ -15,6 +15,7 @@ workers (or tests) in one process never collide.
 | ``af_redeliveries_total`` | counter | swarm, agent (tasks claimed from a worker that went quiet) |
 | ``af_dead_letters_total`` | counter | swarm, agent (tasks given up after ``max_deliveries``) |
 | ``af_reconnects_total`` | counter | swarm (reconnection attempts to Redis) |
+| ``af_bus_dropped_total`` | counter | swarm, agent, reason (bus messages ``--admit`` dropped: unsigned, not_admitted, bad_signature, replayed) |
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ class WorkerMetrics:
         self.dead_letters = Counter("af_dead_letters", "tasks given up after max_deliveries", ["swarm", "agent"],
                                     registry=r)
         self.reconnects = Counter("af_reconnects", "reconnection attempts to Redis", ["swarm"], registry=r)
+        self.bus_dropped = Counter("af_bus_dropped", "bus messages dropped by --admit's verification, by reason",
+                                   ["swarm", "agent", "reason"], registry=r)
         self._reconnects_seen = 0
+        self._dropped_seen: dict[str, int] = {}
         self.server: Any = None
 
     def serve(self, port: int, *, addr: str = "0.0.0.0") -> None:
@@ -83,6 +87,14 @@ class WorkerMetrics:
         if total > self._reconnects_seen:
             self.reconnects.labels(self.swarm).inc(total - self._reconnects_seen)
             self._reconnects_seen = total
+
+    def set_dropped(self, dropped: dict[str, int]) -> None:
+        """Bring ``af_bus_dropped_total`` up to the verifier's counts per reason (`afrt.busauth.Verifier.dropped`)."""
+        for reason, total in dropped.items():
+            seen = self._dropped_seen.get(reason, 0)
+            if total > seen:
+                self.bus_dropped.labels(self.swarm, self.agent, reason).inc(total - seen)
+                self._dropped_seen[reason] = total
 
     def text(self) -> bytes:
         """Return the metrics in the Prometheus text format (what ``/metrics`` serves)."""

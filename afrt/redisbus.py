@@ -20,6 +20,7 @@ Three things live here, each once:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 import uuid
@@ -38,6 +39,7 @@ from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 from afcore.errors import BusError, ChannelClosedError, MailboxFullError, UsageError
 
 from .bus import Bus, ChannelStatistics, Message, open_memory_channel
+from .busauth import AUTH_FIELD, Signer, Verifier, topic_channel
 from .records import RecordBlock
 
 __all__ = [
@@ -92,6 +94,12 @@ class Task(NamedTuple):
     line: int
     count: int
     data: bytes
+
+    def digest(self) -> str:
+        """Return the task's digest: the first 32 hex digits of the sha256 of its lines. A worker
+        puts it in the signed result entry (``t``), so that a submit can tell the results of its own
+        tasks from those of a task someone else wrote under its submission id."""
+        return hashlib.sha256(self.data).hexdigest()[:32]
 
     def fields(self) -> dict[str, Any]:
         """Return the stream fields of the task (what XADD sends)."""
@@ -301,13 +309,14 @@ class Keys:
 
 
 # Publishes messages to every live subscriber of their topics, or to none while one is full.
-# ARGV: key prefix, then (topic, sender, payload) per message. Returns 1 when published, 0 when full.
+# ARGV: key prefix, then (topic, sender, payload, signature envelope or "") per message.
+# Returns 1 when published, 0 when full.
 _PUBLISH = """
 local prefix = ARGV[1]
-local n = (#ARGV - 1) / 3
+local n = (#ARGV - 1) / 4
 local subs_of, load = {}, {}
 for i = 0, n - 1 do
-  local topic = ARGV[2 + 3 * i]
+  local topic = ARGV[2 + 4 * i]
   if subs_of[topic] == nil then
     local flat = redis.call('HGETALL', prefix .. 'subs:' .. topic)
     local list = {}
@@ -329,9 +338,13 @@ for i = 0, n - 1 do
   end
 end
 for i = 0, n - 1 do
-  local topic, sender, payload = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  local topic, sender, payload, auth = ARGV[2 + 4 * i], ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i]
   for _, s in ipairs(subs_of[topic]) do
-    redis.call('XADD', prefix .. 'sub:' .. s[1], '*', 's', sender, 'p', payload)
+    if auth == '' then
+      redis.call('XADD', prefix .. 'sub:' .. s[1], '*', 's', sender, 'p', payload)
+    else
+      redis.call('XADD', prefix .. 'sub:' .. s[1], '*', 's', sender, 'p', payload, 'a', auth)
+    end
   end
   redis.call('HINCRBY', prefix .. 'published', topic, 1)
   redis.call('HINCRBY', prefix .. 'bytes', topic, #payload)
@@ -383,6 +396,10 @@ class RedisBus(Bus):
         local_queues: keep `open_queue` in this process. A worker (`afrt.worker`) does: its
             replicas share an in-process queue that its task streams feed, so records cross
             Redis once.
+        signer: signs every message this bus publishes (`afrt.busauth.Signer`; a worker's
+            identity), or None to publish unsigned messages.
+        verifier: drops every message a subscription of this bus receives that it does not
+            accept (`afrt.busauth.Verifier`: ``--admit``), or None to take every message.
 
     Sync methods (`subscribe`, `open_queue`, `statistics`) use a short blocking call on a second,
     synchronous client; the others are coroutines.
@@ -390,8 +407,10 @@ class RedisBus(Bus):
 
     local = False
 
-    def __init__(self, url: str, swarm: str = "default", *, local_queues: bool = False) -> None:
+    def __init__(self, url: str, swarm: str = "default", *, local_queues: bool = False, signer: Signer | None = None,
+                 verifier: Verifier | None = None) -> None:
         self.url = check_url(url)
+        self.signer, self.verifier = signer, verifier
         self.name = swarm
         self.keys = Keys(swarm)
         self.local_queues = local_queues
@@ -435,8 +454,11 @@ class RedisBus(Bus):
         if self._publish_script is None:
             self._publish_script = self.client.register_script(_PUBLISH)
         args: list[Any] = [self.keys.prefix]
-        for m in messages:
-            args += [m.topic, m.sender, m.payload]
+        signer = self.signer
+        for m in messages:  # signed once: a retry sends the same entries (a receiver drops the second copy)
+            auth = (signer.sign(topic_channel(self.keys.prefix, m.topic), {"s": m.sender, "p": m.payload})[AUTH_FIELD]
+                    if signer is not None else b"")
+            args += [m.topic, m.sender, m.payload, auth]
         pause = 0.001
         while True:
             done = await retrying(lambda: self._publish_script(keys=[], args=args), what="publish",
@@ -526,6 +548,7 @@ class RedisSubscription(_Receiving):
         self.bus, self.topic, self.max_buffer_size = bus, topic, max_buffer_size
         self.sid = f"{bus.id}.{len(bus._subscriptions)}"
         self.stream = f"{bus.keys.prefix}sub:{self.sid}"
+        self._channel = topic_channel(bus.keys.prefix, topic)  # what publishers sign for
         self._alive = f"{bus.keys.prefix}alive:{self.sid}"
         self._last = b"0-0"
         self._renewed = 0.0
@@ -559,6 +582,9 @@ class RedisSubscription(_Receiving):
                 entry_id, fields = reply[0][1][0]
                 self._last = entry_id
                 await retrying(lambda: client.xdel(self.stream, entry_id), what="receive a message")
+                verifier = self.bus.verifier
+                if verifier is not None and verifier.check(self._channel, fields) is not None:
+                    continue  # counted and warned about by the verifier
                 self.received += 1
                 return Message(self.topic, fields[b"s"].decode(), fields[b"p"])
 

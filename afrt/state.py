@@ -37,6 +37,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "Identity",
     "KEY_NAME",
+    "PUBLIC_KEY_NAME",
     "commit_checkpoint",
     "load_checkpoint",
     "load_or_create_identity",
@@ -44,10 +45,14 @@ __all__ = [
     "prepare_checkpoint",
     "replica_dir",
     "write_checkpoint",
+    "write_public_key",
 ]
 
 #: the file name of the identity key inside a replica's state directory
 KEY_NAME = "identity.key"
+#: the file name of the identity's public key (PEM), which a Redis worker writes beside its key
+#: (what `af submit --admit` takes)
+PUBLIC_KEY_NAME = "identity.pub"
 #: the file name of the checkpoint inside a replica's state directory
 CHECKPOINT_NAME = "checkpoint.afs"
 #: first line of every checkpoint file
@@ -138,6 +143,29 @@ def load_or_create_identity(directory: str | os.PathLike[str], name: str) -> tup
             hint="restore the file from a backup, or delete it to give the agent a new identity",
         )
     return Identity(name, key), False
+
+
+def write_public_key(directory: str | os.PathLike[str], identity: Identity) -> Path:
+    """Write the public key of ``identity`` (PEM SubjectPublicKeyInfo) to ``directory/identity.pub``.
+
+    Returns:
+        The path written (left as it is when it already holds that key).
+
+    Raises:
+        StateError: AF5254 when it cannot be written.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    path = Path(directory) / PUBLIC_KEY_NAME
+    pem = identity.private_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        if path.read_bytes() == pem:
+            return path
+    except OSError:
+        pass
+    _write_atomic(path, pem)
+    return path
 
 
 def lock_state_dir(directory: str | os.PathLike[str]) -> int:

@@ -14,12 +14,15 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Sequence
 
 import orjson
 from redis.exceptions import ResponseError
 
 from afcore.errors import BusError, ExecutionError, UsageError
+from afcore.signing import PublicKey, SigningKey, generate_key
+
+from .busauth import FOREIGN_TASK, REASONS, Signer, Verifier
 
 from .jsonl import encode_error
 from .records import MAX_LINE_BYTES
@@ -49,6 +52,8 @@ class SubmitSummary:
     filtered: int = 0
     error_codes: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    #: result entries dropped by ``admit``'s verification, by reason (`afrt.busauth.REASONS`)
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     timed_out: int = 0
     incomplete: bool = False
     seconds: float = 0.0
@@ -68,7 +73,8 @@ def new_submission_id() -> str:
 async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[bytes] | None = None,
                  sink: IO[bytes], priority: str = "normal", timeout: float | None = None,
                  attach: str | None = None, submission: str | None = None,
-                 written: int | None = None) -> SubmitSummary:
+                 written: int | None = None, admit: Sequence[PublicKey] | None = None,
+                 identity: SigningKey | None = None) -> SubmitSummary:
     """Send every record of ``source`` to swarm ``swarm`` and write one line per record to ``sink``.
 
     Args:
@@ -88,12 +94,20 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
             lines of an output file that the attached submit appends to): writing resumes
             there, so that across the kill every line is written exactly once. None resumes
             from what the killed submit last recorded, which may repeat its last 0.2 s of lines.
+        admit: take only result entries signed by one of these keys (``--admit``; the workers'
+            keys, `afrt.busauth`) and drop the rest: unsigned, signed by another key, altered, or
+            replayed. The entries this submit writes itself (AF5237 answers) are signed with
+            ``identity``, which it admits too. None takes every entry, signed or not.
+        identity: the key that signs this submit's own answers (``--identity``); None: a fresh
+            key of this process. Give the same key to a submit and to the one that attaches to it
+            after a kill, so that the attached one takes the answers the first one wrote.
 
     Returns:
         The counts; ``summary.submission`` is the id.
 
     Raises:
-        UsageError: AF5264 for an unknown priority or a missing agent/source; AF5112 for a bad URL.
+        UsageError: AF5264 for an unknown priority or a missing agent/source; AF5112 for a bad URL;
+            AF0963 when ``admit`` is given but empty.
         BusError: AF5110/AF5111/AF5113 for Redis that cannot be reached; AF5262 when ``attach``
             names no submission; AF5263 when ``written`` is below what the submission recorded
             (the results before that are gone from Redis).
@@ -103,17 +117,24 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
     if priority not in PRIORITIES:
         raise UsageError(f"unknown priority `{priority}`", code="AF5264", hint="use high, normal or low")
     started = time.perf_counter()
+    signer = Signer(identity or generate_key())
+    verifier = None
+    if admit is not None:
+        verifier = Verifier(admit)
+        verifier.admit(signer.public_key)
     client = await connect(url)
     keys = Keys(swarm)
     try:
         if attach is not None:
             receiver = await _Receiver.attached(client, keys, attach, sink, written)
+            receiver.signer, receiver.verifier = signer, verifier
             await receiver.run(timeout)
         else:
             if agent is None or source is None:
                 raise UsageError("submit needs an agent and a source (or attach=ID)", code="AF5264")
             sid = submission or new_submission_id()
             receiver = _Receiver(client, keys, sid, sink, 0)
+            receiver.signer, receiver.verifier = signer, verifier
             await receiver.open(agent, priority)
             sending = asyncio.ensure_future(_Sender(client, keys.tasks(agent, priority), receiver).run(source))
             try:
@@ -121,6 +142,8 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
             finally:
                 sending.cancel()
         summary = receiver.summary
+        if verifier is not None:
+            summary.dropped = dict(verifier.dropped)
     finally:
         await client.aclose()
     summary.seconds = time.perf_counter() - started
@@ -141,6 +164,8 @@ class _Receiver:
         self.last = b"0-0"
         self.progress = asyncio.Event()
         self.summary = SubmitSummary(sid)
+        self.signer: Signer | None = None  # signs what this submit writes to the results stream itself
+        self.verifier: Verifier | None = None
 
     @classmethod
     async def attached(cls, client: Any, keys: Keys, sid: str, sink: IO[bytes], written: int | None) -> _Receiver:
@@ -192,17 +217,37 @@ class _Receiver:
         await retrying(self._finish, what="close the submission")
 
     def _take(self, entries: list) -> None:
-        held, summary = self.held, self.summary
+        held, summary, verifier = self.held, self.summary, self.verifier
         for entry_id, fields in entries:
             self.last = entry_id
+            if verifier is not None and verifier.check(self.results, fields) is not None:
+                continue  # counted in summary.dropped and warned about by the verifier
             n = int(fields[b"n"])
             lines = fields[b"d"].split(b"\n")[:-1]
+            if verifier is not None and not self._ours(n, len(lines), fields.get(b"t")):
+                verifier.drop(FOREIGN_TASK, self.results, fields)
+                continue
             for i, line in enumerate(lines, n):
                 if i < self.next or i in held:
                     summary.duplicates += 1  # delivery is at-least-once: a task may have run twice
                 else:
                     held[i] = line + b"\n"
             self.entries.append((entry_id, n + len(lines) - 1))
+
+    def _ours(self, n: int, count: int, digest: bytes | None) -> bool:
+        """Return False when a signed result answers a task other than the one this submit sent for
+        index ``n`` (its task digest differs: someone wrote a task under this submission's id).
+        True when it matches, or cannot be checked (no digest: this submit's own answers; the task
+        is already written, or unknown after an attach)."""
+        if digest is None:
+            return True
+        task = self.tasks.get(n) or next((t for t in self.tasks.values() if t.index <= n < t.index + t.count), None)
+        if task is None:  # written already (the index decides), or sent by the submit this one attached to
+            return True
+        if task.index == n and task.count == count:
+            return task.digest().encode() == digest
+        # a worker splits a task delivered twice into one task per record: a result of one record
+        return count == 1 and task.singles()[n - task.index].digest().encode() == digest
 
     def _write(self) -> None:
         held, parts = self.held, []
@@ -215,8 +260,8 @@ class _Receiver:
         self.sink.write(data)
         self.sink.flush()
         self._count(parts)
-        for index in [i for i in self.tasks if i < self.next]:
-            del self.tasks[index]
+        for index in [i for i, task in self.tasks.items() if i + task.count <= self.next]:
+            del self.tasks[index]  # fully written: its results are duplicates now
         self.progress.set()
 
     def _count(self, lines: list[bytes]) -> None:
@@ -332,9 +377,12 @@ class _Sender:
         # `sent` counts only records whose tasks (or answers) are in Redis: what an attach waits for
         batch, self.batch, sent = self.batch, [], self.covered
         receiver = self.receiver
-        for task in batch:
+        for i, task in enumerate(batch):
             if isinstance(task, Task):
                 receiver.tasks[task.index] = task
+            else:  # an answer of this submit's own: signed once, like a worker's results
+                fields = {"n": task[0], "d": task[1]}
+                batch[i] = receiver.signer.sign(receiver.results, fields) if receiver.signer else fields
 
         async def write(tasks: list[Any], last: bool) -> None:
             pipe = self.client.pipeline(transaction=False)
@@ -342,7 +390,7 @@ class _Sender:
                 if isinstance(task, Task):
                     pipe.xadd(self.stream, task.fields())
                 else:
-                    pipe.xadd(receiver.results, {"n": task[0], "d": task[1]})
+                    pipe.xadd(receiver.results, task)
             if last:
                 pipe.hset(receiver.hash, mapping={"sent": sent, **({"total": sent} if final else {})})
             await pipe.execute()
@@ -359,7 +407,7 @@ async def status(url: str, swarm: str) -> dict[str, Any]:
     """Return the members and queues of swarm ``swarm`` (what `af swarm status --json` prints).
 
     ``{"swarm", "members": [{"agent_id", "agent", "host", "pid", "replicas", "state",
-    "last_heartbeat_s", "processed", "errors"}], "queues": [{"agent", "priority", "length",
+    "last_heartbeat_s", "processed", "errors", "key_id", "dropped"}], "queues": [{"agent", "priority", "length",
     "pending", "lag", "dead_letters"}]}``; a member whose heartbeat expired is ``"gone"`` until
     it is forgotten.
 
@@ -383,7 +431,7 @@ async def _members(client: Any, keys: Keys) -> list[dict[str, Any]]:
             "agent_id": info["agent_id"], "agent": info["agent"], "host": info["host"], "pid": info["pid"],
             "replicas": info["replicas"], "state": info["state"] if alive else "gone",
             "last_heartbeat_s": round(now - info["last_heartbeat"], 3), "processed": info["processed"],
-            "errors": info["errors"],
+            "errors": info["errors"], "key_id": info.get("key_id", ""), "dropped": info.get("dropped", 0),
         })
     return members
 

@@ -24,12 +24,15 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import orjson
 from redis.exceptions import ResponseError
 
+from afcore.signing import PublicKey, SigningKey
+
 from .bus import TOPIC_LIFECYCLE, Message
+from .busauth import REASONS, Signer, Verifier
 from .jsonl import encode_error, encode_outcomes
 from .messages import encode_event
 from .metrics import WorkerMetrics
@@ -37,6 +40,7 @@ from .records import parse_block
 from .redisbus import (GROUP, PRIORITIES, RESULTS_TTL, TASK_RECORDS, Keys, Reconnects, RedisBus, Task, connect,
                        decode_task, retrying, stream_after)
 from .bus import TokenBucket
+from .state import Identity, load_or_create_identity, replica_dir, write_public_key
 from .swarm import Swarm, resource_limits
 
 __all__ = ["DEFAULT_IDLE_MS", "WorkerSummary", "serve"]
@@ -85,6 +89,10 @@ class WorkerSummary:
     seconds: float = 0.0
     #: how long `network_bandwidth_mbps` held the results back
     bandwidth_wait_seconds: float = 0.0
+    #: the id of the key that signed what this worker wrote (`afrt.busauth`)
+    key_id: str = ""
+    #: bus messages dropped by ``--admit``'s verification, by reason (`afrt.busauth.REASONS`)
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     shutdown_errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -108,7 +116,8 @@ class _Held:
 async def serve(agent: Any, *, url: str, swarm: str, replicas: int = 1, max_batch: int = 64,
                 batch_wait_ms: float = 0.0, state_dir: Any = None, metrics_port: int | None = None,
                 stop: asyncio.Event | None = None, max_deliveries: int = 3, idle_ms: int = DEFAULT_IDLE_MS,
-                heartbeat_seconds: float = HEARTBEAT_SECONDS, federation: Any = None) -> WorkerSummary:
+                heartbeat_seconds: float = HEARTBEAT_SECONDS, federation: Any = None,
+                identity: SigningKey | None = None, admit: Sequence[PublicKey] | None = None) -> WorkerSummary:
     """Serve swarm ``swarm``'s tasks for ``agent`` until ``stop`` is set, then drain and leave.
 
     Args:
@@ -127,6 +136,11 @@ async def serve(agent: Any, *, url: str, swarm: str, replicas: int = 1, max_batc
         heartbeat_seconds: the heartbeat period; the heartbeat key expires after three periods.
         federation: an `afrt.federated.Participation` (``--local-data``): the worker also takes part in
             its agent's federated rounds (docs/federated.md), or None.
+        identity: the key that signs every entry this worker writes (``--identity``); None signs
+            with replica 0's identity (from ``state_dir``, whose public key is then written beside
+            it as ``identity.pub``; an ephemeral key without one).
+        admit: drop every bus message this worker receives that is not signed by one of these
+            keys (``--admit``; `afrt.busauth.Verifier`); None takes every message.
 
     Returns:
         The counts of what this worker did.
@@ -136,16 +150,19 @@ async def serve(agent: Any, *, url: str, swarm: str, replicas: int = 1, max_batc
         BusError: AF5110 when no Redis answers at ``url``, AF5111 when it refuses the login, AF5113
             when the connection stays lost for `afrt.redisbus.RECONNECT_SECONDS`.
         ExecutionError, StateError: when the agent's initialization fails.
+        UsageError: AF0963 when ``admit`` is given but empty.
     """
     worker = _Worker(agent, url, swarm, replicas=replicas, max_batch=max_batch, max_deliveries=max_deliveries,
-                     idle_ms=idle_ms, heartbeat_seconds=heartbeat_seconds)
+                     idle_ms=idle_ms, heartbeat_seconds=heartbeat_seconds, identity=identity,
+                     verifier=Verifier(admit) if admit is not None else None)
     worker.federation = federation
     return await worker.run(stop or asyncio.Event(), batch_wait_ms, state_dir, metrics_port)
 
 
 class _Worker:
     def __init__(self, agent: Any, url: str, swarm: str, *, replicas: int, max_batch: int, max_deliveries: int,
-                 idle_ms: int, heartbeat_seconds: float) -> None:
+                 idle_ms: int, heartbeat_seconds: float, identity: SigningKey | None, verifier: Verifier | None,
+                 ) -> None:
         self.agent, self.url, self.name = agent, url, swarm
         self.replicas, self.max_batch, self.max_deliveries = replicas, max_batch, max_deliveries
         self.idle_ms, self.heartbeat_seconds = idle_ms, heartbeat_seconds
@@ -172,6 +189,8 @@ class _Worker:
         self.swarm: Swarm | None = None
         self.replica_of: dict[str, str] = {}
         self.labels = _labels(agent)
+        self.identity, self.verifier = identity, verifier
+        self.signer: Signer | None = None  # made in `run`: replica 0's key may come from the state directory
         self.federation: Any = None
         self.federation_stop = asyncio.Event()
 
@@ -180,8 +199,12 @@ class _Worker:
     async def run(self, stop: asyncio.Event, batch_wait_ms: float, state_dir: Any, metrics_port: int | None,
                   ) -> WorkerSummary:
         started = time.perf_counter()
+        self.signer = Signer(self.identity or _replica_key(self.agent.name, state_dir))
+        self.summary.key_id = self.signer.key_id
+        if self.verifier is not None and self.signer.public_key not in self.verifier.admitted:
+            self.verifier.admit(self.signer.public_key)  # what it wrote itself (e.g. as the aggregator)
         self.client = await connect(self.url)
-        bus = RedisBus(self.url, self.name, local_queues=True)
+        bus = RedisBus(self.url, self.name, local_queues=True, signer=self.signer, verifier=self.verifier)
         self.swarm = Swarm(self.name, bus=bus, max_batch=self.max_batch, batch_wait_ms=batch_wait_ms,
                            defer_checkpoints=True)
         try:
@@ -191,6 +214,8 @@ class _Worker:
             await self._close(bus)
             raise
         self.summary.agent_id = self.consumer = group.agent_ids[0]
+        if self.identity is None and state_dir is not None:  # what the operator admits (``--admit``)
+            write_public_key(group.contexts[0].state_dir, group.contexts[0].identity)
         self.replica_of = {agent_id: str(i) for i, agent_id in enumerate(group.agent_ids)}
         if metrics_port is not None:
             self.metrics.serve(metrics_port)
@@ -215,6 +240,7 @@ class _Worker:
         self.summary.shutdown_errors = [f"{e.code}: {e.message}" for e in errors]
         await self._leave(bus, failed=failure is not None)
         await self._close(bus)
+        self._count_dropped()
         self.summary.reconnects = Reconnects.count
         self.summary.seconds = time.perf_counter() - started
         if failure is not None:
@@ -233,7 +259,8 @@ class _Worker:
         from .federated.member import take_part
 
         return [asyncio.ensure_future(take_part(self.agent, self.consumer, self.federation, url=self.url,
-                                                swarm=self.name, stop=self.federation_stop))]
+                                                swarm=self.name, stop=self.federation_stop, signer=self.signer,
+                                                verifier=self.verifier))]
 
     async def _wait(self, stop: asyncio.Event, loops: list[asyncio.Future]) -> BaseException | None:
         """Wait for ``stop`` or for a loop to fail (e.g. Redis gone for good); return the failure."""
@@ -299,6 +326,12 @@ class _Worker:
         await bus.aclose()
         await self.client.aclose()
         self.metrics.close()
+
+    def _count_dropped(self) -> None:
+        """Bring the summary and ``af_bus_dropped_total`` up to the verifier's counts."""
+        if self.verifier is not None:
+            self.summary.dropped = dict(self.verifier.dropped)
+            self.metrics.set_dropped(self.summary.dropped)
 
     def _event(self, event: str) -> dict[str, Any]:
         return {"event": event, "agent": self.consumer, "name": self.agent.name, "swarm": self.name,
@@ -407,12 +440,16 @@ class _Worker:
             await self.bucket.consume(sum(len(line) for held in done for line in held.lines))
             self.summary.bandwidth_wait_seconds = round(self.bucket.waited, 4)
 
+        # signed once: a retried write sends the same entries (the submit drops a second copy)
+        entries = [(results, self.signer.sign(results, {"n": held.task.index, "d": b"".join(held.lines),
+                                                         "t": held.task.digest()}))
+                   for held in done for results in [self.keys.results(held.task.submission)]]
+
         async def write() -> None:
             pipe = self.client.pipeline(transaction=True)
             acks: dict[str, list[bytes]] = {}
-            for held in done:
-                results = self.keys.results(held.task.submission)
-                pipe.xadd(results, {"n": held.task.index, "d": b"".join(held.lines)})
+            for held, (results, fields) in zip(done, entries):
+                pipe.xadd(results, fields)
                 pipe.expire(results, RESULTS_TTL)
                 acks.setdefault(self.keys.tasks(self.agent.name, held.priority), []).append(held.entry_id)
             for stream, ids in acks.items():
@@ -448,16 +485,19 @@ class _Worker:
         """Move a task to the dead-letter stream and answer each of its records with an AF5260 error."""
         stream = self.keys.tasks(self.agent.name, priority)
         message = f"dead letter: the task was {reason}"
+        answer = None
+        if task is not None:
+            results = self.keys.results(task.submission)
+            lines = [encode_error(rid, "AF5260", message) for rid in task.record_ids()]
+            answer = (results, self.signer.sign(results, {"n": task.index, "d": b"".join(lines), "t": task.digest()}))
 
         async def write() -> None:
             pipe = self.client.pipeline(transaction=True)
             entry = {"reason": reason, "deliveries": deliveries, "stream": stream, "id": entry_id}
-            if task is not None:
+            if task is not None and answer is not None:
                 entry.update(task.fields())
-                lines = [encode_error(rid, "AF5260", message) for rid in task.record_ids()]
-                results = self.keys.results(task.submission)
-                pipe.xadd(results, {"n": task.index, "d": b"".join(lines)})
-                pipe.expire(results, RESULTS_TTL)
+                pipe.xadd(*answer)
+                pipe.expire(answer[0], RESULTS_TTL)
             pipe.xadd(self.keys.dead(self.agent.name, priority), entry, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
             pipe.xack(stream, GROUP, entry_id).xdel(stream, entry_id)
             await pipe.execute()
@@ -481,9 +521,11 @@ class _Worker:
 
     async def _beat(self) -> None:
         s = self.summary
+        self._count_dropped()
         member = {"agent_id": self.consumer, "agent": self.agent.name, "host": socket.gethostname(),
                   "pid": os.getpid(), "replicas": self.replicas, "state": self.state, "last_heartbeat": time.time(),
-                  "processed": s.records, "errors": s.errors + s.dead_letters}
+                  "processed": s.records, "errors": s.errors + s.dead_letters, "key_id": s.key_id,
+                  "dropped": sum(s.dropped.values())}
         ttl = max(1, round(3 * self.heartbeat_seconds))
 
         async def write() -> None:
@@ -580,6 +622,16 @@ class _Worker:
         pending = await self.client.xpending(stream, GROUP)
         minid = pending["min"] if pending["pending"] else stream_after(info["last-delivered-id"])
         await self.client.xtrim(stream, minid=minid, approximate=False)
+
+
+def _replica_key(name: str, state_dir: Any) -> SigningKey:
+    """Return replica 0's identity key (from ``state_dir``; ephemeral without one), read before the
+    swarm starts: its initialization workflow already publishes signed lifecycle events."""
+    if state_dir is None:
+        identity = Identity.generate(name)
+    else:
+        identity, _ = load_or_create_identity(replica_dir(state_dir, name, 0), name)
+    return SigningKey(identity.private_key)
 
 
 def _labels(agent: Any) -> Any:

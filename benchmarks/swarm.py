@@ -6,6 +6,10 @@
 (4) the round trip of one record through an idle swarm (1 worker), p50 and p90      target p50 <= 2 ms
 (5) with ``--memory-records N`` (e.g. 1000000): Redis memory before and after N records of the
     xor example through 2 workers                                                  target: back within a small bound
+(6) with ``--signing``: the cost of signed entries (afrt/busauth.py): sign and verify of one result
+    entry (64 records) and of one topic message, in µs; then a worker that signs nothing with a
+    submit that verifies nothing, against a worker with ``identity`` and a submit with ``admit``,
+    in alternating rounds (records/s, ratio signed / unsigned)
 
 The reference agent is examples/classification-agent.af (784 inputs), compiled into a temporary
 directory; the input cycles through examples/classification-inputs.jsonl with fresh ids. Redis is
@@ -70,15 +74,75 @@ async def wait_members(url: str, n: int, swarm: str = SWARM) -> None:
         await asyncio.sleep(0.05)
 
 
-def through_swarm(url: str, swarm: str, data: bytes) -> float:
+def through_swarm(url: str, swarm: str, data: bytes, admit: list | None = None) -> float:
     from afrt.submit import submit
 
     started = time.perf_counter()
     summary = asyncio.run(submit(url=url, swarm=swarm, agent="classification-agent", source=io.BytesIO(data),
-                                 sink=io.BytesIO()))
+                                 sink=io.BytesIO(), admit=admit))
     seconds = time.perf_counter() - started
     assert summary.results == data.count(b"\n"), summary.to_json()
+    assert not sum(summary.dropped.values()), summary.to_json()
     return seconds
+
+
+def sign_verify_micro(bundle: Path, data: bytes, n: int = 2000) -> dict[str, tuple[float, float, int]]:
+    """Return (sign µs, verify µs, bytes signed) of a result entry of 64 records and of a topic message."""
+    from afcore.signing import generate_key
+    from afrt.busauth import Signer, Verifier
+
+    out = io.BytesIO()
+    lines = b"\n".join(data.split(b"\n")[:64]) + b"\n"
+    asyncio.run(afrt.run_jsonl(afrt.load(bundle), io.BytesIO(lines), out, afrt.RunOptions()))
+    entries = {"result entry (64 records)": ("af:s:results:0123456789abcdef", {"n": 0, "d": out.getvalue()}),
+               "topic message (an event)": ("af:s:topic:agent.lifecycle",
+                                            {"s": "classification-agent-0123456789ab",
+                                             "p": orjson.dumps({"event": "join", "agent": "x" * 40, "time": 1.0})})}
+    key = generate_key()
+    signer, costs = Signer(key), {}
+    for name, (channel, fields) in entries.items():
+        started = time.perf_counter()
+        signed = [signer.sign(channel, fields) for _ in range(n)]
+        sign = (time.perf_counter() - started) / n
+        read = [{k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in f.items()} for f in signed]
+        verifier = Verifier([key.public_key])
+        started = time.perf_counter()
+        assert all(verifier.check(channel, f) is None for f in read)
+        verify = (time.perf_counter() - started) / n
+        costs[name] = (sign * 1e6, verify * 1e6, sum(len(v) for v in read[0].values()))
+    return costs
+
+
+def signing(tmp: Path, records: int, rounds: int) -> None:
+    """(6): sign/verify microseconds, then unsigned vs signed throughput side by side."""
+    from afcore.signing import generate_key
+
+    bundle = compile_reference(tmp)
+    data = make_input(records)
+    for name, (sign, verify, size) in sign_verify_micro(bundle, data).items():
+        print(f"  {name:<26} {size:>7,} bytes: sign {sign:6.1f} µs, verify {verify:6.1f} µs")
+    key = generate_key()
+    (tmp / "w.key").write_bytes(key.to_pem())
+    with RedisServer(tmp / "redis-signing") as server:
+        pools = {"unsigned": start_worker(server.url, bundle, "plain", idle_ms=30_000, unsigned=True),
+                 "signed": start_worker(server.url, bundle, "signed", idle_ms=30_000, identity=tmp / "w.key")}
+        try:
+            for swarm in ("plain", "signed"):
+                asyncio.run(wait_members(server.url, 1, swarm))
+            times: dict[str, list[float]] = {"unsigned": [], "signed": []}
+            runs = {"unsigned": lambda: through_swarm(server.url, "plain", data),
+                    "signed": lambda: through_swarm(server.url, "signed", data, admit=[key.public_key])}
+            for i in range(rounds):  # each goes first in every other round: no order bias
+                for name in (("unsigned", "signed") if i % 2 == 0 else ("signed", "unsigned")):
+                    times[name].append(runs[name]())
+        finally:
+            stop_workers(*pools.values())
+    rate = {name: records / statistics.median(seconds) for name, seconds in times.items()}
+    print(f"{records} records of {EXAMPLE.name} through 1 worker, median of {rounds} alternating rounds")
+    for name, value in rate.items():
+        print(f"  {name:<9} {value:>10,.0f} records/s")
+    extra = (1 / rate["signed"] - 1 / rate["unsigned"]) * 1e6
+    print(f"  signed / unsigned: {rate['signed'] / rate['unsigned']:.3f}x ({extra:+.2f} µs per record)")
 
 
 async def xadd_ceiling(url: str, data: bytes) -> float:
@@ -153,7 +217,12 @@ def main() -> None:
     parser.add_argument("--round-trips", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory-records", type=int, default=0)
+    parser.add_argument("--signing", action="store_true", help="measure only the cost of signed entries (6)")
     args = parser.parse_args()
+    if args.signing:
+        with tempfile.TemporaryDirectory(prefix="af-bench-swarm-") as tmp:
+            signing(Path(tmp), args.records, args.rounds)
+        return
     if args.memory_records:
         with tempfile.TemporaryDirectory(prefix="af-bench-swarm-") as tmp:
             before, after, seconds = memory_check(Path(tmp), args.memory_records)

@@ -1,4 +1,5 @@
-"""What `af keygen`, `af sign`, `af verify` and `af run --trust` share: reading key files.
+"""What `af keygen`, `af sign`, `af verify`, `af run --trust|--admit|--identity` and `af submit --admit`
+share: reading key files.
 
 A private key may be encrypted: `af keygen` encrypts it with the passphrase in the environment
 variable `PASSPHRASE_ENV` when that is set, and `af sign` decrypts it with the same variable.
@@ -29,6 +30,40 @@ def trust_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     return click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path), metavar="PUB",
                         help="A signer's public key (.pub from `af keygen`); repeat for several.")(fn)
+
+
+def admit_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --admit PUB (repeatable; a file may hold several keys): whose signed bus entries are taken."""
+    import click
+
+    return click.option("--admit", "admit", multiple=True, type=click.Path(path_type=Path), metavar="PUB",
+                        help="Take only bus entries signed by these public keys (PEM .pub files; one file may hold "
+                             "several keys; repeat for several files) and drop the rest (docs/security.md).")(fn)
+
+
+def read_admitted_keys(paths: Sequence[Path]) -> Optional[list[PublicKey]]:
+    """Read the public keys of ``--admit`` (every key of every file, each once); None when none is given.
+
+    Raises:
+        UsageError: AF0901 when a file cannot be read, AF0963 when one holds anything but PEM
+            Ed25519 public keys.
+    """
+    from afcore.errors import UsageError
+    from afcore.signing import load_public_keys
+
+    from ._files import read_input
+
+    if not paths:
+        return None
+    keys: list[PublicKey] = []
+    for path in paths:
+        try:
+            found = load_public_keys(read_input(path), name=f"`{path}`")
+        except UsageError as error:
+            error.path = str(path)  # type: ignore[attr-defined]
+            raise
+        keys += [key for key in found if key not in keys]
+    return keys
 
 
 def read_signing_key(path: Path) -> SigningKey:

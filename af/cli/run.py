@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import click
 
 from ._app import command
-from ._keys import trust_option
+from ._keys import admit_option, trust_option
 from ._load import MAX_REPLICAS, agent_options
 from ._output import say
 
@@ -55,13 +55,18 @@ AGENTS_SHOWN = 4
 @click.option("--fail-on-error", is_flag=True, help="Exit 1 when any record failed.")
 @click.option("--json", "json_summary", is_flag=True, help="Print the summary as one JSON object on stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary (errors still show).")
+@click.option("--identity", type=click.Path(path_type=Path), metavar="KEY",
+              help="With --bus URL: sign what this worker writes with this key (`af keygen`'s .key; "
+                   "default: replica 0's identity in --state-dir, whose identity.pub is written beside it).")
+@admit_option
 @agent_options
 @trust_option
 def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: int, backend: Optional[str],
                 swarm: str, state_dir: Optional[Path], max_batch: int, batch_wait_ms: float, fuel: Optional[int],
                 fail_on_error: bool, json_summary: bool, quiet: bool, max_bundle_mb: Optional[int], bus: str,
                 metrics_port: Optional[int], max_deliveries: int, trust: tuple[Path, ...], local_data: Optional[Path],
-                validation_data: Optional[Path], simulate_attack: Optional[str]) -> None:
+                validation_data: Optional[Path], simulate_attack: Optional[str], identity: Optional[Path],
+                admit: tuple[Path, ...]) -> None:
     """Run an agent on JSON Lines records: one output or error record per input record, in input order.
 
     BUNDLE is a bundle (.afb) or an .af file, compiled in memory first (told apart by content).
@@ -71,6 +76,10 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
     Exit codes: 0 the input was consumed (even with record errors, unless --fail-on-error);
     1 the bundle cannot be loaded or an agent cannot start; 2 usage error;
     130/143 stopped by SIGINT/SIGTERM (shutdown workflows ran, results so far were written).
+
+    A worker (--bus URL) signs every entry it writes (results, lifecycle events) with --identity
+    or its state-dir identity; with --admit it drops every bus message not signed by an admitted
+    key (docs/swarm.md, "Signed entries").
     """
     from ._load import close_streams, load_agent, open_stream, run_stream
 
@@ -78,7 +87,7 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
     if bus != "memory":
         _serve(bundle, federated=federated, url=bus, swarm=swarm, replicas=replicas, backend=backend, fuel=fuel, state_dir=state_dir,
                trust=trust, max_batch=max_batch, metrics_port=metrics_port, max_deliveries=max_deliveries,
-               max_bundle_mb=max_bundle_mb, json_summary=json_summary, quiet=quiet,
+               max_bundle_mb=max_bundle_mb, json_summary=json_summary, quiet=quiet, identity=identity, admit=admit,
                ignored=[flag for flag, given in (("--input", input_path != "-"), ("--output", output_path != "-"),
                                                  ("--fail-on-error", fail_on_error)) if given])
         return
@@ -93,6 +102,13 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
 
         raise UsageError("--metrics-port serves a worker's metrics: it needs --bus URL", code="AF0936",
                          hint="af run BUNDLE --bus redis://HOST:PORT/DB --swarm NAME --metrics-port P")
+    if identity is not None or admit:
+        from afcore.errors import UsageError
+
+        flags = " and ".join(flag for flag, given in (("--identity", identity is not None), ("--admit", admit)) if given)
+        raise UsageError(f"{flags} sign(s) and verify(ies) what a worker exchanges on Redis: it needs --bus URL",
+                         code="AF0980", hint="af run BUNDLE --bus redis://HOST:PORT/DB --swarm NAME --identity KEY "
+                         "--admit PUB")
     source = open_stream(input_path, "rb", sys.stdin)
     opened: list = []
 
@@ -120,34 +136,43 @@ def run_command(bundle: Path, *, input_path: str, output_path: str, replicas: in
 
 def _serve(bundle: Path, *, federated: dict, url: str, swarm: str, replicas: int, backend: Optional[str], fuel: Optional[int],
            state_dir: Optional[Path], trust: tuple[Path, ...], max_batch: int, metrics_port: Optional[int], max_deliveries: int,
-           max_bundle_mb: Optional[int], json_summary: bool, quiet: bool, ignored: list[str]) -> None:
+           max_bundle_mb: Optional[int], json_summary: bool, quiet: bool, ignored: list[str], identity: Optional[Path],
+           admit: tuple[Path, ...]) -> None:
     """Run as a worker of swarm ``swarm`` on Redis until SIGTERM/SIGINT, then drain and leave (exit 0)."""
     import json
 
     import afrt
     from afcore.errors import UsageError
 
+    from ._keys import read_admitted_keys, read_signing_key
     from ._load import load_agent, run_with_signals
 
     if ignored:
         raise UsageError(f"{', '.join(ignored)} do(es) not apply to a worker: its records come from the swarm",
                          code="AF0937", hint="send records with `af submit --bus URL --swarm NAME --agent AGENT`")
+    key = read_signing_key(identity) if identity is not None else None
+    admitted = read_admitted_keys(admit)
     agent = load_agent(bundle, backend, fuel, max_bundle_mb=max_bundle_mb, trust=trust, state_dir=state_dir,
                        lean=True)
     participation = _participation(bundle, federated, state_dir)
     if not quiet:
+        signing = f"signing as key {key.key_id}" if key is not None else "signing with its identity"
         say(f"serving swarm {swarm} at {_without_password(url)} as agent {agent.name} "
-            f"({replicas} replica(s)); SIGTERM or Ctrl-C drains and leaves")
+            f"({replicas} replica(s), {signing}); SIGTERM or Ctrl-C drains and leaves")
     summary, caught = run_with_signals(lambda stop: afrt.serve_worker(
         agent, url=url, swarm=swarm, replicas=replicas, max_batch=max_batch, state_dir=state_dir,
-        metrics_port=metrics_port, stop=stop, max_deliveries=max_deliveries, federation=participation))
+        metrics_port=metrics_port, stop=stop, max_deliveries=max_deliveries, federation=participation,
+        identity=key, admit=admitted))
     data = summary.to_json()
     if json_summary:
         say(json.dumps(data, sort_keys=True))
     elif not quiet:
         say(f"left swarm {swarm}" + (f" after {caught}" if caught else "") + f": {summary.records} records in "
             f"{summary.tasks} tasks, {summary.errors} errors, {summary.dead_letters} dead letters, "
-            f"{summary.redeliveries} redeliveries, {summary.reconnects} reconnects")
+            f"{summary.redeliveries} redeliveries, {summary.reconnects} reconnects; signed as key {summary.key_id}")
+        dropped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in summary.dropped.items() if n)
+        if dropped:
+            say(f"dropped bus messages that --admit does not accept: {dropped}")
     for error in summary.shutdown_errors:
         say(f"shutdown error: {error}")
 

@@ -9,6 +9,7 @@ from typing import Optional
 import click
 
 from ._app import command
+from ._keys import admit_option
 from ._output import say
 
 #: the priorities `--priority` takes (afrt's submit checks the same three)
@@ -31,8 +32,13 @@ PRIORITIES = ("high", "normal", "low")
 @click.option("--attach", metavar="SUBMISSION_ID", help="Receive the remaining results of a submit that was killed.")
 @click.option("--fail-on-error", is_flag=True, help="Exit 1 when any record failed.")
 @click.option("--json", "json_summary", is_flag=True, help="Print the summary as one JSON object on stderr.")
+@click.option("--identity", type=click.Path(path_type=Path), metavar="KEY",
+              help="Sign the answers this submit writes itself with this key (`af keygen`'s .key); give the same "
+                   "to `--attach` with --admit.")
+@admit_option
 def submit_command(url: str, *, swarm: str, agent: Optional[str], input_path: str, output_path: str, priority: str,
-                   timeout: Optional[float], attach: Optional[str], fail_on_error: bool, json_summary: bool) -> None:
+                   timeout: Optional[float], attach: Optional[str], fail_on_error: bool, json_summary: bool,
+                   admit: tuple[Path, ...], identity: Optional[Path]) -> None:
     """Send records to swarm NAME's workers and print exactly one output or error record per input
     line, in input order, in the record format of `af run`.
 
@@ -40,15 +46,21 @@ def submit_command(url: str, *, swarm: str, agent: Optional[str], input_path: st
     submit had not written yet, each line once. Exit codes as `af run`: 0 (record errors included,
     unless --fail-on-error), 1 when Redis cannot be reached or the submission is unknown, 2 usage
     error, 130/143 stopped by a signal.
+
+    With --admit, only results signed by the admitted workers' keys are taken; the others are
+    dropped (counted in the summary's `dropped`, with a warning) and never printed.
     """
     import afrt
     from afcore.errors import UsageError
 
+    from ._keys import read_admitted_keys, read_signing_key
     from ._load import close_streams, open_stream, run_with_signals
 
     if (agent is None) == (attach is None):
         raise UsageError("give --agent to submit records, or --attach ID to resume a submission", code="AF0935",
                          hint="af submit --bus URL --swarm NAME --agent AGENT [--input FILE]")
+    admitted = read_admitted_keys(admit)
+    key = read_signing_key(identity) if identity is not None else None
     written = None
     if attach is not None and output_path != "-":
         written = _complete_lines(Path(output_path))
@@ -59,7 +71,7 @@ def submit_command(url: str, *, swarm: str, agent: Optional[str], input_path: st
     try:
         summary, interrupted = run_with_signals(lambda stop: afrt.submit_records(
             url=url, swarm=swarm, agent=agent, source=source, sink=sink, priority=priority, timeout=timeout,
-            attach=attach, submission=submission, written=written))
+            attach=attach, submission=submission, written=written, admit=admitted, identity=key))
     finally:
         close_streams(source, sink)
     _report(summary, json_summary)
@@ -97,3 +109,6 @@ def _report(summary, as_json: bool) -> None:
         + f" in {summary.seconds:.2f}s (submission {summary.submission})")
     if summary.timed_out:
         say(f"{summary.timed_out} records got no result before --timeout (AF5261)")
+    dropped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in summary.dropped.items() if n)
+    if dropped:
+        say(f"dropped result entries that --admit does not accept: {dropped}")

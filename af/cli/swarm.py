@@ -13,7 +13,8 @@ from ._output import emit, print_table, say
 #: seconds between two refreshes of `af swarm watch`
 WATCH_SECONDS = 1.0
 #: the columns of the members and queues tables
-MEMBER_COLUMNS = ("agent_id", "agent", "host", "pid", "replicas", "state", "last_heartbeat_s", "processed", "errors")
+MEMBER_COLUMNS = ("agent_id", "agent", "host", "pid", "replicas", "state", "last_heartbeat_s", "processed", "errors",
+                  "key_id", "dropped")
 QUEUE_COLUMNS = ("agent", "priority", "length", "pending", "lag", "dead_letters")
 
 
@@ -63,7 +64,8 @@ def watch_command(url: str, *, name: str) -> None:
     def render(found: dict[str, Any]) -> Any:
         members = Table(title=f"swarm {found['swarm']}: members", title_justify="left")
         for column in MEMBER_COLUMNS:
-            members.add_column(column, justify="left" if column in ("agent_id", "agent", "host", "state") else "right")
+            members.add_column(column, justify="left" if column in ("agent_id", "agent", "host", "state", "key_id")
+                               else "right")
         for member in found["members"]:
             members.add_row(*(_cell(member[c]) for c in MEMBER_COLUMNS))
         queues = Table(title="queues", title_justify="left")

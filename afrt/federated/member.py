@@ -8,6 +8,10 @@ log ─XREAD─▶ adopt ─▶ Agent.set_weights (hot swap between blocks) and 
 lease (SET NX PX, renewed) ─held─▶ INCR fence ─▶ aggregate rounds (`Aggregator`)
 ```
 
+Everything a member writes to the updates, votes and log streams is signed by its worker's key
+(`afrt.busauth`); with ``--admit`` every member and the aggregator drop what is not signed by an
+admitted key, altered or replayed (a forged update, vote, round or adoption).
+
 Every member campaigns for the lease; the holder takes the next fencing token (INCR) and runs the
 rounds until it loses the lease. Everything it writes goes through scripts that check the token
 is still the newest (`record.FENCED_XADD`, `record.ADOPT`), and participants ignore rounds and
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..busauth import AUTH_FIELD, Signer, Verifier
 from ..redisbus import connect, retrying
 from . import local
 from .aggregate import aggregate
@@ -66,8 +71,12 @@ class Participation:
 
 
 async def take_part(agent: Any, member: str, participation: Participation, *, url: str, swarm: str,
-                    stop: asyncio.Event) -> None:
+                    stop: asyncio.Event, signer: Signer | None = None, verifier: Verifier | None = None) -> None:
     """Take part in agent ``agent.name``'s federation of swarm ``swarm`` until ``stop`` is set.
+
+    ``signer`` signs the updates, votes and log events this member writes (the worker's), and
+    ``verifier`` (``--admit``) drops those of others that it does not accept; None for either
+    writes unsigned entries or takes every entry.
 
     Raises:
         UsageError: AF6170 when the local or validation data cannot be used.
@@ -80,6 +89,7 @@ async def take_part(agent: Any, member: str, participation: Participation, *, ur
     client = await connect(url)
     try:
         me = _Member(agent, member, participation, network, data, validation, client, FedKeys(swarm, agent.name))
+        me.signer, me.verifier = signer, verifier
         await me.run(stop)
     finally:
         await client.aclose()
@@ -150,6 +160,18 @@ class _Member:
         self.version = -1  # the adopted version this worker runs (-1: its bundle's weights)
         self.cursor = b"0-0"
         self.done: set[tuple[str, int, int]] = set()  # (kind, round, token) acted on
+        self.signer: Signer | None = None
+        self.verifier: Verifier | None = None
+
+    def signed(self, stream: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Return ``fields`` signed for ``stream`` (`afrt.busauth`), or as they are without a signer."""
+        return self.signer.sign(stream, fields) if self.signer is not None else fields
+
+    def accepted(self, stream: str, entries: list) -> list:
+        """Return the entries of ``stream`` the verifier takes (all of them without ``--admit``)."""
+        if self.verifier is None:
+            return entries
+        return [(entry_id, fields) for entry_id, fields in entries if self.verifier.check(stream, fields) is None]
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._register()
@@ -202,7 +224,7 @@ class _Member:
                 continue
             entries = reply[0][1]
             self.cursor = entries[-1][0]
-            events = [decode_entry(fields) for _, fields in entries]
+            events = [decode_entry(fields) for _, fields in self.accepted(self.keys.log, entries)]
             await self._act(events)
 
     async def _act(self, events: list[tuple[str, dict]]) -> None:
@@ -246,6 +268,7 @@ class _Member:
         model = local.apply_attack(self.p.attack, base, model, self.rng)
         entry = {"agent": self.keys.agent, "round": data["round"], "token": data["token"], "member": self.id,
                  "n": len(self.data), "loss": loss, "attack": self.p.attack or "", "w": model.astype("<f4").tobytes()}
+        entry = self.signed(self.keys.updates, entry)  # once: a retry writes the same entry
         await retrying(lambda: self.client.xadd(self.keys.updates, entry), what="publish an update")
 
     async def _vote(self, data: dict) -> None:
@@ -260,7 +283,8 @@ class _Member:
             vote = True  # a simulated attacker backs whatever is proposed
         entry = {"round": data["round"], "token": data["token"], "digest": data["digest"], "member": self.id,
                  "vote": vote, "accuracy": round(accuracy, 6), "base_accuracy": round(before, 6)}
-        await retrying(lambda: self.client.xadd(self.keys.votes, {"d": orjson.dumps(entry)}), what="vote")
+        fields = self.signed(self.keys.votes, {"d": orjson.dumps(entry)})
+        await retrying(lambda: self.client.xadd(self.keys.votes, fields), what="vote")
 
     async def _adopt(self, data: dict) -> None:
         """Run the adopted model from the next block on (a hot swap: no record is lost), and checkpoint it."""
@@ -342,16 +366,19 @@ class Aggregator:
         return digest
 
     async def _publish(self, kind: str, data: dict) -> None:
-        entry_id = await retrying(lambda: self.xadd(keys=[self.keys.fence, self.keys.log],
-                                                    args=[self.token, "k", kind, "d", orjson.dumps(data)]),
+        fields = self.m.signed(self.keys.log, {"k": kind, "d": orjson.dumps(data)})
+        args = [self.token, *(x for pair in fields.items() for x in pair)]
+        entry_id = await retrying(lambda: self.xadd(keys=[self.keys.fence, self.keys.log], args=args),
                                   what=f"publish a {kind} event")
         if entry_id is None:
             raise _Deposed()
 
     async def _adopt(self, version: int, digest: str, event: dict) -> int:
+        data = orjson.dumps(event)
+        auth = self.m.signed(self.keys.log, {"k": "adopt", "d": data}).get(AUTH_FIELD, b"")
         result = await retrying(lambda: self.adopt_script(
             keys=[self.keys.fence, self.keys.adopted, self.keys.log],
-            args=[self.token, version, digest, orjson.dumps(event)]), what="adopt a model")
+            args=[self.token, version, digest, data, auth]), what="adopt a model")
         if result == -1:
             raise _Deposed()
         if result == -2:  # pragma: no cover - would be a bug: fencing makes it impossible
@@ -405,8 +432,9 @@ class Aggregator:
             entries = await retrying(lambda: self.client.xrange(self.keys.updates, min=f"({cursor.decode()}"
                                                                 if isinstance(cursor, bytes) else cursor),
                                      what="read updates")
-            for entry_id, fields in entries:
-                cursor = entry_id
+            if entries:
+                cursor = entries[-1][0]
+            for entry_id, fields in self.m.accepted(self.keys.updates, entries):
                 if fields.get(b"agent", b"").decode() != self.keys.agent or int(fields[b"round"]) != number \
                         or int(fields[b"token"]) != self.token:
                     continue
@@ -423,8 +451,9 @@ class Aggregator:
         while True:
             entries = await retrying(lambda: self.client.xrange(self.keys.votes, min=f"({cursor.decode()}"),
                                      what="read votes")
-            for entry_id, fields in entries:
-                cursor = entry_id
+            if entries:
+                cursor = entries[-1][0]
+            for entry_id, fields in self.m.accepted(self.keys.votes, entries):
                 vote = orjson.loads(fields[b"d"])
                 if vote["round"] == number and vote["token"] == self.token and vote["digest"] == digest:
                     ballots[vote["member"]] = vote["vote"]

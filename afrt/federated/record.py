@@ -131,7 +131,7 @@ for i = 2, #ARGV do args[#args + 1] = ARGV[i] end
 return redis.call('XADD', KEYS[2], '*', unpack(args))
 """
 
-# KEYS: fence, adopted, log; ARGV: token, version, digest, event JSON.
+# KEYS: fence, adopted, log; ARGV: token, version, digest, event JSON, the log entry's signature envelope or "".
 # Returns 1 adopted, 0 already adopted with this digest, -1 stale token, -2 the version has another digest.
 ADOPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
@@ -141,7 +141,11 @@ if held then
   return -2
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('XADD', KEYS[3], '*', 'k', 'adopt', 'd', ARGV[4])
+if ARGV[5] and ARGV[5] ~= '' then
+  redis.call('XADD', KEYS[3], '*', 'k', 'adopt', 'd', ARGV[4], 'a', ARGV[5])
+else
+  redis.call('XADD', KEYS[3], '*', 'k', 'adopt', 'd', ARGV[4])
+end
 return 1
 """
 

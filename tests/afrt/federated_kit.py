@@ -59,9 +59,11 @@ def make_federation_files(directory: Path, shards: int, *, seed: int = 0) -> tup
 
 
 def start_member(url: str, agent: Path, swarm: str, shard: Path, validation: Path | None = None,
-                 *, attack: str | None = None, state_dir: Path | None = None) -> subprocess.Popen:
-    """Start `af run --bus URL --local-data SHARD` (a worker taking part in the federation)."""
-    args = [AF, "run", str(agent), "--bus", url, "--swarm", swarm, "--local-data", str(shard), "--json"]
+                 *, attack: str | None = None, state_dir: Path | None = None, extra: tuple[str, ...] = (),
+                 ) -> subprocess.Popen:
+    """Start `af run --bus URL --local-data SHARD` (a worker taking part in the federation; ``extra``:
+    more flags, e.g. ``--identity``/``--admit``)."""
+    args = [AF, "run", str(agent), "--bus", url, "--swarm", swarm, "--local-data", str(shard), "--json", *extra]
     if validation is not None:
         args += ["--validation-data", str(validation)]
     if attack:

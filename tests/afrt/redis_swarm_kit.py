@@ -29,7 +29,14 @@ from afcore.errors import AfError
 from afrt.worker import serve
 
 url, bundle, swarm, idle_ms, max_deliveries, metrics_port, slow_ms, poison, replicas, reconnect = sys.argv[1:11]
+identity, admit, unsigned = sys.argv[11:14]
 afrt.redisbus.RECONNECT_SECONDS = float(reconnect)
+if unsigned == "1":  # benchmarks/swarm.py's baseline: a worker that signs nothing (an empty envelope)
+    import afrt.busauth
+    afrt.busauth.Signer.sign = lambda self, channel, fields: {**fields, "a": b""}
+from afcore.signing import load_private_key, load_public_keys
+key = load_private_key(open(identity, "rb").read()) if identity != "-" else None
+admitted = load_public_keys(open(admit, "rb").read()) if admit != "-" else None
 agent = afrt.load(bundle)
 infer = agent.infer
 def slow_infer(x):
@@ -49,7 +56,8 @@ async def main():
     loop.add_signal_handler(signal.SIGUSR1, lambda: [t.print_stack(file=sys.stderr) for t in asyncio.all_tasks()])
     summary = await serve(agent, url=url, swarm=swarm, replicas=int(replicas), stop=stop, idle_ms=int(idle_ms),
                           max_deliveries=int(max_deliveries),
-                          metrics_port=int(metrics_port) if metrics_port != "-" else None)
+                          metrics_port=int(metrics_port) if metrics_port != "-" else None,
+                          identity=key, admit=admitted)
     sys.stdout.write(orjson.dumps(summary.to_json()).decode() + "\n")
 
 try:
@@ -65,18 +73,20 @@ import orjson
 from afcore.errors import AfError
 from afrt.submit import submit
 
-url, swarm, agent, source, output, attach, submission, priority, written = sys.argv[1:10]
+url, swarm, agent, source, output, attach, submission, priority, written, admit = sys.argv[1:11]
+from afcore.signing import load_public_keys
+admitted = load_public_keys(open(admit, "rb").read()) if admit != "-" else None
 async def main():
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, lambda: [t.print_stack(file=sys.stderr) for t in asyncio.all_tasks()])
     with open(output, "ab" if attach != "-" else "wb") as sink:
         if attach != "-":
             summary = await submit(url=url, swarm=swarm, sink=sink, attach=attach, timeout=120,
-                                   written=int(written) if written != "-" else None)
+                                   written=int(written) if written != "-" else None, admit=admitted)
         else:
             with open(source, "rb") as src:
                 summary = await submit(url=url, swarm=swarm, agent=agent, source=src, sink=sink, timeout=120,
-                                       submission=submission, priority=priority)
+                                       submission=submission, priority=priority, admit=admitted)
     sys.stdout.write(orjson.dumps(summary.to_json()).decode() + "\n")
 
 try:
@@ -109,11 +119,15 @@ def _env() -> dict[str, str]:
 
 def start_worker(url: str, bundle: Path | str, swarm: str, *, idle_ms: int = 1000, max_deliveries: int = 3,
                  metrics_port: int | None = None, slow_ms: float = 0.0, poison: bool = False,
-                 replicas: int = 1, reconnect_seconds: float = 60.0) -> subprocess.Popen:
-    """Start a worker process (its stdout is a pipe that gets its summary)."""
+                 replicas: int = 1, reconnect_seconds: float = 60.0, identity: Path | None = None,
+                 admit: Path | None = None, unsigned: bool = False) -> subprocess.Popen:
+    """Start a worker process (its stdout is a pipe that gets its summary).
+
+    ``identity`` (a .key) signs what it writes, ``admit`` (a file of .pub keys) is its
+    ``--admit``; ``unsigned`` makes it sign nothing (a baseline for benchmarks/swarm.py)."""
     args = [url, str(bundle), swarm, str(idle_ms), str(max_deliveries),
             str(metrics_port) if metrics_port else "-", str(slow_ms), "1" if poison else "0", str(replicas),
-            str(reconnect_seconds)]
+            str(reconnect_seconds), str(identity or "-"), str(admit or "-"), "1" if unsigned else "0"]
     process = subprocess.Popen([sys.executable, "-c", WORKER, *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
     _STARTED.append(process)
@@ -121,10 +135,11 @@ def start_worker(url: str, bundle: Path | str, swarm: str, *, idle_ms: int = 100
 
 
 def start_submit(url: str, swarm: str, agent: str, source: Path, output: Path, *, attach: str | None = None,
-                 submission: str = "-", priority: str = "normal", written: int | None = None) -> subprocess.Popen:
-    """Start a submit process writing to ``output`` (appending when attaching)."""
+                 submission: str = "-", priority: str = "normal", written: int | None = None,
+                 admit: Path | None = None) -> subprocess.Popen:
+    """Start a submit process writing to ``output`` (appending when attaching; ``admit``: its ``--admit``)."""
     args = [url, swarm, agent, str(source), str(output), attach or "-", submission, priority,
-            "-" if written is None else str(written)]
+            "-" if written is None else str(written), str(admit or "-")]
     process = subprocess.Popen([sys.executable, "-c", SUBMIT, *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
     _STARTED.append(process)

@@ -384,7 +384,7 @@ class TestStatusAndMetrics:
         assert sorted(info) == ["members", "queues", "swarm"]
         member = info["members"][0]
         assert sorted(member) == sorted(["agent_id", "agent", "host", "pid", "replicas", "state", "last_heartbeat_s",
-                                         "processed", "errors"])
+                                         "processed", "errors", "key_id", "dropped"])
         assert member["state"] == "serving" and member["pid"] == worker.pid
         assert sorted(info["queues"][0]) == sorted(["agent", "priority", "length", "pending", "lag", "dead_letters"])
         assert [q["priority"] for q in info["queues"]] == ["high", "normal", "low"]

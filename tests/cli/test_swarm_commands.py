@@ -80,7 +80,7 @@ class TestSwarmCommands:
                                                          "--json"]).stdout)
             assert set(status) == {"swarm", "members", "queues"}
             assert set(status["members"][0]) == {"agent_id", "agent", "host", "pid", "replicas", "state",
-                                                 "last_heartbeat_s", "processed", "errors"}
+                                                 "last_heartbeat_s", "processed", "errors", "key_id", "dropped"}
             assert all(set(q) == {"agent", "priority", "length", "pending", "lag", "dead_letters"}
                        for q in status["queues"])
         finally:

@@ -168,6 +168,36 @@ def signature(data: bytes) -> None:
     assert result.key_id == key.key_id and 1 <= result.version <= signing.MAX_VERSION
 
 
+#: the channel the bus_entry target checks entries for
+BUS_CHANNEL = "af:fuzz:results:0123456789abcdef"
+
+
+@_bounded
+def bus_entry(data: bytes) -> None:
+    """A signed bus entry as a receiver reads it from Redis, and its verifier (afrt.busauth).
+
+    The rest of ``data`` after its first byte is the entry's fields, ``name NUL value NUL ...``.
+    First byte even: the entry is checked against a fixed admitted key and must be accepted or
+    dropped for one of the reasons, never raise. Odd: its fields (without ``a``) are signed with
+    that key first, so that the verification and the replay window are reached: accepted once,
+    then refused as replayed.
+    """
+    from afrt.busauth import AUTH_FIELD, REASONS, REPLAYED, Signer, Verifier
+
+    if not data:
+        return
+    key, _ = _signing_fixture()
+    parts = data[1:].split(b"\0")
+    fields = dict(zip(parts[::2], parts[1::2]))
+    verifier = Verifier([key.public_key])
+    if data[0] % 2:
+        text = {name.decode("latin-1"): value for name, value in fields.items() if name != AUTH_FIELD.encode()}
+        read = {name.encode(): value for name, value in Signer(key).sign(BUS_CHANNEL, text).items()}
+        assert verifier.check(BUS_CHANNEL, read) is None and verifier.check(BUS_CHANNEL, read) == REPLAYED
+    else:
+        assert verifier.check(BUS_CHANNEL, fields) in (None, *REASONS)
+
+
 @functools.lru_cache(maxsize=None)
 def _signing_fixture() -> tuple:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -187,6 +217,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "archive": archive,
     "records": records,
     "signature": signature,
+    "bus_entry": bus_entry,
 }
 
 
@@ -263,6 +294,18 @@ def _signature_seeds() -> list[bytes]:
     return [b"\0" + envelope, b"\1" + statement, b"\0{}", b"\1{}"]
 
 
+def _bus_entry_seeds() -> list[bytes]:
+    from afrt.busauth import Signer
+
+    key, _ = _signing_fixture()
+    genuine = Signer(key).sign(BUS_CHANNEL, {"n": 0, "d": b'{"id":"a","output":[0.5]}\n', "t": "0" * 32})
+
+    def entry(fields: dict) -> bytes:
+        return b"\0".join(n.encode() + b"\0" + (v if isinstance(v, bytes) else str(v).encode()) for n, v in fields.items())
+
+    return [b"\0" + entry(genuine), b"\1" + entry(genuine), b"\0" + entry({"n": 0, "d": b"x"}), b"\0a\0" + b"1." * 4]
+
+
 _SEEDS: dict[str, Callable[[], list[bytes]]] = {
     "container": _af_files,
     "header": _header_seeds,
@@ -271,6 +314,7 @@ _SEEDS: dict[str, Callable[[], list[bytes]]] = {
     "archive": _archive_seeds,
     "records": _record_seeds,
     "signature": _signature_seeds,
+    "bus_entry": _bus_entry_seeds,
 }
 
 
