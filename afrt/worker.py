@@ -255,7 +255,8 @@ class _Worker:
             from .federated.member import follow_adopted
 
             return [asyncio.ensure_future(follow_adopted(self.agent, url=self.url, swarm=self.name,
-                                                         stop=self.federation_stop, state_dir=state_dir))]
+                                                         stop=self.federation_stop, state_dir=state_dir,
+                                                         verifier=self.verifier))]
         from .federated.member import take_part
 
         return [asyncio.ensure_future(take_part(self.agent, self.consumer, self.federation, url=self.url,

@@ -113,13 +113,13 @@ async def adopt_model(agent: Any, client: Any, keys: FedKeys, network: local.Net
 
 
 async def follow_adopted(agent: Any, *, url: str, swarm: str, stop: asyncio.Event,
-                         state_dir: Path | None = None) -> None:
+                         state_dir: Path | None = None, verifier: Verifier | None = None) -> None:
     """Run each model the agent's federation adopts, from the next block on, until ``stop`` is set.
 
     For the workers that serve without taking part (no ``--local-data``): they read only the log's
     ``adopt`` events, so every worker of the agent runs the adopted version, not just participants.
     A worker whose weights are read-only (the wasm backend of an ABI v1 bundle) says so once and
-    keeps its bundle's weights.
+    keeps its bundle's weights. With a ``verifier`` (``--admit``), only adoptions it accepts count.
     """
     from afcore.errors import AfError
 
@@ -131,8 +131,11 @@ async def follow_adopted(agent: Any, *, url: str, swarm: str, stop: asyncio.Even
                                    what="read the federation log")
             if not reply:
                 continue
-            cursor = reply[0][1][-1][0]
-            adopted = [data for kind, data in (decode_entry(f) for _, f in reply[0][1]) if kind == "adopt"]
+            entries = reply[0][1]
+            cursor = entries[-1][0]
+            if verifier is not None:
+                entries = [(entry_id, f) for entry_id, f in entries if verifier.check(keys.log, f) is None]
+            adopted = [data for kind, data in (decode_entry(f) for _, f in entries) if kind == "adopt"]
             newest = max(adopted, key=lambda data: data["version"], default=None)
             if newest is None or newest["version"] <= version:
                 continue
