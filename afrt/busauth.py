@@ -65,9 +65,11 @@ AUTH_FIELD = "a"
 UNSIGNED, NOT_ADMITTED, BAD_SIGNATURE, REPLAYED = "unsigned", "not_admitted", "bad_signature", "replayed"
 #: a genuine result of a task its submit did not send (`afrt.submit` checks the task digest ``t``)
 FOREIGN_TASK = "foreign_task"
+#: a result entry whose fields are not a result (no index ``n`` or data ``d``): `afrt.submit` drops it
+MALFORMED = "malformed"
 #: every drop reason, with the code its warning carries
 REASONS = {UNSIGNED: "AF5400", NOT_ADMITTED: "AF5401", BAD_SIGNATURE: "AF5402", REPLAYED: "AF5403",
-           FOREIGN_TASK: "AF5404"}
+           FOREIGN_TASK: "AF5404", MALFORMED: "AF5405"}
 #: how far (in sequence numbers) an entry may lag the newest of its session and still be taken once
 REPLAY_WINDOW = 4096
 #: sessions a verifier remembers (the oldest is forgotten past this: a bound on memory)
@@ -283,7 +285,8 @@ class Verifier:
                 BAD_SIGNATURE: "its signature does not verify" + (f" with key {key_id.decode()}" if key_id else ""),
                 REPLAYED: f"it replays an entry of key {(key_id or b'?').decode()} already taken",
                 FOREIGN_TASK: "it answers a task under this submission's id that this submit did not send "
-                              "(another input)"}[reason]
+                              "(another input)",
+                MALFORMED: "it is not a result (no record index `n` or data `d`)"}[reason]
         since = f" ({count} more dropped for this reason in the last {WARN_SECONDS:.0f} s)" if count else ""
         _log.warning("warning[%s]: dropped an entry of %s: %s%s", REASONS[reason], channel, what, since)
 

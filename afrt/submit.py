@@ -11,6 +11,7 @@ It records in Redis how far it has written, so that a submit that was killed can
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from redis.exceptions import ResponseError
 from afcore.errors import BusError, ExecutionError, UsageError
 from afcore.signing import PublicKey, SigningKey, generate_key
 
-from .busauth import FOREIGN_TASK, REASONS, Signer, Verifier
+from .busauth import FOREIGN_TASK, MALFORMED, REASONS, Signer, Verifier
 
 from .jsonl import encode_error
 from .records import MAX_LINE_BYTES
@@ -30,6 +31,8 @@ from .redisbus import (GROUP, PRIORITIES, RESULTS_TTL, TASK_RECORDS, Keys, Task,
                        stream_after)
 
 __all__ = ["SubmitSummary", "new_submission_id", "status", "submit"]
+
+_log = logging.getLogger(__name__)
 
 #: records sent ahead of those written (bounds what a submission holds in Redis at once)
 WINDOW_RECORDS = 16_384
@@ -150,6 +153,14 @@ async def submit(*, url: str, swarm: str, agent: str | None = None, source: IO[b
     return summary
 
 
+def _result_of(fields: dict) -> tuple[int, list[bytes]] | None:
+    """Return a result entry's first record index and its output lines, or None when it is not one."""
+    index, data = fields.get(b"n"), fields.get(b"d")
+    if index is None or data is None or not index.isdigit() or len(index) > 18:
+        return None
+    return int(index), data.split(b"\n")[:-1]
+
+
 class _Receiver:
     """Reads a submission's results stream and writes the lines in order, each once."""
 
@@ -222,8 +233,11 @@ class _Receiver:
             self.last = entry_id
             if verifier is not None and verifier.check(self.results, fields) is not None:
                 continue  # counted in summary.dropped and warned about by the verifier
-            n = int(fields[b"n"])
-            lines = fields[b"d"].split(b"\n")[:-1]
+            parsed = _result_of(fields)
+            if parsed is None:
+                self._drop_malformed(fields)
+                continue
+            n, lines = parsed
             if verifier is not None and not self._ours(n, len(lines), fields.get(b"t")):
                 verifier.drop(FOREIGN_TASK, self.results, fields)
                 continue
@@ -233,6 +247,16 @@ class _Receiver:
                 else:
                     held[i] = line + b"\n"
             self.entries.append((entry_id, n + len(lines) - 1))
+
+    def _drop_malformed(self, fields: dict) -> None:
+        """Count (and warn once of) a result entry that is not one: written by hand or by a broken writer."""
+        if self.verifier is not None:
+            self.verifier.drop(MALFORMED, self.results, fields)
+            return
+        self.summary.dropped[MALFORMED] += 1
+        if self.summary.dropped[MALFORMED] == 1:
+            _log.warning("warning[AF5405]: dropped an entry of %s: it is not a result (no record index `n` "
+                         "or data `d`); find who writes to the swarm's streams", self.results)
 
     def _ours(self, n: int, count: int, digest: bytes | None) -> bool:
         """Return False when a signed result answers a task other than the one this submit sent for

@@ -14,7 +14,7 @@ import pytest
 
 from afcore.errors import UsageError
 from afcore.signing import generate_key, load_public_keys
-from afrt.busauth import (AUTH_FIELD, BAD_SIGNATURE, FOREIGN_TASK, NOT_ADMITTED, REPLAY_WINDOW, REPLAYED,
+from afrt.busauth import (AUTH_FIELD, BAD_SIGNATURE, FOREIGN_TASK, MALFORMED, NOT_ADMITTED, REPLAY_WINDOW, REPLAYED,
                           UNSIGNED, Signer, Verifier)
 
 CHANNEL = "af:s:results:0123456789abcdef"
@@ -131,7 +131,8 @@ class TestTampering:
     def test_unsigned_and_not_admitted(self, signer, verifier):
         assert verifier.check(CHANNEL, {b"n": b"0", b"d": b"x"}) == UNSIGNED
         assert verifier.check(CHANNEL, signed(Signer(generate_key()))) == NOT_ADMITTED
-        assert verifier.dropped == {UNSIGNED: 1, NOT_ADMITTED: 1, BAD_SIGNATURE: 0, REPLAYED: 0, FOREIGN_TASK: 0}
+        assert verifier.dropped == {UNSIGNED: 1, NOT_ADMITTED: 1, BAD_SIGNATURE: 0, REPLAYED: 0, FOREIGN_TASK: 0,
+                                    MALFORMED: 0}
 
     def test_a_forgery_under_an_admitted_key_id_is_a_bad_signature(self, key, verifier):
         forger = Signer(generate_key())

@@ -21,7 +21,7 @@ from redis_swarm_kit import finish, start_submit, start_worker, stop_workers, wr
 
 from afcore.signing import generate_key
 from afrt.bus import Message
-from afrt.busauth import BAD_SIGNATURE, FOREIGN_TASK, NOT_ADMITTED, REPLAYED, UNSIGNED, Signer, Verifier
+from afrt.busauth import BAD_SIGNATURE, FOREIGN_TASK, MALFORMED, NOT_ADMITTED, REPLAYED, UNSIGNED, Signer, Verifier
 from afrt.redisbus import RedisBus
 from afrt.submit import status, submit
 from float64_reference import forward64
@@ -83,7 +83,8 @@ class TestSubmitAdmit:
         summary = asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(SOURCE), sink=out,
                                      submission=sid, timeout=30, admit=[key.public_key]))
         assert out.getvalue() == GENUINE  # every record once, from the genuine entry
-        assert summary.dropped == {UNSIGNED: 1, NOT_ADMITTED: 1, BAD_SIGNATURE: 1, REPLAYED: 1, FOREIGN_TASK: 0}
+        assert summary.dropped == {UNSIGNED: 1, NOT_ADMITTED: 1, BAD_SIGNATURE: 1, REPLAYED: 1, FOREIGN_TASK: 0,
+                                   MALFORMED: 0}
         assert (summary.records, summary.results, summary.duplicates, summary.timed_out) == (2, 2, 0, 0)
         assert summary.to_json()["dropped"] == summary.dropped
 
@@ -95,6 +96,24 @@ class TestSubmitAdmit:
         summary = asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(SOURCE), sink=out,
                                      submission=sid, timeout=30))
         assert out.getvalue() == FORGED and sum(summary.dropped.values()) == 0
+
+    @pytest.mark.parametrize("admitted", [False, True], ids=["no-admit", "admit"])
+    def test_entries_that_are_not_results_are_dropped_and_counted(self, server, admitted):
+        # no index, a non-integer index, a negative one, no data: once a traceback of af submit
+        key = generate_key()
+        sid = "0123456789abcdea" if admitted else "0123456789abcdeb"
+        results = f"af:{SWARM}:results:{sid}"
+        worker = Signer(key)
+        r = redis.Redis.from_url(server.url)
+        for bad in ({"d": FORGED}, {"n": "zero", "d": FORGED}, {"n": "-1", "d": FORGED}, {"n": 0}):
+            r.xadd(results, worker.sign(results, bad))
+        r.xadd(results, worker.sign(results, {"n": 0, "d": GENUINE}))
+        r.close()
+        out = io.BytesIO()
+        summary = asyncio.run(submit(url=server.url, swarm=SWARM, agent=AGENT, source=io.BytesIO(SOURCE), sink=out,
+                                     submission=sid, timeout=30, admit=[key.public_key] if admitted else None))
+        assert out.getvalue() == GENUINE
+        assert summary.dropped[MALFORMED] == 4 and sum(summary.dropped.values()) == 4
 
     def test_a_submits_own_answers_are_signed_and_taken(self, server, monkeypatch):
         import afrt.submit
@@ -212,7 +231,8 @@ class TestRedisBusTopics:
 
         got, left, verifier = asyncio.run(main())
         assert got == [b"good 1", b"good 2"] and left == 0
-        assert verifier.dropped == {UNSIGNED: 1, NOT_ADMITTED: 1, BAD_SIGNATURE: 1, REPLAYED: 1, FOREIGN_TASK: 0}
+        assert verifier.dropped == {UNSIGNED: 1, NOT_ADMITTED: 1, BAD_SIGNATURE: 1, REPLAYED: 1, FOREIGN_TASK: 0,
+                                    MALFORMED: 0}
 
     def test_a_message_is_signed_for_its_swarm_and_topic(self, server):
         key = generate_key()
