@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,27 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from redis_swarm_kit import _STARTED, _env  # one list of started processes, killed at exit
 
 ROOT = Path(__file__).resolve().parents[2]
 AF = str(Path(sys.executable).parent / "af")
 AGENT = "fdigits"
-
-_STARTED: list[subprocess.Popen] = []
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for process in _STARTED:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 def make_federation_files(directory: Path, shards: int, *, seed: int = 0) -> tuple[Path, list[Path], Path]:
