@@ -12,7 +12,7 @@ import numpy as np
 from afcore.errors import UsageError
 
 from ..redisbus import connect, retrying
-from .record import FedConfig, FedKeys, read_history
+from .record import FedConfig, FedKeys, decode_entry, read_history
 
 __all__ = ["AdoptedModel", "federation_status", "find_agents", "follow_rounds", "history_is_consistent", "pull_model",
            "start_federation"]
@@ -48,23 +48,33 @@ async def start_federation(config: FedConfig, *, url: str, swarm: str) -> FedCon
 
 
 async def follow_rounds(*, url: str, swarm: str, agent: str, after: int = 0,
-                        poll_seconds: float = 0.2) -> AsyncIterator[dict[str, Any]]:
+                        wait_ms: int = 1000) -> AsyncIterator[dict[str, Any]]:
     """Yield each round past ``after`` as it is adopted (a `federation_status` row), and a row with
-    ``failed`` set when the aggregator gave a round up; end after the config's last round."""
+    ``failed`` set when the aggregator gave a round up; end after the config's last round.
+
+    It waits on the federation log (a blocking XREAD of ``wait_ms``) and reads the whole history
+    only when an adoption or a failure arrived: polling the history took most of a round's bytes.
+    """
     keys = FedKeys(swarm, agent)
     client = await connect(url)
     try:
-        seen = after
+        seen, cursor, changed = after, b"0-0", True
         while True:
-            history = await retrying(lambda: read_history(client, keys), what="read the federation")
-            target = (history["config"] or {}).get("target_round", 0)
-            for row in history["rounds"]:
-                if row["round"] > seen and (row["adopted"] or row["failed"]):
-                    seen = row["round"]
-                    yield row
-            if seen >= target:
-                return
-            await asyncio.sleep(poll_seconds)
+            if changed:
+                history = await retrying(lambda: read_history(client, keys), what="read the federation")
+                target = (history["config"] or {}).get("target_round", 0)
+                for row in history["rounds"]:
+                    if row["round"] > seen and (row["adopted"] or row["failed"]):
+                        seen = row["round"]
+                        yield row
+                if seen >= target:
+                    return
+            reply = await retrying(lambda: client.xread({keys.log: cursor}, count=1000, block=wait_ms),
+                                   what="read the federation log")
+            entries = reply[0][1] if reply else []
+            if entries:
+                cursor = entries[-1][0]
+            changed = any(decode_entry(fields)[0] in ("adopt", "fail") for _, fields in entries)
     finally:
         await client.aclose()
 
