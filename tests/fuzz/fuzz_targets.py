@@ -209,6 +209,28 @@ def _signing_fixture() -> tuple:
 
 
 #: target name -> function
+@_bounded
+def fann(data: bytes) -> None:
+    """`af import model.net`: the FANN_FLO_2.1 reader, then the .af it makes must compile."""
+    _import_and_compile(b"FANN_" + data.lstrip()[5:] if data.lstrip()[:5] != b"FANN_" else data)
+
+
+@_bounded
+def onnx_import(data: bytes) -> None:
+    """`af import model.onnx`: the ONNX MLP reader, then the .af it makes must compile."""
+    _import_and_compile(data)
+
+
+def _import_and_compile(data: bytes) -> None:
+    """What `af import` accepts, `af compile` compiles (an accepted file that does not is a bug)."""
+    from afc.agentfile import load_agent_bytes
+    from afc.compile import compile_agent
+    from afc.interop import import_model_bytes
+
+    source = import_model_bytes(data, path="fuzz-model", name="fuzzed")
+    compile_agent(load_agent_bytes(source, path="fuzzed.af").spec(), targets=("onnx",))
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "container": container,
     "header": header,
@@ -218,6 +240,8 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "records": records,
     "signature": signature,
     "bus_entry": bus_entry,
+    "fann": fann,
+    "onnx_import": onnx_import,
 }
 
 
@@ -306,6 +330,23 @@ def _bus_entry_seeds() -> list[bytes]:
     return [b"\0" + entry(genuine), b"\1" + entry(genuine), b"\0" + entry({"n": 0, "d": b"x"}), b"\0a\0" + b"1." * 4]
 
 
+def _fann_seeds() -> list[bytes]:
+    from afc import load_agent_file
+    from afc.fann import export_fann
+
+    network = load_agent_file(ROOT / "examples" / "xor.af").spec().network
+    return [export_fann(network).encode(), b"FANN_FLO_2.1\nnum_layers=2\n"]
+
+
+def _onnx_seeds() -> list[bytes]:
+    import zstandard
+
+    plain = _bundles()[0]
+    with tarfile.open(fileobj=io.BytesIO(zstandard.ZstdDecompressor().decompress(plain))) as tar:
+        model = tar.extractfile("model.onnx").read()
+    return [model, model[: len(model) // 2]]
+
+
 _SEEDS: dict[str, Callable[[], list[bytes]]] = {
     "container": _af_files,
     "header": _header_seeds,
@@ -315,6 +356,8 @@ _SEEDS: dict[str, Callable[[], list[bytes]]] = {
     "records": _record_seeds,
     "signature": _signature_seeds,
     "bus_entry": _bus_entry_seeds,
+    "fann": _fann_seeds,
+    "onnx_import": _onnx_seeds,
 }
 
 

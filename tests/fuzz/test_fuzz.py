@@ -19,6 +19,9 @@ from mutations import fuzz_inputs
 #: examples per target in the ordinary test run
 DEFAULT_EXAMPLES = 4000
 EXAMPLES = int(os.environ.get("AF_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
+#: the importers compile what they accept (a few ms an input): a quarter of the examples keeps them
+#: near the other targets' time; `make fuzz` gives them as long as the others
+SLOW_TARGETS = {"fann": 4, "onnx_import": 4}
 
 
 def fuzz_settings(examples: int = EXAMPLES) -> settings:
@@ -33,7 +36,7 @@ def test_target(name: str):
     for seed in fuzz_targets.seeds(name):  # every seed first: the targets accept what the repository holds
         target(seed)
 
-    @fuzz_settings()
+    @fuzz_settings(max(1, EXAMPLES // SLOW_TARGETS.get(name, 1)))
     @given(fuzz_inputs(fuzz_targets.seeds(name)))
     def fuzz(data: bytes) -> None:
         target(data)
