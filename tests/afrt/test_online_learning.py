@@ -324,3 +324,41 @@ class TestCheckpoints:
         fresh = afrt.load(bundle)
         fresh.set_weights(weights)  # the restarted agent answers with the checkpoint's weights
         np.testing.assert_array_equal(np.array([o["output"] for o in outputs], np.float32), fresh.infer(x_held[:5]))
+
+
+class TestOnARedisSwarm:
+    def test_a_worker_learns_from_submitted_targets_and_publishes_each_update(self, tmp_path, data):
+        """`af submit` of labelled records to an `af run --bus` worker: the targets cross the work queue,
+        the worker learns, and every update reaches a subscriber of neural.updates; the last one's
+        weights are those of the same stream run in one process (byte for byte)."""
+        from redis_server import RedisServer
+        from redis_swarm_kit import finish, start_submit, start_worker, stop_workers
+
+        from afrt.redisbus import RedisBus
+
+        x, y, _, _ = data
+        bundle = learning_bundle(tmp_path, SIZES, learn="update_weights(every=4)")
+        lines = labelled_lines(x[:40], [int(v) for v in y[:40]])
+        (tmp_path / "in.jsonl").write_bytes(lines)
+        reference = afrt.load(bundle)
+        run(reference, lines)
+
+        async def main(url: str):
+            listener = RedisBus(url, "ol")
+            updates = listener.subscribe("neural.updates", max_buffer_size=100)
+            worker = start_worker(url, bundle, "ol")
+            try:
+                submitted = await asyncio.to_thread(
+                    finish, start_submit(url, "ol", "learner", tmp_path / "in.jsonl", tmp_path / "out.jsonl"))
+                events = [decode_update((await asyncio.wait_for(updates.receive(), 30)).payload) for _ in range(10)]
+            finally:
+                worked = await asyncio.to_thread(stop_workers, worker)
+                await listener.aclose()
+            return submitted, events, worked[0]
+
+        with RedisServer(tmp_path / "redis") as server:
+            submitted, events, worked = asyncio.run(main(server.url))
+        assert submitted["results"] == 40 and submitted["errors"] == 0
+        assert [e["sequence"] for e in events] == list(range(1, 11)) and events[-1]["examples_total"] == 40
+        assert flat(events[-1]["weights"]) == flat(reference.weights())
+        assert worked["records"] == 40
