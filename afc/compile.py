@@ -130,7 +130,9 @@ def _lower_in_threads(spec: AgentSpec, targets: Sequence[str]) -> Lowered:
 def _lower_onnx(spec: AgentSpec) -> bytes:
     from .lower_onnx import network_model_bytes
 
-    return network_model_bytes(spec.network, graph_name=spec.name)
+    learns = any(step.name == "update_weights" for step in spec.workflows["execution"].steps) \
+        if "execution" in spec.workflows else False
+    return network_model_bytes(spec.network, graph_name=spec.name, weights_as_inputs=learns)
 
 
 def _lower_wasm(spec: AgentSpec) -> Any:

@@ -106,7 +106,8 @@ def _check_shapes(network: NetworkSpec) -> None:
         )
 
 
-def lower_network(network: NetworkSpec, *, graph_name: str = "agent", with_data: bool = True) -> onnx.ModelProto:
+def lower_network(network: NetworkSpec, *, graph_name: str = "agent", with_data: bool = True,
+                  weights_as_inputs: bool = False) -> onnx.ModelProto:
     """Build the ONNX model of a network (not yet checked: see `model_bytes`).
 
     Args:
@@ -114,6 +115,10 @@ def lower_network(network: NetworkSpec, *, graph_name: str = "agent", with_data:
         graph_name: the graph's name (the agent's name).
         with_data: False leaves the initializers' ``raw_data`` empty (name, type and dims only), the
             skeleton `network_model_bytes` completes without copying the weights into protobuf.
+        weights_as_inputs: also list each layer's weight and bias as a graph input (after ``input``),
+            with its initializer as the default: the model of an agent that learns (``update_weights``),
+            whose runtime feeds the current weights on every call instead of making a new session
+            after every step (docs/bundle.md, "Weights that change").
 
     Returns:
         The model, with a pinned opset (`OPSET`) and IR version (`IR_VERSION`).
@@ -141,6 +146,10 @@ def lower_network(network: NetworkSpec, *, graph_name: str = "agent", with_data:
         graph.node.extend(_layer_nodes(layer, activation, x, out))
         _add_initializer(graph, f"layers.{layer.index}.weight", layer.weight, with_data)
         _add_initializer(graph, f"layers.{layer.index}.bias", layer.bias, with_data)
+        if weights_as_inputs:
+            for part, array in (("weight", layer.weight), ("bias", layer.bias)):
+                graph.input.append(helper.make_tensor_value_info(f"layers.{layer.index}.{part}", TensorProto.FLOAT,
+                                                                 list(array.shape)))
         x = out
     return model
 
@@ -218,7 +227,7 @@ def _model_parts(skeleton: onnx.ModelProto, arrays: list[Any]) -> list[Any]:
     return [head.SerializeToString(), _field(_MODEL_GRAPH, graph_size), *graph_parts, rest.SerializeToString()]
 
 
-def network_model_bytes(network: NetworkSpec, *, graph_name: str = "agent") -> bytes:
+def network_model_bytes(network: NetworkSpec, *, graph_name: str = "agent", weights_as_inputs: bool = False) -> bytes:
     """Lower, serialize and check a network's model, copying each weight once (into the result).
 
     The same bytes as ``model_bytes(lower_network(network, graph_name=graph_name))``, about 5x faster on a
@@ -228,6 +237,7 @@ def network_model_bytes(network: NetworkSpec, *, graph_name: str = "agent") -> b
     Args:
         network: the network; weights float32 ``[out, in]``.
         graph_name: the graph's name (the agent's name).
+        weights_as_inputs: see `lower_network`.
 
     Returns:
         The serialized model, checked by ``onnx.checker.check_model(full_check=True)``.
@@ -236,7 +246,7 @@ def network_model_bytes(network: NetworkSpec, *, graph_name: str = "agent") -> b
         LoweringError: AF3001 for an unknown activation, AF3002 for inconsistent layer shapes, AF3007
             when the model exceeds protobuf's 2 GiB, AF3003 when the checker refuses it.
     """
-    skeleton = lower_network(network, graph_name=graph_name, with_data=False)
+    skeleton = lower_network(network, graph_name=graph_name, with_data=False, weights_as_inputs=weights_as_inputs)
     arrays = _normalization_arrays(network) + [array for layer in network.layers for array in (layer.weight, layer.bias)]
     _ensure_size(skeleton)
     return _check_bytes(b"".join(_model_parts(skeleton, arrays)), skeleton=skeleton)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -99,6 +100,13 @@ class OnnxModel:
         self.notices: list[str] = []
         self.input_name, self.output_name = input_name, output_name
         self._outputs = [output_name]
+        #: the layer weights the graph also takes as inputs (the model of an agent that learns:
+        #: `afc.lower_onnx.lower_network`'s ``weights_as_inputs``); `set_weights` then feeds new values
+        #: on every call instead of making a new session
+        self.weight_inputs = frozenset(arg.name for arg in self.session.get_overridable_initializers()
+                                       if _LAYER_TENSOR.fullmatch(arg.name))
+        #: what `run` feeds besides the records: the replaced weights, when the graph takes them
+        self._weight_feed: dict[str, np.ndarray] = {}
         self._errors = OnnxCallErrors(agent)
 
     def _new_session(self) -> object:
@@ -162,15 +170,23 @@ class OnnxModel:
     def set_weights(self, layers: Layers) -> None:
         """Make ``layers`` (checked by `afrt.weights.ensure_layers`) the model's weights.
 
-        The session is made again with the new values as overriding initializers
-        (``SessionOptions.add_initializer``), so onnxruntime still pre-packs them as constants and
-        inference runs exactly as fast as before (feeding them as graph inputs would cost every
-        call; docs/runtime.md). Calls already running finish on the old session; the next call
-        uses the new one. Replicas share this model, so all of them see the change.
+        The model of an agent that learns takes its weights as graph inputs too (`weight_inputs`):
+        copies of the new values are fed from the next call on (microseconds; each call costs a few
+        µs more than with constant weights, docs/runtime.md). Any other model's session is made again
+        with the new values as overriding initializers (``SessionOptions.add_initializer``, 1-2 ms),
+        so onnxruntime still pre-packs them as constants and inference runs exactly as fast as
+        before: weights that change once a federated round. Calls already running finish with the
+        old weights; the next call uses the new ones. Replicas share this model, so all of them see
+        the change.
 
         Raises:
             BundleError: AF5043 when onnxruntime refuses the session (a bug in af).
         """
+        names = {f"layers.{index}.{part}": array for index, pair in enumerate(layers)
+                 for part, array in zip(("weight", "bias"), pair)}
+        if names.keys() <= self.weight_inputs:  # an agent that learns: fed from the next call on, in µs
+            self._weight_feed = {name: np.array(array, dtype=np.float32, order="C") for name, array in names.items()}
+            return
         import onnxruntime as ort
 
         overrides = {}
@@ -216,7 +232,10 @@ class OnnxModel:
         Raises:
             InferenceError: AF5033 when onnxruntime fails.
         """
+        feed = self._weight_feed
         with self._errors:
+            if feed:
+                return self.session.run(self._outputs, {self.input_name: inputs, **feed})[0]
             return self.session.run(self._outputs, {self.input_name: inputs})[0]
 
     def replica(self) -> OnnxModel:
@@ -253,6 +272,8 @@ class OnnxModel:
 
 #: onnx TensorProto.FLOAT
 _ONNX_FLOAT = 1
+#: the name of a layer's weight or bias (initializer, and graph input when the agent learns)
+_LAYER_TENSOR = re.compile(r"layers\.[0-9]+\.(weight|bias)")
 
 
 def _float_tensor(tensor: Any, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -271,3 +271,26 @@ class TestCheckModelBytes:
         with pytest.raises(BundleError) as info:
             check_model_bytes(model.SerializeToString())
         assert info.value.code == "AF4022"
+
+
+class TestWeightsAsInputs:
+    """The model of an agent that learns lists its layer weights as graph inputs too, initializers as
+    defaults: the runtime feeds new weights instead of making a new session after every step."""
+
+    def test_only_a_learning_agents_model_takes_its_weights(self, make_network):
+        network = make_network([5, 4, 3], "tanh", "softmax")
+        learning = onnx.load_model_from_string(network_model_bytes(network, weights_as_inputs=True))
+        plain = onnx.load_model_from_string(network_model_bytes(network))
+        names = ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
+        assert [i.name for i in learning.graph.input] == ["input", *names]
+        assert [i.name for i in plain.graph.input] == ["input"]
+        assert [t.name for t in learning.graph.initializer] == names == [t.name for t in plain.graph.initializer]
+
+    def test_defaults_and_fed_weights_compute_the_network(self, make_network):
+        network, other = make_network([5, 4, 3], "tanh", "softmax"), make_network([5, 4, 3], "tanh", "softmax", seed=7)
+        model = onnx.load_model_from_string(network_model_bytes(network, weights_as_inputs=True))
+        x = np.random.default_rng(2).random((6, 5), dtype=np.float32)
+        reference = ReferenceEvaluator(model)
+        np.testing.assert_allclose(reference.run(None, {"input": x})[0], forward64(network, x), rtol=1e-5, atol=1e-6)
+        fed = {f"layers.{layer.index}.{part}": getattr(layer, part) for layer in other.layers for part in ("weight", "bias")}
+        np.testing.assert_allclose(reference.run(None, {"input": x, **fed})[0], forward64(other, x), rtol=1e-5, atol=1e-6)

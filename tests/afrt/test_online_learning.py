@@ -135,7 +135,12 @@ class TestDeterminism:
             agent = afrt.load(adam_bundle)
             outputs, _ = run(agent, lines, max_batch=max_batch)
             runs.append((flat(agent.weights()), [o["output"] for o in outputs]))
-        assert all(r == runs[0] for r in runs[1:])
+        assert all(weights == runs[0][0] for weights, _ in runs[1:])  # byte for byte, whatever the blocks
+        assert runs[1][1] == runs[0][1]  # the same blocks: the same outputs, bit for bit
+        # other blocks: onnxruntime's kernels for the weights it is fed (not constants) sum in another
+        # order for another batch size, so the last bits of an output may differ (docs/training.md)
+        for _, outputs in runs[2:]:
+            np.testing.assert_allclose(outputs, runs[0][1], rtol=0, atol=1e-6)
 
     def test_the_per_record_path_learns_what_the_batched_path_learns(self, adam_bundle, data):
         x, y, _, _ = data

@@ -193,3 +193,22 @@ class TestLeanLoading:
 
         gc.collect()
         assert not Path(spilled).exists()
+
+
+class TestLearningAgentsFeedTheirWeights:
+    def test_set_weights_feeds_the_new_weights_to_the_same_session(self, tmp_path):
+        from learning_kit import learning_bundle
+
+        bundle = learning_bundle(tmp_path, (5, 4, 3), activation="tanh", output="softmax")
+        with afrt.load(bundle, backend="onnx") as agent:
+            session = agent._engine.session
+            assert agent._engine.weight_inputs == {f"layers.{k}.{p}" for k in (0, 1) for p in ("weight", "bias")}
+            layers = random_layers([(5, 4), (4, 3)], seed=9)
+            agent.set_weights(layers)
+            assert agent._engine.session is session  # no new session: the weights are fed
+            x = np.random.default_rng(1).random((7, 5), dtype=np.float32)
+            expected = numpy_forward(layers, "tanh", "linear", x)
+            expected = np.exp(expected - expected.max(axis=1, keepdims=True))
+            np.testing.assert_allclose(agent.infer(x), expected / expected.sum(axis=1, keepdims=True), atol=1e-6)
+            layers[0][0][:] = 0  # the caller's arrays are copied: changing them changes nothing
+            np.testing.assert_allclose(agent.infer(x), expected / expected.sum(axis=1, keepdims=True), atol=1e-6)
