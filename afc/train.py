@@ -33,6 +33,7 @@ from afcore.learning import (
     DEFAULT_LEARNING_RATES,
     LOSSES,
     OPTIMIZERS,
+    SOFTMAX_SUM_TOLERANCE,
     Parameters,
     activate,
     activation_gradient,
@@ -71,8 +72,6 @@ __all__ = [
 DEFAULT_BATCH_SIZE = 32
 #: rows per forward pass when evaluating the validation set (bounds its memory)
 EVAL_CHUNK = 4096
-#: how far a softmax target row's sum may be from 1
-SOFTMAX_SUM_TOLERANCE = 1e-3
 
 
 # --- options, statistics, results --------------------------------------------------------------

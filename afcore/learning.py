@@ -34,6 +34,7 @@ __all__ = [
     "OPTIMIZER_CLASSES",
     "RPROP_ETAS",
     "RPROP_STEP_LIMITS",
+    "SOFTMAX_SUM_TOLERANCE",
     "Adam",
     "Parameters",
     "Rprop",
@@ -59,6 +60,8 @@ ADAM_EPSILON = 1e-8
 #: iRprop- factors for a step after a sign change and after none, and the limits of a step
 RPROP_ETAS = (0.5, 1.2)
 RPROP_STEP_LIMITS = (1e-6, 50.0)
+#: how far from 1 a softmax target row may sum (`af train` and online learning take the same targets)
+SOFTMAX_SUM_TOLERANCE = 1e-3
 #: Numerical Recipes' erfc Chebyshev fit, erfc(z) = t*exp(-z*z + P(t)), t = 1/(1+z/2); fractional
 #: error < 1.2e-7. The WebAssembly backend evaluates the same polynomial (afc._wasm_math).
 ERFC_P = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,

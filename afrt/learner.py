@@ -22,17 +22,15 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from afcore.errors import ExecutionError, StateError
-from afcore.learning import DEFAULT_LEARNING_RATES, Parameters, backprop, make_optimizer
+from afcore.learning import DEFAULT_LEARNING_RATES, SOFTMAX_SUM_TOLERANCE, Parameters, backprop, make_optimizer
 
 from .weights import decode_array, encode_array
 
 if TYPE_CHECKING:
     from afcore.steps import Step
 
-__all__ = ["SOFTMAX_SUM_TOLERANCE", "OnlineLearner", "Update", "learning_options"]
+__all__ = ["OnlineLearner", "Update", "learning_options"]
 
-#: how far from 1 a softmax target row may sum (af train's tolerance, afc.train.SOFTMAX_SUM_TOLERANCE)
-SOFTMAX_SUM_TOLERANCE = 1e-3
 _F32 = np.float32
 
 
