@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 
 from afcore import __version__
 from afcore.errors import BundleError, LoweringError
+from afcore.protowire import field_head
 
 from .spec import ONNX_MAX_MODEL_BYTES, onnx_model_bytes
 
@@ -179,20 +180,6 @@ def _add_initializer(graph: onnx.GraphProto, name: str, array: Any, with_data: b
         tensor.raw_data = array.astype("<f4", copy=False).tobytes()
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload_size: int) -> bytes:
-    """The key and length of a length-delimited protobuf field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(payload_size)
-
-
 #: protobuf field numbers used when splicing the weights into a serialized model (onnx.proto3)
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
 
@@ -220,11 +207,11 @@ def _model_parts(skeleton: onnx.ModelProto, arrays: list[Any]) -> list[Any]:
     graph_parts: list[Any] = [graph_head.SerializeToString()]
     for tensor, array in zip(graph.initializer, arrays):
         data = memoryview(np.ascontiguousarray(array, dtype="<f4").reshape(-1).view(np.uint8))
-        head_bytes = tensor.SerializeToString() + _field(_TENSOR_RAW_DATA, data.nbytes)
-        graph_parts += [_field(_GRAPH_INITIALIZER, len(head_bytes) + data.nbytes) + head_bytes, data]
+        head_bytes = tensor.SerializeToString() + field_head(_TENSOR_RAW_DATA, data.nbytes)
+        graph_parts += [field_head(_GRAPH_INITIALIZER, len(head_bytes) + data.nbytes) + head_bytes, data]
     graph_parts.append(graph_rest.SerializeToString())
     graph_size = sum(len(part) if isinstance(part, bytes) else part.nbytes for part in graph_parts)
-    return [head.SerializeToString(), _field(_MODEL_GRAPH, graph_size), *graph_parts, rest.SerializeToString()]
+    return [head.SerializeToString(), field_head(_MODEL_GRAPH, graph_size), *graph_parts, rest.SerializeToString()]
 
 
 def network_model_bytes(network: NetworkSpec, *, graph_name: str = "agent", weights_as_inputs: bool = False) -> bytes:

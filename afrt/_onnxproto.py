@@ -18,6 +18,8 @@ import sys
 from typing import Any, Iterator
 
 from afcore.errors import SandboxViolation
+from afcore.protowire import LENGTH_DELIMITED as _LEN
+from afcore.protowire import field_head
 
 from ._errormap import map_onnx_parse_errors
 
@@ -168,7 +170,6 @@ STRIP_MIN_BYTES = 1 << 16
 #: field numbers of onnx.proto on the way to an initializer's data: ModelProto.graph,
 #: GraphProto.initializer, TensorProto.raw_data
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
-_LEN = 2  # wire type of length-delimited fields
 
 
 class _Malformed(Exception):
@@ -272,19 +273,6 @@ def _wire(data: Any, span: _Span) -> int:
     return _varint(data, span.start, span.end)[0] & 7
 
 
-def _key_and_length(number: int, size: int) -> bytes:
-    return _encode_varint(number << 3 | _LEN) + _encode_varint(size)
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _without(view: memoryview, graph: _Span, tensors: list[tuple[_Span, list[_Span]]]) -> bytes:
     """The model with the given raw_data fields left out and the lengths around them adjusted."""
     graph_parts: list[bytes] = []
@@ -295,9 +283,9 @@ def _without(view: memoryview, graph: _Span, tensors: list[tuple[_Span, list[_Sp
             body.append(bytes(view[at : raw.start]))
             at = raw.end
         body.append(bytes(view[at : tensor.end]))
-        graph_parts += [bytes(view[pos : tensor.start]), _key_and_length(_GRAPH_INITIALIZER, sum(map(len, body))), *body]
+        graph_parts += [bytes(view[pos : tensor.start]), field_head(_GRAPH_INITIALIZER, sum(map(len, body))), *body]
         pos = tensor.end
     graph_parts.append(bytes(view[pos : graph.end]))
     graph_body = b"".join(graph_parts)
-    return b"".join([bytes(view[: graph.start]), _key_and_length(_MODEL_GRAPH, len(graph_body)), graph_body,
+    return b"".join([bytes(view[: graph.start]), field_head(_MODEL_GRAPH, len(graph_body)), graph_body,
                      bytes(view[graph.end :])])
