@@ -47,9 +47,24 @@ class TestFederation:
             plain = start_worker(server.url, agent, "fa", state_dir=tmp_path / "plain")
             members.append(plain)
             try:
-                code, out, err = finish(start_federation(server.url, "fa", "--rounds", "3", "--min-clients", "3",
-                                                         "--local-epochs", "2", "--round-timeout", "20",
-                                                         "--lease-seconds", "1"))
+                federation = start_federation(server.url, "fa", "--rounds", "3", "--min-clients", "3",
+                                              "--local-epochs", "2", "--round-timeout", "20", "--lease-seconds", "1")
+                # records keep coming while models are adopted and swapped in: each submit gets every
+                # record answered once, in order (the swap happens between blocks)
+                from safetensors.numpy import load_file
+
+                probe = load_file(str(test))["inputs"][:300]
+                stream = b"".join(orjson.dumps({"id": i, "input": row.tolist()}) + b"\n" for i, row in enumerate(probe))
+                answers = []
+                while federation.poll() is None:
+                    result = subprocess.run([AF, "submit", "--bus", server.url, "--swarm", "fa", "--agent", AGENT],
+                                            input=stream, capture_output=True, env=_env(), timeout=60)
+                    assert result.returncode == 0, result.stderr.decode()
+                    records = [orjson.loads(line) for line in result.stdout.splitlines()]
+                    assert [r["id"] for r in records] == list(range(300)) and all("output" in r for r in records)
+                    answers.append(np.array([r["output"] for r in records]))
+                assert len(answers) >= 2  # submits ran across the rounds
+                code, out, err = finish(federation)
                 assert code == 0, err
                 rows = [json.loads(line) for line in out.splitlines()]
                 assert [r["round"] for r in rows] == [1, 2, 3] and all(r["adopted"] for r in rows)
