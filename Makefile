@@ -55,6 +55,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/swarm.py
 	$(PY) benchmarks/wasm_layers.py
+	$(PY) benchmarks/online.py
+	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/federated.py
 
 clean:
 	rm -rf build .pytest_cache
