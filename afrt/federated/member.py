@@ -95,14 +95,24 @@ async def take_part(agent: Any, member: str, participation: Participation, *, ur
         await client.aclose()
 
 
+async def read_model(client: Any, keys: FedKeys, digest: str) -> np.ndarray:
+    """Return the stored model of ``digest`` as a flat float32 vector.
+
+    Raises:
+        ValueError: when the stored bytes do not have that digest.
+    """
+    raw = await retrying(lambda: client.hget(keys.models, digest), what="read a model")
+    flat = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if local.digest_of(flat) != digest:
+        raise ValueError(f"model {digest[:12]} does not match its digest")
+    return flat
+
+
 async def adopt_model(agent: Any, client: Any, keys: FedKeys, network: local.Network, data: dict,
                       state_dir: Path | None) -> None:
     """Make the adopted model of an ``adopt`` event ``agent``'s weights, and checkpoint it in ``state_dir``
     (``federated/<agent>/v<version>.f32``) when there is one."""
-    raw = await retrying(lambda: client.hget(keys.models, data["digest"]), what="read a model")
-    flat = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    if local.digest_of(flat) != data["digest"]:
-        raise ValueError(f"model {data['digest'][:12]} does not match its digest")
+    flat = await read_model(client, keys, data["digest"])
     agent.set_weights([(w.copy(), b.copy()) for w, b in local.unflatten(flat, network)])
     if state_dir is not None:
         from afcore.fsutil import write_file_atomic
@@ -253,11 +263,7 @@ class _Member:
             await (self._train(data) if kind == "round" else self._vote(data))
 
     async def _model(self, digest: str) -> np.ndarray:
-        raw = await retrying(lambda: self.client.hget(self.keys.models, digest), what="read a model")
-        flat = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-        if local.digest_of(flat) != digest:
-            raise ValueError(f"model {digest[:12]} does not match its digest")
-        return flat
+        return await read_model(self.client, self.keys, digest)
 
     async def _train(self, data: dict) -> None:
         config = FedConfig.from_json(data["config"])
