@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Sequence
 
 from afcore.errors import LoweringError, UsageError
+from afcore.steps import learning_step
 
 from .emit import TARGETS, Lowered, emit_bundle
 from .reader import DEFAULT_MAX_SECTION_BYTES
@@ -130,9 +131,9 @@ def _lower_in_threads(spec: AgentSpec, targets: Sequence[str]) -> Lowered:
 def _lower_onnx(spec: AgentSpec) -> bytes:
     from .lower_onnx import network_model_bytes
 
-    learns = any(step.name == "update_weights" for step in spec.workflows["execution"].steps) \
-        if "execution" in spec.workflows else False
-    return network_model_bytes(spec.network, graph_name=spec.name, weights_as_inputs=learns)
+    execution = spec.workflows["execution"].steps if "execution" in spec.workflows else ()
+    return network_model_bytes(spec.network, graph_name=spec.name,
+                               weights_as_inputs=learning_step(execution) is not None)
 
 
 def _lower_wasm(spec: AgentSpec) -> Any:

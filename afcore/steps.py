@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Iterable, Mapping, Union
 
 from .errors import ExecutionError
 
@@ -51,6 +51,7 @@ __all__ = [
     "expr_from_json",
     "field_type",
     "iter_fields",
+    "learning_step",
     "value_type",
 ]
 
@@ -161,6 +162,13 @@ COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">="})
 ORDERING_COMPARISONS = frozenset({"<", "<=", ">", ">="})
 #: arithmetic needs numbers (``+`` also joins two strings)
 ARITHMETIC_OPERATORS = frozenset({"+", "-", "*", "/", "%"})
+
+
+def learning_step(execution: Iterable[Step]) -> Step | None:
+    """Return the ``update_weights`` step of an execution workflow (online learning), or None when the
+    agent does not learn: what the compiler (the ONNX model takes its weights as inputs), the loader
+    (writable weights) and the runner (the learner) each ask."""
+    return next((step for step in execution if step.name == "update_weights"), None)
 
 
 def field_type(root: str, path: tuple[str | int, ...]) -> str | None:

@@ -17,6 +17,7 @@ import numpy as np
 from afcore.bundle import LARGE_MEMBER_BYTES
 from afcore.errors import BundleError, InferenceError, UsageError
 from afcore.manifest import target_keeper
+from afcore.steps import learning_step
 
 from .loader import LoadedBundle, ensure_trusted, load_bundle
 from .weights import WeightStore, ensure_layers
@@ -446,7 +447,7 @@ def load(
     if backend == "wasm":
         engine = _wasm_engine(loaded, fuel_per_record, Path(cache_dir) if cache_dir is not None else None,
                               profile_layers)
-        if not engine.pool.writable and any(s.name == "update_weights" for s in loaded.workflows.get("execution", ())):
+        if not engine.pool.writable and learning_step(loaded.workflows.get("execution", ())) is not None:
             raise BundleError(
                 f"agent `{loaded.name}` learns (update_weights), and its WebAssembly module has read-only weights "
                 "(ABI v1)", code="AF6101",

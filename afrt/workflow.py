@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from afcore.errors import AfError, ExecutionError
-from afcore.steps import STEP_DEFS, WORKFLOWS, Step, evaluate
+from afcore.steps import STEP_DEFS, WORKFLOWS, Step, evaluate, learning_step
 
 from .bus import Message
 from .instrument import Instruments
@@ -208,7 +208,7 @@ class WorkflowRunner:
         ]
         self.computes = any(s.name == "process_neural_network" for s in execution)
         #: the update_weights step, when the agent learns
-        self._learning = next((s for s in execution if s.name == "update_weights"), None)
+        self._learning = learning_step(execution)
         self.publishes = any(s.name == "send_output" for s in execution)
         #: "batched" or "instrumented": the path the last block took
         self.path_taken: str | None = None
