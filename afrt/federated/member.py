@@ -28,7 +28,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import numpy as np
 import orjson
@@ -122,6 +122,28 @@ async def adopt_model(agent: Any, client: Any, keys: FedKeys, network: local.Net
         write_file_atomic(path, flat.astype("<f4").tobytes())
 
 
+def accepted(verifier: Verifier | None, stream: str, entries: list) -> list:
+    """Return the entries of ``stream`` the verifier takes (all of them without ``--admit``)."""
+    if verifier is None:
+        return entries
+    return [(entry_id, fields) for entry_id, fields in entries if verifier.check(stream, fields) is None]
+
+
+async def log_events(client: Any, keys: FedKeys, stop: asyncio.Event,
+                     verifier: Verifier | None) -> AsyncIterator[list[tuple[str, dict]]]:
+    """Yield the federation log's events, batch by batch from its start, until ``stop`` is set (those
+    ``verifier`` accepts, with ``--admit``)."""
+    cursor = b"0-0"
+    while not stop.is_set():
+        reply = await retrying(lambda: client.xread({keys.log: cursor}, count=1000, block=READ_BLOCK_MS),
+                               what="read the federation log")
+        if not reply:
+            continue
+        entries = reply[0][1]
+        cursor = entries[-1][0]
+        yield [decode_entry(fields) for _, fields in accepted(verifier, keys.log, entries)]
+
+
 async def follow_adopted(agent: Any, *, url: str, swarm: str, stop: asyncio.Event,
                          state_dir: Path | None = None, verifier: Verifier | None = None) -> None:
     """Run each model the agent's federation adopts, from the next block on, until ``stop`` is set.
@@ -133,19 +155,11 @@ async def follow_adopted(agent: Any, *, url: str, swarm: str, stop: asyncio.Even
     """
     from afcore.errors import AfError
 
-    keys, network, cursor, version = FedKeys(swarm, agent.name), local.Network.of(agent), b"0-0", -1
+    keys, network, version = FedKeys(swarm, agent.name), local.Network.of(agent), -1
     client = await connect(url)
     try:
-        while not stop.is_set():
-            reply = await retrying(lambda: client.xread({keys.log: cursor}, count=1000, block=READ_BLOCK_MS),
-                                   what="read the federation log")
-            if not reply:
-                continue
-            entries = reply[0][1]
-            cursor = entries[-1][0]
-            if verifier is not None:
-                entries = [(entry_id, f) for entry_id, f in entries if verifier.check(keys.log, f) is None]
-            adopted = [data for kind, data in (decode_entry(f) for _, f in entries) if kind == "adopt"]
+        async for events in log_events(client, keys, stop, verifier):
+            adopted = [data for kind, data in events if kind == "adopt"]
             newest = max(adopted, key=lambda data: data["version"], default=None)
             if newest is None or newest["version"] <= version:
                 continue
@@ -171,7 +185,6 @@ class _Member:
         self.rng = np.random.default_rng()
         self.highest_token = 0
         self.version = -1  # the adopted version this worker runs (-1: its bundle's weights)
-        self.cursor = b"0-0"
         self.done: set[tuple[str, int, int]] = set()  # (kind, round, token) acted on
         self.signer: Signer | None = None
         self.verifier: Verifier | None = None
@@ -182,9 +195,7 @@ class _Member:
 
     def accepted(self, stream: str, entries: list) -> list:
         """Return the entries of ``stream`` the verifier takes (all of them without ``--admit``)."""
-        if self.verifier is None:
-            return entries
-        return [(entry_id, fields) for entry_id, fields in entries if self.verifier.check(stream, fields) is None]
+        return accepted(self.verifier, stream, entries)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._register()
@@ -230,14 +241,7 @@ class _Member:
     # following the log --------------------------------------------------------------------------
 
     async def _follow(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            reply = await retrying(lambda: self.client.xread({self.keys.log: self.cursor}, count=1000,
-                                                             block=READ_BLOCK_MS), what="read the federation log")
-            if not reply:
-                continue
-            entries = reply[0][1]
-            self.cursor = entries[-1][0]
-            events = [decode_entry(fields) for _, fields in self.accepted(self.keys.log, entries)]
+        async for events in log_events(self.client, self.keys, stop, self.verifier):
             await self._act(events)
 
     async def _act(self, events: list[tuple[str, dict]]) -> None:
