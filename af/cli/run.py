@@ -181,16 +181,18 @@ def _participation(bundle: Path, federated: dict, state_dir: Optional[Path]) -> 
     """Return the worker's `afrt.Participation` in federated rounds (``--local-data``), or None."""
     import afrt
     from afcore.errors import UsageError
-    from afcore.sniff import file_kind
+
+    from ._files import read_head, sniff_kind
 
     if federated["local_data"] is None:
         if federated["validation_data"] or federated["attack"]:
             raise UsageError("--validation-data and --simulate-attack need --local-data", code="AF0974",
                              hint="a worker takes part in federated rounds with --local-data FILE")
         return None
-    data = bundle.read_bytes()
+    # the .af source is stored for `af federate pull`; a bundle is not read again just to be sniffed
+    source = bundle.read_bytes() if sniff_kind(read_head(bundle)) == "agent" else None
     return afrt.Participation(federated["local_data"], federated["validation_data"], federated["attack"],
-                              source=data if file_kind(data) == "agent" else None, state_dir=state_dir)
+                              source=source, state_dir=state_dir)
 
 
 def _without_password(url: str) -> str:
